@@ -1,0 +1,691 @@
+"""Tests for deepprior.io: image files in and out, bad input, atomic and safe writes."""
+
+from __future__ import annotations
+
+import os
+import stat
+import struct
+import warnings
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import skimage.io
+from PIL import Image, ImageOps
+
+from deepprior.io import ImageError, load_image, save_image, write_atomic
+
+HEIGHT, WIDTH = 17, 23  # odd, unequal: catches transposed axes
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(0)
+
+
+def quantised(image: np.ndarray, bits: int) -> np.ndarray:
+    """What an ideal writer of `bits` bits per sample stores, back on the [0, 1] scale."""
+    top = 2**bits - 1
+    return np.rint(image * top) / top
+
+
+# --- a reference 16-bit PNG writer, independent of deepprior.io ----------------------
+
+
+def _chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def write_png16(path: Path, samples: np.ndarray, colour_type: int) -> None:
+    """16-bit PNG using every filter type in turn (row y gets filter y % 5)."""
+    height, width = samples.shape[:2]
+    channels = 1 if samples.ndim == 2 else samples.shape[2]
+    step = 2 * channels
+    rows = samples.astype(">u2").view(np.uint8).reshape(height, width * step).astype(np.int32)
+    previous = np.zeros(width * step, np.int32)
+    lines = []
+    for y, row in enumerate(rows):
+        left = np.concatenate([np.zeros(step, np.int32), row[:-step]])
+        up_left = np.concatenate([np.zeros(step, np.int32), previous[:-step]])
+        kind = y % 5
+        if kind == 0:
+            predictor = np.zeros_like(row)
+        elif kind == 1:
+            predictor = left
+        elif kind == 2:
+            predictor = previous
+        elif kind == 3:
+            predictor = (left + previous) // 2
+        else:
+            p = left + previous - up_left
+            pa, pb, pc = np.abs(p - left), np.abs(p - previous), np.abs(p - up_left)
+            predictor = np.where(
+                (pa <= pb) & (pa <= pc), left, np.where(pb <= pc, previous, up_left)
+            )
+        lines.append(bytes([kind]) + ((row - predictor) % 256).astype(np.uint8).tobytes())
+        previous = row
+    header = struct.pack(">IIBBBBB", width, height, 16, colour_type, 0, 0, 0)
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n"
+        + _chunk(b"IHDR", header)
+        + _chunk(b"IDAT", zlib.compress(b"".join(lines)))
+        + _chunk(b"IEND", b"")
+    )
+
+
+def header_only_png(path: Path, width: int, height: int) -> None:
+    """A PNG whose header claims a size; its pixel data is missing."""
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n"
+        + _chunk(b"IHDR", header)
+        + _chunk(b"IDAT", zlib.compress(b""))
+        + _chunk(b"IEND", b"")
+    )
+
+
+# --- round trips ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("suffix", [".png", ".tif", ".tiff"])
+@pytest.mark.parametrize("bits", [8, 16])
+@pytest.mark.parametrize("shape", [(HEIGHT, WIDTH), (HEIGHT, WIDTH, 3)])
+def test_round_trip_png_tiff(tmp_path, rng, suffix, bits, shape):
+    image = rng.random(shape)
+    written = save_image(tmp_path / f"image{suffix}", image, bits=bits)
+    assert written == tmp_path / f"image{suffix}"
+    loaded = load_image(written)
+    assert loaded.dtype == np.float32
+    assert loaded.shape == shape
+    # within float32 precision of the rounded value: 16-bit precision is kept
+    np.testing.assert_allclose(loaded, quantised(image, bits), rtol=0, atol=1e-7)
+    # saving what was loaded, at the file's depth, reproduces the file's samples exactly
+    again = save_image(tmp_path / f"again{suffix}", loaded, bits=bits)
+    np.testing.assert_array_equal(load_image(again), loaded)
+
+
+def test_16_bit_rgb_png_and_tiff_keep_all_samples(tmp_path, rng):
+    samples = rng.integers(0, 65536, (HEIGHT, WIDTH, 3), dtype=np.uint16)
+    image = samples / 65535
+    for suffix in (".png", ".tif"):
+        path = save_image(tmp_path / f"deep{suffix}", image, bits=16)
+        loaded = load_image(path)
+        np.testing.assert_array_equal(np.rint(loaded.astype(np.float64) * 65535), samples)
+
+
+def test_16_bit_rgb_png_is_a_valid_png_for_pillow(tmp_path, rng):
+    samples = rng.integers(0, 65536, (HEIGHT, WIDTH, 3), dtype=np.uint16)
+    path = save_image(tmp_path / "deep.png", samples / 65535, bits=16)
+    with Image.open(path) as im:
+        im.verify()  # checks the chunk CRCs
+    with Image.open(path) as im:
+        assert im.size == (WIDTH, HEIGHT)
+        # Pillow itself keeps the high byte of each sample
+        np.testing.assert_array_equal(np.asarray(im), samples >> 8)
+
+
+@pytest.mark.parametrize("colour_type, channels", [(0, 1), (2, 3)])
+def test_16_bit_png_from_another_writer_all_filters(tmp_path, rng, colour_type, channels):
+    shape = (HEIGHT, WIDTH) if channels == 1 else (HEIGHT, WIDTH, channels)
+    samples = rng.integers(0, 65536, shape, dtype=np.uint16)
+    write_png16(tmp_path / "other.png", samples, colour_type)
+    loaded = load_image(tmp_path / "other.png")
+    assert loaded.shape == shape
+    np.testing.assert_array_equal(np.rint(loaded.astype(np.float64) * 65535), samples)
+
+
+@pytest.mark.parametrize("colour_type, channels", [(4, 2), (6, 4)])
+def test_16_bit_png_with_alpha_keeps_precision_and_warns(tmp_path, rng, colour_type, channels):
+    samples = rng.integers(0, 65536, (HEIGHT, WIDTH, channels), dtype=np.uint16)
+    write_png16(tmp_path / "alpha16.png", samples, colour_type)
+    with pytest.warns(UserWarning, match="alpha channel was dropped"):
+        loaded = load_image(tmp_path / "alpha16.png")
+    expected = samples[:, :, 0] if channels == 2 else samples[:, :, :3]
+    np.testing.assert_array_equal(np.rint(loaded.astype(np.float64) * 65535), expected)
+
+
+@pytest.mark.parametrize("dtype", ["<u2", ">u2"])
+def test_16_bit_grey_written_by_pillow(tmp_path, rng, dtype):
+    samples = rng.integers(0, 65536, (HEIGHT, WIDTH)).astype(dtype)
+    for suffix in (".png", ".tif"):
+        Image.fromarray(samples).save(tmp_path / f"grey16{suffix}")
+        loaded = load_image(tmp_path / f"grey16{suffix}")
+        np.testing.assert_array_equal(loaded, (samples / 65535).astype(np.float32))
+
+
+def test_16_bit_rgb_tiff_written_by_tifffile(tmp_path, rng):
+    samples = rng.integers(0, 65536, (HEIGHT, WIDTH, 3), dtype=np.uint16)
+    skimage.io.imsave(tmp_path / "rgb16.tif", samples, check_contrast=False)
+    loaded = load_image(tmp_path / "rgb16.tif")
+    np.testing.assert_array_equal(np.rint(loaded.astype(np.float64) * 65535), samples)
+
+
+def test_float_rgb_tiff_pillow_cannot_open(tmp_path, rng):
+    image = rng.random((HEIGHT, WIDTH, 3)).astype(np.float32)
+    skimage.io.imsave(tmp_path / "float.tif", image, check_contrast=False)
+    np.testing.assert_array_equal(load_image(tmp_path / "float.tif"), image)
+    skimage.io.imsave(tmp_path / "bright.tif", image * 2, check_contrast=False)
+    with pytest.raises(ImageError, match=r"bright\.tif.*outside \[0, 1\]"):
+        load_image(tmp_path / "bright.tif")
+
+
+def test_float_grey_tiff_mode_f(tmp_path, rng):
+    image = rng.random((HEIGHT, WIDTH)).astype(np.float32)
+    Image.fromarray(image).save(tmp_path / "f.tif")
+    np.testing.assert_array_equal(load_image(tmp_path / "f.tif"), image)
+
+
+def test_32_bit_integer_image_mode_i(tmp_path, rng):
+    samples = rng.integers(0, 65536, (HEIGHT, WIDTH)).astype(np.int32)
+    Image.fromarray(samples).save(tmp_path / "i.tif")
+    with Image.open(tmp_path / "i.tif") as im:
+        assert im.mode == "I"
+    np.testing.assert_array_equal(load_image(tmp_path / "i.tif"), (samples / 65535).astype("f4"))
+    Image.fromarray(samples + 70000).save(tmp_path / "big.tif")
+    with pytest.raises(ImageError, match=r"big\.tif.*rescale the image to 16 bits"):
+        load_image(tmp_path / "big.tif")
+
+
+def test_palette_png_colour_becomes_rgb(tmp_path, rng):
+    image = rng.random((HEIGHT, WIDTH, 3))
+    Image.fromarray((image * 255).astype(np.uint8)).quantize(16).save(tmp_path / "p.png")
+    with Image.open(tmp_path / "p.png") as im:
+        assert im.mode == "P"
+        expected = np.asarray(im.convert("RGB")) / 255
+    loaded = load_image(tmp_path / "p.png")
+    assert loaded.shape == (HEIGHT, WIDTH, 3)
+    np.testing.assert_allclose(loaded, expected, atol=1e-7)
+
+
+def test_palette_png_grey_becomes_grayscale(tmp_path, rng):
+    samples = rng.integers(0, 256, (HEIGHT, WIDTH), dtype=np.uint8)
+    palette_image = Image.fromarray(samples).convert("P")  # the default grey palette
+    palette_image.putpalette([v for g in range(256) for v in (g, g, g)])
+    palette_image.save(tmp_path / "greyp.png")
+    with Image.open(tmp_path / "greyp.png") as im:
+        assert im.mode == "P"
+        expected = np.asarray(im.convert("L")) / 255
+    loaded = load_image(tmp_path / "greyp.png")
+    assert loaded.shape == (HEIGHT, WIDTH)
+    np.testing.assert_allclose(loaded, expected, atol=1e-7)
+
+
+@pytest.mark.parametrize("grey", [False, True])
+def test_palette_png_with_transparency_warns(tmp_path, rng, grey):
+    samples = rng.integers(0, 256, (HEIGHT, WIDTH, 3), dtype=np.uint8)
+    if grey:
+        samples[:] = samples[:, :, :1]
+    Image.fromarray(samples).quantize(8).save(tmp_path / "pt.png", transparency=0)
+    with Image.open(tmp_path / "pt.png") as im:
+        assert im.mode == "P" and "transparency" in im.info
+        expected = np.asarray(im.convert("RGB")) / 255
+    with pytest.warns(UserWarning, match="alpha channel was dropped"):
+        loaded = load_image(tmp_path / "pt.png")
+    if grey:
+        expected = expected[:, :, 0]
+    assert loaded.shape == expected.shape
+    np.testing.assert_allclose(loaded, expected, atol=1e-7)
+
+
+def test_rgba_drops_alpha_with_warning(tmp_path, rng):
+    samples = rng.integers(0, 256, (HEIGHT, WIDTH, 4), dtype=np.uint8)
+    Image.fromarray(samples).save(tmp_path / "rgba.png")
+    with pytest.warns(UserWarning, match=r"rgba\.png: RGBA image: the alpha channel was dropped"):
+        loaded = load_image(tmp_path / "rgba.png")
+    np.testing.assert_allclose(loaded, samples[:, :, :3] / 255, atol=1e-7)
+
+
+def test_la_drops_alpha_with_warning(tmp_path, rng):
+    samples = rng.integers(0, 256, (HEIGHT, WIDTH, 2), dtype=np.uint8)
+    Image.fromarray(samples, "LA").save(tmp_path / "la.png")
+    with pytest.warns(UserWarning, match="grey\\+alpha image: the alpha channel was dropped"):
+        loaded = load_image(tmp_path / "la.png")
+    assert loaded.shape == (HEIGHT, WIDTH)
+    np.testing.assert_allclose(loaded, samples[:, :, 0] / 255, atol=1e-7)
+
+
+def test_bilevel_becomes_zero_and_one(tmp_path, rng):
+    bits = rng.random((HEIGHT, WIDTH)) > 0.5
+    Image.fromarray(bits).save(tmp_path / "bw.png")
+    with Image.open(tmp_path / "bw.png") as im:
+        assert im.mode == "1"
+    np.testing.assert_array_equal(load_image(tmp_path / "bw.png"), bits.astype(np.float32))
+
+
+@pytest.mark.parametrize("suffix", [".jpg", ".jpeg"])
+def test_jpeg_round_trip_is_close(tmp_path, suffix):
+    rows, cols = np.mgrid[0:HEIGHT, 0:WIDTH]
+    smooth = np.stack([rows / HEIGHT, cols / WIDTH, (rows + cols) / (HEIGHT + WIDTH)], axis=-1)
+    loaded = load_image(save_image(tmp_path / f"photo{suffix}", smooth))
+    assert loaded.shape == smooth.shape
+    assert np.abs(loaded - smooth).mean() < 0.01
+    assert np.abs(loaded - smooth).max() < 0.06
+
+
+def test_cmyk_jpeg_becomes_rgb(tmp_path):
+    Image.new("CMYK", (WIDTH, HEIGHT), (0, 255, 255, 0)).save(tmp_path / "cmyk.jpg")
+    loaded = load_image(tmp_path / "cmyk.jpg")
+    assert loaded.shape == (HEIGHT, WIDTH, 3)
+    np.testing.assert_allclose(loaded.mean(axis=(0, 1)), [1, 0, 0], atol=0.03)
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_orientation_tag_is_applied_like_pillow(tmp_path, rng, orientation):
+    samples = rng.integers(0, 256, (HEIGHT, WIDTH, 3), dtype=np.uint8)
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    Image.fromarray(samples).save(tmp_path / "turned.png", exif=exif)
+    with Image.open(tmp_path / "turned.png") as im:
+        expected = np.asarray(ImageOps.exif_transpose(im)) / 255
+    loaded = load_image(tmp_path / "turned.png")
+    assert loaded.shape == expected.shape
+    np.testing.assert_allclose(loaded, expected, atol=1e-7)
+
+
+def test_multi_frame_tiff_reads_first_frame_with_warning(tmp_path, rng):
+    frames = [rng.integers(0, 256, (HEIGHT, WIDTH), dtype=np.uint8) for _ in range(3)]
+    first, *rest = (Image.fromarray(f) for f in frames)
+    first.save(tmp_path / "stack.tif", save_all=True, append_images=rest)
+    with pytest.warns(UserWarning, match="holds 3 frames; only the first one is read"):
+        loaded = load_image(tmp_path / "stack.tif")
+    np.testing.assert_allclose(loaded, frames[0] / 255, atol=1e-7)
+
+
+@pytest.mark.parametrize("shape", [(HEIGHT, WIDTH), (HEIGHT, WIDTH, 3)])
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+def test_npy_round_trip(tmp_path, rng, shape, dtype):
+    image = rng.random(shape).astype(dtype)
+    np.save(tmp_path / "a.npy", image)
+    loaded = load_image(tmp_path / "a.npy")
+    assert loaded.dtype == np.float32
+    np.testing.assert_array_equal(loaded, image.astype(np.float32))
+    path = save_image(tmp_path / "b.npy", loaded, bits=16)  # bits is ignored for .npy
+    stored = np.load(path)
+    assert stored.dtype == np.float32
+    np.testing.assert_array_equal(stored, loaded)
+
+
+def test_npy_single_channel_becomes_2d(tmp_path, rng):
+    image = rng.random((HEIGHT, WIDTH, 1))
+    np.save(tmp_path / "c.npy", image)
+    assert load_image(tmp_path / "c.npy").shape == (HEIGHT, WIDTH)
+    assert np.load(save_image(tmp_path / "d.npy", image)).shape == (HEIGHT, WIDTH)
+
+
+def test_npy_rounding_level_excess_is_clipped(tmp_path, rng):
+    image = rng.random((HEIGHT, WIDTH))
+    image[0, 0], image[0, 1] = 1 + 5e-7, -5e-7
+    np.save(tmp_path / "e.npy", image)
+    loaded = load_image(tmp_path / "e.npy")
+    assert loaded.min() == 0.0 and loaded.max() == 1.0
+
+
+def test_loads_str_path(tmp_path, rng):
+    image = rng.random((HEIGHT, WIDTH))
+    save_image(str(tmp_path / "s.png"), image)
+    assert load_image(str(tmp_path / "s.png")).shape == (HEIGHT, WIDTH)
+
+
+# --- bad input ------------------------------------------------------------------------
+
+
+def test_image_error_is_a_value_error():
+    assert issubclass(ImageError, ValueError)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(ImageError, match=r"nothing\.png: no such file"):
+        load_image(tmp_path / "nothing.png")
+
+
+def test_directory(tmp_path):
+    (tmp_path / "folder.png").mkdir()
+    with pytest.raises(ImageError, match=r"folder\.png: is a directory"):
+        load_image(tmp_path / "folder.png")
+
+
+@pytest.mark.parametrize("name", ["empty.png", "empty.npy", "empty.jpg"])
+def test_empty_file(tmp_path, name):
+    (tmp_path / name).touch()
+    with pytest.raises(ImageError, match=rf"{name}: the file is empty \(0 bytes\)"):
+        load_image(tmp_path / name)
+
+
+@pytest.mark.parametrize("suffix", [".png", ".jpg", ".tif"])
+def test_truncated_image(tmp_path, rng, suffix):
+    samples = rng.integers(0, 256, (HEIGHT * 5, WIDTH * 5, 3), dtype=np.uint8)
+    Image.fromarray(samples).save(tmp_path / f"full{suffix}")
+    data = (tmp_path / f"full{suffix}").read_bytes()
+    (tmp_path / f"cut{suffix}").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ImageError, match=rf"cut\{suffix}: .*truncated or corrupt"):
+        load_image(tmp_path / f"cut{suffix}")
+
+
+def test_truncated_16_bit_rgb_png(tmp_path, rng):
+    path = save_image(tmp_path / "deep.png", rng.random((HEIGHT * 5, WIDTH * 5, 3)), bits=16)
+    data = path.read_bytes()
+    (tmp_path / "cut.png").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ImageError, match=r"cut\.png: .*truncated or corrupt"):
+        load_image(tmp_path / "cut.png")
+
+
+@pytest.mark.parametrize("name", ["notes.png", "notes.txt", "notes.jpg"])
+def test_not_an_image(tmp_path, name):
+    (tmp_path / name).write_text("these are not pixels\n")
+    with pytest.raises(ImageError, match=rf"{name}: not a recognised image file"):
+        load_image(tmp_path / name)
+
+
+def test_zero_dimension_png(tmp_path):
+    header_only_png(tmp_path / "flat.png", width=0, height=5)
+    with pytest.raises(ImageError, match=r"flat\.png: the image has a zero dimension"):
+        load_image(tmp_path / "flat.png")
+
+
+@pytest.mark.parametrize("shape", [(0, 5), (5, 0), (0, 5, 3)])
+def test_zero_dimension_npy(tmp_path, shape):
+    np.save(tmp_path / "flat.npy", np.zeros(shape, np.float32))
+    with pytest.raises(ImageError, match=r"flat\.npy: the image has a zero dimension"):
+        load_image(tmp_path / "flat.npy")
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_npy_non_finite(tmp_path, rng, bad):
+    image = rng.random((HEIGHT, WIDTH))
+    image[3, 4] = bad
+    np.save(tmp_path / "nan.npy", image)
+    with pytest.raises(ImageError, match=r"nan\.npy: the image holds 1 non-finite values"):
+        load_image(tmp_path / "nan.npy")
+
+
+@pytest.mark.parametrize("scale, offset", [(255.0, 0.0), (1.0, -0.5)])
+def test_npy_outside_unit_range(tmp_path, rng, scale, offset):
+    np.save(tmp_path / "big.npy", rng.random((HEIGHT, WIDTH)) * scale + offset)
+    with pytest.raises(ImageError, match=r"big\.npy: .*divide by 255 \(8-bit\) or 65535"):
+        load_image(tmp_path / "big.npy")
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.int64, np.bool_, np.complex64])
+def test_npy_unsupported_dtype(tmp_path, dtype):
+    np.save(tmp_path / "int.npy", np.zeros((HEIGHT, WIDTH), dtype))
+    with pytest.raises(ImageError, match=r"int\.npy: unsupported \.npy dtype"):
+        load_image(tmp_path / "int.npy")
+
+
+def test_npy_object_dtype(tmp_path):
+    np.save(tmp_path / "obj.npy", np.array([[1, None]], dtype=object), allow_pickle=True)
+    with pytest.raises(ImageError, match=r"obj\.npy: unsupported \.npy dtype object"):
+        load_image(tmp_path / "obj.npy")
+
+
+@pytest.mark.parametrize("shape", [(WIDTH,), (HEIGHT, WIDTH, 2), (HEIGHT, WIDTH, 4), (2, 3, 4, 3)])
+def test_npy_unsupported_shape(tmp_path, shape):
+    np.save(tmp_path / "shape.npy", np.zeros(shape, np.float32))
+    with pytest.raises(ImageError, match=r"shape\.npy: unsupported \.npy shape"):
+        load_image(tmp_path / "shape.npy")
+
+
+def test_npy_truncated(tmp_path, rng):
+    np.save(tmp_path / "full.npy", rng.random((HEIGHT, WIDTH)))
+    data = (tmp_path / "full.npy").read_bytes()
+    for size in (len(data) // 2, 40):  # data cut short; header cut short
+        (tmp_path / "cut.npy").write_bytes(data[:size])
+        with pytest.raises(ImageError, match=r"cut\.npy: .*truncated or corrupt"):
+            load_image(tmp_path / "cut.npy")
+
+
+def test_npy_that_is_not_numpy(tmp_path):
+    (tmp_path / "text.npy").write_text("hello")
+    with pytest.raises(ImageError, match=r"text\.npy: not a NumPy \.npy file"):
+        load_image(tmp_path / "text.npy")
+
+
+def test_max_pixels(tmp_path, rng):
+    path = save_image(tmp_path / "small.png", rng.random((HEIGHT, WIDTH)))
+    np.save(tmp_path / "small.npy", rng.random((HEIGHT, WIDTH)))
+    pixels = HEIGHT * WIDTH
+    for target in (path, tmp_path / "small.npy"):
+        assert load_image(target, max_pixels=pixels).shape == (HEIGHT, WIDTH)
+        with pytest.raises(ImageError, match=rf"{pixels} pixels .*max_pixels={pixels - 1}"):
+            load_image(target, max_pixels=pixels - 1)
+        with pytest.raises(ImageError, match=rf"pass max_pixels={pixels} .*crop/resize"):
+            load_image(target, max_pixels=pixels - 1)
+
+
+def test_max_pixels_checked_before_decoding(tmp_path, monkeypatch):
+    # 10,000 x 10,000 claimed by the header: above Pillow's warning threshold, below its
+    # error threshold; no pixel data exists, so only a header check can give this message.
+    header_only_png(tmp_path / "huge.png", width=10_000, height=10_000)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # Pillow's DecompressionBombWarning must not leak
+        with pytest.raises(ImageError, match=r"100,000,000 pixels .*max_pixels=64,000,000"):
+            load_image(tmp_path / "huge.png")
+
+
+def test_pillow_decompression_bomb_error_becomes_image_error(tmp_path):
+    header_only_png(tmp_path / "bomb.png", width=30_000, height=30_000)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(ImageError, match=r"bomb\.png: more pixels than"):
+            load_image(tmp_path / "bomb.png", max_pixels=10**10)
+
+
+@pytest.mark.parametrize(
+    "value, error, message",
+    [
+        (0, ValueError, "positive"),
+        (-5, ValueError, "positive"),
+        ("10", TypeError, "integer"),
+        (True, TypeError, "integer"),
+        (1.5e6, TypeError, "integer"),
+    ],
+)
+def test_max_pixels_validated(tmp_path, value, error, message):
+    with pytest.raises(error, match=f"max_pixels must be .*{message}"):
+        load_image(tmp_path / "any.png", max_pixels=value)
+
+
+# --- saving ---------------------------------------------------------------------------
+
+
+def test_save_rounds_instead_of_truncating(tmp_path):
+    image = np.array([[0.6 / 255, 254.6 / 255, 0.4 / 255, 127.5001 / 255]])
+    path = save_image(tmp_path / "r.png", image)
+    with Image.open(path) as im:
+        np.testing.assert_array_equal(np.asarray(im), [[1, 255, 0, 128]])
+    path16 = save_image(tmp_path / "r16.png", np.array([[0.6 / 65535, 65534.6 / 65535]]), bits=16)
+    with Image.open(path16) as im:
+        np.testing.assert_array_equal(np.asarray(im), [[1, 65535]])
+
+
+def test_save_single_channel_writes_grayscale(tmp_path, rng):
+    path = save_image(tmp_path / "g.png", rng.random((HEIGHT, WIDTH, 1)))
+    with Image.open(path) as im:
+        assert im.mode == "L"
+
+
+@pytest.mark.parametrize("name", ["out.bmp", "out.gif", "out", "out.png.bak"])
+def test_save_unknown_suffix(tmp_path, rng, name):
+    with pytest.raises(ValueError, match=r"use one of \.png, \.tif, \.tiff, \.jpg, \.jpeg, \.npy"):
+        save_image(tmp_path / name, rng.random((HEIGHT, WIDTH)))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_save_suffix_is_case_insensitive(tmp_path, rng):
+    path = save_image(tmp_path / "UPPER.PNG", rng.random((HEIGHT, WIDTH)))
+    with Image.open(path) as im:
+        assert im.format == "PNG"
+
+
+@pytest.mark.parametrize("bits", [1, 12, 32, 8.0, True])
+def test_save_bits_must_be_8_or_16(tmp_path, rng, bits):
+    with pytest.raises(ValueError, match="bits must be 8 or 16"):
+        save_image(tmp_path / "b.png", rng.random((HEIGHT, WIDTH)), bits=bits)
+
+
+def test_save_jpeg_refuses_16_bits(tmp_path, rng):
+    with pytest.raises(ValueError, match=r"JPEG stores 8 bits .*use \.png or \.tif"):
+        save_image(tmp_path / "b.jpg", rng.random((HEIGHT, WIDTH)), bits=16)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_save_non_finite(tmp_path, rng, bad):
+    image = rng.random((HEIGHT, WIDTH))
+    image[1, 1] = bad
+    with pytest.raises(ValueError, match="image holds 1 non-finite values"):
+        save_image(tmp_path / "n.png", image)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_save_clips_out_of_range_with_warning(tmp_path, rng):
+    image = rng.random((HEIGHT, WIDTH))
+    image[0, 0], image[0, 1] = 1.5, -0.25
+    with pytest.warns(UserWarning, match=r"values lie in \[-0\.25, 1\.5\].*clipped"):
+        path = save_image(tmp_path / "c.png", image)
+    loaded = load_image(path)
+    assert loaded[0, 0] == 1.0 and loaded[0, 1] == 0.0
+
+
+def test_save_rounding_level_excess_is_silent(tmp_path, rng):
+    image = rng.random((HEIGHT, WIDTH))
+    image[0, 0], image[0, 1] = 1 + 1e-7, -1e-7
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        path = save_image(tmp_path / "s.npy", image)
+    stored = np.load(path)
+    assert stored.min() == 0.0 and stored.max() == 1.0
+
+
+@pytest.mark.parametrize("image", [[[0.5, 0.5]], np.zeros((3, 4), np.uint8), np.ones((3, 4), bool)])
+def test_save_rejects_non_float_arrays(tmp_path, image):
+    with pytest.raises(TypeError, match="image must be a"):
+        save_image(tmp_path / "t.png", image)
+
+
+@pytest.mark.parametrize("shape", [(WIDTH,), (HEIGHT, WIDTH, 2), (HEIGHT, WIDTH, 4), (1, 3, 4, 5)])
+def test_save_rejects_shapes(tmp_path, shape):
+    with pytest.raises(ValueError, match=r"image must have shape \(H, W\), \(H, W, 1\)"):
+        save_image(tmp_path / "t.png", np.zeros(shape))
+
+
+def test_save_rejects_zero_dimension(tmp_path):
+    with pytest.raises(ValueError, match="image has a zero dimension"):
+        save_image(tmp_path / "t.png", np.zeros((0, 4)))
+
+
+def test_save_creates_parent_folders(tmp_path, rng):
+    target = tmp_path / "a" / "b" / "c" / "out.png"
+    assert save_image(target, rng.random((HEIGHT, WIDTH))) == target
+    assert target.is_file()
+
+
+def test_save_refuses_to_overwrite(tmp_path, rng):
+    target = tmp_path / "out.png"
+    save_image(target, rng.random((HEIGHT, WIDTH)))
+    before = target.read_bytes()
+    with pytest.raises(FileExistsError, match=r"out\.png already exists; pass overwrite=True"):
+        save_image(target, rng.random((HEIGHT, WIDTH)))
+    assert target.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["out.png"]
+
+
+def test_save_overwrite_replaces(tmp_path):
+    target = tmp_path / "out.png"
+    save_image(target, np.zeros((HEIGHT, WIDTH)))
+    save_image(target, np.ones((HEIGHT, WIDTH)), overwrite=True)
+    np.testing.assert_array_equal(load_image(target), np.ones((HEIGHT, WIDTH)))
+    assert [p.name for p in tmp_path.iterdir()] == ["out.png"]
+
+
+def test_save_onto_directory(tmp_path, rng):
+    (tmp_path / "out.png").mkdir()
+    with pytest.raises(IsADirectoryError, match="is a directory"):
+        save_image(tmp_path / "out.png", rng.random((HEIGHT, WIDTH)), overwrite=True)
+
+
+def _failing_pillow_save(self, fp, *args, **kwargs):
+    Path(fp).write_bytes(b"\x89PNG half of a file")
+    raise OSError("No space left on device")
+
+
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_save_failure_leaves_nothing_behind(tmp_path, rng, monkeypatch, overwrite):
+    target = tmp_path / "out.png"
+    if overwrite:
+        save_image(target, np.zeros((HEIGHT, WIDTH)))
+    before = sorted(p.name for p in tmp_path.iterdir())
+    old = target.read_bytes() if overwrite else None
+    monkeypatch.setattr(Image.Image, "save", _failing_pillow_save)
+    with pytest.raises(OSError, match="No space left"):
+        save_image(target, rng.random((HEIGHT, WIDTH)), overwrite=overwrite)
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # no temporary file left
+    if overwrite:
+        assert target.read_bytes() == old
+
+
+def test_save_interrupted_leaves_nothing_behind(tmp_path, rng, monkeypatch):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(zlib, "compress", interrupted)  # inside the 16-bit RGB PNG writer
+    with pytest.raises(KeyboardInterrupt):
+        save_image(tmp_path / "deep.png", rng.random((HEIGHT, WIDTH, 3)), bits=16)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_save_npy_failure_leaves_nothing_behind(tmp_path, rng, monkeypatch):
+    def half_save(file, arr, **kwargs):
+        file.write(b"\x93NUMPY half")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(np, "save", half_save)
+    with pytest.raises(OSError, match="disk full"):
+        save_image(tmp_path / "a.npy", rng.random((HEIGHT, WIDTH)))
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX permission bits")
+def test_saved_file_gets_usual_permissions(tmp_path, rng):
+    umask = os.umask(0o022)
+    os.umask(umask)
+    path = save_image(tmp_path / "p.png", rng.random((HEIGHT, WIDTH)))
+    assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask
+
+
+# --- write_atomic: the same rules for the other outputs of a run ----------------------
+
+
+def test_write_atomic_writes_and_creates_folders(tmp_path):
+    target = tmp_path / "run" / "report.json"
+    assert write_atomic(target, lambda f: f.write(b'{"psnr": 30.1}')) == target
+    assert target.read_bytes() == b'{"psnr": 30.1}'
+
+
+def test_write_atomic_refuses_to_overwrite(tmp_path):
+    target = tmp_path / "report.json"
+    target.write_bytes(b"old")
+    with pytest.raises(FileExistsError, match=r"report\.json already exists; pass overwrite=True"):
+        write_atomic(target, lambda f: f.write(b"new"))
+    assert target.read_bytes() == b"old"
+    write_atomic(target, lambda f: f.write(b"new"), overwrite=True)
+    assert target.read_bytes() == b"new"
+
+
+def test_write_atomic_failure_leaves_old_file_and_no_temporary(tmp_path):
+    target = tmp_path / "report.json"
+    target.write_bytes(b"old")
+
+    def half_write(handle):
+        handle.write(b'{"unfinished": ')
+        raise RuntimeError("plotting failed")
+
+    with pytest.raises(RuntimeError, match="plotting failed"):
+        write_atomic(target, half_write, overwrite=True)
+    assert target.read_bytes() == b"old"
+    assert [p.name for p in tmp_path.iterdir()] == ["report.json"]
+
+
+def test_write_atomic_onto_directory(tmp_path):
+    with pytest.raises(IsADirectoryError, match="is a directory"):
+        write_atomic(tmp_path, lambda f: f.write(b""), overwrite=True)
