@@ -1,0 +1,101 @@
+"""Noise: seeded simulation of additive Gaussian noise and estimation of its level.
+
+σ is on the [0, 1] intensity scale (scikit-image's convention): σ = 25/255 ≈ 0.098 is the
+"σ = 25" of the denoising literature.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+from skimage.restoration import estimate_sigma as _skimage_estimate_sigma
+
+__all__ = ["add_gaussian_noise", "estimate_sigma"]
+
+
+def add_gaussian_noise(
+    image: np.ndarray, sigma: float, *, seed: int = 0, clip: bool = False
+) -> np.ndarray:
+    """Return ``image + sigma * n`` with n i.i.d. standard normal, drawn from ``seed``.
+
+    Parameters
+    ----------
+    image : np.ndarray
+        Clean image, (H, W) or (H, W, C), values in [0, 1].
+    sigma : float
+        Noise standard deviation on the [0, 1] scale (25/255 for "σ = 25").
+    seed : int
+        Seed of the noise; the global random state is not touched.
+    clip : bool
+        Clip the result to [0, 1] (the Deep Image Prior code does; it lowers the effective σ).
+
+    Returns
+    -------
+    np.ndarray
+        The noisy image, float32, same shape as ``image``.
+
+    Raises
+    ------
+    ValueError
+        If ``sigma`` is negative or not finite.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> y = add_gaussian_noise(np.zeros((8, 8)), 0.1, seed=0)
+    >>> y.shape, y.dtype
+    ((8, 8), dtype('float32'))
+    """
+    if not np.isfinite(sigma) or sigma < 0:
+        raise ValueError(f"sigma must be a finite number >= 0 on the [0, 1] scale, got {sigma!r}")
+    if sigma > 1:
+        warnings.warn(
+            f"sigma={sigma} is above 1 on the [0, 1] scale; did you mean sigma={sigma}/255?",
+            UserWarning,
+            stacklevel=2,
+        )
+    image = np.asarray(image, dtype=np.float32)
+    rng = np.random.default_rng(seed)
+    noisy = image + np.float32(sigma) * rng.standard_normal(image.shape, dtype=np.float32)
+    if clip:
+        noisy = np.clip(noisy, 0.0, 1.0)
+    return noisy.astype(np.float32, copy=False)
+
+
+def estimate_sigma(image: np.ndarray) -> float:
+    """Estimate the standard deviation of additive Gaussian noise in an image.
+
+    Parameters
+    ----------
+    image : np.ndarray
+        Noisy image, (H, W) or (H, W, C), values in [0, 1].
+
+    Returns
+    -------
+    float
+        σ on the [0, 1] scale, averaged over colour channels.
+
+    Notes
+    -----
+    Wavelet median-absolute-deviation estimator (Donoho & Johnstone 1994) as implemented by
+    :func:`skimage.restoration.estimate_sigma`: σ̂ = median(|d|) / 0.6745 over the finest diagonal
+    wavelet coefficients d. Over scikit-image's sample images it is accurate for σ ≥ 15/255
+    (median error +1.9 % at σ = 25/255) and biased high below (+16 % at σ = 5/255), most on
+    textured images, since image detail leaks into the finest wavelet band.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from deepprior.noise import add_gaussian_noise
+    >>> y = add_gaussian_noise(np.full((64, 64), 0.5), 0.1, seed=0)
+    >>> abs(estimate_sigma(y) - 0.1) < 0.01
+    True
+    """
+    image = np.asarray(image, dtype=np.float64)
+    if image.ndim not in (2, 3) or min(image.shape[:2]) < 2:
+        raise ValueError(f"expected an image of shape (H, W) or (H, W, C), got {image.shape}")
+    channel_axis = -1 if image.ndim == 3 else None
+    return float(
+        _skimage_estimate_sigma(image, channel_axis=channel_axis, average_sigmas=True)
+    )

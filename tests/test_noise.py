@@ -1,0 +1,50 @@
+import numpy as np
+import pytest
+
+from deepprior.noise import add_gaussian_noise, estimate_sigma
+
+
+def test_noise_is_seeded_and_leaves_global_state():
+    np.random.seed(123)
+    state = np.random.get_state()[1].copy()
+    image = np.full((23, 17), 0.5, dtype=np.float32)
+    a = add_gaussian_noise(image, 0.1, seed=3)
+    b = add_gaussian_noise(image, 0.1, seed=3)
+    c = add_gaussian_noise(image, 0.1, seed=4)
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, c)
+    assert a.dtype == np.float32 and a.shape == image.shape
+    np.testing.assert_array_equal(np.random.get_state()[1], state)
+
+
+def test_noise_level_and_clip():
+    image = np.full((200, 200, 3), 0.5, dtype=np.float32)
+    noisy = add_gaussian_noise(image, 0.1, seed=0)
+    assert np.std(noisy - image) == pytest.approx(0.1, rel=0.02)
+    clipped = add_gaussian_noise(np.zeros((50, 50)), 0.2, seed=0, clip=True)
+    assert clipped.min() >= 0.0 and clipped.max() <= 1.0
+
+
+def test_invalid_sigma():
+    with pytest.raises(ValueError, match="sigma must be a finite number >= 0"):
+        add_gaussian_noise(np.zeros((4, 4)), -0.1)
+    with pytest.warns(UserWarning, match="above 1"):
+        add_gaussian_noise(np.zeros((4, 4)), 25.0)
+
+
+@pytest.mark.parametrize("sigma", [15 / 255, 25 / 255, 50 / 255])
+def test_estimate_sigma_on_photo(sigma):
+    from deepprior.data import sample_image
+
+    clean = sample_image("camera", size=128)
+    noisy = add_gaussian_noise(clean, sigma, seed=0)
+    assert estimate_sigma(noisy) == pytest.approx(sigma, rel=0.15)
+
+
+def test_estimate_sigma_colour_and_errors():
+    from deepprior.data import sample_image
+
+    noisy = add_gaussian_noise(sample_image("astronaut", size=96), 25 / 255, seed=1)
+    assert estimate_sigma(noisy) == pytest.approx(25 / 255, rel=0.2)
+    with pytest.raises(ValueError, match="expected an image"):
+        estimate_sigma(np.zeros(10))
