@@ -1,0 +1,147 @@
+"""Small shared harness for the benchmark scripts: machine facts, result files, tables.
+
+Benchmarks use the public deepprior API like any user; this module only records where and how
+a number was measured, so every table in RESULTS.md can be traced to a command and a machine.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import platform
+import shlex
+import sys
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def machine_info() -> dict[str, Any]:
+    """Where the numbers come from: CPU/GPU, thread count, versions, date, exact command."""
+    import deepprior
+
+    info: dict[str, Any] = {
+        "date": _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "command": " ".join(shlex.quote(a) for a in [Path(sys.argv[0]).as_posix(), *sys.argv[1:]]),
+        "platform": platform.platform(),
+        "processor": _cpu_name(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "deepprior": deepprior.__version__,
+    }
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def save_json(name: str, payload: dict[str, Any]) -> Path:
+    """Write ``results/<name>.json`` with the machine info attached."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{name}.json"
+    body = {"machine": machine_info(), **payload}
+    path.write_text(json.dumps(body, indent=1, default=_default) + "\n")
+    return path
+
+
+def _default(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"cannot serialise {type(value).__name__}")
+
+
+def markdown_table(rows: Iterable[dict[str, Any]], columns: Sequence[str]) -> str:
+    """A GitHub markdown table; floats with 2 decimals unless already formatted."""
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for row in rows:
+        cells = []
+        for column in columns:
+            value = row.get(column, "")
+            cells.append(f"{value:.2f}" if isinstance(value, float) else str(value))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def machine_line(info: dict[str, Any]) -> str:
+    """One line for RESULTS.md: processor, threads, versions, date."""
+    return (
+        f"{info['processor']}, {info['cpu_count']} cores ({info['torch_threads']} torch threads), "
+        f"torch {info['torch']}, deepprior {info['deepprior']}, {info['date']}"
+    )
+
+
+class Shadow:
+    """Run several stopping rules alongside one fit without letting any of them stop it.
+
+    Stopping rules do not change the trajectory (hold-out does, by removing data: run it
+    separately), so one long fit with the ground truth tracked tells, for every rule, where it
+    would have stopped, which iterate it would have returned and that iterate's PSNR
+    (``history["psnr"][best - 1]``). Pass it as ``reconstruct(..., stop=Shadow(...))``.
+
+    Parameters
+    ----------
+    policies : mapping of label → policy object (built with ``deepprior.stopping``)
+    """
+
+    def __init__(self, policies: dict[str, Any]):
+        self.policies = dict(policies)
+        self.stopped: dict[str, int] = {}
+        self.chosen: dict[str, int] = {}
+        self.reasons: dict[str, str] = {}
+        self.needs_unperturbed_output = any(
+            getattr(p, "needs_unperturbed_output", False) for p in self.policies.values()
+        )
+        self._step = 0
+
+    @property
+    def best_step(self) -> int:
+        return self._step
+
+    @property
+    def candidates(self) -> frozenset[int]:
+        return frozenset({self._step})
+
+    @property
+    def reason(self) -> str:
+        return "shadow run: every rule evaluated, none allowed to stop the fit"
+
+    def update(self, step: int, loss: float, output: torch.Tensor) -> bool:
+        self._step = step
+        for label, policy in self.policies.items():
+            if label in self.stopped:
+                continue
+            if policy.update(step, loss, output):
+                self.stopped[label] = step
+                self.chosen[label] = policy.best_step
+                self.reasons[label] = policy.reason
+        return False
+
+    def finalize(self, last_step: int) -> None:
+        for label, policy in self.policies.items():
+            if label not in self.stopped:
+                policy.finalize(last_step)
+                self.stopped[label] = last_step
+                self.chosen[label] = policy.best_step
+                self.reasons[label] = policy.reason

@@ -1,0 +1,1 @@
+"""deepprior's command-line interface (installed as the package ``deepprior_cli``)."""

@@ -1,0 +1,363 @@
+"""The fitting loop: Adam on ‖A·net(z) − y‖², asking a stopping policy when to stop.
+
+The loop knows no network by name. It sees a module, its fixed input ``z``, the observation
+``y``, a linear operator with ``A`` and a stopping policy (see :mod:`deepprior.stopping`), and
+returns the iterate the policy selects together with the history of the run.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from .metrics import psnr_tensor
+
+__all__ = ["FitResult", "FitState", "fit", "resolve_device"]
+
+#: A loss above this factor times the lowest loss since the last snapshot counts as a jump
+#: (5 dB, the Deep Image Prior code's "backtracking" threshold).
+JUMP_FACTOR = 10 ** (5 / 10)
+
+
+@dataclass
+class FitState:
+    """What a callback sees after each iteration's backward pass (gradients are populated).
+
+    The callback may read anything but must not modify the network or the optimizer.
+    """
+
+    step: int
+    net: nn.Module
+    z: torch.Tensor
+    loss: float
+    output: torch.Tensor
+    optimizer: torch.optim.Optimizer
+
+
+@dataclass(frozen=True)
+class FitResult:
+    """Outcome of :func:`fit`.
+
+    Attributes
+    ----------
+    output : torch.Tensor
+        The selected iterate, (1, C, H, W), on the CPU.
+    best_step : int
+        1-based iteration whose output is returned.
+    num_steps : int
+        Iterations run.
+    stop_reason : str
+        Why the loop stopped and which iterate it returns.
+    loss : np.ndarray
+        Training loss per iteration (iterations rolled back by the divergence guard included).
+    psnr : np.ndarray | None
+        PSNR of each iterate against the ground truth, when one was given.
+    elapsed : float
+        Wall time of the loop in seconds.
+    num_restarts : int
+        How often the divergence guard restored earlier weights.
+    final_learning_rate : float
+        Learning rate at the end (halved at each restart, decayed by the schedule).
+    """
+
+    output: torch.Tensor
+    best_step: int
+    num_steps: int
+    stop_reason: str
+    loss: np.ndarray
+    psnr: np.ndarray | None
+    elapsed: float
+    num_restarts: int
+    final_learning_rate: float
+    extras: dict = field(default_factory=dict)
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """Turn ``"auto"`` into CUDA, else Apple MPS, else CPU; validate anything else.
+
+    Raises
+    ------
+    ValueError
+        If the device string is malformed or names a backend that is not available.
+    """
+    if isinstance(device, torch.device):
+        return device
+    if device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        mps = getattr(torch.backends, "mps", None)
+        if mps is not None and mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ValueError(
+            f"device must be 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps', got {device!r}"
+        ) from exc
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={device!r} was requested but CUDA is not available; use 'cpu'")
+    if resolved.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device={device!r} was requested but MPS is not available; use 'cpu'")
+    return resolved
+
+
+class _Guard:
+    """Divergence guard: snapshots of the last good weights, restored on a NaN or a jump."""
+
+    def __init__(self, net: nn.Module, optimizer: torch.optim.Optimizer, max_restarts: int):
+        self.net = net
+        self.optimizer = optimizer
+        self.max_restarts = max_restarts
+        self.num_restarts = 0
+        self.reference = math.inf  # lowest loss since the last snapshot
+        self._snapshot()
+
+    def _snapshot(self) -> None:
+        self.state = (
+            copy.deepcopy(self.net.state_dict()),
+            copy.deepcopy(self.optimizer.state_dict()),
+        )
+
+    def is_bad(self, loss: float) -> bool:
+        return not math.isfinite(loss) or loss > JUMP_FACTOR * self.reference
+
+    def accept(self, loss: float, step: int, every: int) -> None:
+        self.reference = min(self.reference, loss)
+        if step % every == 0:
+            self._snapshot()
+            self.reference = loss
+
+    def restore(self) -> bool:
+        """Restore the snapshot and halve the learning rate; False once restarts are used up."""
+        if self.num_restarts >= self.max_restarts:
+            return False
+        self.num_restarts += 1
+        self.net.load_state_dict(self.state[0])
+        self.optimizer.load_state_dict(self.state[1])
+        for group in self.optimizer.param_groups:
+            group["lr"] *= 0.5
+        return True
+
+
+def fit(
+    net: nn.Module,
+    z: torch.Tensor,
+    y: torch.Tensor,
+    operator,
+    *,
+    policy,
+    max_num_iter: int,
+    learning_rate: float = 0.01,
+    lr_decay: tuple[float, int] | None = None,
+    reg_noise_std: float = 0.0,
+    ema: float | None = None,
+    ground_truth: torch.Tensor | None = None,
+    device: str | torch.device = "auto",
+    seed: int = 0,
+    progress: bool = False,
+    callback: Callable[[FitState], bool | None] | None = None,
+    max_restarts: int = 3,
+    snapshot_every: int = 50,
+) -> FitResult:
+    """Fit ``net(z)`` to the observation ``y`` through ``operator`` until ``policy`` stops.
+
+    Parameters
+    ----------
+    net : nn.Module
+        Generator; ``net(z)`` is an image (1, C, H, W).
+    z : torch.Tensor
+        Its fixed input.
+    y : torch.Tensor
+        Observation, shape (1, *operator.measurement_shape).
+    operator
+        Linear operator with ``A`` (see :mod:`deepprior.operators`) and ``to(device)``.
+    policy
+        Stopping policy (see :mod:`deepprior.stopping`): ``update(step, loss, output) -> bool``,
+        ``best_step``, ``candidates``, ``reason`` and optionally ``finalize(last_step)`` and
+        ``needs_unperturbed_output``.
+    max_num_iter : int
+        Hard limit on iterations.
+    learning_rate : float
+        Adam step size.
+    lr_decay : (factor, every) or None
+        Multiply the learning rate by ``factor`` every ``every`` iterations.
+    reg_noise_std : float
+        Standard deviation of the Gaussian perturbation added to ``z`` at each iteration
+        (Deep Image Prior's input regularisation); 0 disables it.
+    ema : float or None
+        Return an exponential moving average of the outputs, ``avg ← ema·avg + (1−ema)·out``
+        (0.99 in the Deep Image Prior code); None returns the raw outputs.
+    ground_truth : torch.Tensor or None
+        Clean image; when given the PSNR of every iterate is recorded (never used to fit).
+    device : str or torch.device
+        ``"auto"`` (CUDA, else MPS, else CPU), or an explicit device.
+    seed : int
+        Seed of the input perturbation.
+    progress : bool
+        Show a tqdm progress bar.
+    callback : callable or None
+        Called with a :class:`FitState` after each backward pass; returning True stops the fit.
+        Raising ``KeyboardInterrupt`` ends it like Ctrl-C.
+    max_restarts : int
+        How often the divergence guard may restore the last good weights (halving the learning
+        rate each time) before stopping with reason "diverged".
+    snapshot_every : int
+        Iterations between snapshots of the weights for the divergence guard.
+
+    Returns
+    -------
+    FitResult
+
+    Notes
+    -----
+    Minimises ``mean((A f_θ(z) − y)²)`` over θ with Adam. One scalar read from the device per
+    iteration (the loss, stacked with the PSNR when a ground truth is tracked), which every
+    stopping rule needs; the kept iterates stay on the device.
+    """
+    if max_num_iter < 1:
+        raise ValueError(f"max_num_iter must be >= 1, got {max_num_iter}")
+    device = resolve_device(device)
+    net = net.to(device).train()
+    operator = operator.to(device)
+    z = z.to(device)
+    y = y.to(device)
+    gt = ground_truth.to(device) if ground_truth is not None else None
+    optimizer = torch.optim.Adam(net.parameters(), lr=learning_rate)
+    scheduler = (
+        torch.optim.lr_scheduler.StepLR(optimizer, step_size=lr_decay[1], gamma=lr_decay[0])
+        if lr_decay is not None
+        else None
+    )
+    generator = torch.Generator(device=device).manual_seed(seed)
+    guard = _Guard(net, optimizer, max_restarts)
+    wants_clean = bool(getattr(policy, "needs_unperturbed_output", False)) and reg_noise_std > 0
+
+    losses: list[float] = []
+    psnrs: list[float] = []
+    kept: dict[int, torch.Tensor] = {}
+    average: torch.Tensor | None = None
+    reason: str | None = None
+    step = 0
+    bar = _progress_bar(max_num_iter, progress)
+    start = time.perf_counter()
+    try:
+        for step in range(1, max_num_iter + 1):
+            optimizer.zero_grad(set_to_none=True)
+            net_input = z
+            if reg_noise_std > 0:
+                noise = torch.randn(z.shape, generator=generator, device=device, dtype=z.dtype)
+                net_input = z + reg_noise_std * noise
+            out = net(net_input)
+            loss = torch.mean((operator.A(out) - y) ** 2)
+            loss.backward()
+
+            out = out.detach()
+            candidate = out if ema is None or average is None else average.lerp(out, 1 - ema)
+            scalars = [loss.detach()]
+            if gt is not None:
+                scalars.append(psnr_tensor(gt, candidate))
+            values = torch.stack(scalars).tolist()  # the one host sync of the iteration
+            loss_value = values[0]
+            losses.append(loss_value)
+            if gt is not None:
+                psnrs.append(values[1])
+
+            if guard.is_bad(loss_value):
+                if not guard.restore():
+                    reason = (
+                        f"diverged: loss {loss_value:.3g} at iteration {step} after "
+                        f"{guard.num_restarts} restarts with halved learning rate"
+                    )
+                    break
+                continue
+            guard.accept(loss_value, step, snapshot_every)
+            if ema is not None:
+                average = candidate
+
+            seen = candidate
+            if wants_clean:
+                with torch.no_grad():
+                    seen = net(z)
+            stop = bool(policy.update(step, loss_value, seen))
+            if step in policy.candidates:
+                kept[step] = candidate.clone()
+            for old in [s for s in kept if s not in policy.candidates]:
+                del kept[old]
+
+            if callback is not None and callback(
+                FitState(step, net, z, loss_value, candidate, optimizer)
+            ):
+                reason = f"stopped by the callback at iteration {step}"
+                stop = True
+            optimizer.step()
+            if scheduler is not None:
+                scheduler.step()
+            _update_bar(bar, step, loss_value, psnrs)
+            if stop:
+                reason = reason or policy.reason
+                break
+    except KeyboardInterrupt:
+        reason = f"interrupted at iteration {step}"
+    finally:
+        if bar is not None:
+            bar.close()
+    elapsed = time.perf_counter() - start
+
+    if reason is None:
+        _finalize(policy, step)
+        reason = policy.reason
+    elif reason.startswith(("interrupted", "diverged")):
+        _finalize(policy, step)
+        reason = f"{reason}; {policy.reason}" if policy.reason else reason
+
+    best_step = policy.best_step
+    if best_step in kept:
+        output = kept[best_step]
+    else:  # nothing accepted yet (interrupted or diverged at once): the current output
+        with torch.no_grad():
+            output = net(z)
+        best_step = 0
+    return FitResult(
+        output=output.detach().cpu(),
+        best_step=best_step,
+        num_steps=step,
+        stop_reason=reason,
+        loss=np.asarray(losses, dtype=np.float64),
+        psnr=np.asarray(psnrs, dtype=np.float64) if gt is not None else None,
+        elapsed=elapsed,
+        num_restarts=guard.num_restarts,
+        final_learning_rate=optimizer.param_groups[0]["lr"],
+    )
+
+
+def _finalize(policy, last_step: int) -> None:
+    finalize = getattr(policy, "finalize", None)
+    if finalize is not None:
+        finalize(last_step)
+
+
+def _progress_bar(total: int, enabled: bool):
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, unit="it", leave=False, dynamic_ncols=True)
+
+
+def _update_bar(bar, step: int, loss: float, psnrs: list[float]) -> None:
+    if bar is None:
+        return
+    bar.update(1)
+    if step % 10 == 0:
+        postfix = {"loss": f"{loss:.3e}"}
+        if psnrs:
+            postfix["psnr"] = f"{psnrs[-1]:.2f}"
+        bar.set_postfix(postfix, refresh=False)

@@ -1,0 +1,142 @@
+"""The fitting loop on a toy generator (a free image behind a sigmoid) — no real network."""
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from deepprior.fit import fit, resolve_device
+from deepprior.operators import Identity
+from deepprior.stopping import Fixed, Oracle, Patience
+
+
+class PixelNet(nn.Module):
+    """net(z) = sigmoid(θ + 0·z): fits anything, so it overfits noise like an unstopped DIP."""
+
+    def __init__(self, shape, seed=0):
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.theta = nn.Parameter(0.01 * torch.randn(1, *shape, generator=g))
+
+    def forward(self, z):
+        return torch.sigmoid(self.theta + 0 * z.mean())
+
+
+def _problem(seed=0, shape=(1, 13, 11)):
+    g = torch.Generator().manual_seed(seed)
+    clean = torch.linspace(0.2, 0.8, shape[1] * shape[2]).reshape(1, 1, shape[1], shape[2])
+    clean = clean.expand(1, *shape).contiguous()
+    noisy = clean + 0.2 * torch.randn(clean.shape, generator=g)
+    return clean, noisy, Identity(shape), torch.zeros(1, 1, 1, 1)
+
+
+def test_returns_the_selected_iterate_not_the_last():
+    clean, noisy, op, z = _problem()
+    net = PixelNet(op.image_shape)
+    result = fit(net, z, noisy, op, policy=Oracle(clean), max_num_iter=300,
+                 learning_rate=0.05, ground_truth=clean, device="cpu")
+    assert result.num_steps == 300
+    assert 1 <= result.best_step < 300
+    best = int(np.argmax(result.psnr)) + 1
+    assert result.best_step == best
+    final = -10 * np.log10(torch.mean((net(z).detach() - clean) ** 2).item())
+    returned = -10 * np.log10(torch.mean((result.output - clean) ** 2).item())
+    assert returned == pytest.approx(result.psnr[best - 1], abs=1e-4)
+    assert returned > final + 1.0  # overfitting the noise lowered the last iterate
+
+
+def test_same_seed_same_result_with_input_noise():
+    clean, noisy, op, z = _problem()
+    runs = [fit(PixelNet(op.image_shape, seed=1), z, noisy, op, policy=Fixed(40),
+                max_num_iter=40, reg_noise_std=0.1, ema=0.9, seed=5, device="cpu")
+            for _ in range(2)]
+    torch.testing.assert_close(runs[0].output, runs[1].output, rtol=0, atol=0)
+    np.testing.assert_array_equal(runs[0].loss, runs[1].loss)
+    assert runs[0].best_step == 40 and "40" in runs[0].stop_reason
+
+
+def test_interrupt_returns_best_so_far():
+    clean, noisy, op, z = _problem()
+
+    def interrupt(state):
+        if state.step == 25:
+            raise KeyboardInterrupt
+
+    result = fit(PixelNet(op.image_shape), z, noisy, op, policy=Oracle(clean),
+                 max_num_iter=500, learning_rate=0.05, ground_truth=clean,
+                 callback=interrupt, device="cpu")
+    assert result.stop_reason.startswith("interrupted at iteration 25")
+    assert result.num_steps == 25
+    assert 1 <= result.best_step <= 25
+    assert result.best_step == int(np.argmax(result.psnr)) + 1
+
+
+def test_callback_can_stop_and_sees_gradients():
+    clean, noisy, op, z = _problem()
+    seen = []
+
+    def stop_at_7(state):
+        seen.append(state.net.theta.grad.norm().item())
+        return state.step == 7
+
+    result = fit(PixelNet(op.image_shape), z, noisy, op, policy=Fixed(100), max_num_iter=100,
+                 callback=stop_at_7, device="cpu")
+    assert result.num_steps == 7 and "callback" in result.stop_reason
+    assert len(seen) == 7 and all(g > 0 for g in seen)
+
+
+def test_divergence_guard_restores_and_halves_lr():
+    clean, noisy, op, z = _problem()
+
+    def poison(state):
+        if state.step == 30:
+            with torch.no_grad():
+                state.net.theta.fill_(float("nan"))
+
+    result = fit(PixelNet(op.image_shape), z, noisy, op, policy=Fixed(60), max_num_iter=60,
+                 learning_rate=0.05, callback=poison, snapshot_every=10, device="cpu")
+    assert result.num_restarts == 1
+    assert result.final_learning_rate == pytest.approx(0.025)
+    assert torch.isfinite(result.output).all()
+    assert not np.isfinite(result.loss[30])  # the poisoned step is in the history
+    assert np.isfinite(result.loss[-1])
+
+
+def test_persistent_divergence_stops_with_reason():
+    _, noisy, op, z = _problem()
+
+    class NaNNet(PixelNet):
+        def forward(self, z):
+            return super().forward(z) * float("nan")
+
+    result = fit(NaNNet(op.image_shape), z, noisy, op, policy=Fixed(50), max_num_iter=50,
+                 max_restarts=2, device="cpu")
+    assert result.stop_reason.startswith("diverged")
+    assert result.num_restarts == 2 and result.num_steps == 3
+
+
+def test_patience_stops_early():
+    clean, noisy, op, z = _problem()
+    result = fit(PixelNet(op.image_shape), z, noisy, op,
+                 policy=Patience(patience=20, min_delta=1e-3), max_num_iter=5000,
+                 learning_rate=0.05, device="cpu")
+    assert result.num_steps < 5000
+    assert result.best_step <= result.num_steps
+
+
+def test_resolve_device():
+    assert resolve_device("cpu").type == "cpu"
+    assert resolve_device("auto").type in ("cpu", "cuda", "mps")
+    with pytest.raises(ValueError, match="device must be"):
+        resolve_device("gpu-please")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA is not available"):
+            resolve_device("cuda")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_fit_on_cuda_matches_shapes():
+    clean, noisy, op, z = _problem()
+    result = fit(PixelNet(op.image_shape), z, noisy, op, policy=Fixed(20), max_num_iter=20,
+                 device="cuda")
+    assert result.output.device.type == "cpu" and result.output.shape == clean.shape
