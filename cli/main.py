@@ -44,7 +44,7 @@ app = typer.Typer(
 )
 
 #: Side length the bundled camera image is resized to for the argument-free demos.
-DENOISE_DEMO_SIZE = 256
+DENOISE_DEMO_SIZE = 128
 CS_DEMO_SIZE = 64
 
 
@@ -367,3 +367,4 @@ def _load_measurements(path: Path):
 
 def _shape_text(image: np.ndarray) -> str:
     return "x".join(str(s) for s in image.shape)
+

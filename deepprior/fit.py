@@ -22,8 +22,12 @@ from .metrics import psnr_tensor
 __all__ = ["FitResult", "FitState", "fit", "resolve_device"]
 
 #: A loss above this factor times the lowest loss since the last snapshot counts as a jump
-#: (5 dB, the Deep Image Prior code's "backtracking" threshold).
+#: (5 dB, the Deep Image Prior code's "backtracking" threshold) ...
 JUMP_FACTOR = 10 ** (5 / 10)
+#: ... if it is also above this fraction of the first iteration's loss. Near an exact fit
+#: (noiseless compressive sensing drives the loss toward 0) Adam's ordinary spikes are large
+#: relative to the current loss but negligible in absolute terms, and must not count.
+JUMP_FLOOR = 1e-2
 
 
 @dataclass
@@ -118,6 +122,7 @@ class _Guard:
         self.max_restarts = max_restarts
         self.num_restarts = 0
         self.reference = math.inf  # lowest loss since the last snapshot
+        self.floor = 0.0  # JUMP_FLOOR times the first loss
         self._snapshot()
 
     def _snapshot(self) -> None:
@@ -127,9 +132,13 @@ class _Guard:
         )
 
     def is_bad(self, loss: float) -> bool:
-        return not math.isfinite(loss) or loss > JUMP_FACTOR * self.reference
+        if not math.isfinite(loss):
+            return True
+        return loss > JUMP_FACTOR * self.reference and loss > self.floor
 
     def accept(self, loss: float, step: int, every: int) -> None:
+        if self.floor == 0.0:
+            self.floor = JUMP_FLOOR * loss
         self.reference = min(self.reference, loss)
         if step % every == 0:
             self._snapshot()
@@ -208,7 +217,9 @@ def fit(
         Raising ``KeyboardInterrupt`` ends it like Ctrl-C.
     max_restarts : int
         How often the divergence guard may restore the last good weights (halving the learning
-        rate each time) before stopping with reason "diverged".
+        rate each time) before stopping with reason "diverged". The guard acts on a non-finite
+        loss, or on a jump above 5 dB over the lowest loss since the last snapshot that is also
+        above 1 % of the first loss (so small spikes near an exact fit are left alone).
     snapshot_every : int
         Iterations between snapshots of the weights for the divergence guard.
 

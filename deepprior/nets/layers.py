@@ -197,7 +197,9 @@ def conv2d(
         stride=stride,
         padding=(kernel_size - 1) // 2,
         bias=bias,
-        padding_mode=padding_mode,
+        # A 1x1 kernel needs no padding: "zeros" with padding 0 skips the no-op reflection pad
+        # (and its backward) that "reflect" still runs.
+        padding_mode=padding_mode if kernel_size > 1 else "zeros",
     )
 
 
