@@ -671,14 +671,14 @@ class Mask(LinearOperator):
 
     Notes
     -----
-    :attr:`num_measurements` counts every entry of ``y`` (``C * H * W``), including the zeros at
-    missing pixels; :attr:`num_observed` counts the entries actually observed, the ``m`` to use in
-    a discrepancy principle ``||y - A x||^2 <= tau * m * sigma^2``.
+    ``y`` has the image's shape with zeros at missing pixels, but :attr:`num_measurements`
+    counts only the entries actually observed: the ``m`` of a discrepancy principle
+    ``||y - A x||^2 <= tau * m * sigma^2``.
 
     Examples
     --------
     >>> op = Mask((3, 23, 17), keep=0.5, seed=0)
-    >>> op.num_observed
+    >>> op.num_measurements
     588
     """
 
@@ -724,7 +724,7 @@ class Mask(LinearOperator):
         self.register_buffer("mask", tensor)
 
     @property
-    def num_observed(self) -> int:
+    def num_measurements(self) -> int:
         """Number of entries of ``y`` actually observed (``True`` in the mask, all channels)."""
         channels = self.image_shape[0]
         per_channel = self.mask.sum(dim=(-2, -1))  # (1, C') with C' in {1, C}
@@ -746,7 +746,7 @@ class Mask(LinearOperator):
             ``{"kind": "mask", "image_shape", "keep", "seed"}`` for a random mask;
             ``{"kind": "mask", "image_shape", "mask"}`` with a nested list of 0/1 for an explicit
             mask of at most 16,384 entries. A larger explicit mask is not stored:
-            ``"mask"`` is ``None`` and ``"num_observed"`` is given, and
+            ``"mask"`` is ``None`` and ``"num_measurements"`` is given, and
             :func:`operator_from_description` refuses to rebuild it.
         """
         desc: dict[str, Any] = {"kind": "mask", "image_shape": list(self.image_shape)}
@@ -761,7 +761,7 @@ class Mask(LinearOperator):
             desc["mask"] = stored.to(device="cpu", dtype=torch.int64).tolist()
         else:
             desc["mask"] = None
-            desc["num_observed"] = self.num_observed
+            desc["num_measurements"] = self.num_measurements
         return desc
 
     def extra_repr(self) -> str:

@@ -797,7 +797,8 @@ class Discrepancy(Policy):
 
     Notes
     -----
-    Morozov (1966). With m = y.numel() and r_t = ‖y − A f_t‖², the rule stops at the first
+    Morozov (1966). With m = operator.num_measurements (the observed entries; y.numel() for an
+    operator without it) and r_t = ‖y − A f_t‖², the rule stops at the first
     iteration t where r̄_t ≤ τ·m·σ² — the residual a reconstruction equal to the clean image
     would have — and returns the iterate f_t. Fitting beyond that level means fitting the
     noise. If the level is never reached, the iterate with the smallest residual r_t is
@@ -829,7 +830,10 @@ class Discrepancy(Policy):
         self.sigma = _check_float("sigma", sigma, low=0.0, low_open=True)
         self.tau = _check_float("tau", tau, low=0.0, low_open=True)
         self.smoothing = _check_float("smoothing", smoothing, low=0.0, high=1.0, high_open=True)
-        self.level = self.tau * self._residual.y.numel() * self.sigma**2
+        # m: the operator's count of real measurements (a Mask's y also holds zeros at the
+        # unobserved pixels, which carry no noise)
+        m = getattr(operator, "num_measurements", self._residual.y.numel())
+        self.level = self.tau * m * self.sigma**2
         self._tracker = _MinTracker(None, 0.0)
         self.last_residual: float | None = None
         self.smoothed_residual: float | None = None

@@ -812,3 +812,13 @@ def test_registry_matches_the_constructors():
             default = parameters[key].default
             if default is not inspect.Parameter.empty and default is not None:
                 assert type(default) is kind
+
+
+def test_discrepancy_level_counts_only_observed_entries_of_a_mask():
+    from deepprior.operators import Mask
+
+    op = Mask((1, 20, 10), keep=0.25, seed=0)
+    y = op.A(torch.rand(1, 1, 20, 10))
+    policy = Discrepancy(op, y, sigma=0.1)
+    assert op.num_measurements == 50 and y.numel() == 200
+    assert policy.level == pytest.approx(50 * 0.1**2)
