@@ -16,10 +16,10 @@ KNOWN_ERRORS = (ValueError, TypeError, OSError, KeyError)
 Net = Annotated[str, typer.Option("--net", help=f"Network: {', '.join(NETS)}.")]
 Norm = Annotated[str, typer.Option("--norm", help="Normalization: channel, batch or none.")]
 Iters = Annotated[
-    int | None, typer.Option("--iters", min=1, help="Maximum iterations [default: per network].")
+    int | None, typer.Option("--iters", min=1, help="Maximum iterations (default: per network).")
 ]
 Lr = Annotated[
-    float | None, typer.Option("--lr", help="Adam learning rate [default: per network].")
+    float | None, typer.Option("--lr", help="Adam learning rate (default: per network).")
 ]
 Stop = Annotated[
     str,
@@ -39,7 +39,7 @@ Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or s
 JsonOut = Annotated[bool, typer.Option("--json", help="Print the JSON report to stdout.")]
 Debug = Annotated[bool, typer.Option("--debug", help="Show tracebacks of errors.")]
 Width = Annotated[
-    int | None, typer.Option("--channels", min=1, help="Network width k [default: per network].")
+    int | None, typer.Option("--channels", min=1, help="Network width k (default: per network).")
 ]
 
 

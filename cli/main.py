@@ -368,3 +368,7 @@ def _load_measurements(path: Path):
 def _shape_text(image: np.ndarray) -> str:
     return "x".join(str(s) for s in image.shape)
 
+
+from .analyze import analyze  # noqa: E402
+
+app.command()(analyze)

@@ -1,0 +1,312 @@
+"""Diagnostics monitors: curvature eigenvalues against dense matrices, ranks, no side effects."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torch.func import functional_call
+
+from deepprior import GaussianSensing, reconstruct
+from deepprior.analysis import (
+    Conditioning,
+    Diagnostics,
+    EffectiveRank,
+    GradientNorms,
+    GradientOscillation,
+    conv_layers,
+    curvature_eigenvalues,
+    effective_rank,
+    lanczos,
+    mse_loss,
+    numerical_rank,
+    weight_matrix,
+)
+from deepprior.fit import FitState
+from deepprior.nets import build_net
+
+TINY = {"channels": 2, "num_layers": 2}
+
+
+def _tiny_problem(norm, seed=0):
+    """A tiny conv generator in float64 and a target image: layers of 36, 36 and 2 weights."""
+    net, z = build_net("conv_generator", (1, 7, 5), norm=norm, seed=seed, **TINY)
+    net = net.double()
+    z = z.double()
+    g = torch.Generator().manual_seed(seed + 1)
+    target = torch.rand(1, 1, 7, 5, generator=g, dtype=torch.float64)
+    return net, z, target
+
+
+def _dense_block(net, z, target, name, kind):
+    """The layer's Hessian block (torch.autograd.functional.hessian) or Gauss-Newton block."""
+    weight = dict(net.named_parameters())[f"{name}.weight"]
+
+    def output_of(w):
+        return functional_call(net, {f"{name}.weight": w}, (z,))
+
+    if kind == "hessian":
+        def loss_of(w):
+            return torch.mean((output_of(w) - target) ** 2)
+
+        block = torch.autograd.functional.hessian(loss_of, weight.detach())
+        return block.reshape(weight.numel(), weight.numel())
+    jacobian = torch.autograd.functional.jacobian(output_of, weight.detach())
+    jacobian = jacobian.reshape(-1, weight.numel())
+    return 2.0 / target.numel() * jacobian.T @ jacobian
+
+
+@pytest.mark.parametrize("norm", ["none", "channel"])
+@pytest.mark.parametrize("kind", ["hessian", "gauss_newton"])
+def test_extreme_eigenvalues_match_dense_eigendecomposition(norm, kind):
+    net, z, target = _tiny_problem(norm)
+    estimates = curvature_eigenvalues(
+        net, z, mse_loss(target), kind=kind, num_steps=40, start="random", seed=3
+    )
+    assert list(estimates) == ["body.0.0", "body.1.0", "body.2.0"]
+    for name, estimate in estimates.items():
+        eigenvalues = torch.linalg.eigvalsh(_dense_block(net, z, target, name, kind))
+        top, bottom = float(eigenvalues[-1]), float(eigenvalues[0])
+        scale = max(abs(top), abs(bottom))
+        assert estimate.lambda_max == pytest.approx(top, rel=0.01, abs=1e-9 * scale), name
+        # within 1% of the value, or (for an eigenvalue that is 0 up to rounding) of the scale
+        assert abs(estimate.lambda_min - bottom) <= 0.01 * max(abs(bottom), 1e-6 * scale), name
+
+
+def test_hessian_block_of_normalized_layer_is_indefinite_without_it_equals_gauss_newton():
+    # without normalization the output is piecewise linear in one ReLU layer's weights, so that
+    # layer's Hessian block is its Gauss-Newton block; channel norm makes it indefinite
+    net, z, target = _tiny_problem("channel")
+    estimates = curvature_eigenvalues(net, z, mse_loss(target), kind="hessian", num_steps=40,
+                                      start="random")
+    first = estimates["body.0.0"]
+    assert first.lambda_min < 0 < first.lambda_max
+    assert math.isnan(first.condition_number)
+    net, z, target = _tiny_problem("none")
+    hessian = _dense_block(net, z, target, "body.1.0", "hessian")
+    gauss_newton = _dense_block(net, z, target, "body.1.0", "gauss_newton")
+    torch.testing.assert_close(hessian, gauss_newton)
+
+
+def test_gradient_start_sees_only_the_range_of_the_gauss_newton_block():
+    # channel norm makes each output channel's weights scale-invariant: the block is singular,
+    # but the gradient lies in its range, so Lanczos from the gradient never sees the null space
+    net, z, target = _tiny_problem("channel")
+    loss_fn = mse_loss(target)
+    from_gradient = curvature_eigenvalues(net, z, loss_fn, num_steps=40, start="gradient")
+    whole = curvature_eigenvalues(net, z, loss_fn, num_steps=40, start="random")
+    block = _dense_block(net, z, target, "body.1.0", "gauss_newton")
+    eigenvalues = torch.linalg.eigvalsh(block)
+    positive = eigenvalues[eigenvalues > 1e-9 * eigenvalues[-1]]
+    assert len(positive) < block.shape[0]  # singular
+    estimate = from_gradient["body.1.0"]
+    assert estimate.exhausted
+    assert estimate.lambda_max == pytest.approx(float(eigenvalues[-1]), rel=0.01)
+    assert estimate.lambda_min >= float(positive[0]) * 0.99
+    assert math.isfinite(estimate.condition_number)
+    assert whole["body.1.0"].lambda_min < 1e-9 * whole["body.1.0"].lambda_max
+    assert math.isinf(whole["body.1.0"].condition_number)
+
+
+def test_dead_network_has_zero_curvature_and_no_condition_number():
+    net, z, target = _tiny_problem("none")
+    with torch.no_grad():
+        net.body[0][0].weight.copy_(-net.body[0][0].weight.abs())  # z >= 0: every ReLU is dead
+    estimates = curvature_eigenvalues(net, z, mse_loss(target), num_steps=5)
+    for estimate in estimates.values():
+        assert estimate.lambda_max == 0.0 and math.isnan(estimate.condition_number)
+
+
+def test_lanczos_on_a_known_spectrum():
+    g = torch.Generator().manual_seed(0)
+    q, _ = torch.linalg.qr(torch.randn(50, 50, generator=g, dtype=torch.float64))
+    spectrum = torch.linspace(0.1, 10.0, 50, dtype=torch.float64)
+    matrix = q @ torch.diag(spectrum) @ q.T
+    start = torch.randn(50, generator=g, dtype=torch.float64)
+    result = lanczos(lambda v: matrix @ v, start, 50)
+    np.testing.assert_allclose(result.ritz_values, spectrum.numpy(), rtol=1e-8)
+    assert result.weights.sum() == pytest.approx(1.0)
+    few = lanczos(lambda v: matrix @ v, start, 12)
+    assert few.num_steps == 12 and not few.exhausted
+    assert 0.1 <= few.ritz_values[0] and few.ritz_values[-1] <= 10.0 + 1e-9
+    assert few.ritz_values[-1] == pytest.approx(10.0, rel=0.02)
+
+
+def test_lanczos_validates_its_input():
+    with pytest.raises(ValueError, match="non-zero and finite"):
+        lanczos(lambda v: v, torch.zeros(5), 3)
+    with pytest.raises(ValueError, match="at most 200"):
+        lanczos(lambda v: v, torch.ones(500), 201)
+    with pytest.raises(ValueError, match="integer >= 1"):
+        lanczos(lambda v: v, torch.ones(5), 0)
+
+
+# --------------------------------------------------------------------------- ranks
+
+
+def test_effective_rank_of_known_low_rank_matrices():
+    g = torch.Generator().manual_seed(0)
+    u, _ = torch.linalg.qr(torch.randn(12, 3, generator=g, dtype=torch.float64))
+    v, _ = torch.linalg.qr(torch.randn(9, 3, generator=g, dtype=torch.float64))
+    equal = u @ torch.diag(torch.tensor([2.0, 2.0, 2.0], dtype=torch.float64)) @ v.T
+    assert effective_rank(equal) == pytest.approx(3.0, rel=1e-9)
+    assert numerical_rank(equal) == 3
+    s = np.array([3.0, 2.0, 1.0])
+    unequal = (u.numpy() * s) @ v.numpy().T  # numpy input works too
+    p = s / s.sum()
+    assert effective_rank(unequal) == pytest.approx(math.exp(-(p * np.log(p)).sum()), rel=1e-9)
+    assert numerical_rank(unequal, threshold=0.4) == 2
+    assert effective_rank(torch.zeros(4, 5)) == 0.0 and numerical_rank(torch.zeros(4, 5)) == 0
+
+
+def test_rank_functions_validate_their_input():
+    with pytest.raises(ValueError, match="must be 2-D"):
+        effective_rank(torch.ones(2, 3, 4))
+    with pytest.raises(TypeError, match="torch.Tensor or numpy array"):
+        effective_rank([[1.0, 2.0]])
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        effective_rank(torch.tensor([[1.0, math.nan]]))
+    with pytest.raises(ValueError, match=r"threshold must be a number in \(0, 1\)"):
+        numerical_rank(torch.eye(3), threshold=1.5)
+
+
+def test_weight_matrix_shapes():
+    assert weight_matrix(nn.Conv2d(8, 8, 1, bias=False).weight).shape == (8, 8)
+    assert weight_matrix(nn.Conv2d(4, 6, 3).weight).shape == (6, 36)
+    with pytest.raises(ValueError, match="at least 2 dimensions"):
+        weight_matrix(torch.ones(3))
+    with pytest.raises(ValueError, match="no nn.Conv2d layer"):
+        conv_layers(nn.Linear(2, 2))
+
+
+# --------------------------------------------------------------------------- monitors
+
+
+class _TwoConvs(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(1, 2, 1, bias=False)
+        self.b = nn.Conv2d(2, 1, 1, bias=False)
+
+    def forward(self, z):
+        return self.b(self.a(z))
+
+
+def _state(net, step, grads):
+    for parameter, grad in zip(net.parameters(), grads, strict=True):
+        parameter.grad = grad.clone()
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.1)
+    return FitState(step, net, torch.ones(1, 1, 2, 2), 0.5, torch.zeros(1, 1, 2, 2), optimizer)
+
+
+def test_gradient_norms_and_oscillation_on_given_gradients():
+    net = _TwoConvs()
+    norms = GradientNorms(every=2)
+    oscillation = GradientOscillation(every=2)
+    g_a, g_b = torch.tensor([3.0, 4.0]).reshape(2, 1, 1, 1), torch.tensor([1.0, 0.0]).reshape(
+        1, 2, 1, 1)
+    for step, sign_b in [(1, 1.0), (2, -1.0), (3, 1.0), (4, 1.0)]:
+        state = _state(net, step, [g_a * step, g_b * sign_b])
+        assert norms(state) is False and oscillation(state) is False
+    assert norms.layers == ["a", "b"]
+    assert norms.steps == [1, 2, 4]
+    assert norms.values == [[5.0, 1.0], [10.0, 1.0], [20.0, 1.0]]
+    assert oscillation.steps == [2, 4]  # step 1 has no predecessor
+    assert oscillation.values == [pytest.approx([1.0, -1.0]), pytest.approx([1.0, 1.0])]
+
+
+def test_monitor_records_one_fit_only():
+    norms = GradientNorms(every=1)
+    norms(_state(_TwoConvs(), 1, [torch.ones(2, 1, 1, 1), torch.ones(1, 2, 1, 1)]))
+    with pytest.raises(ValueError, match="create a new monitor"):
+        norms(_state(_TwoConvs(), 2, [torch.ones(2, 1, 1, 1), torch.ones(1, 2, 1, 1)]))
+
+
+def test_callback_leaves_grads_buffers_and_rng_alone():
+    net, z = build_net("conv_generator", (1, 9, 7), norm="batch", seed=0, **TINY)
+    target = torch.rand(1, 1, 9, 7, generator=torch.Generator().manual_seed(0))
+    output = net(z)
+    loss = torch.mean((output - target) ** 2)
+    loss.backward()
+    grads = [p.grad.clone() for p in net.parameters()]
+    state_before = {k: v.clone() for k, v in net.state_dict().items()}
+    rng_before = torch.get_rng_state()
+    num_parameters = sum(p.numel() for p in net.parameters())
+    diagnostics = Diagnostics(mse_loss(target), every=1, curvature_every=1, curvature_iters=5)
+    optimizer = torch.optim.Adam(net.parameters())
+    diagnostics(FitState(1, net, z, loss.item(), output.detach(), optimizer))
+    assert all(torch.equal(p.grad, g) for p, g in zip(net.parameters(), grads, strict=True))
+    after = net.state_dict()
+    assert all(torch.equal(after[k], v) for k, v in state_before.items())  # BN running stats
+    assert torch.equal(torch.get_rng_state(), rng_before)
+    assert sum(p.numel() for p in net.parameters()) == num_parameters
+    assert not optimizer.state
+    assert not any(m._forward_hooks or m._backward_hooks for m in net.modules())
+
+
+@pytest.mark.parametrize("norm", ["batch", "none"])
+def test_fit_is_bit_identical_with_and_without_monitors(norm):
+    g = torch.Generator().manual_seed(5)
+    image = torch.rand(11, 9, generator=g).numpy()
+    options = {"net": "conv_generator", "norm": norm, "max_num_iter": 8, "stop": "fixed:8",
+               "net_options": TINY, "device": "cpu", "seed": 2}
+    diagnostics = Diagnostics(mse_loss(image), every=1, curvature_every=3, curvature_iters=4)
+    with_monitors = reconstruct(image, callback=diagnostics, **options)
+    without = reconstruct(image, **options)
+    assert np.array_equal(with_monitors.image, without.image)
+    assert np.array_equal(with_monitors.history["loss"], without.history["loss"])
+    assert with_monitors.config["num_parameters"] == without.config["num_parameters"]
+    data = diagnostics.to_dict()
+    json.dumps(data, allow_nan=False)  # JSON-ready
+    assert data["loss"]["steps"] == list(range(1, 9))
+    assert data["condition_number"]["steps"] == [1, 3, 6]
+    assert len(data["grad_norm"]["values"]) == 8 and len(data["grad_norm"]["values"][0]) == 3
+    assert data["grad_cosine"]["steps"] == list(range(2, 9))
+    assert data["effective_rank"]["matrix_shapes"] == [[2, 18], [2, 18], [1, 2]]
+    summary = diagnostics.summary()
+    assert summary["grad_norm_first"] == data["grad_norm"]["values"][0][0]
+    assert summary["condition_median_initial"] is not None
+    assert diagnostics.layers == ["body.0.0", "body.1.0", "body.2.0"]
+
+
+def test_mse_loss_matches_the_fit_loss_and_validates():
+    image = np.random.default_rng(0).random((5, 4, 3)).astype(np.float32)
+    out = torch.zeros(1, 3, 5, 4, dtype=torch.float64)
+    assert float(mse_loss(image)(out)) == pytest.approx(float(np.mean(image**2)), rel=1e-6)
+    operator = GaussianSensing(7, (1, 5, 4), seed=0)
+    y = np.arange(7, dtype=np.float32)
+    image_tensor = torch.from_numpy(image[:, :, :1].transpose(2, 0, 1).copy())[None]
+    expected = torch.mean((operator.A(image_tensor) - torch.from_numpy(y)) ** 2)
+    assert float(mse_loss(y, operator)(image_tensor)) == pytest.approx(float(expected))
+    with pytest.raises(ValueError, match="operator produces measurements of shape"):
+        mse_loss(np.zeros(6), operator)
+    with pytest.raises(ValueError, match="observation must be an image"):
+        mse_loss(np.zeros((2, 2, 2, 2)))
+    with pytest.raises(TypeError, match="numpy array or torch tensor"):
+        mse_loss([1.0])
+
+
+def test_constructor_validation_messages():
+    with pytest.raises(ValueError, match="every must be an integer >= 1"):
+        Diagnostics(every=0)
+    with pytest.raises(TypeError, match="every must be an integer"):
+        GradientNorms(every=2.5)
+    with pytest.raises(ValueError, match="needs the loss as a function"):
+        Diagnostics(curvature_every=10)
+    with pytest.raises(ValueError, match="curvature must be one of"):
+        Diagnostics(curvature="fisher")
+    with pytest.raises(ValueError, match="at most 200"):
+        Conditioning(lambda out: out.sum(), num_steps=500)
+    with pytest.raises(TypeError, match="loss_fn must be callable"):
+        Conditioning("mse")
+    with pytest.raises(ValueError, match="start must be one of"):
+        Conditioning(lambda out: out.sum(), start="ones")
+    with pytest.raises(ValueError, match="threshold must be"):
+        EffectiveRank(threshold=0)
+    net, z, target = _tiny_problem("none")
+    with pytest.raises(ValueError, match="unknown layer 'body.9'"):
+        curvature_eigenvalues(net, z, mse_loss(target), ["body.9"])
+    with pytest.raises(ValueError, match="must return a scalar"):
+        curvature_eigenvalues(net, z, lambda out: out, num_steps=3)

@@ -1,0 +1,101 @@
+"""``deepprior analyze`` through typer's CliRunner: files written, summary, error paths."""
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from deepprior import sample_image, save_image
+from deepprior_cli.main import app
+
+runner = CliRunner()
+TINY = ["--net", "conv_generator", "--channels", "3", "--iters", "6", "--every", "2",
+        "--curvature-every", "3", "--curvature-iters", "4"]
+FILES = ["analysis.json", "grad_norms.png", "conditioning.png", "oscillation.png",
+         "effective_rank.png", "loss.png"]
+
+
+@pytest.fixture
+def image_png(tmp_path):
+    path = tmp_path / "img.png"
+    save_image(path, sample_image("camera", size=(23, 17)))
+    return path
+
+
+def test_all_norms_write_report_plots_and_summary(image_png, tmp_path):
+    out = tmp_path / "analysis"
+    result = runner.invoke(app, ["analyze", str(image_png), "--norm", "all", "-o", str(out),
+                                 "--sigma", "25", *TINY])
+    assert result.exit_code == 0, result.output
+    for name in FILES:
+        assert (out / name).stat().st_size > (1000 if name.endswith(".png") else 100), name
+    report = json.loads((out / "analysis.json").read_text())
+    assert list(report["runs"]) == ["channel", "none", "batch"]
+    assert report["sigma_255"] == pytest.approx(25) and report["image_shape"] == [23, 17]
+    run = report["runs"]["channel"]
+    assert run["num_steps"] == 6 and len(run["history"]["loss"]) == 6
+    diagnostics = run["diagnostics"]
+    assert diagnostics["layers"] == ["body.0.0", "body.1.0", "body.2.0", "body.3.0",
+                                     "body.4.0", "body.5.0", "body.6.0"]
+    assert diagnostics["grad_norm"]["steps"] == [1, 2, 4, 6]
+    assert diagnostics["condition_number"]["steps"] == [1, 3, 6]
+    assert set(report["comparison"]) == {"channel_vs_none", "batch_vs_none"}
+    # same seed, same initial weights: BatchNorm on one image in train mode is channel norm
+    assert (report["runs"]["batch"]["summary"]["grad_norm_first"]
+            == pytest.approx(run["summary"]["grad_norm_first"], rel=1e-5))
+    for norm in ("channel", "none", "batch"):
+        assert f"\n{norm} " in result.stdout
+    assert "first-layer gradient norm at iteration 1: none" in result.stdout
+    assert "orders of magnitude" in result.stdout
+
+
+def test_default_image_one_norm_without_curvature(tmp_path):
+    out = tmp_path / "res"
+    args = ["analyze", "--size", "16", "--norm", "none", "--curvature-every", "0", "-o",
+            str(out), "--quiet", *TINY[:8]]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert result.stdout == ""
+    report = json.loads((out / "analysis.json").read_text())
+    assert list(report["runs"]) == ["none"] and report["comparison"] == {}
+    assert report["input"] == "sample image camera resized to 16x16"
+    assert "condition_number" not in report["runs"]["none"]["diagnostics"]
+    assert not (out / "conditioning.png").exists()
+
+
+def test_existing_outputs_are_kept_without_overwrite(image_png, tmp_path):
+    out = tmp_path / "res"
+    out.mkdir()
+    (out / "analysis.json").write_text("keep")
+    args = ["analyze", str(image_png), "--norm", "channel", "-o", str(out), "--quiet",
+            *TINY[:4], "--iters", "2", "--curvature-every", "0"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 1
+    assert "already exists" in result.stderr and "--overwrite" in result.stderr
+    assert (out / "analysis.json").read_text() == "keep"
+    assert runner.invoke(app, [*args, "--overwrite"]).exit_code == 0
+    assert json.loads((out / "analysis.json").read_text())["command"] == "analyze"
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--norm", "layer"], "--norm must be channel, none, batch or all"),
+        (["--net", "unet"], "--net must be one of"),
+        (["--sigma", "-3"], "--sigma must be >= 0"),
+        (["{missing}"], "missing.png"),
+    ],
+)
+def test_errors_are_one_line(extra, message, tmp_path):
+    extra = [e.replace("{missing}", str(tmp_path / "missing.png")) for e in extra]
+    result = runner.invoke(app, ["analyze", "-o", str(tmp_path / "o"), *extra])
+    assert result.exit_code == 1
+    assert result.stderr.startswith("error: ") and message in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert "Traceback" not in result.output
+
+
+def test_output_is_required_and_help_lists_the_command():
+    assert "analyze" in runner.invoke(app, ["--help"]).output
+    result = runner.invoke(app, ["analyze"])
+    assert result.exit_code == 2
