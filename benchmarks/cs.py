@@ -1,0 +1,423 @@
+"""Compressive-sensing study: deepprior against least squares, TV and wavelet-ℓ1 by FISTA.
+
+Protocol
+--------
+``camera`` (gray) at 64² with a dense Gaussian operator (:class:`deepprior.GaussianSensing`,
+entries N(0, 1/m)) and at 128² with the structured operator (:class:`deepprior.FastSensing`:
+random signs, orthonormal DCT, random rows), m/n ∈ {0.05, 0.1, 0.25, 0.5}, operator seed 0.
+Measurements are noiseless or carry Gaussian noise at a measurement SNR of 40 or 20 dB
+(``‖Ax‖² / ‖e‖²``, noise seed 0). PSNR (peak 1) and SSIM on outputs clipped to [0, 1].
+A reference check re-runs TV at m = 500 / 1000 / 2000 on camera 64², where REFERENCES §5 gives
+26.6 / 31.1 / 38.4 dB.
+
+Methods
+-------
+- Minimum-norm least squares ``Aᵀ(AAᵀ)⁻¹y`` (conjugate gradients).
+- TV-regularised and wavelet-ℓ1 reconstruction by FISTA, λ on a grid 10⁰ … 10⁻⁵·⁵ (half
+  decades, 100 FISTA iterations per λ, warm-started from the next larger λ), the λ with the
+  best PSNR against the clean image kept: **oracle-tuned**, an upper bound for these methods.
+- deepprior networks for a fixed budget of iterations; reported: the last iterate, the
+  best-PSNR iterate of the run (oracle) and the iterate the automatic rule (``stop="auto"``,
+  evaluated alongside the same fit) would have returned.
+
+Usage::
+
+    python benchmarks/cs.py --only baselines
+    python benchmarks/cs.py --only prior --resume
+    python benchmarks/cs.py --report
+    python benchmarks/cs.py --quick --out-dir /tmp/q
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import baselines
+import harness
+import numpy as np
+import torch
+from denoise import LABELS, Store, run_prior
+
+from deepprior import FastSensing, GaussianSensing, LinearOperator, psnr, sample_image, ssim
+
+BASELINES = ("least_squares", "tv_fista", "wavelet_fista")
+CS_LABELS = {
+    **LABELS,
+    "least_squares": "least squares (min. norm)",
+    "tv_fista": "TV (oracle λ)",
+    "wavelet_fista": "wavelet-ℓ1 (oracle λ)",
+}
+RATIOS = (0.05, 0.1, 0.25, 0.5)
+SNRS: tuple[float | None, ...] = (None, 40.0, 20.0)
+LAMBDAS = tuple(float(10.0**e) for e in np.arange(0.0, -6.0, -0.5))
+FISTA_ITER = 100
+REFERENCE_TV = {500: 26.6, 1000: 31.1, 2000: 38.4}
+
+# (size, m, SNR) for the baselines: every ratio and noise level at both sizes, plus the
+# reference check.
+FULL_BASELINE_CASES = [
+    (size, round(ratio * size * size), snr)
+    for size in (64, 128)
+    for snr in SNRS
+    for ratio in RATIOS
+] + [(64, m, None) for m in REFERENCE_TV]
+
+# (net, size, ratio, SNR, budget) in priority order.
+FULL_PRIOR_CASES: list[tuple[str, int, float, float | None, int]] = [
+    *(("deep_decoder", 64, r, None, 1500) for r in RATIOS),
+    ("conv_decoder", 64, 0.25, None, 1500),
+    ("deep_decoder", 64, 0.25, 20.0, 1500),
+    ("deep_decoder", 64, 0.25, 40.0, 1500),
+    ("conv_decoder", 64, 0.1, None, 1500),
+    ("deep_decoder", 128, 0.25, None, 1000),
+    ("conv_decoder", 128, 0.25, None, 1000),
+    *(("deep_decoder", 64, r, 20.0, 1500) for r in (0.05, 0.1, 0.5)),
+    *(("deep_decoder", 64, r, 40.0, 1500) for r in (0.05, 0.1, 0.5)),
+    *(("conv_decoder", 64, r, None, 1500) for r in (0.05, 0.5)),
+    ("deep_decoder", 128, 0.1, None, 1000),
+    ("conv_decoder", 128, 0.1, None, 1000),
+]
+
+QUICK_BASELINE_CASES = [(64, 410, None), (64, 1024, 20.0), (128, 1638, None)]
+QUICK_PRIOR_CASES = [("deep_decoder", 64, 0.25, None, 40), ("conv_decoder", 128, 0.1, None, 10)]
+QUICK_NET_OPTIONS = {"channels": 16}
+QUICK_SOLVER = {"lambdas": (1e-2, 1e-4), "num_iter": 20}
+
+
+def make_operator(size: int, m: int, seed: int) -> LinearOperator:
+    """Gaussian sensing at 64² and below, the fast structured operator above."""
+    if size <= 64:
+        return GaussianSensing(m, (1, size, size), seed=seed)
+    return FastSensing(m, (1, size, size), seed=seed)
+
+
+def make_case(size: int, m: int, snr: float | None, seed: int):
+    """Clean image, operator, measurements y (tensor (1, 1, m)) and the noise level."""
+    clean = sample_image("camera", size=size)
+    operator = make_operator(size, m, seed)
+    with torch.no_grad():
+        y = operator.A(torch.from_numpy(clean)[None, None])
+    noise_std = 0.0
+    if snr is not None:
+        noise_std = float(y.norm()) / math.sqrt(y.numel()) * 10 ** (-snr / 20)
+        rng = np.random.default_rng(seed)
+        y = y + noise_std * torch.from_numpy(rng.standard_normal(y.shape).astype(np.float32))
+    return clean, operator, y, noise_std
+
+
+def run_baseline(
+    method: str,
+    operator: LinearOperator,
+    y: torch.Tensor,
+    clean: np.ndarray,
+    *,
+    lambdas: tuple[float, ...] = LAMBDAS,
+    num_iter: int = FISTA_ITER,
+) -> dict[str, Any]:
+    """One baseline → a JSON-ready row (PSNR, SSIM, seconds, λ path)."""
+    lipschitz = baselines.operator_norm_squared(operator)
+    path = None
+    if method == "least_squares":
+        out = baselines.least_squares(operator, y)
+    elif method == "tv_fista":
+        out, path = baselines.oracle_tune(
+            baselines.fista_tv, clean, lambdas, operator=operator, y=y,
+            num_iter=num_iter, lipschitz=lipschitz,
+        )
+    elif method == "wavelet_fista":
+        out, path = baselines.oracle_tune(
+            baselines.fista_wavelet, clean, lambdas, operator=operator, y=y,
+            num_iter=num_iter, lipschitz=lipschitz,
+        )
+    else:
+        raise ValueError(f"unknown baseline {method!r}; choose one of {', '.join(BASELINES)}")
+    row = {"method": method, "psnr": psnr(clean, out.image), "ssim": ssim(clean, out.image),
+           "seconds": out.seconds, "params": out.params}
+    if path is not None:
+        row["lambda_path"] = path
+    return row
+
+
+def _case_row(size: int, m: int, snr: float | None, method: str) -> dict[str, Any]:
+    row = {"size": size, "m": m, "ratio": m / (size * size), "snr": snr, "method": method,
+           "operator": "gaussian" if size <= 64 else "fast"}
+    row["key"] = [size, m, snr, method]
+    return row
+
+
+def run_study(args: argparse.Namespace, store: Store) -> None:
+    """Baseline rows, then deepprior rows, skipping those already stored."""
+    base_cases = QUICK_BASELINE_CASES if args.quick else FULL_BASELINE_CASES
+    prior_cases = QUICK_PRIOR_CASES if args.quick else FULL_PRIOR_CASES
+    solver = QUICK_SOLVER if args.quick else {"lambdas": LAMBDAS, "num_iter": FISTA_ITER}
+    if args.only in ("all", "baselines"):
+        for size, m, snr in base_cases:
+            clean, operator, y, _ = make_case(size, m, snr, args.seed)
+            for method in BASELINES:
+                row = _case_row(size, m, snr, method)
+                if store.key(row) in store.done and not args.recompute:
+                    continue
+                row.update(run_baseline(method, operator, y, clean, **solver))
+                store.add(row)
+                _log(row)
+    if args.only in ("all", "prior"):
+        fits = 0
+        for net, size, ratio, snr, budget in prior_cases:
+            m = round(ratio * size * size)
+            row = _case_row(size, m, snr, net)
+            if store.key(row) in store.done and not args.recompute:
+                continue
+            if fits >= args.max_fits:
+                print(f"--max-fits {args.max_fits} reached; stopping", flush=True)
+                break
+            fits += 1
+            clean, operator, y, _ = make_case(size, m, snr, args.seed)
+            options = QUICK_NET_OPTIONS if args.quick else None
+            row.update(run_prior(y[0].numpy(), clean, net=net, operator=operator,
+                                 max_num_iter=budget, seed=args.seed, net_options=options))
+            store.add(row)
+            _log(row)
+
+
+def _snr_text(snr: float | None) -> str:
+    return "noiseless" if snr is None else f"SNR {snr:g} dB"
+
+
+def _log(row: dict[str, Any]) -> None:
+    if "psnr_oracle" in row:
+        text = (f"last {row['psnr_final']:.2f} dB, oracle {row['psnr_oracle']:.2f} dB "
+                f"(it {row['oracle_step']}), auto {row['psnr_auto']:.2f} dB "
+                f"(it {row['auto_step']}), {row['seconds_per_iter']:.3f} s/it")
+    else:
+        text = f"{row['psnr']:.2f} dB, {row['seconds']:.2f} s {row.get('params', '')}"
+    print(f"{row['size']}² m={row['m']} {_snr_text(row['snr'])} {row['method']}: {text}",
+          flush=True)
+
+
+# --------------------------------------------------------------------------- report
+
+
+def _fmt(value: float | None, digits: int = 2) -> str:
+    return "" if value is None else f"{value:.{digits}f}"
+
+
+def quality_table(rows: list[dict[str, Any]], size: int, snr: float | None) -> str:
+    """PSNR per m for one size and noise level: baselines, then each net's last/best iterate."""
+    index = {tuple(r["key"]): r for r in rows}
+    nets = [n for n in ("deep_decoder", "conv_decoder", "dip")
+            if any(r["method"] == n and r["size"] == size for r in rows)]
+    columns = ["m/n", "m", *(CS_LABELS[b] for b in BASELINES)]
+    for net in nets:
+        columns += [f"{LABELS[net]} last", f"{LABELS[net]} auto", f"{LABELS[net]} best it."]
+    table = []
+    ms = sorted({r["m"] for r in rows if r["size"] == size and r["snr"] == snr
+                 and r["m"] not in REFERENCE_TV})
+    for m in ms:
+        line = {"m/n": f"{m / size**2:.3g}", "m": m}
+        for b in BASELINES:
+            row = index.get((size, m, snr, b))
+            line[CS_LABELS[b]] = _fmt(row["psnr"]) if row else ""
+        for net in nets:
+            row = index.get((size, m, snr, net))
+            line[f"{LABELS[net]} last"] = _fmt(row["psnr_final"]) if row else ""
+            line[f"{LABELS[net]} auto"] = _fmt(row["psnr_auto"]) if row else ""
+            line[f"{LABELS[net]} best it."] = (
+                f"{row['psnr_oracle']:.2f} ({row['oracle_step']})" if row else ""
+            )
+        table.append(line)
+    return harness.markdown_table(table, columns)
+
+
+def reference_table(rows: list[dict[str, Any]]) -> str:
+    """TV and wavelet-ℓ1 at m = 500 / 1000 / 2000 on camera 64², beside REFERENCES §5."""
+    index = {tuple(r["key"]): r for r in rows}
+    table = []
+    for m, ref in REFERENCE_TV.items():
+        tv = index.get((64, m, None, "tv_fista"))
+        wav = index.get((64, m, None, "wavelet_fista"))
+        table.append({
+            "m": m, "TV here": _fmt(tv["psnr"]) if tv else "", "TV REFERENCES §5": ref,
+            "λ (TV)": f"{tv['params']['lambda']:.1e}" if tv else "",
+            "wavelet-ℓ1 here": _fmt(wav["psnr"]) if wav else "",
+        })
+    return harness.markdown_table(table, ["m", "TV here", "TV REFERENCES §5", "λ (TV)",
+                                          "wavelet-ℓ1 here"])
+
+
+def prior_table(rows: list[dict[str, Any]]) -> str:
+    """The deepprior rows in detail."""
+    columns = ["net", "size", "operator", "m/n", "noise", "params", "budget", "PSNR last",
+               "best it.", "PSNR best", "auto rule", "auto it.", "PSNR auto", "s/it", "CPU s/it",
+               "fit time"]
+    table = []
+    for r in sorted((r for r in rows if "psnr_oracle" in r),
+                    key=lambda r: (r["method"], r["size"], r["snr"] or 0, r["m"])):
+        table.append({
+            "net": LABELS[r["method"]], "size": f"{r['size']}²", "operator": r["operator"],
+            "m/n": f"{r['ratio']:.3g}", "noise": _snr_text(r["snr"]),
+            "params": f"{r['num_parameters']:,}", "budget": f"{r['max_num_iter']:,}",
+            "PSNR last": _fmt(r["psnr_final"]), "best it.": r["oracle_step"],
+            "PSNR best": _fmt(r["psnr_oracle"]), "auto rule": r["auto_rule"],
+            "auto it.": r["auto_step"], "PSNR auto": _fmt(r["psnr_auto"]),
+            "s/it": _fmt(r["seconds_per_iter"], 3),
+            "CPU s/it": _fmt(r.get("cpu_seconds_per_iter"), 3),
+            "fit time": f"{r['seconds_total']:.0f} s",
+        })
+    return harness.markdown_table(table, columns)
+
+
+def baseline_detail(rows: list[dict[str, Any]]) -> str:
+    """λ chosen and seconds of one solve for the oracle-tuned baselines."""
+    columns = ["size", "m/n", "noise", "TV λ", "TV s", "wavelet λ", "wavelet s", "LS s"]
+    index = {tuple(r["key"]): r for r in rows}
+    table = []
+    for size, m, snr in sorted({(r["size"], r["m"], r["snr"] or 0) for r in rows
+                                if r["method"] in BASELINES and r["m"] not in REFERENCE_TV}):
+        snr_value = snr or None
+        tv = index.get((size, m, snr_value, "tv_fista"))
+        wav = index.get((size, m, snr_value, "wavelet_fista"))
+        ls = index.get((size, m, snr_value, "least_squares"))
+
+        def lam(row):
+            if not row:
+                return ""
+            edge = " (edge)" if row["params"].get("lambda_at_grid_edge") else ""
+            return f"{row['params']['lambda']:.1e}{edge}"
+
+        table.append({
+            "size": f"{size}²", "m/n": f"{m / size**2:.3g}", "noise": _snr_text(snr_value),
+            "TV λ": lam(tv), "TV s": _fmt(tv["seconds"]) if tv else "",
+            "wavelet λ": lam(wav), "wavelet s": _fmt(wav["seconds"]) if wav else "",
+            "LS s": _fmt(ls["seconds"], 3) if ls else "",
+        })
+    return harness.markdown_table(table, columns)
+
+
+def report(payload: dict[str, Any]) -> str:
+    """All markdown tables of the study."""
+    rows = payload["rows"]
+    runs = payload["runs"]
+    parts = [
+        "Machine: " + harness.machine_line(runs[-1]),
+        "Commands: " + "; ".join(f"`{r['command']}` ({r['date']})" for r in runs),
+    ]
+    for size in sorted({r["size"] for r in rows}):
+        op = "Gaussian" if size <= 64 else "fast (DCT)"
+        for snr in SNRS:
+            if not any(r["size"] == size and r["snr"] == snr for r in rows):
+                continue
+            parts += [f"\ncamera {size}², {op} operator, {_snr_text(snr)} — PSNR (dB); "
+                      "'best it.' = oracle iterate (iteration):\n",
+                      quality_table(rows, size, snr)]
+    if any(r["m"] in REFERENCE_TV and r["size"] == 64 for r in rows):
+        parts += ["\nReference check (camera 64², Gaussian, noiseless):\n", reference_table(rows)]
+    parts += ["\ndeepprior rows:\n", prior_table(rows),
+              "\nOracle-tuned baselines: chosen λ (\"edge\" = at the end of the grid) and seconds "
+              "of one solve at that λ:\n", baseline_detail(rows)]
+    return "\n".join(parts)
+
+
+def plot(payload: dict[str, Any], path: Path) -> Path | None:
+    """PSNR against m/n: one panel per (size, noise level), one line per method.
+
+    Least squares (5-9 dB) is left out to keep the scale readable; it is in the tables.
+    """
+    from matplotlib.figure import Figure
+
+    rows = [r for r in payload["rows"] if r["m"] not in REFERENCE_TV or r["size"] != 64]
+    sizes = sorted({r["size"] for r in rows})
+    if not rows:
+        return None
+    fig = Figure(figsize=(10, 3.0 * len(sizes)), dpi=72, layout="constrained")
+    styles = {"tv_fista": ("C2", "-", "o"),
+              "wavelet_fista": ("C4", "-", "v"), "deep_decoder": ("C0", "-", "D"),
+              "conv_decoder": ("C1", "-", "P"), "dip": ("C3", "-", "X")}
+    for i, size in enumerate(sizes):
+        for j, snr in enumerate(SNRS):
+            ax = fig.add_subplot(len(sizes), len(SNRS), i * len(SNRS) + j + 1)
+            for method, (color, ls, marker) in styles.items():
+                sel = sorted((r for r in rows if r["size"] == size and r["snr"] == snr
+                              and r["method"] == method), key=lambda r: r["ratio"])
+                if not sel:
+                    continue
+                x = [r["ratio"] for r in sel]
+                if "psnr_oracle" in sel[0]:
+                    ax.plot(x, [r["psnr_final"] for r in sel], color=color, ls=ls,
+                            marker=marker, ms=4, label=f"{LABELS[method]} (last)")
+                    ax.plot(x, [r["psnr_oracle"] for r in sel], color=color, ls=":",
+                            marker=marker, ms=3, mfc="none", label=f"{LABELS[method]} (best it.)")
+                else:
+                    ax.plot(x, [r["psnr"] for r in sel], color=color, ls=ls, marker=marker,
+                            ms=4, label=CS_LABELS[method])
+            ax.set_xscale("log")
+            ax.minorticks_off()
+            ax.set_xticks(list(RATIOS), [f"{r:g}" for r in RATIOS])
+            ax.set_title(f"camera {size}², {_snr_text(snr)}", fontsize=8)
+            ax.set_xlabel("m/n", fontsize=7)
+            ax.set_ylabel("PSNR (dB)", fontsize=7)
+            ax.tick_params(labelsize=7)
+            if i == 0 and j == 0:
+                ax.legend(fontsize=6)
+    fig.savefig(path)
+    return path
+
+
+# --------------------------------------------------------------------------- entry point
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="smoke run: 3 cases, few steps")
+    parser.add_argument("--only", choices=("all", "baselines", "prior"), default="all",
+                        help="run only the baselines or only the deepprior arms (all)")
+    parser.add_argument("--resume", action="store_true",
+                        help="keep the rows already in the JSON file and skip them")
+    parser.add_argument("--recompute", action="store_true",
+                        help="with --resume: recompute the selected rows even if stored")
+    parser.add_argument("--report", action="store_true",
+                        help="print the tables from the JSON file, redraw the plot, exit")
+    parser.add_argument("--max-fits", type=int, default=10**6,
+                        help="run at most this many new deepprior fits (all)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (1)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="operator, noise and network seed (0)")
+    parser.add_argument("--out-dir", type=Path, default=harness.RESULTS,
+                        help="where cs.json and cs.png go (benchmarks/results)")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    path = args.out_dir / "cs.json"
+    if args.report:
+        if not path.exists():
+            print(f"error: {path} does not exist; run the study first", file=sys.stderr)
+            return 1
+        payload = json.loads(path.read_text())
+        plot(payload, args.out_dir / "cs.png")
+        print(report(payload))
+        return 0
+    torch.set_num_threads(args.threads)
+    config = {"quick": args.quick, "only": args.only, "seed": args.seed,
+              "threads": args.threads,
+              "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"), "lambdas": LAMBDAS,
+              "fista_iter_per_lambda": FISTA_ITER}
+    store = Store(path, args.resume, config)
+    start = time.perf_counter()
+    run_study(args, store)
+    plot(store.payload, args.out_dir / "cs.png")
+    print(report(store.payload))
+    print(f"\n{len(store.payload['rows'])} rows in {path} "
+          f"({time.perf_counter() - start:.0f} s)", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

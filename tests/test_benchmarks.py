@@ -1,0 +1,168 @@
+"""Benchmark scripts: the baseline solvers are right, and every script's --quick mode runs."""
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from deepprior import GaussianSensing, psnr
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def baselines():
+    return _load("baselines")
+
+
+def _blocks(size: int = 16) -> np.ndarray:
+    """A piecewise-constant test image (TV's ideal case)."""
+    image = np.full((size, size), 0.2, dtype=np.float32)
+    image[3:10, 4:12] = 0.8
+    image[11:15, 2:7] = 0.5
+    return image
+
+
+def _tv(u: torch.Tensor, baselines) -> float:
+    gh, gw = baselines.grad(u)
+    return float(torch.sqrt(gh**2 + gw**2).sum())
+
+
+def test_div_is_minus_adjoint_of_grad(baselines):
+    generator = torch.Generator().manual_seed(0)
+    u = torch.randn(1, 1, 23, 17, generator=generator, dtype=torch.float64)
+    ph, pw = (torch.randn(1, 1, 23, 17, generator=generator, dtype=torch.float64)
+              for _ in range(2))
+    gh, gw = baselines.grad(u)
+    lhs = float((gh * ph + gw * pw).sum())
+    rhs = -float((u * baselines.div(ph, pw)).sum())
+    assert abs(lhs - rhs) < 1e-10 * abs(lhs)
+
+
+def test_tv_prox_minimises_its_objective(baselines):
+    generator = torch.Generator().manual_seed(1)
+    v = torch.from_numpy(_blocks())[None, None] + 0.1 * torch.randn(
+        1, 1, 16, 16, generator=generator
+    )
+    weight = 0.05
+    u, _ = baselines.tv_prox(v.double(), weight, num_iter=300)
+
+    def objective(x: torch.Tensor) -> float:
+        return 0.5 * float(((x - v.double()) ** 2).sum()) + weight * _tv(x, baselines)
+
+    best = objective(u)
+    assert best < 0.8 * objective(v.double())
+    for _ in range(5):
+        nudged = u + 1e-3 * torch.randn(u.shape, generator=generator, dtype=torch.float64)
+        assert best <= objective(nudged) + 1e-9
+
+
+def test_least_squares_is_the_minimum_norm_solution(baselines):
+    operator = GaussianSensing(40, (1, 9, 11), seed=0)
+    x = torch.rand(1, 1, 9, 11, generator=torch.Generator().manual_seed(2))
+    y = operator.A(x)
+    result = baselines.least_squares(operator, y)
+    expected = torch.linalg.pinv(operator.matrix.double()) @ y[0, 0].double()
+    got = torch.from_numpy(result.image).double().flatten()
+    assert torch.allclose(got, expected.clamp(0, 1), atol=1e-4)
+
+
+def test_fista_recovers_a_piecewise_constant_image_from_few_measurements(baselines):
+    clean = _blocks()
+    operator = GaussianSensing(128, (1, 16, 16), seed=0)
+    y = operator.A(torch.from_numpy(clean)[None, None])
+    ls = baselines.least_squares(operator, y)
+    tv, path = baselines.oracle_tune(
+        baselines.fista_tv, clean, (1e-1, 1e-2, 1e-3), operator=operator, y=y, num_iter=300
+    )
+    wav, _ = baselines.oracle_tune(
+        baselines.fista_wavelet, clean, (1e-1, 1e-2), operator=operator, y=y, num_iter=200,
+        wavelet="haar",
+    )
+    assert psnr(clean, tv.image) > 35.0  # TV recovers blocks from m/n = 0.5 almost exactly
+    assert psnr(clean, wav.image) > psnr(clean, ls.image) + 3.0
+    assert [p["lambda"] for p in path] == [1e-1, 1e-2, 1e-3]  # warm-started, largest first
+    assert tv.params["lambda"] in (1e-1, 1e-2, 1e-3)
+
+
+def test_oracle_tune_needs_a_grid(baselines):
+    operator = GaussianSensing(10, (1, 4, 4), seed=0)
+    with pytest.raises(ValueError, match="at least one value"):
+        baselines.oracle_tune(baselines.fista_tv, np.zeros((4, 4)), (), operator=operator,
+                              y=torch.zeros(1, 1, 10))
+
+
+def test_tv_denoise_oracle_beats_the_noisy_image(baselines):
+    clean = _blocks(32)
+    noisy = clean + 0.1 * np.random.default_rng(0).standard_normal(clean.shape).astype(np.float32)
+    result = baselines.tv_denoise_oracle(noisy, clean, weights=(0.02, 0.1, 0.3))
+    assert psnr(clean, result.image) > psnr(clean, noisy) + 5.0
+    assert result.params["weight"] in (0.02, 0.1, 0.3)
+    with pytest.raises(ValueError, match="at least one TV weight"):
+        baselines.tv_denoise_oracle(noisy, clean, weights=())
+
+
+def _run(script: str, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run(
+        [sys.executable, str(BENCH / script), *args],
+        capture_output=True, text=True, timeout=240, env=env, check=False,
+    )
+
+
+def _check_outputs(out: Path, name: str) -> dict:
+    payload = json.loads((out / f"{name}.json").read_text())
+    png = out / f"{name}.png"
+    assert png.exists() and 1_000 < png.stat().st_size < 200_000
+    return payload
+
+
+def test_denoise_quick(tmp_path):
+    pytest.importorskip("bm3d")
+    done = _run("denoise.py", "--quick", "--out-dir", str(tmp_path))
+    assert done.returncode == 0, done.stderr
+    payload = _check_outputs(tmp_path, "denoise")
+    rows = {(r["image"], r["clip"], r["method"]): r for r in payload["rows"]}
+    bm3d = rows[("camera", False, "bm3d")]
+    assert bm3d["psnr"] > rows[("camera", False, "noisy")]["psnr"] + 5
+    dd = rows[("camera", False, "deep_decoder")]
+    assert dd["psnr_oracle"] >= dd["psnr_auto"] - 1e-6
+    assert dd["psnr_oracle"] >= dd["psnr_final"] - 1e-6
+    assert {"auto_rule", "auto_step", "auto_seconds", "curve"} <= set(dd)
+    assert payload["runs"][0]["command"].endswith(f"--quick --out-dir {tmp_path}")
+    report = _run("denoise.py", "--report", "--out-dir", str(tmp_path))
+    assert report.returncode == 0, report.stderr
+    assert "BM3D" in report.stdout and "deepprior arms" in report.stdout
+
+
+def test_cs_quick(tmp_path):
+    done = _run("cs.py", "--quick", "--out-dir", str(tmp_path))
+    assert done.returncode == 0, done.stderr
+    payload = _check_outputs(tmp_path, "cs")
+    methods = {r["method"] for r in payload["rows"]}
+    assert {"least_squares", "tv_fista", "wavelet_fista", "deep_decoder"} <= methods
+    assert "TV (oracle λ)" in done.stdout
+
+
+def test_speed_quick(tmp_path):
+    done = _run("speed.py", "--quick", "--out-dir", str(tmp_path))
+    assert done.returncode == 0, done.stderr
+    payload = _check_outputs(tmp_path, "speed")
+    assert payload["ceilings"]["matmul_gflops"] > 0
+    for row in payload["rows"]:
+        assert row["flops"] > 0 and row["bytes"] > 0 and row["seconds_per_iter"] > 0
+        assert 0 < row["roofline_fraction"] < float("inf")
