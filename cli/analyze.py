@@ -40,6 +40,7 @@ from .common import (
     error_funnel,
     sigma_from_cli,
 )
+from .outputs import jsonable
 
 NETS = ("deep_decoder", "conv_generator", "dip", "conv_decoder")
 NORMS = ("channel", "none", "batch")
@@ -272,7 +273,7 @@ def write_outputs(
     report: dict[str, Any], paths: dict[str, Path], *, overwrite: bool
 ) -> list[Path]:
     """analysis.json and the plots, each written atomically; returns the paths written."""
-    text = json.dumps(_jsonable(report), separators=(",", ":"))
+    text = json.dumps(jsonable(report, digits=4), separators=(",", ":"))
     write_atomic(paths["report"], lambda f: f.write(text.encode()), overwrite=overwrite)
     written = [paths["report"]]
     plots: dict[str, Callable[[dict[str, Any]], Any]] = {
@@ -512,21 +513,3 @@ def _orders(without: float | None, with_norm: float | None) -> str:
     orders = math.log10(with_norm / without)
     direction = "lower" if orders > 0 else "higher"
     return f"{abs(orders):.1f} orders of magnitude {direction} without normalization"
-
-
-def _jsonable(value: Any) -> Any:
-    """Plain JSON: 4 significant digits for floats, non-finite values as None."""
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            return None
-        return float(f"{value:.4g}")
-    if isinstance(value, Path):
-        return str(value)
-    return value
-

@@ -32,7 +32,7 @@ class Outputs:
 
     def write(self, image: np.ndarray, report: dict[str, Any], result) -> None:
         deepprior.save_image(self.image, image, overwrite=self.overwrite)
-        text = json.dumps(_jsonable(report), indent=2)
+        text = json.dumps(jsonable(report), indent=2)
         write_atomic(self.report, lambda f: f.write(text.encode()), overwrite=self.overwrite)
         write_atomic(self.plot, lambda f: _plot(result, f), overwrite=self.overwrite)
 
@@ -56,15 +56,19 @@ def build_report(result, *, extra: dict[str, Any]) -> dict[str, Any]:
     return report
 
 
-def _jsonable(value: Any) -> Any:
+def jsonable(value: Any, *, digits: int | None = None) -> Any:
+    """Plain JSON values: numpy scalars unwrapped, non-finite floats as None, paths as text;
+    floats rounded to ``digits`` significant digits when given."""
     if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
+        return {str(k): jsonable(v, digits=digits) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
+        return [jsonable(v, digits=digits) for v in value]
     if isinstance(value, np.generic):
         value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            return None
+        return float(f"{value:.{digits}g}") if digits else value
     if isinstance(value, Path):
         return str(value)
     return value
