@@ -26,8 +26,8 @@ import numpy as np
 import typer
 
 import deepprior
+from deepprior import write_atomic
 from deepprior.analysis import Diagnostics, mse_loss
-from deepprior.io import write_atomic
 
 from .common import (
     Debug,

@@ -326,10 +326,8 @@ def _make_operator(kind: str, m: int, clean: np.ndarray, seed: int):
 def _measure(operator, clean: np.ndarray, snr_db: float | None, seed: int):
     import torch
 
-    from deepprior.api import image_to_tensor
-
     with torch.no_grad():
-        y = operator.A(image_to_tensor(clean))[0].numpy()
+        y = operator.A(deepprior.image_to_tensor(clean))[0].numpy()
     if snr_db is None:
         return y, None
     sigma = float(np.sqrt(np.mean(y**2) / 10 ** (snr_db / 10)))
@@ -338,8 +336,6 @@ def _measure(operator, clean: np.ndarray, snr_db: float | None, seed: int):
 
 
 def _save_measurements(path: Path, operator, y: np.ndarray, sigma, overwrite: bool) -> None:
-    from deepprior.io import write_atomic
-
     if path.suffix != ".npz":
         raise ValueError(f"--save-measurements must end in .npz, got {path}")
     description = json.dumps(operator.describe())
@@ -347,7 +343,7 @@ def _save_measurements(path: Path, operator, y: np.ndarray, sigma, overwrite: bo
     def write(handle) -> None:
         np.savez(handle, y=y, operator=description, sigma=np.nan if sigma is None else sigma)
 
-    write_atomic(path, write, overwrite=overwrite)
+    deepprior.write_atomic(path, write, overwrite=overwrite)
 
 
 def _load_measurements(path: Path):

@@ -10,7 +10,6 @@ from typing import Any
 import numpy as np
 
 import deepprior
-from deepprior.io import write_atomic
 
 
 class Outputs:
@@ -33,8 +32,9 @@ class Outputs:
     def write(self, image: np.ndarray, report: dict[str, Any], result) -> None:
         deepprior.save_image(self.image, image, overwrite=self.overwrite)
         text = json.dumps(jsonable(report), indent=2)
-        write_atomic(self.report, lambda f: f.write(text.encode()), overwrite=self.overwrite)
-        write_atomic(self.plot, lambda f: _plot(result, f), overwrite=self.overwrite)
+        overwrite = self.overwrite
+        deepprior.write_atomic(self.report, lambda f: f.write(text.encode()), overwrite=overwrite)
+        deepprior.write_atomic(self.plot, lambda f: _plot(result, f), overwrite=overwrite)
 
 
 def build_report(result, *, extra: dict[str, Any]) -> dict[str, Any]:

@@ -9,9 +9,9 @@ compressive sensing, with early-stopping rules that need no clean image.
 
 from importlib.metadata import PackageNotFoundError, version
 
-from .api import DEFAULTS, Reconstruction, reconstruct
+from .api import DEFAULTS, Reconstruction, image_to_tensor, reconstruct, tensor_to_image
 from .data import sample_image
-from .io import ImageError, load_image, save_image
+from .io import ImageError, load_image, save_image, write_atomic
 from .metrics import mse, psnr, ssim
 from .nets import available_nets, build_net
 from .noise import add_gaussian_noise, estimate_sigma
@@ -45,6 +45,7 @@ __all__ = [
     "available_nets",
     "build_net",
     "estimate_sigma",
+    "image_to_tensor",
     "load_image",
     "mse",
     "operator_from_description",
@@ -53,4 +54,6 @@ __all__ = [
     "sample_image",
     "save_image",
     "ssim",
+    "tensor_to_image",
+    "write_atomic",
 ]

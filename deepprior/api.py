@@ -243,6 +243,7 @@ def reconstruct(
     _check_choice("net", net, available_nets())
     _check_choice("norm", norm, NORMS)
     defaults = DEFAULTS[(problem, net)]
+    iterations_given = max_num_iter is not None
     max_num_iter = _check_int("max_num_iter", max_num_iter, defaults.max_num_iter, low=1)
     learning_rate = _check_learning_rate(learning_rate, defaults.learning_rate)
     seed = _check_int("seed", seed, 0, low=0)
@@ -255,11 +256,11 @@ def reconstruct(
         gt_tensor = _prepare_ground_truth(ground_truth, image_shape)
     torch_device = resolve_device(device)
 
-    specs = _resolve_stop(stop, problem, net, max_num_iter)
+    specs = _resolve_stop(stop, problem, net)
     if isinstance(specs, list):
         fixed = [s for s in specs if s.name == "fixed"]
-        if fixed and max_num_iter == defaults.max_num_iter:
-            max_num_iter = max(max_num_iter, int(fixed[0].params.get("num_iter", 0)))
+        if fixed and not iterations_given:  # "fixed:N" alone sets the iteration budget
+            max_num_iter = max(max_num_iter, int(fixed[0].params["num_iter"]))
         if any(s.name == "discrepancy" for s in specs) and sigma is None:
             sigma = _estimate_sigma_for(observation, problem)
         policy, fit_operator, fit_y = _build_policy(
@@ -432,7 +433,7 @@ def _estimate_sigma_for(observation: object, problem: str) -> float:
 # --------------------------------------------------------------------------- stopping
 
 
-def _resolve_stop(stop: object, problem: str, net: str, max_num_iter: int):
+def _resolve_stop(stop: object, problem: str, net: str):
     """A list of PolicySpec for a string rule, or the policy object itself."""
     if isinstance(stop, str):
         spec = AUTO_STOP[(problem, net)] if stop == "auto" else stop
