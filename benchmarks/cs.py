@@ -43,7 +43,7 @@ import baselines
 import harness
 import numpy as np
 import torch
-from denoise import LABELS, Store, run_prior
+from denoise import LABELS, run_prior
 
 from deepprior import FastSensing, GaussianSensing, LinearOperator, psnr, sample_image, ssim
 
@@ -152,13 +152,14 @@ def _case_row(size: int, m: int, snr: float | None, method: str) -> dict[str, An
     return row
 
 
-def run_study(args: argparse.Namespace, store: Store) -> None:
+def run_study(args: argparse.Namespace, store: harness.Store) -> None:
     """Baseline rows, then deepprior rows, skipping those already stored."""
     base_cases = QUICK_BASELINE_CASES if args.quick else FULL_BASELINE_CASES
     prior_cases = QUICK_PRIOR_CASES if args.quick else FULL_PRIOR_CASES
     solver = QUICK_SOLVER if args.quick else {"lambdas": LAMBDAS, "num_iter": FISTA_ITER}
+    shard, shards = args.shard
     if args.only in ("all", "baselines"):
-        for size, m, snr in base_cases:
+        for size, m, snr in base_cases[shard::shards]:
             clean, operator, y, _ = make_case(size, m, snr, args.seed)
             for method in BASELINES:
                 row = _case_row(size, m, snr, method)
@@ -169,7 +170,7 @@ def run_study(args: argparse.Namespace, store: Store) -> None:
                 _log(row)
     if args.only in ("all", "prior"):
         fits = 0
-        for net, size, ratio, snr, budget in prior_cases:
+        for net, size, ratio, snr, budget in prior_cases[shard::shards]:
             m = round(ratio * size * size)
             row = _case_row(size, m, snr, net)
             if store.key(row) in store.done and not args.recompute:
@@ -375,21 +376,7 @@ def plot(payload: dict[str, Any], path: Path) -> Path | None:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="smoke run: 3 cases, few steps")
-    parser.add_argument("--only", choices=("all", "baselines", "prior"), default="all",
-                        help="run only the baselines or only the deepprior arms (all)")
-    parser.add_argument("--resume", action="store_true",
-                        help="keep the rows already in the JSON file and skip them")
-    parser.add_argument("--recompute", action="store_true",
-                        help="with --resume: recompute the selected rows even if stored")
-    parser.add_argument("--report", action="store_true",
-                        help="print the tables from the JSON file, redraw the plot, exit")
-    parser.add_argument("--max-fits", type=int, default=10**6,
-                        help="run at most this many new deepprior fits (all)")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (1)")
-    parser.add_argument("--seed", type=int, default=0,
-                        help="operator, noise and network seed (0)")
-    parser.add_argument("--out-dir", type=Path, default=harness.RESULTS,
-                        help="where cs.json and cs.png go (benchmarks/results)")
+    harness.study_arguments(parser, name="cs")
     return parser.parse_args(argv)
 
 
@@ -406,10 +393,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     torch.set_num_threads(args.threads)
     config = {"quick": args.quick, "only": args.only, "seed": args.seed,
-              "threads": args.threads,
+              "threads": args.threads, "shard": "/".join(map(str, args.shard)),
               "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"), "lambdas": LAMBDAS,
               "fista_iter_per_lambda": FISTA_ITER}
-    store = Store(path, args.resume, config)
+    store = harness.Store(path, args.resume, config)
     start = time.perf_counter()
     run_study(args, store)
     plot(store.payload, args.out_dir / "cs.png")

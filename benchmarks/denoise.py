@@ -89,7 +89,7 @@ FULL_PRIOR_CASES: list[tuple[str, str, int, int, bool, int, dict[str, Any]]] = [
     ("deep_decoder", "camera", 128, 25, False, 3000, {}),
     ("deep_decoder", "astronaut", 128, 25, False, 3000, {}),
     ("conv_decoder", "camera", 64, 25, False, 3000, {}),
-    ("dip", "camera", 64, 25, False, 1000, {}),
+    ("dip", "camera", 64, 25, False, 3000, {}),
     ("deep_decoder", "camera", 128, 50, False, 3000, {}),
     ("deep_decoder", "camera", 128, 15, False, 3000, {}),
     ("deep_decoder", "camera", 128, 50, True, 3000, {}),
@@ -97,6 +97,9 @@ FULL_PRIOR_CASES: list[tuple[str, str, int, int, bool, int, dict[str, Any]]] = [
     ("deep_decoder", "astronaut", 128, 15, False, 3000, {}),
     ("deep_decoder", "astronaut", 128, 50, False, 3000, {}),
     ("deep_decoder", "camera", 256, 25, False, 3000, {}),
+    ("deep_decoder", "astronaut", 256, 25, False, 3000, {}),
+    ("dip", "camera", 128, 25, False, 3000, {}),
+    ("conv_decoder", "astronaut", 128, 25, False, 3000, {}),
 ]
 
 QUICK_BASELINE_CASES = [
@@ -339,40 +342,13 @@ def _key(row: dict[str, Any]) -> tuple:
     return (row["image"], row["size"], row["sigma255"], row["clip"], row["method"])
 
 
-class Store:
-    """The JSON file of the study: rows keyed by case and method, saved after every row."""
-
-    def __init__(self, path: Path, resume: bool, config: dict[str, Any]) -> None:
-        self.path = path
-        self.payload: dict[str, Any] = {"study": path.stem, "runs": [], "rows": []}
-        if resume and path.exists():
-            self.payload = json.loads(path.read_text())
-        self.payload["runs"].append({**harness.machine_info(), "config": config})
-        self.done = {self.key(row) for row in self.payload["rows"]}
-
-    @staticmethod
-    def key(row: dict[str, Any]) -> str:
-        return json.dumps(row["key"])
-
-    def add(self, row: dict[str, Any]) -> None:
-        rows = [r for r in self.payload["rows"] if self.key(r) != self.key(row)]
-        self.payload["rows"] = [*rows, row]
-        self.done.add(self.key(row))
-        self.save()
-
-    def save(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(self.payload, indent=1, default=harness._default) + "\n")
-        tmp.replace(self.path)
-
-
-def run_study(args: argparse.Namespace, store: Store) -> None:
+def run_study(args: argparse.Namespace, store: harness.Store) -> None:
     """Run the baseline rows, then the deepprior rows, skipping those already stored."""
     base_cases = QUICK_BASELINE_CASES if args.quick else FULL_BASELINE_CASES
     prior_cases = QUICK_PRIOR_CASES if args.quick else FULL_PRIOR_CASES
+    shard, shards = args.shard
     if args.only in ("all", "baselines"):
-        for image, size, sigma255, clip in base_cases:
+        for image, size, sigma255, clip in base_cases[shard::shards]:
             clean, noisy = make_case(image, size, sigma255, clip, args.seed)
             for method in ("noisy", *BASELINES):
                 row = {"image": image, "size": size, "sigma255": sigma255, "clip": clip,
@@ -388,7 +364,7 @@ def run_study(args: argparse.Namespace, store: Store) -> None:
                 _log(row)
     if args.only in ("all", "prior"):
         fits = 0
-        for net, image, size, sigma255, clip, budget, options in prior_cases:
+        for net, image, size, sigma255, clip, budget, options in prior_cases[shard::shards]:
             row = {"image": image, "size": size, "sigma255": sigma255, "clip": clip,
                    "method": net}
             row["key"] = list(_key(row))
@@ -603,20 +579,7 @@ def plot(payload: dict[str, Any], path: Path) -> Path | None:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="smoke run: 64² images, few steps")
-    parser.add_argument("--only", choices=("all", "baselines", "prior"), default="all",
-                        help="run only the baselines or only the deepprior arms (all)")
-    parser.add_argument("--resume", action="store_true",
-                        help="keep the rows already in the JSON file and skip them")
-    parser.add_argument("--recompute", action="store_true",
-                        help="with --resume: recompute the selected rows even if stored")
-    parser.add_argument("--report", action="store_true",
-                        help="print the tables from the JSON file, redraw the plot, exit")
-    parser.add_argument("--max-fits", type=int, default=10**6,
-                        help="run at most this many new deepprior fits (all)")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (1)")
-    parser.add_argument("--seed", type=int, default=0, help="noise and network seed (0)")
-    parser.add_argument("--out-dir", type=Path, default=harness.RESULTS,
-                        help="where denoise.json and denoise.png go (benchmarks/results)")
+    harness.study_arguments(parser, name="denoise")
     return parser.parse_args(argv)
 
 
@@ -633,9 +596,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     torch.set_num_threads(args.threads)
     config = {"quick": args.quick, "only": args.only, "seed": args.seed,
-              "threads": args.threads,
+              "threads": args.threads, "shard": "/".join(map(str, args.shard)),
               "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS")}
-    store = Store(path, args.resume, config)
+    store = harness.Store(path, args.resume, config)
     start = time.perf_counter()
     run_study(args, store)
     plot(store.payload, args.out_dir / "denoise.png")

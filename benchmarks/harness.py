@@ -6,13 +6,16 @@ a number was measured, so every table in RESULTS.md can be traced to a command a
 
 from __future__ import annotations
 
+import argparse
+import contextlib
 import datetime as _dt
+import fcntl
 import json
 import os
 import platform
 import shlex
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -90,6 +93,94 @@ def machine_line(info: dict[str, Any]) -> str:
         f"{info['processor']}, {info['cpu_count']} cores ({info['torch_threads']} torch threads), "
         f"torch {info['torch']}, deepprior {info['deepprior']}, {info['date']}"
     )
+
+
+def study_arguments(parser: argparse.ArgumentParser, *, name: str) -> None:
+    """The options every study script shares (denoise.py, cs.py)."""
+    parser.add_argument("--only", choices=("all", "baselines", "prior"), default="all",
+                        help="run only the baselines or only the deepprior arms (all)")
+    parser.add_argument("--resume", action="store_true",
+                        help="keep the rows already in the JSON file and skip them")
+    parser.add_argument("--recompute", action="store_true",
+                        help="with --resume: recompute the selected rows even if stored")
+    parser.add_argument("--report", action="store_true",
+                        help="print the tables from the JSON file, redraw the plot, exit")
+    parser.add_argument("--max-fits", type=int, default=10**6,
+                        help="run at most this many new deepprior fits (all)")
+    parser.add_argument("--shard", type=parse_shard, default=(0, 1), metavar="K/N",
+                        help="run only the cases K, K+N, K+2N, ... of each list (0/1): start N "
+                             "processes with K = 0..N-1 and --resume to share the work "
+                             "between N cores; they write to the same JSON file safely")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (1)")
+    parser.add_argument("--seed", type=int, default=0, help="noise, operator and network seed (0)")
+    parser.add_argument("--out-dir", type=Path, default=RESULTS,
+                        help=f"where {name}.json and {name}.png go (benchmarks/results)")
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """``"K/N"`` → ``(K, N)`` with ``0 <= K < N``."""
+    try:
+        k, n = (int(part) for part in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--shard must look like K/N, got {text!r}") from None
+    if not 0 <= k < n:
+        raise argparse.ArgumentTypeError(f"--shard K/N needs 0 <= K < N, got {text!r}")
+    return k, n
+
+
+class Store:
+    """The JSON file of a study: rows keyed by ``row["key"]``, written after every row.
+
+    Several processes may fill one file at once (``--shard``): every write takes an exclusive
+    lock on ``<file>.lock``, re-reads the file, replaces only its own row and run entry, and
+    writes the file atomically, so no process loses another's rows.
+    """
+
+    def __init__(self, path: Path, resume: bool, config: dict[str, Any]) -> None:
+        self.path = path
+        # as it reads back from JSON, so that the run can be found in the file again
+        run = {**machine_info(), "config": config, "pid": os.getpid()}
+        self.run = json.loads(json.dumps(run, default=_default))
+        self.payload: dict[str, Any] = {"study": path.stem, "runs": [], "rows": []}
+        with self._locked():
+            if resume and path.exists():
+                self.payload = json.loads(path.read_text())
+            self.payload["runs"].append(self.run)
+            self._write()
+        self.done = {self.key(row) for row in self.payload["rows"]}
+
+    @staticmethod
+    def key(row: dict[str, Any]) -> str:
+        return json.dumps(row["key"])
+
+    def add(self, row: dict[str, Any]) -> None:
+        """Store ``row`` (replacing a stored row with the same key) and write the file."""
+        with self._locked():
+            if self.path.exists():
+                on_disk = json.loads(self.path.read_text())
+                runs = on_disk["runs"]
+                if self.run not in runs:
+                    runs.append(self.run)
+                self.payload = on_disk
+            rows = [r for r in self.payload["rows"] if self.key(r) != self.key(row)]
+            self.payload["rows"] = [*rows, row]
+            self._write()
+        self.done.add(self.key(row))
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path.with_suffix(".lock"), "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+    def _write(self) -> None:
+        tmp = self.path.with_suffix(f".json.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(self.payload, indent=1, default=_default) + "\n")
+        tmp.replace(self.path)
 
 
 class Shadow:

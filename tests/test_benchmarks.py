@@ -166,3 +166,35 @@ def test_speed_quick(tmp_path):
     for row in payload["rows"]:
         assert row["flops"] > 0 and row["bytes"] > 0 and row["seconds_per_iter"] > 0
         assert 0 < row["roofline_fraction"] < float("inf")
+
+
+@pytest.fixture(scope="module")
+def harness():
+    sys.path.insert(0, str(BENCH))  # the study scripts import it as a top-level module
+    try:
+        yield _load("harness")
+    finally:
+        sys.path.remove(str(BENCH))
+
+
+def test_store_keeps_the_rows_of_concurrent_writers(tmp_path, harness):
+    path = tmp_path / "study.json"
+    first = harness.Store(path, resume=True, config={"shard": "0/2"})
+    second = harness.Store(path, resume=True, config={"shard": "1/2"})
+    first.add({"key": ["a"], "psnr": 1.0})
+    second.add({"key": ["b"], "psnr": 2.0})
+    first.add({"key": ["a"], "psnr": 3.0})  # replaces its own row, keeps the other's
+    payload = json.loads(path.read_text())
+    assert sorted((r["key"][0], r["psnr"]) for r in payload["rows"]) == [("a", 3.0), ("b", 2.0)]
+    assert [run["config"]["shard"] for run in payload["runs"]] == ["0/2", "1/2"]
+    fresh = harness.Store(path, resume=False, config={})
+    assert fresh.payload["rows"] == [] and json.loads(path.read_text())["rows"] == []
+
+
+@pytest.mark.parametrize("text", ["2/2", "1", "a/b", "-1/2"])
+def test_shard_must_be_k_of_n(text, harness):
+    import argparse
+
+    with pytest.raises(argparse.ArgumentTypeError, match="--shard"):
+        harness.parse_shard(text)
+    assert harness.parse_shard("1/3") == (1, 3)
