@@ -78,6 +78,7 @@ FULL_PRIOR_CASES: list[tuple[str, int, float, float | None, int]] = [
     ("conv_decoder", 64, 0.1, None, 1500),
     ("deep_decoder", 128, 0.25, None, 1000),
     ("conv_decoder", 128, 0.25, None, 1000),
+    ("dip", 64, 0.25, None, 1500),
     *(("deep_decoder", 64, r, 20.0, 1500) for r in (0.05, 0.1, 0.5)),
     *(("deep_decoder", 64, r, 40.0, 1500) for r in (0.05, 0.1, 0.5)),
     *(("conv_decoder", 64, r, None, 1500) for r in (0.05, 0.5)),

@@ -30,6 +30,7 @@ The report also gives the time-to-result with the automatic stop, from the denoi
 Usage::
 
     python benchmarks/speed.py                # DD 128²-512², ConvDecoder and DIP 128²-256²
+    python benchmarks/speed.py --threads 2    # the same with 2 threads → speed_2threads.json
     python benchmarks/speed.py --report       # markdown tables from speed.json
     python benchmarks/speed.py --quick --out-dir /tmp/q
 """
@@ -83,7 +84,7 @@ OP_GROUPS = {
 # --------------------------------------------------------------------------- ceilings
 
 
-def matmul_ceiling(n: int = 2048, repeats: int = 5) -> float:
+def matmul_ceiling(n: int = 2048, repeats: int = 5, clock=time.process_time) -> float:
     """Best GFLOP/s of an n×n float32 matrix product (2n³ FLOPs)."""
     generator = torch.Generator().manual_seed(0)
     a = torch.randn(n, n, generator=generator)
@@ -92,22 +93,22 @@ def matmul_ceiling(n: int = 2048, repeats: int = 5) -> float:
     torch.mm(a, b, out=out)
     best = float("inf")
     for _ in range(repeats):
-        start = time.process_time()
+        start = clock()
         torch.mm(a, b, out=out)
-        best = min(best, time.process_time() - start)
+        best = min(best, clock() - start)
     return 2 * n**3 / best / 1e9
 
 
-def copy_ceiling(num_bytes: int = 256 * 2**20, repeats: int = 5) -> float:
+def copy_ceiling(num_bytes: int = 256 * 2**20, repeats: int = 5, clock=time.process_time) -> float:
     """Best GB/s of a large float32 copy, counting the read and the write."""
     src = torch.ones(num_bytes // 4)
     dst = torch.empty_like(src)
     dst.copy_(src)
     best = float("inf")
     for _ in range(repeats):
-        start = time.process_time()
+        start = clock()
         dst.copy_(src)
-        best = min(best, time.process_time() - start)
+        best = min(best, clock() - start)
     return 2 * num_bytes / best / 1e9
 
 
@@ -215,17 +216,24 @@ def time_iterations(net_name: str, image: np.ndarray, timed: int) -> dict[str, A
 # --------------------------------------------------------------------------- the study
 
 
-def run_study(cases: list[tuple[str, int, int, int]], *, quick: bool) -> dict[str, Any]:
-    """Ceilings first, then every case; prints a line per case."""
-    peak = matmul_ceiling(512 if quick else 2048)
-    bandwidth = copy_ceiling((16 if quick else 256) * 2**20)
+def run_study(
+    cases: list[tuple[str, int, int, int]], *, quick: bool, threads: int = 1
+) -> dict[str, Any]:
+    """Ceilings first, then every case; prints a line per case.
+
+    With one thread every time is CPU time (robust against other jobs on the machine); with
+    more, CPU time adds up over the threads, so the ceilings and the roofline use wall time.
+    """
+    clock = time.process_time if threads == 1 else time.perf_counter
+    peak = matmul_ceiling(512 if quick else 2048, clock=clock)
+    bandwidth = copy_ceiling((16 if quick else 256) * 2**20, clock=clock)
     print(f"ceilings: matmul {peak:.1f} GFLOP/s, copy {bandwidth:.1f} GB/s", flush=True)
     rows = []
     for net_name, size, channels, timed in cases:
         image = sample_image("camera" if channels == 1 else "astronaut", size=size)
         counts = count_step(net_name, image)
         timing = time_iterations(net_name, image, timed)
-        t = timing["seconds_per_iter"]
+        t = timing["seconds_per_iter" if threads == 1 else "wall_seconds_per_iter"]
         bound = max(counts["flops"] / (peak * 1e9), counts["bytes"] / (bandwidth * 1e9))
         row = {
             "net": net_name, "size": size, "channels": channels, **counts, **timing,
@@ -313,24 +321,53 @@ def _cpu(row: dict[str, Any], steps: int, digits: int, unit: str = "") -> str:
     return "" if value is None else f"{value * steps:.{digits}f}{unit}"
 
 
-def report(payload: dict[str, Any], denoise_payload: dict[str, Any] | None = None) -> str:
-    """All markdown tables of the study."""
+def scaling_table(payload: dict[str, Any], one_thread: dict[str, Any]) -> str:
+    """Wall seconds per iteration with this run's threads against the one-thread run."""
+    threads = payload["threads"]
+    single = {(r["net"], r["size"], r["channels"]): r for r in one_thread["rows"]}
+    columns = ["net", "size", "C", "wall s/it, 1 thread", f"wall s/it, {threads} threads",
+               "speed-up"]
+    table = []
+    for r in payload["rows"]:
+        base = single.get((r["net"], r["size"], r["channels"]))
+        if base is None:
+            continue
+        table.append({
+            "net": LABELS[r["net"]], "size": f"{r['size']}²", "C": r["channels"],
+            "wall s/it, 1 thread": f"{base['wall_seconds_per_iter']:.4f}",
+            f"wall s/it, {threads} threads": f"{r['wall_seconds_per_iter']:.4f}",
+            "speed-up": f"{base['wall_seconds_per_iter'] / r['wall_seconds_per_iter']:.2f}×",
+        })
+    return harness.markdown_table(table, columns)
+
+
+def report(
+    payload: dict[str, Any],
+    denoise_payload: dict[str, Any] | None = None,
+    one_thread: dict[str, Any] | None = None,
+) -> str:
+    """All markdown tables of the study (``one_thread``: the 1-thread run, to compare with)."""
     run = payload["machine"]
     c = payload["ceilings"]
+    threads = payload["threads"]
+    clock = "CPU time" if threads == 1 else "wall time"
     parts = [
         "Machine: " + harness.machine_line(run),
         f"Command: `{run['command']}`",
-        f"\nCeilings measured in the same run ({run['torch_threads']} thread, CPU time): float32 "
-        f"matrix product {c['matmul_n']}² → **{c['matmul_gflops']:.1f} GFLOP/s**; copy → "
-        f"**{c['copy_gbytes_per_s']:.1f} GB/s** (read + write). Roofline figures use CPU "
-        "seconds.\n",
+        f"\nCeilings measured in the same run ({threads} thread{'s' * (threads > 1)}, "
+        f"{clock}): float32 matrix product {c['matmul_n']}² → **{c['matmul_gflops']:.1f} "
+        f"GFLOP/s**; copy → **{c['copy_gbytes_per_s']:.1f} GB/s** (read + write). Roofline "
+        f"figures use {'CPU' if threads == 1 else 'wall'} seconds.\n",
         speed_table(payload),
         "\nWhere the time goes (share of the ATen operators' self CPU time over "
         f"{PROFILE_STEPS} training steps, torch.profiler; \"other\" includes the loss, Adam "
         "and copies):\n",
         shares_table(payload),
     ]
-    if denoise_payload is not None:
+    if one_thread is not None and threads != 1:
+        parts += [f"\n{threads} threads against 1 (wall time per iteration):\n",
+                  scaling_table(payload, one_thread)]
+    if denoise_payload is not None and threads == 1:
         parts += ["\nTime-to-result with the automatic stop (denoising study, same machine, "
                   "1 thread):\n", time_to_result_table(denoise_payload)]
     return "\n".join(parts)
@@ -369,7 +406,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="smoke run: 64², 2-3 iterations")
     parser.add_argument("--report", action="store_true",
                         help="print the tables from speed.json, redraw the plot, exit")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (1)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads (1); with N > 1 the results go to speed_Nthreads.*")
     parser.add_argument("--out-dir", type=Path, default=harness.RESULTS,
                         help="where speed.json and speed.png go (benchmarks/results)")
     return parser.parse_args(argv)
@@ -380,25 +418,37 @@ def _denoise_payload(out_dir: Path) -> dict[str, Any] | None:
     return json.loads(path.read_text()) if path.exists() else None
 
 
+def _stem(threads: int) -> str:
+    return "speed" if threads == 1 else f"speed_{threads}threads"
+
+
+def _report(payload: dict[str, Any], out_dir: Path) -> str:
+    one_thread = out_dir / "speed.json"
+    return report(payload, _denoise_payload(out_dir),
+                  json.loads(one_thread.read_text()) if one_thread.exists() else None)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    path = args.out_dir / "speed.json"
+    stem = _stem(args.threads)
+    path = args.out_dir / f"{stem}.json"
     if args.report:
         if not path.exists():
             print(f"error: {path} does not exist; run the study first", file=sys.stderr)
             return 1
         payload = json.loads(path.read_text())
-        plot(payload, args.out_dir / "speed.png")
-        print(report(payload, _denoise_payload(args.out_dir)))
+        plot(payload, args.out_dir / f"{stem}.png")
+        print(_report(payload, args.out_dir))
         return 0
     torch.set_num_threads(args.threads)
-    study = run_study(QUICK_CASES if args.quick else FULL_CASES, quick=args.quick)
+    study = run_study(QUICK_CASES if args.quick else FULL_CASES, quick=args.quick,
+                      threads=args.threads)
     payload = {"machine": harness.machine_info(), "threads": args.threads,
                "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"), **study}
     args.out_dir.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(payload, indent=1) + "\n")
-    plot(payload, args.out_dir / "speed.png")
-    print(report(payload, _denoise_payload(args.out_dir)))
+    plot(payload, args.out_dir / f"{stem}.png")
+    print(_report(payload, args.out_dir))
     return 0
 
 

@@ -166,6 +166,11 @@ def test_speed_quick(tmp_path):
     for row in payload["rows"]:
         assert row["flops"] > 0 and row["bytes"] > 0 and row["seconds_per_iter"] > 0
         assert 0 < row["roofline_fraction"] < float("inf")
+    two = _run("speed.py", "--quick", "--threads", "2", "--out-dir", str(tmp_path))
+    assert two.returncode == 0, two.stderr
+    assert json.loads((tmp_path / "speed_2threads.json").read_text())["threads"] == 2
+    assert "2 threads against 1" in two.stdout
+    assert json.loads((tmp_path / "speed.json").read_text())["threads"] == 1  # kept
 
 
 @pytest.fixture(scope="module")
