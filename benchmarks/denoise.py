@@ -445,10 +445,14 @@ def quality_table(rows: list[dict[str, Any]], metric: str, clip: bool = False) -
     return harness.markdown_table(table, columns)
 
 
-def prior_table(rows: list[dict[str, Any]]) -> str:
-    """The deepprior arms in detail: where the automatic rule stopped and what it returned."""
+def prior_table(rows: list[dict[str, Any]], seed: int = 0) -> str:
+    """The deepprior arms in detail: where the automatic rule stopped and what it returned.
+
+    σ̂ is the noise level the discrepancy rule works with, estimated from the noisy image
+    (:func:`deepprior.estimate_sigma`), recomputed here from the seeded case.
+    """
     index = _index(rows)
-    columns = ["net", "image", "size", "σ", "clip", "params", "budget", "auto rule",
+    columns = ["net", "image", "size", "σ", "σ̂", "clip", "params", "budget", "auto rule",
                "auto stopped at", "auto iterate", "PSNR auto", "oracle iterate", "PSNR oracle",
                "gap", "PSNR last", "BM3D", "NL-means", "TV (oracle weight)", "s/it", "CPU s/it",
                "time-to-result (auto, wall)", "fit time (budget, wall)"]
@@ -460,8 +464,9 @@ def prior_table(rows: list[dict[str, Any]]) -> str:
         gap = (None if r.get("psnr_auto") is None else r["psnr_oracle"] - r["psnr_auto"])
         table.append({
             "net": LABELS[r["method"]], "image": r["image"], "size": f"{r['size']}²",
-            "σ": r["sigma255"], "clip": "yes" if r["clip"] else "no",
-            "params": f"{r['num_parameters']:,}",
+            "σ": r["sigma255"],
+            "σ̂": _fmt(255 * estimate_sigma(make_case(*r["key"][:4], seed)[1]), 1),
+            "clip": "yes" if r["clip"] else "no", "params": f"{r['num_parameters']:,}",
             "budget": f"{r['max_num_iter']:,}"
             + ("" if r["max_num_iter"] >= r["default_max_num_iter"] else " (reduced)"),
             "auto rule": r["auto_rule"], "auto stopped at": fired,
@@ -531,7 +536,7 @@ def report(payload: dict[str, Any]) -> str:
         "\nSSIM, unclipped protocol:\n",
         quality_table(rows, "ssim"),
         "\ndeepprior arms:\n",
-        prior_table(rows),
+        prior_table(rows, runs[-1]["config"]["seed"]),
     ]
     if any(r["clip"] for r in rows):
         parts += ["\nClipped protocol (y clipped to [0, 1]) against the default, PSNR (dB); "
