@@ -246,7 +246,7 @@ def run_study(
             / (bandwidth * 1e9) else "memory",
         }
         rows.append(row)
-        print(f"{net_name} {size}² C={channels}: {t:.4f} CPU s/it "
+        print(f"{net_name} {size}² C={channels}: {timing['seconds_per_iter']:.4f} CPU s/it "
               f"({timing['wall_seconds_per_iter']:.4f} wall), {row['gflops_achieved']:.1f} "
               f"GFLOP/s, {row['gbytes_per_s']:.1f} GB/s, {100 * row['roofline_fraction']:.0f}% "
               f"of roofline ({row['bound_by']}-bound)", flush=True)
