@@ -100,6 +100,9 @@ FULL_PRIOR_CASES: list[tuple[str, str, int, int, bool, int, dict[str, Any]]] = [
     ("deep_decoder", "astronaut", 256, 25, False, 3000, {}),
     ("dip", "camera", 128, 25, False, 3000, {}),
     ("conv_decoder", "astronaut", 128, 25, False, 3000, {}),
+    ("deep_decoder", "camera", 256, 15, False, 3000, {}),
+    ("conv_decoder", "camera", 256, 25, False, 3000, {}),
+    ("deep_decoder", "camera", 256, 50, False, 3000, {}),
 ]
 
 QUICK_BASELINE_CASES = [
