@@ -24,6 +24,7 @@ Usage::
 
     python benchmarks/cs.py --only baselines
     python benchmarks/cs.py --only prior --resume
+    python benchmarks/cs.py --only prior --resume --shard 1/2   # with 0/2 alongside: two cores
     python benchmarks/cs.py --report
     python benchmarks/cs.py --quick --out-dir /tmp/q
 """

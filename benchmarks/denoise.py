@@ -24,11 +24,14 @@ Usage::
 
     python benchmarks/denoise.py --only baselines          # BM3D, TV, wavelet, NL-means
     python benchmarks/denoise.py --only prior --resume     # the deepprior arms (slow)
+    python benchmarks/denoise.py --only prior --resume --shard 0/2 &   # ... on two cores
+    python benchmarks/denoise.py --only prior --resume --shard 1/2 &
     python benchmarks/denoise.py --report                  # markdown tables from the JSON
     python benchmarks/denoise.py --quick --out-dir /tmp/q  # smoke run (< 1 minute)
 
 Every row is saved to ``denoise.json`` as soon as it is computed, so an interrupted run loses
-at most one fit; ``--resume`` skips the rows already there.
+at most one fit; ``--resume`` skips the rows already there. Processes started with ``--shard``
+share the file safely (``harness.Store``).
 """
 
 from __future__ import annotations
