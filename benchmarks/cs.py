@@ -32,11 +32,8 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import os
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -383,29 +380,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    path = args.out_dir / "cs.json"
-    if args.report:
-        if not path.exists():
-            print(f"error: {path} does not exist; run the study first", file=sys.stderr)
-            return 1
-        payload = json.loads(path.read_text())
-        plot(payload, args.out_dir / "cs.png")
-        print(report(payload))
-        return 0
-    torch.set_num_threads(args.threads)
-    config = {"quick": args.quick, "only": args.only, "seed": args.seed,
-              "threads": args.threads, "shard": "/".join(map(str, args.shard)),
-              "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"), "lambdas": LAMBDAS,
-              "fista_iter_per_lambda": FISTA_ITER}
-    store = harness.Store(path, args.resume, config)
-    start = time.perf_counter()
-    run_study(args, store)
-    plot(store.payload, args.out_dir / "cs.png")
-    print(report(store.payload))
-    print(f"\n{len(store.payload['rows'])} rows in {path} "
-          f"({time.perf_counter() - start:.0f} s)", flush=True)
-    return 0
+    return harness.study_main(
+        parse_args(argv), name="cs", run=run_study, plot=plot, report=report,
+        config={"lambdas": LAMBDAS, "fista_iter_per_lambda": FISTA_ITER},
+    )
 
 
 if __name__ == "__main__":

@@ -37,9 +37,7 @@ share the file safely (``harness.Store``).
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import os
 import sys
 import time
 from collections.abc import Sequence
@@ -595,28 +593,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    path = args.out_dir / "denoise.json"
-    if args.report:
-        if not path.exists():
-            print(f"error: {path} does not exist; run the study first", file=sys.stderr)
-            return 1
-        payload = json.loads(path.read_text())
-        plot(payload, args.out_dir / "denoise.png")
-        print(report(payload))
-        return 0
-    torch.set_num_threads(args.threads)
-    config = {"quick": args.quick, "only": args.only, "seed": args.seed,
-              "threads": args.threads, "shard": "/".join(map(str, args.shard)),
-              "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS")}
-    store = harness.Store(path, args.resume, config)
-    start = time.perf_counter()
-    run_study(args, store)
-    plot(store.payload, args.out_dir / "denoise.png")
-    print(report(store.payload))
-    print(f"\n{len(store.payload['rows'])} rows in {path} "
-          f"({time.perf_counter() - start:.0f} s)", flush=True)
-    return 0
+    return harness.study_main(parse_args(argv), name="denoise", run=run_study, plot=plot,
+                              report=report)
 
 
 if __name__ == "__main__":

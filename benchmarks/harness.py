@@ -15,7 +15,8 @@ import os
 import platform
 import shlex
 import sys
-from collections.abc import Iterable, Iterator, Sequence
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -115,6 +116,43 @@ def study_arguments(parser: argparse.ArgumentParser, *, name: str) -> None:
     parser.add_argument("--seed", type=int, default=0, help="noise, operator and network seed (0)")
     parser.add_argument("--out-dir", type=Path, default=RESULTS,
                         help=f"where {name}.json and {name}.png go (benchmarks/results)")
+
+
+def study_main(
+    args: argparse.Namespace,
+    *,
+    name: str,
+    run: Callable[[argparse.Namespace, Store], None],
+    plot: Callable[[dict[str, Any], Path], Any],
+    report: Callable[[dict[str, Any]], str],
+    config: dict[str, Any] | None = None,
+) -> int:
+    """The entry point of a study script: ``--report`` only, or run, save, plot and report.
+
+    ``run(args, store)`` adds the rows; ``config`` (study-specific settings) is recorded with
+    the run next to the options every study shares.
+    """
+    path = args.out_dir / f"{name}.json"
+    if args.report:
+        if not path.exists():
+            print(f"error: {path} does not exist; run the study first", file=sys.stderr)
+            return 1
+        payload = json.loads(path.read_text())
+        plot(payload, args.out_dir / f"{name}.png")
+        print(report(payload))
+        return 0
+    torch.set_num_threads(args.threads)
+    run_config = {"quick": args.quick, "only": args.only, "seed": args.seed,
+                  "threads": args.threads, "shard": "/".join(map(str, args.shard)),
+                  "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"), **(config or {})}
+    store = Store(path, args.resume, run_config)
+    start = time.perf_counter()
+    run(args, store)
+    plot(store.payload, args.out_dir / f"{name}.png")
+    print(report(store.payload))
+    print(f"\n{len(store.payload['rows'])} rows in {path} "
+          f"({time.perf_counter() - start:.0f} s)", flush=True)
+    return 0
 
 
 def parse_shard(text: str) -> tuple[int, int]:
