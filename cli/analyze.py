@@ -38,6 +38,7 @@ from .common import (
     Seed,
     Width,
     error_funnel,
+    image_or_demo,
     sigma_from_cli,
 )
 from .outputs import jsonable
@@ -113,11 +114,7 @@ def analyze(
             raise ValueError(f"--net must be one of {', '.join(NETS)}; got {net!r}")
         noise_sigma = sigma_from_cli(sigma, "--sigma")
         paths = _output_paths(output, overwrite)
-        if image is None:
-            clean = deepprior.sample_image("camera", size=size)
-            source = f"sample image camera resized to {size}x{size}"
-        else:
-            clean, source = deepprior.load_image(image), str(image)
+        clean, source = image_or_demo(image, size)
         observation = clean
         if noise_sigma is not None:
             observation = deepprior.add_gaussian_noise(clean, noise_sigma, seed=seed)

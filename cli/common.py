@@ -8,7 +8,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated
 
+import numpy as np
 import typer
+
+import deepprior
 
 NETS = ("deep_decoder", "dip", "conv_decoder")
 KNOWN_ERRORS = (ValueError, TypeError, OSError, KeyError)
@@ -83,3 +86,14 @@ def sigma_from_cli(value: float | None, option: str) -> float | None:
     return value / 255.0
 
 
+
+
+def image_or_demo(image: Path | None, demo_size: int) -> tuple[np.ndarray, str]:
+    """The image at ``image``, or the bundled camera image at ``demo_size`` when none is given.
+
+    Returns the image and a line saying where it came from (for the report).
+    """
+    if image is None:
+        clean = deepprior.sample_image("camera", size=demo_size)
+        return clean, f"sample image camera resized to {demo_size}x{demo_size}"
+    return deepprior.load_image(image), str(image)

@@ -31,6 +31,7 @@ from .common import (
     Stop,
     Width,
     error_funnel,
+    image_or_demo,
     sigma_from_cli,
 )
 from .outputs import Outputs, build_report
@@ -163,14 +164,10 @@ def denoise(
     with error_funnel(debug):
         noise_sigma = sigma_from_cli(add_noise, "--add-noise")
         known_sigma = sigma_from_cli(sigma, "--sigma")
+        loaded, source = image_or_demo(image, DENOISE_DEMO_SIZE)
         if image is None:
-            clean = deepprior.sample_image("camera", size=DENOISE_DEMO_SIZE)
             noise_sigma = 25 / 255 if noise_sigma is None else noise_sigma
-            source = f"sample image camera resized to {DENOISE_DEMO_SIZE}x{DENOISE_DEMO_SIZE}"
-        else:
-            loaded = deepprior.load_image(image)
-            clean = loaded if noise_sigma is not None else None
-            source = str(image)
+        clean = loaded if noise_sigma is not None else None
         outputs = Outputs(output or _default_output(image, "camera", "denoised"),
                           overwrite=overwrite)
         if clean is not None:
@@ -271,11 +268,7 @@ def cs(
         else:
             if measurements is None:
                 raise ValueError("--measurements M is required (or --measurements-file FILE)")
-            if image is None:
-                clean = deepprior.sample_image("camera", size=CS_DEMO_SIZE)
-                source = f"sample image camera resized to {CS_DEMO_SIZE}x{CS_DEMO_SIZE}"
-            else:
-                clean, source = deepprior.load_image(image), str(image)
+            clean, source = image_or_demo(image, CS_DEMO_SIZE)
             name_source = image
             operator = _make_operator(operator_kind, measurements, clean, seed)
             y, sigma = _measure(operator, clean, noise, seed)
