@@ -43,7 +43,7 @@ from matplotlib.figure import Figure
 from skimage import data
 from skimage.transform import resize
 
-from deepprior.nets import build_net
+from deepprior import build_net
 
 PAPER = {
     "channel": {"mse": 3.8e-4, "psnr": 34.2, "grad_norm": None},

@@ -32,7 +32,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -43,7 +42,15 @@ import numpy as np
 import torch
 from denoise import LABELS, run_prior
 
-from deepprior import FastSensing, GaussianSensing, LinearOperator, psnr, sample_image, ssim
+from deepprior import (
+    FastSensing,
+    GaussianSensing,
+    LinearOperator,
+    psnr,
+    sample_image,
+    simulate_measurements,
+    ssim,
+)
 
 BASELINES = ("least_squares", "tv_fista", "wavelet_fista")
 CS_LABELS = {
@@ -101,14 +108,8 @@ def make_case(size: int, m: int, snr: float | None, seed: int):
     """Clean image, operator, measurements y (tensor (1, 1, m)) and the noise level."""
     clean = sample_image("camera", size=size)
     operator = make_operator(size, m, seed)
-    with torch.no_grad():
-        y = operator.A(torch.from_numpy(clean)[None, None])
-    noise_std = 0.0
-    if snr is not None:
-        noise_std = float(y.norm()) / math.sqrt(y.numel()) * 10 ** (-snr / 20)
-        rng = np.random.default_rng(seed)
-        y = y + noise_std * torch.from_numpy(rng.standard_normal(y.shape).astype(np.float32))
-    return clean, operator, y, noise_std
+    y, noise_std = simulate_measurements(operator, clean, snr_db=snr, seed=seed)
+    return clean, operator, torch.from_numpy(y)[None], noise_std
 
 
 def run_baseline(

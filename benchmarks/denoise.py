@@ -16,7 +16,7 @@ Methods
   ``baselines.py``.
 - deepprior networks with ``stop="auto"`` and with the oracle stop. Both come from one fit: the
   fit runs a fixed budget with the automatic rule evaluated alongside without being allowed to
-  stop it (``harness.Shadow``); the automatic rule's chosen iterate, the iteration at which it
+  stop it (``deepprior.Shadow``); the automatic rule's chosen iterate, the iteration at which it
   would have stopped, and the best-PSNR iterate of the budget (the oracle) are all recorded.
   When the automatic rule holds data out (it changes the fit), it is run as its own fit.
 
@@ -51,17 +51,21 @@ import torch
 
 from deepprior import (
     Identity,
-    LinearOperator,
+    Shadow,
     add_gaussian_noise,
+    as_operator,
     estimate_sigma,
+    image_to_tensor,
+    make_policy,
+    parse_stop,
+    problem_defaults,
     psnr,
+    psnr_tensor,
     reconstruct,
     sample_image,
     ssim,
-    stopping,
+    tensor_to_image,
 )
-from deepprior.api import AUTO_STOP, DEFAULTS, image_to_tensor, tensor_to_image
-from deepprior.metrics import psnr_tensor
 
 BASELINES = ("bm3d", "tv_oracle", "wavelet", "nlmeans")
 LABELS = {
@@ -130,7 +134,7 @@ class _Keeper:
     PSNR and SSIM are computed on outputs clipped to [0, 1], exactly like the baselines'.
     """
 
-    def __init__(self, clean: torch.Tensor, shadow: harness.Shadow) -> None:
+    def __init__(self, clean: torch.Tensor, shadow: Shadow) -> None:
         self.clean = clean
         self.shadow = shadow
         self.curve: list[float] = []
@@ -159,27 +163,20 @@ class _Keeper:
         return False
 
 
-def auto_policy(
-    problem: str, net: str, *, operator: LinearOperator, y: torch.Tensor, noisy: np.ndarray | None
-) -> tuple[str, Any | None]:
-    """The rule behind ``stop="auto"`` built as ``reconstruct`` builds it, for a shadow run.
+def auto_policy(problem: str, net: str, *, operator: Any, y: torch.Tensor,
+                noisy: np.ndarray | None) -> tuple[str, Any | None]:
+    """The rule behind ``stop="auto"``, built as ``reconstruct`` builds it, for a shadow run.
 
     Returns the rule's spec and the policy, or ``None`` in place of the policy when the rule
-    holds data out (it changes the fit) or needs data a benchmark user would not have.
+    holds data out (it changes the fit, so it gets its own fit) or needs σ that a benchmark
+    user of this problem would not have.
     """
-    spec = AUTO_STOP[(problem, net)]
-    specs = stopping.parse_policy(spec)
-    if any(s.name in ("holdout", "oracle") for s in specs):
+    spec = problem_defaults(problem, net).stop
+    names = [name for name, _ in parse_stop(spec)]
+    if "holdout" in names or ("discrepancy" in names and noisy is None):
         return spec, None
-    policies = []
-    for item in specs:
-        context: dict[str, Any] = {}
-        if item.name == "discrepancy":
-            if noisy is None:
-                return spec, None
-            context = {"operator": operator, "y": y, "sigma": estimate_sigma(noisy)}
-        policies.append(stopping.build_policy(item, **context))
-    return spec, policies[0] if len(policies) == 1 else stopping.FirstOf(*policies)
+    sigma = estimate_sigma(noisy) if "discrepancy" in names else None
+    return spec, make_policy(spec, operator=operator, y=y, sigma=sigma)[0]
 
 
 def _curve(values: Sequence[float]) -> dict[str, list[float]]:
@@ -194,7 +191,7 @@ def run_prior(
     *,
     net: str,
     max_num_iter: int,
-    operator: LinearOperator | None = None,
+    operator: Any = None,
     seed: int = 0,
     net_options: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
@@ -210,8 +207,8 @@ def run_prior(
         Network name.
     max_num_iter : int
         The fixed budget of the shadow fit (the oracle is the best iterate within it).
-    operator : LinearOperator or None
-        Forward model; None for denoising.
+    operator : optional
+        Forward model (anything ``deepprior.as_operator`` takes); None for denoising.
     seed : int
         Seed of the network and input.
     net_options : dict or None
@@ -224,20 +221,20 @@ def run_prior(
         the last iterate, the steps, the rule's reason, seconds per iteration and the
         time-to-result of the automatic rule.
     """
-    problem = "denoise" if operator is None else "inverse"
     gt = image_to_tensor(clean)
     if operator is None:
-        fit_operator: LinearOperator = Identity(tuple(gt.shape[1:]))
+        fit_operator = Identity(tuple(gt.shape[1:]))
         y = image_to_tensor(observation)
     else:
-        fit_operator = operator
+        fit_operator = as_operator(operator, tuple(gt.shape[1:]))
         y = torch.from_numpy(np.ascontiguousarray(observation)).reshape(
-            1, *operator.measurement_shape
+            1, *fit_operator.measurement_shape
         )
+    problem = fit_operator.problem
     spec, policy = auto_policy(
         problem, net, operator=fit_operator, y=y, noisy=observation if operator is None else None
     )
-    shadow = harness.Shadow({"auto": policy} if policy is not None else {})
+    shadow = Shadow({"auto": policy} if policy is not None else {})
     keeper = _Keeper(gt, shadow)
     cpu_start = time.process_time()
     result = reconstruct(
@@ -252,7 +249,7 @@ def run_prior(
         "net_options": result.config["net_options"],
         "learning_rate": result.config["learning_rate"],
         "max_num_iter": max_num_iter,
-        "default_max_num_iter": DEFAULTS[(problem, net)].max_num_iter,
+        "default_max_num_iter": problem_defaults(problem, net).max_num_iter,
         "num_steps": result.num_steps,
         "seconds_per_iter": per_iter,
         "seconds_total": result.elapsed,

@@ -54,8 +54,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 from torch.utils.flop_counter import FlopCounterMode
 
-from deepprior import add_gaussian_noise, build_net, reconstruct, sample_image
-from deepprior.api import DEFAULTS
+from deepprior import add_gaussian_noise, build_net, problem_defaults, reconstruct, sample_image
 
 LABELS = {"deep_decoder": "Deep Decoder", "conv_decoder": "ConvDecoder", "dip": "DIP"}
 
@@ -143,7 +142,7 @@ def _training_step(net: torch.nn.Module, z: torch.Tensor, y: torch.Tensor, optim
 def count_step(net_name: str, image: np.ndarray) -> dict[str, float]:
     """FLOPs (forward + backward) and estimated bytes (forward + backward + Adam) of one step."""
     shape = (1, *image.shape) if image.ndim == 2 else (image.shape[2], *image.shape[:2])
-    options = dict(DEFAULTS[("denoise", net_name)].net_options)
+    options = dict(problem_defaults("denoise", net_name).net_options)
     net, z = build_net(net_name, shape, seed=0, **options)
     y = torch.from_numpy(np.ascontiguousarray(np.atleast_3d(image).transpose(2, 0, 1)))[None]
     optimizer = torch.optim.Adam(net.parameters(), lr=0.01)

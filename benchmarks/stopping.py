@@ -57,17 +57,21 @@ import numpy as np
 import torch
 
 from deepprior import (
+    PROBLEMS,
+    FitState,
     GaussianSensing,
     Identity,
+    Mask,
     add_gaussian_noise,
+    as_operator,
     estimate_sigma,
+    image_to_tensor,
+    make_policy,
+    psnr_tensor,
     reconstruct,
     sample_image,
+    simulate_measurements,
 )
-from deepprior.api import image_to_tensor
-from deepprior.fit import FitState
-from deepprior.metrics import psnr_tensor
-from deepprior.stopping import FirstOf, build_policy
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from harness import RESULTS, machine_info, markdown_table  # noqa: E402
@@ -94,6 +98,40 @@ def _cs(net: str, snr: float | None, seed: int, num_iter: int, size: int, m: int
         holdout: tuple[float, ...]) -> Run:
     return {"problem": "cs", "net": net, "image": "camera", "snr_db": snr, "seed": seed,
             "num_iter": num_iter, "size": size, "num_measurements": m, "holdout": list(holdout)}
+
+
+def _inpaint(net: str, image: str, sigma: int, seed: int, num_iter: int, size: int,
+             keep: float, holdout: tuple[float, ...]) -> Run:
+    return {"problem": "inpainting", "net": net, "image": image, "sigma255": sigma, "seed": seed,
+            "num_iter": num_iter, "size": size, "keep": keep, "holdout": list(holdout)}
+
+
+def _generic(net: str, image: str, sigma: int, seed: int, num_iter: int, size: int,
+             blur: float, holdout: tuple[float, ...]) -> Run:
+    return {"problem": "generic", "net": net, "image": image, "sigma255": sigma, "seed": seed,
+            "num_iter": num_iter, "size": size, "blur": blur, "holdout": list(holdout)}
+
+
+def problems_plan() -> list[Run]:
+    """The problem kinds added with the open engine: inpainting and a generic user operator.
+
+    Inpainting: half of the pixels kept (seeded random mask), noiseless and σ = 25, camera and
+    astronaut, Deep Decoder and ConvDecoder (3,000 / 1,500 iterations) with a 10% hold-out of
+    the observed pixels, the Deep Image Prior on camera. Generic: a Gaussian blur (std 1.5 px)
+    given as a plain function — what a user's own forward model looks like — noiseless and
+    σ = 10, camera, Deep Decoder and ConvDecoder.
+    """
+    plan: list[Run] = []
+    for sigma in (0, 25):
+        for image in ("camera", "astronaut"):
+            plan.append(_inpaint("deep_decoder", image, sigma, 0, 3000, 64, 0.5, (0.1,)))
+            plan.append(_inpaint("conv_decoder", image, sigma, 0, 1500, 64, 0.5, (0.1,)))
+    for sigma in (0, 10):
+        plan.append(_generic("deep_decoder", "camera", sigma, 0, 3000, 64, 1.5, (0.1,)))
+        plan.append(_generic("conv_decoder", "camera", sigma, 0, 1500, 64, 1.5, (0.1,)))
+    for sigma in (0, 25):
+        plan.append(_inpaint("dip", "camera", sigma, 0, 1200, 64, 0.5, ()))
+    return plan
 
 
 def full_plan() -> list[Run]:
@@ -136,7 +174,7 @@ def full_plan() -> list[Run]:
         for image in ("camera", "astronaut"):
             holdout = (0.1,) if sigma == 25 else ()
             plan.append(_denoise("deep_decoder", image, sigma, 1, 3000, 64, holdout))
-    return plan
+    return plan + problems_plan()
 
 
 def quick_plan() -> list[Run]:
@@ -146,6 +184,8 @@ def quick_plan() -> list[Run]:
         _denoise("conv_decoder", "astronaut", 25, 0, 60, 64, ()),
         _denoise("dip", "camera", 25, 0, 15, 64, ()),
         _cs("deep_decoder", 30.0, 0, 50, 64, 1000, (0.2,)),
+        _inpaint("conv_decoder", "camera", 25, 0, 40, 64, 0.5, (0.1,)),
+        _generic("deep_decoder", "camera", 10, 0, 30, 64, 1.5, ()),
     ]
 
 
@@ -186,19 +226,14 @@ HOLDOUT_PATIENCE = (100, 200, 300)
 
 def make_rule(label: str, *, operator: Any, y: torch.Tensor, sigma: float | None,
               sigma_hat: float | None) -> Any:
-    """Build the policy a label names; ``(σ̂)`` means σ estimated from the observation."""
-    parts = []
-    for spec in label.split("+"):
-        name = spec.split(":")[0].split("(")[0]
-        if name == "discrepancy":
-            level = sigma_hat if "(σ̂)" in spec else sigma
-            if level is None or level <= 0:
-                return None
-            parts.append(build_policy(spec.replace("(σ̂)", ""), operator=operator, y=y,
-                                      sigma=level))
-        else:
-            parts.append(build_policy(spec))
-    return parts[0] if len(parts) == 1 else FirstOf(*parts)
+    """Build the policy a label names; ``(σ̂)`` means σ estimated from the observation.
+
+    None when the label needs a noise level the fit does not have (a noiseless fit).
+    """
+    level = sigma_hat if "(σ̂)" in label else sigma
+    if "discrepancy" in label and not level:
+        return None
+    return make_policy(label.replace("(σ̂)", ""), operator=operator, y=y, sigma=level)[0]
 
 
 class OnUnperturbed:
@@ -304,27 +339,47 @@ class RuleBank:
 # --------------------------------------------------------------------------- the fits
 
 
+def gaussian_blur(image_shape: tuple[int, int, int], std: float) -> Any:
+    """A Gaussian blur written as a user would: a plain function, zero padding, 9×9 kernel."""
+    radius = 4
+    t = torch.arange(-radius, radius + 1, dtype=torch.float32)
+    kernel = torch.exp(-(t**2) / (2 * std**2))
+    kernel = torch.outer(kernel, kernel) / kernel.sum() ** 2
+    weight = kernel.expand(image_shape[0], 1, *kernel.shape).contiguous()
+
+    def blur(x: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.conv2d(x, weight.to(x), padding=radius, groups=x.shape[1])
+
+    return as_operator(blur, image_shape)
+
+
 def observation(run: Run) -> dict[str, Any]:
-    """Clean image, observation, operator (None for denoising) and the noise level."""
+    """Clean image, observation, operator (None for denoising) and the noise level.
+
+    Measurements come from :func:`deepprior.simulate_measurements` with the fit's seed
+    (before the open engine, the CS noise was drawn from seed + 100: the noisy CS fits in the
+    JSON predate that change).
+    """
+    clean = sample_image(run["image"], size=run["size"])
+    shape = tuple(image_to_tensor(clean).shape[1:])
     if run["problem"] == "denoise":
-        clean = sample_image(run["image"], size=run["size"])
         sigma = run["sigma255"] / 255
         noisy = add_gaussian_noise(clean, sigma, seed=run["seed"])
-        shape = image_to_tensor(clean).shape[1:]
         return {"clean": clean, "y": noisy, "operator": None, "sigma": sigma,
                 "sigma_hat": estimate_sigma(noisy), "rule_operator": Identity(shape),
                 "rule_y": image_to_tensor(noisy)}
-    clean = sample_image(run["image"], size=run["size"])
-    op = GaussianSensing(run["num_measurements"], (1, *clean.shape), seed=run["seed"])
-    with torch.no_grad():
-        y = op.A(image_to_tensor(clean))
-    sigma = None
-    if run["snr_db"] is not None:
-        sigma = float(y.pow(2).mean().sqrt()) * 10 ** (-run["snr_db"] / 20)
-        noise = np.random.default_rng(run["seed"] + 100).standard_normal(y.shape)
-        y = y + torch.from_numpy(noise.astype(np.float32)) * sigma
-    return {"clean": clean, "y": y[0].numpy(), "operator": op, "sigma": sigma,
-            "sigma_hat": None, "rule_operator": op, "rule_y": y}
+    noise: dict[str, float | None] = {"snr_db": run.get("snr_db")}
+    if run["problem"] == "cs":
+        op = GaussianSensing(run["num_measurements"], shape, seed=run["seed"])
+    elif run["problem"] == "inpainting":
+        op = Mask(shape, keep=run["keep"], seed=run["seed"])
+        noise = {"sigma": run["sigma255"] / 255}
+    else:
+        op = gaussian_blur(shape, run["blur"])
+        noise = {"sigma": run["sigma255"] / 255}
+    y, sigma = simulate_measurements(op, clean, seed=run["seed"], **noise)
+    return {"clean": clean, "y": y, "operator": op, "sigma": sigma or None, "sigma_hat": None,
+            "rule_operator": op, "rule_y": torch.from_numpy(y)[None]}
 
 
 def _curve(values: np.ndarray | list[float]) -> list[float]:
@@ -346,7 +401,7 @@ def full_fit(run: Run) -> dict[str, Any]:
     grid_without_wmv = run.get("tag") == "grid" and run.get("sigma255") != 25
     if perturbed and not grid_without_wmv:
         for label in UNPERTURBED_RULES:
-            rules[f"{label} on net(z)"] = OnUnperturbed(build_policy(label))
+            rules[f"{label} on net(z)"] = OnUnperturbed(make_policy(label)[0])
     ema_rules = {}
     if not perturbed:
         ema_rules = {label: make_rule(label, **context) for label in EMA_RULES if label in labels
@@ -393,22 +448,18 @@ def full_fit(run: Run) -> dict[str, Any]:
 class HoldoutBank:
     """Fit callback of a hold-out run: shorter patiences on the same split, same outputs.
 
-    The split is drawn as :func:`deepprior.reconstruct` draws it (seed + 1); the run's own
-    choice is compared with the replica of its rule to check that.
+    The split is drawn by :func:`deepprior.make_policy`, as in :func:`deepprior.reconstruct`;
+    the run's own choice is compared with the replica of its rule to check that.
     """
 
     def __init__(self, operator: Any, y: torch.Tensor, fraction: float, seed: int,
                  truth: torch.Tensor, *, perturbed: bool, averaged: bool) -> None:
-        generator = torch.Generator().manual_seed(seed + 1)
-        shape = tuple(operator.measurement_shape)
-        held = torch.rand(shape, generator=generator) < fraction
-        val_op = operator.restrict(held)
-        val_y = y.reshape(1, *shape)[0][held][None]
-        self.rules = {p: build_policy(f"holdout:patience={p}", operator=val_op, y=val_y)
-                      for p in HOLDOUT_PATIENCE}
-        self.ema_rules = {} if not averaged else {
-            p: build_policy(f"holdout:patience={p}", operator=val_op, y=val_y)
-            for p in HOLDOUT_PATIENCE}
+        def rule(patience: int) -> Any:  # make_policy draws the split reconstruct draws
+            return make_policy(f"holdout:fraction={fraction},patience={patience}",
+                               operator=operator, y=y, seed=seed)[0]
+
+        self.rules = {p: rule(p) for p in HOLDOUT_PATIENCE}
+        self.ema_rules = {p: rule(p) for p in HOLDOUT_PATIENCE} if averaged else {}
         self.perturbed = perturbed
         self.truth = truth
         self.average: torch.Tensor | None = None
@@ -487,11 +538,13 @@ def holdout_fit(run: Run, fraction: float, full: dict[str, Any]) -> dict[str, An
 
 def run_key(run: Run) -> str:
     parts = [run["problem"], run["net"], run["image"], str(run["size"])]
-    if run["problem"] == "denoise":
-        parts.append(f"s{run['sigma255']}")
-    else:
+    if run["problem"] == "cs":
         parts += [f"m{run['num_measurements']}",
                   "noiseless" if run["snr_db"] is None else f"snr{run['snr_db']:g}"]
+    else:
+        parts += [f"keep{run['keep']:g}"] if run["problem"] == "inpainting" else []
+        parts += [f"blur{run['blur']:g}"] if run["problem"] == "generic" else []
+        parts.append(f"s{run['sigma255']}")
     parts.append(f"seed{run['seed']}")
     if run.get("tag"):
         parts.append(run["tag"])
@@ -634,17 +687,37 @@ def summarize(rows: list[dict[str, Any]]) -> dict[tuple[str, str, str], dict[str
     return table
 
 
+#: The study's problem names and the library's problem kinds.
+KINDS = {"denoise": "denoise", "cs": "compressive_sensing", "inpainting": "inpainting",
+         "generic": "generic"}
+
+
 def auto_rules() -> dict[tuple[str, str], str]:
-    """The library's current ``auto`` rule per (problem, network)."""
-    from deepprior.api import AUTO_STOP
-
-    return {(("cs" if problem == "inverse" else problem), net): spec
-            for (problem, net), spec in AUTO_STOP.items()}
+    """The library's current ``auto`` rule per (problem, network) (σ unknown)."""
+    return {(problem, net): PROBLEMS[kind].get(net, PROBLEMS[kind]["*"]).stop
+            for problem, kind in KINDS.items() for net in NET_NAMES}
 
 
-def auto_label(spec: str) -> str:
-    """The table label of an AUTO_STOP spec (σ is estimated when auto denoises)."""
-    return spec.replace("discrepancy", "discrepancy(σ̂)") if "discrepancy" in spec else spec
+def auto_label(spec: str, problem: str = "denoise") -> str:
+    """The table label of an auto spec (σ is estimated when auto denoises)."""
+    return spec.replace("discrepancy", "discrepancy(σ̂)") if problem == "denoise" else spec
+
+
+#: The sections of the report after denoising: title and what to know about the columns.
+OTHER_PROBLEMS = {
+    "cs": ("Compressive sensing (camera, Gaussian operator)",
+           "Same columns; `discrepancy` with the true noise level (30 dB fits only). The "
+           "training-loss rules (`patience`) fired in one fit only: the loss was still "
+           "decreasing at the 1,500-iteration budget, so `patience` here means the last "
+           "(lowest-loss) iterate. The library's budget is 3,000 iterations; what happens "
+           "between 1,500 and 3,000 was not measured."),
+    "inpainting": ("Inpainting (half of the pixels kept at random)",
+                   "Same columns; `discrepancy` with the true σ (noisy fits only; m counts the "
+                   "observed pixels). Hold-out: 10% of the *observed* pixels."),
+    "generic": ("A user's own operator (Gaussian blur std 1.5 px as a plain function)",
+                "Same columns; `discrepancy` with the true σ (noisy fits only). The operator is "
+                "a function, so the library knows nothing of it: this is the `generic` kind."),
+}
 
 
 #: Rows of the short tables (the full tables list every rule evaluated).
@@ -788,19 +861,14 @@ def write_report(payload: dict[str, Any], md_path: Path, png_path: Path) -> None
                   "</details>", ""]
     parts += ["### The auto rule's mean gap per noise level (dB)", "", by_sigma(rows, payload),
               ""]
-    cs_nets = [n for n in ("deep_decoder", "conv_decoder") if any(k[:2] == ("cs", n)
-                                                                  for k in summary)]
-    if cs_nets:
-        parts += ["## Compressive sensing (camera, Gaussian operator)", "",
-                  "Same columns; `discrepancy` with the true noise level (30 dB fits only). The "
-                  "training-loss rules (`patience`) fired in one fit only: the loss was still "
-                  "decreasing at the 1,500-iteration budget, so `patience` here means the last "
-                  "(lowest-loss) iterate. The library's budget is 3,000 iterations; what happens "
-                  "between 1,500 and 3,000 was not measured.", ""]
-        for net in cs_nets:
-            auto = auto_label(autos.get(("cs", net), ""))
-            parts += [f"### {NET_NAMES[net]} (auto = `{autos.get(('cs', net))}`)", "",
-                      markdown_table(_table_rows(summary, "cs", net, auto), COLUMNS), ""]
+    for problem, (title, text) in OTHER_PROBLEMS.items():
+        other = [n for n in NET_NAMES if any(k[:2] == (problem, n) for k in summary)]
+        if other:
+            parts += [f"## {title}", "", text, ""]
+        for net in other:
+            auto = auto_label(autos.get((problem, net), ""), problem)
+            parts += [f"### {NET_NAMES[net]} (auto = `{autos.get((problem, net))}`)", "",
+                      markdown_table(_table_rows(summary, problem, net, auto), COLUMNS), ""]
     parts += ["## Every fit", "", per_run_table(payload, rows), "",
               "![PSNR against iteration with each rule's stop](stopping.png)", ""]
     md_path.write_text("\n".join(parts))
@@ -837,6 +905,17 @@ def _setup_text(payload: dict[str, Any]) -> str:
             f"{', '.join(str(r['sigma255']) for r in grid)}; same seed, so the same trajectory — "
             "checked: same oracle and same stops for the rules both runs share) for the rules "
             "added after them: the finer τ grid of the discrepancy rule and WMV/EMV on net(z).")
+    for problem, what in (("inpainting", "half of the pixels kept (seeded random mask)"),
+                          ("generic", "Gaussian blur (std 1.5 px, 9×9, zero padding) given as a "
+                           "plain function")):
+        mine = [f for f in fits if f["run"]["problem"] == problem]
+        if mine:
+            combos = sorted({(f["run"]["net"], f["run"]["image"], f["run"]["sigma255"])
+                             for f in mine})
+            listed = ", ".join(f"{NET_NAMES[n]} {i} σ={s}" for n, i, s in combos)
+            lines.append(f"- **{problem}**: {what}, 64², noise σ in 0-255 units — {listed}; "
+                         "the library's defaults for the kind; hold-out fits at 10% of the "
+                         "observed entries.")
     cs = [f["run"] for f in fits if f["run"]["problem"] == "cs"]
     if cs:
         lines.append(

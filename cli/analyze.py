@@ -27,12 +27,13 @@ import typer
 
 import deepprior
 from deepprior import write_atomic
-from deepprior.analysis import Diagnostics, mse_loss
+from deepprior.analysis import Diagnostics
 
 from .common import (
     Debug,
     Device,
     Lr,
+    Net,
     Overwrite,
     Quiet,
     Seed,
@@ -41,9 +42,7 @@ from .common import (
     image_or_demo,
     sigma_from_cli,
 )
-from .outputs import jsonable
 
-NETS = ("deep_decoder", "conv_generator", "dip", "conv_decoder")
 NORMS = ("channel", "none", "batch")
 #: Side length of the bundled camera image when no IMAGE is given.
 DEMO_SIZE = 64
@@ -70,9 +69,7 @@ def analyze(
             "resized to --size."
         ),
     ] = None,
-    net: Annotated[str, typer.Option("--net", help=f"Network: {', '.join(NETS)}.")] = (
-        "deep_decoder"
-    ),
+    net: Net = "deep_decoder",
     norm: Annotated[
         str,
         typer.Option("--norm", help="channel, none, batch, or all (one fit per normalization)."),
@@ -110,8 +107,6 @@ def analyze(
     """Show per-layer gradient norms, conditioning, oscillation and rank during a fit."""
     with error_funnel(debug):
         norms = _norms(norm)
-        if net not in NETS:
-            raise ValueError(f"--net must be one of {', '.join(NETS)}; got {net!r}")
         noise_sigma = sigma_from_cli(sigma, "--sigma")
         paths = _output_paths(output, overwrite)
         clean, source = image_or_demo(image, size)
@@ -174,7 +169,6 @@ def run_one(
     """One fit with the diagnostics attached; its results as a JSON-ready dict."""
     curvature_every = settings["curvature_every"]
     diagnostics = Diagnostics(
-        mse_loss(observation) if curvature_every > 0 else None,
         every=settings["every"],
         curvature_every=curvature_every,
         curvature_iters=settings["curvature_iters"],
@@ -270,7 +264,7 @@ def write_outputs(
     report: dict[str, Any], paths: dict[str, Path], *, overwrite: bool
 ) -> list[Path]:
     """analysis.json and the plots, each written atomically; returns the paths written."""
-    text = json.dumps(jsonable(report, digits=4), separators=(",", ":"))
+    text = json.dumps(deepprior.jsonable(report, digits=4), separators=(",", ":"))
     write_atomic(paths["report"], lambda f: f.write(text.encode()), overwrite=overwrite)
     written = [paths["report"]]
     plots: dict[str, Callable[[dict[str, Any]], Any]] = {

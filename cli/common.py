@@ -13,10 +13,13 @@ import typer
 
 import deepprior
 
-NETS = ("deep_decoder", "dip", "conv_decoder")
 KNOWN_ERRORS = (ValueError, TypeError, OSError, KeyError)
 
-Net = Annotated[str, typer.Option("--net", help=f"Network: {', '.join(NETS)}.")]
+Net = Annotated[
+    str,
+    typer.Option("--net", help=f"Network: {', '.join(deepprior.available_nets())} "
+                 "(and any registered with deepprior.register_net)."),
+]
 Norm = Annotated[str, typer.Option("--norm", help="Normalization: channel, batch or none.")]
 Iters = Annotated[
     int | None, typer.Option("--iters", min=1, help="Maximum iterations (default: per network).")

@@ -271,7 +271,8 @@ def cs(
             clean, source = image_or_demo(image, CS_DEMO_SIZE)
             name_source = image
             operator = _make_operator(operator_kind, measurements, clean, seed)
-            y, sigma = _measure(operator, clean, noise, seed)
+            y, sigma = deepprior.simulate_measurements(operator, clean, snr_db=noise, seed=seed)
+            sigma = sigma or None
         outputs = Outputs(output or _default_output(name_source, "camera", "cs"),
                           overwrite=overwrite)
         if save_measurements is not None:
@@ -314,18 +315,6 @@ def _make_operator(kind: str, m: int, clean: np.ndarray, seed: int):
     if kind == "gaussian":
         return deepprior.GaussianSensing(m, shape, seed=seed)
     return deepprior.FastSensing(m, shape, seed=seed)
-
-
-def _measure(operator, clean: np.ndarray, snr_db: float | None, seed: int):
-    import torch
-
-    with torch.no_grad():
-        y = operator.A(deepprior.image_to_tensor(clean))[0].numpy()
-    if snr_db is None:
-        return y, None
-    sigma = float(np.sqrt(np.mean(y**2) / 10 ** (snr_db / 10)))
-    rng = np.random.default_rng(seed + 7)
-    return (y + sigma * rng.standard_normal(y.shape)).astype(np.float32), sigma
 
 
 def _save_measurements(path: Path, operator, y: np.ndarray, sigma, overwrite: bool) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +30,7 @@ class Outputs:
 
     def write(self, image: np.ndarray, report: dict[str, Any], result) -> None:
         deepprior.save_image(self.image, image, overwrite=self.overwrite)
-        text = json.dumps(jsonable(report), indent=2)
+        text = json.dumps(deepprior.jsonable(report), indent=2)
         overwrite = self.overwrite
         deepprior.write_atomic(self.report, lambda f: f.write(text.encode()), overwrite=overwrite)
         deepprior.write_atomic(self.plot, lambda f: _plot(result, f), overwrite=overwrite)
@@ -54,24 +53,6 @@ def build_report(result, *, extra: dict[str, Any]) -> dict[str, Any]:
         "config": result.config,
     }
     return report
-
-
-def jsonable(value: Any, *, digits: int | None = None) -> Any:
-    """Plain JSON values: numpy scalars unwrapped, non-finite floats as None, paths as text;
-    floats rounded to ``digits`` significant digits when given."""
-    if isinstance(value, dict):
-        return {str(k): jsonable(v, digits=digits) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [jsonable(v, digits=digits) for v in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            return None
-        return float(f"{value:.{digits}g}") if digits else value
-    if isinstance(value, Path):
-        return str(value)
-    return value
 
 
 def _plot(result, handle) -> None:

@@ -1,58 +1,92 @@
 """deepprior: recover an image from one corrupted observation with untrained neural networks.
 
 Deep Decoder (Heckel & Hand 2019), Deep Image Prior (Ulyanov et al. 2018) and ConvDecoder
-(Darestani & Heckel 2021), optional channel normalization (Dai & Heckel 2019), for denoising and
-compressive sensing, with early-stopping rules that need no clean image.
+(Darestani & Heckel 2021), optional channel normalization (Dai & Heckel 2019), for denoising,
+compressive sensing, inpainting and any linear inverse problem, with early-stopping rules that
+need no clean image.
 
 >>> from deepprior import reconstruct, load_image, save_image   # doctest: +SKIP
 """
 
 from importlib.metadata import PackageNotFoundError, version
 
-from .api import DEFAULTS, Reconstruction, image_to_tensor, reconstruct, tensor_to_image
+from .api import (
+    PROBLEMS,
+    Defaults,
+    Reconstruction,
+    image_to_tensor,
+    problem_defaults,
+    reconstruct,
+    register_net,
+    simulate_measurements,
+    tensor_to_image,
+)
 from .data import sample_image
-from .io import ImageError, load_image, save_image, write_atomic
-from .metrics import mse, psnr, ssim
-from .nets import available_nets, build_net
+from .fit import FitState, fit
+from .io import ImageError, jsonable, load_image, save_image, write_atomic
+from .metrics import mse, psnr, psnr_tensor, ssim
+from .nets import NORMS, available_nets, build_net
 from .noise import add_gaussian_noise, estimate_sigma
 from .operators import (
     FastSensing,
+    FunctionOperator,
     GaussianSensing,
     Identity,
     LinearOperator,
     Mask,
+    MatrixOperator,
     adjointness_error,
+    as_operator,
+    check_operator,
     operator_from_description,
 )
+from .stopping import FirstOf, Shadow, make_policy, parse_stop
 
 try:
     __version__ = version("deepprior")
 except PackageNotFoundError:  # running from a source tree that is not installed
-    __version__ = "0.1.0"
+    __version__ = "0.2.0"
 
 __all__ = [
-    "DEFAULTS",
+    "NORMS",
+    "PROBLEMS",
+    "Defaults",
     "FastSensing",
+    "FirstOf",
+    "FitState",
+    "FunctionOperator",
     "GaussianSensing",
     "Identity",
     "ImageError",
     "LinearOperator",
     "Mask",
+    "MatrixOperator",
     "Reconstruction",
+    "Shadow",
     "__version__",
     "add_gaussian_noise",
     "adjointness_error",
+    "as_operator",
     "available_nets",
     "build_net",
+    "check_operator",
     "estimate_sigma",
+    "fit",
     "image_to_tensor",
+    "jsonable",
     "load_image",
+    "make_policy",
     "mse",
     "operator_from_description",
+    "parse_stop",
+    "problem_defaults",
     "psnr",
+    "psnr_tensor",
     "reconstruct",
+    "register_net",
     "sample_image",
     "save_image",
+    "simulate_measurements",
     "ssim",
     "tensor_to_image",
     "write_atomic",

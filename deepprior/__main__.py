@@ -1,5 +1,7 @@
-"""``python -m deepprior``: the command-line interface."""
+"""``python -m deepprior``: runs the installed ``deepprior`` command (the library never imports
+the command-line package; the command is looked up as the console script it is installed as)."""
 
-from deepprior_cli.main import app
+from importlib.metadata import entry_points
 
-app(prog_name="deepprior")
+(command,) = entry_points(group="console_scripts", name="deepprior")
+command.load()(prog_name="deepprior")

@@ -35,9 +35,9 @@ Examples
 --------
 >>> import numpy as np
 >>> from deepprior import reconstruct
->>> from deepprior.analysis import Diagnostics, mse_loss
+>>> from deepprior.analysis import Diagnostics
 >>> image = np.tile(np.linspace(0, 1, 16, dtype=np.float32), (16, 1))
->>> diagnostics = Diagnostics(mse_loss(image), every=5, curvature_every=10, curvature_iters=5)
+>>> diagnostics = Diagnostics(every=5, curvature_every=10, curvature_iters=5)
 >>> result = reconstruct(image, net="conv_generator", max_num_iter=10, stop="fixed:10",
 ...                      net_options={"channels": 4, "num_layers": 2}, callback=diagnostics)
 >>> diagnostics.layers
@@ -59,7 +59,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from .checks import check_choice, check_float, check_int
 from .fit import FitState
+from .io import jsonable
 
 __all__ = [
     "CURVATURES",
@@ -76,7 +78,6 @@ __all__ = [
     "curvature_eigenvalues",
     "effective_rank",
     "lanczos",
-    "mse_loss",
     "numerical_rank",
     "weight_matrix",
 ]
@@ -237,7 +238,7 @@ def numerical_rank(matrix: Tensor | np.ndarray, threshold: float = 0.01) -> int:
     >>> numerical_rank(torch.diag(torch.tensor([1.0, 0.5, 1e-4])))
     2
     """
-    _check_fraction("threshold", threshold)
+    check_float("threshold", threshold, low=0, high=1, low_open=True, high_open=True)
     s = _singular_values(matrix)
     if s.numel() == 0 or float(s[0]) == 0.0:
         return 0
@@ -343,70 +344,6 @@ def lanczos(matvec: Callable[[Tensor], Tensor], start: Tensor, num_steps: int) -
 
 
 # --------------------------------------------------------------------------- curvature
-
-
-def mse_loss(observation: np.ndarray | Tensor, operator: Any = None) -> LossFn:
-    """The fit's loss as a function of the network output: ``out ↦ mean((A·out − y)²)``.
-
-    :func:`deepprior.fit.fit` minimises exactly this; :class:`Conditioning` needs it because a
-    callback sees the network and its output but not ``y`` or the operator.
-
-    Parameters
-    ----------
-    observation : np.ndarray or torch.Tensor
-        Without ``operator``: the image that is fitted, ``(H, W)``, ``(H, W, C)`` or
-        ``(1, C, H, W)``. With ``operator``: its measurements, of ``operator.measurement_shape``
-        (a leading axis of 1 is accepted).
-    operator : LinearOperator or None
-        The forward model ``A`` passed to the fit; None is the identity (denoising).
-
-    Returns
-    -------
-    callable
-        ``loss_fn(out) -> scalar tensor``; ``y`` follows ``out`` to its device and dtype.
-
-    Raises
-    ------
-    TypeError, ValueError
-        If ``observation`` is not an array/tensor of a matching shape, or not finite.
-    """
-    if isinstance(observation, np.ndarray):
-        observation = torch.from_numpy(np.ascontiguousarray(observation, dtype=np.float32))
-    if not isinstance(observation, Tensor):
-        raise TypeError(
-            f"observation must be a numpy array or torch tensor, got {type(observation).__name__}"
-        )
-    if not bool(torch.isfinite(observation).all()):
-        raise ValueError("observation contains NaN or infinite values")
-    y = observation.detach()
-    if operator is None:
-        if y.ndim == 2:
-            y = y[None, None]
-        elif y.ndim == 3:
-            y = y.permute(2, 0, 1)[None]
-        elif y.ndim != 4 or y.shape[0] != 1:
-            raise ValueError(
-                f"observation must be an image (H, W), (H, W, C) or (1, C, H, W), got shape "
-                f"{tuple(observation.shape)}"
-            )
-    else:
-        expected = tuple(operator.measurement_shape)
-        if y.numel() != math.prod(expected):
-            raise ValueError(
-                f"observation has shape {tuple(observation.shape)} but the operator produces "
-                f"measurements of shape {expected}"
-            )
-        y = y.reshape(1, *expected)
-    cache: dict[tuple, Tensor] = {}
-
-    def loss_fn(out: Tensor) -> Tensor:
-        key = (out.device, out.dtype)
-        if key not in cache:
-            cache[key] = y.to(device=out.device, dtype=out.dtype)
-        predicted = out if operator is None else operator.to(out.device).A(out)
-        return torch.mean((predicted - cache[key]) ** 2)
-
-    return loss_fn
 
 
 @dataclass(frozen=True)
@@ -623,8 +560,8 @@ def curvature_eigenvalues(
     eigenvalue *that the gradient excites*. ``start="random"`` analyses the whole block (its
     ``lambda_min`` then approaches 0 for a singular block).
     """
-    _check_choice("kind", kind, CURVATURES)
-    _check_choice("start", start, STARTS)
+    check_choice("kind", kind, CURVATURES)
+    check_choice("start", start, STARTS)
     _check_steps(num_steps)
     all_layers = conv_layers(net)
     if layers is None:
@@ -683,7 +620,7 @@ class Monitor:
     name = "monitor"
 
     def __init__(self, *, every: int = 10) -> None:
-        self.every = _check_int("every", every, low=1)
+        self.every = check_int("every", every, minimum=1)
         self.layers: list[str] = []
         self.steps: list[int] = []
         self.values: list[list[float]] = []
@@ -735,7 +672,7 @@ class Monitor:
             "layers": list(self.layers),
             "every": self.every,
             "steps": list(self.steps),
-            "values": _jsonable(self.values),
+            "values": jsonable(self.values),
             "seconds": round(self.seconds, 4),
         }
 
@@ -810,7 +747,8 @@ class EffectiveRank(Monitor):
 
     def __init__(self, *, every: int = 10, threshold: float = 0.01) -> None:
         super().__init__(every=every)
-        self.threshold = _check_fraction("threshold", threshold)
+        self.threshold = check_float("threshold", threshold, low=0, high=1, low_open=True,
+                                     high_open=True)
         self.numerical_ranks: list[list[int]] = []
 
     def measure(self, state: FitState) -> list[float]:
@@ -835,9 +773,6 @@ class Conditioning(Monitor):
 
     Parameters
     ----------
-    loss_fn : callable
-        The fit's loss as a function of the network output, e.g.
-        ``mse_loss(observation, operator)``: a callback does not see ``y`` or the operator.
     every : int
         Interval in iterations, by default 100.
     num_steps : int
@@ -851,15 +786,15 @@ class Conditioning(Monitor):
 
     Notes
     -----
-    The curvature is evaluated at the unperturbed input ``z`` (the Deep Image Prior's
-    per-iteration input noise is not applied) in the network's current mode.
+    The curvature is that of the fit's own loss (``FitState.loss_fn``), evaluated at the
+    unperturbed input ``z`` (the Deep Image Prior's per-iteration input noise is not applied) in
+    the network's current mode.
     """
 
     name = "condition_number"
 
     def __init__(
         self,
-        loss_fn: LossFn,
         *,
         every: int = 100,
         num_steps: int = 20,
@@ -868,23 +803,17 @@ class Conditioning(Monitor):
         seed: int = 0,
     ) -> None:
         super().__init__(every=every)
-        if not callable(loss_fn):
-            raise TypeError(
-                f"loss_fn must be callable (output -> scalar loss), e.g. mse_loss(observation); "
-                f"got {type(loss_fn).__name__}"
-            )
-        self.loss_fn = loss_fn
         self.num_steps = _check_steps(num_steps)
-        self.kind = _check_choice("kind", kind, CURVATURES)
-        self.start = _check_choice("start", start, STARTS)
-        self.seed = _check_int("seed", seed, low=0)
+        self.kind = check_choice("kind", kind, CURVATURES)
+        self.start = check_choice("start", start, STARTS)
+        self.seed = check_int("seed", seed, minimum=0)
         self.lambda_max: list[list[float]] = []
         self.lambda_min: list[list[float]] = []
         self.lanczos_steps: list[list[int]] = []
 
     def measure(self, state: FitState) -> list[float]:
         estimates = curvature_eigenvalues(
-            state.net, state.z, self.loss_fn, kind=self.kind, num_steps=self.num_steps,
+            state.net, state.z, state.loss_fn, kind=self.kind, num_steps=self.num_steps,
             start=self.start, seed=self.seed + state.step,
         )
         ordered = [estimates[name] for name in self.layers]
@@ -899,8 +828,8 @@ class Conditioning(Monitor):
             kind=self.kind,
             start=self.start,
             num_steps=self.num_steps,
-            lambda_max=_jsonable(self.lambda_max),
-            lambda_min=_jsonable(self.lambda_min),
+            lambda_max=jsonable(self.lambda_max),
+            lambda_min=jsonable(self.lambda_min),
             lanczos_steps=[list(s) for s in self.lanczos_steps],
         )
         return data
@@ -911,14 +840,11 @@ class Diagnostics:
 
     Parameters
     ----------
-    loss_fn : callable or None
-        The fit's loss as a function of the network output (see :func:`mse_loss`); needed for
-        the curvature only. None turns the curvature off.
     every : int
         Interval of the cheap monitors (gradient norms, oscillation, ranks, loss), by default 10.
-    curvature_every : int or None
-        Interval of the curvature analysis; by default 100 when ``loss_fn`` is given. 0 turns it
-        off.
+    curvature_every : int
+        Interval of the curvature analysis, by default 0 (off: it costs about
+        ``2 · curvature_iters`` backward passes per layer).
     curvature_iters : int
         Lanczos steps per layer, by default 20 (at most :data:`MAX_LANCZOS_STEPS`).
     curvature : {"gauss_newton", "hessian"}
@@ -933,8 +859,7 @@ class Diagnostics:
     Raises
     ------
     ValueError, TypeError
-        For intervals that are not positive integers, ``curvature_every`` without ``loss_fn``,
-        or an unknown ``curvature`` / ``start``.
+        For intervals that are not positive integers, or an unknown ``curvature`` / ``start``.
 
     Examples
     --------
@@ -945,39 +870,26 @@ class Diagnostics:
 
     def __init__(
         self,
-        loss_fn: LossFn | None = None,
         *,
         every: int = 10,
-        curvature_every: int | None = None,
+        curvature_every: int = 0,
         curvature_iters: int = 20,
         curvature: str = "gauss_newton",
         start: str = "gradient",
         rank_threshold: float = 0.01,
         seed: int = 0,
     ) -> None:
-        self.every = _check_int("every", every, low=1)
+        self.every = check_int("every", every, minimum=1)
         self.monitors: dict[str, Monitor] = {
             "grad_norm": GradientNorms(every=every),
             "grad_cosine": GradientOscillation(every=every),
             "effective_rank": EffectiveRank(every=every, threshold=rank_threshold),
         }
-        if curvature_every is None:
-            curvature_every = 100 if loss_fn is not None else 0
-        curvature_every = _check_int("curvature_every", curvature_every, low=0)
-        if curvature_every > 0:
-            if loss_fn is None:
-                raise ValueError(
-                    "the curvature analysis needs the loss as a function of the network output: "
-                    "pass loss_fn=mse_loss(observation, operator), or curvature_every=0"
-                )
-            self.monitors["condition_number"] = Conditioning(
-                loss_fn, every=curvature_every, num_steps=curvature_iters, kind=curvature,
-                start=start, seed=seed,
-            )
-        else:
-            _check_steps(curvature_iters)
-            _check_choice("curvature", curvature, CURVATURES)
-            _check_choice("start", start, STARTS)
+        conditioning = Conditioning(
+            every=max(1, curvature_every), num_steps=curvature_iters,
+            kind=check_choice("curvature", curvature, CURVATURES), start=start, seed=seed)
+        if check_int("curvature_every", curvature_every, minimum=0) > 0:
+            self.monitors["condition_number"] = conditioning
         self.loss_steps: list[int] = []
         self.losses: list[float] = []
         self.seconds = 0.0
@@ -1002,7 +914,7 @@ class Diagnostics:
         data: dict[str, Any] = {
             "layers": self.layers,
             "seconds": round(self.seconds, 4),
-            "loss": {"steps": list(self.loss_steps), "values": _jsonable(self.losses)},
+            "loss": {"steps": list(self.loss_steps), "values": jsonable(self.losses)},
         }
         for name, monitor in self.monitors.items():
             data[name] = monitor.to_dict()
@@ -1070,40 +982,11 @@ def _nan_median(values: Sequence[float]) -> float | None:
     return statistics.median(kept) if kept else None
 
 
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, float | np.floating):
-        value = float(value)
-        return value if math.isfinite(value) else None
-    return value
-
-
-def _check_int(name: str, value: object, *, low: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | np.integer):
-        raise TypeError(f"{name} must be an integer >= {low}, got {value!r}")
-    if value < low:
-        raise ValueError(f"{name} must be an integer >= {low}, got {value}")
-    return int(value)
-
-
 def _check_steps(num_steps: object) -> int:
-    steps = _check_int("curvature_iters (Lanczos steps)", num_steps, low=2)
+    steps = check_int("curvature_iters (Lanczos steps)", num_steps, minimum=2)
     if steps > MAX_LANCZOS_STEPS:
         raise ValueError(
             f"curvature_iters (Lanczos steps) must be at most {MAX_LANCZOS_STEPS}, got {steps}; "
             "the extreme eigenvalues converge in tens of steps"
         )
     return steps
-
-
-def _check_choice(name: str, value: object, choices: Sequence[str]) -> str:
-    if value not in choices:
-        raise ValueError(f"{name} must be one of {', '.join(choices)}; got {value!r}")
-    return str(value)
-
-
-def _check_fraction(name: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < 1:
-        raise ValueError(f"{name} must be a number in (0, 1), e.g. 0.01; got {value!r}")
-    return float(value)

@@ -12,6 +12,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -40,9 +41,15 @@ class FitState:
     step: int
     net: nn.Module
     z: torch.Tensor
+    y: torch.Tensor
+    operator: Any
     loss: float
     output: torch.Tensor
     optimizer: torch.optim.Optimizer
+
+    def loss_fn(self, out: torch.Tensor) -> torch.Tensor:
+        """The fit's loss as a function of the network output, ``mean((A·out − y)²)``."""
+        return torch.mean((self.operator.A(out) - self.y) ** 2)
 
 
 @dataclass(frozen=True)
@@ -189,7 +196,7 @@ def fit(
         Linear operator with ``A`` (see :mod:`deepprior.operators`) and ``to(device)``.
     policy
         Stopping policy (see :mod:`deepprior.stopping`): ``update(step, loss, output) -> bool``,
-        ``best_step``, ``candidates``, ``reason`` and optionally ``finalize(last_step)`` and
+        ``best_step``, ``reason``, and optionally ``candidates``, ``finalize(last_step)`` and
         ``needs_unperturbed_output``.
     max_num_iter : int
         Hard limit on iterations.
@@ -297,13 +304,14 @@ def fit(
                 with torch.no_grad():
                     seen = net(z)
             stop = bool(policy.update(step, loss_value, seen))
-            if step in policy.candidates:
+            candidates = getattr(policy, "candidates", (policy.best_step,))
+            if step in candidates:
                 kept[step] = candidate.clone()
-            for old in [s for s in kept if s not in policy.candidates]:
+            for old in [s for s in kept if s not in candidates]:
                 del kept[old]
 
             if callback is not None and callback(
-                FitState(step, net, z, loss_value, candidate, optimizer)
+                FitState(step, net, z, y, operator, loss_value, candidate, optimizer)
             ):
                 reason = f"stopped by the callback at iteration {step}"
                 stop = True

@@ -1,10 +1,14 @@
 """reconstruct(): end to end on tiny images, and every validation message."""
 
 import dataclasses
+import time
 
 import numpy as np
 import pytest
+import scipy.sparse
 import torch
+
+import deepprior
 
 from deepprior import (
     GaussianSensing,
@@ -92,16 +96,16 @@ def test_tensor_input_and_batch_axis(camera64):
 @pytest.mark.parametrize(
     ("kwargs", "error", "match"),
     [
-        ({"net": "unet"}, ValueError, "net must be one of deep_decoder"),
+        ({"net": "unet"}, ValueError, "unknown network 'unet'; use one of: deep_decoder"),
         ({"norm": "layer"}, ValueError, "norm must be one of channel, batch, none"),
         ({"max_num_iter": 0}, ValueError, "max_num_iter must be an integer >= 1"),
         ({"max_num_iter": 2.5}, TypeError, "max_num_iter must be an integer"),
-        ({"learning_rate": -1.0}, ValueError, "learning_rate must be a finite number > 0"),
-        ({"sigma": 25.0}, ValueError, "sigma=25.0/255"),
-        ({"sigma": -0.1}, ValueError, "sigma must be a finite number >= 0"),
+        ({"learning_rate": -1.0}, ValueError, "learning_rate must satisfy 0 < learning_rate"),
+        ({"sigma": 25.0}, ValueError, "sigma=25/255"),
+        ({"sigma": -0.1}, ValueError, "sigma must satisfy 0 <= sigma"),
         ({"seed": -1}, ValueError, "seed must be an integer >= 0"),
-        ({"stop": "oracle"}, ValueError, "needs ground_truth"),
-        ({"stop": 3}, TypeError, "stop must be a rule"),
+        ({"stop": "oracle"}, ValueError, r"needs the clean image: pass ground_truth=\.\.\."),
+        ({"stop": 3}, TypeError, "a stopping policy needs update"),
         ({"ground_truth": np.zeros((5, 5))}, ValueError, r"must have shape \(16, 16\)"),
     ],
 )
@@ -125,3 +129,197 @@ def test_invalid_observations():
         reconstruct(np.zeros(49, dtype=np.float32), op, max_num_iter=1)
     with pytest.raises(ValueError, match="pass sigma="):
         reconstruct(np.zeros((1, 50), dtype=np.float32), op, stop="discrepancy", max_num_iter=1)
+
+
+# --------------------------------------------------------------------------- the open engine
+
+
+def _cs_problem():
+    x = sample_image("camera", size=32)
+    op = GaussianSensing(300, (1, 32, 32), seed=0)
+    y = op.A(image_to_tensor(x))[0]  # (1, 300)
+    return x, op, y, op.matrix.numpy()
+
+
+class PlainMatrix:
+    """A user's forward model: a plain class with A and A_adjoint over a numpy matrix."""
+
+    def __init__(self, matrix):
+        self.matrix = torch.from_numpy(matrix)
+
+    def A(self, x):  # noqa: N802
+        return x.reshape(1, -1) @ self.matrix.T
+
+    def A_adjoint(self, y):  # noqa: N802
+        return (y @ self.matrix).reshape(1, 1, 32, 32)
+
+
+class OnlyForward(deepprior.LinearOperator):
+    """A LinearOperator subclass with A only: no adjoint, no describe()."""
+
+    def __init__(self, matrix):
+        super().__init__((32, 32), (matrix.shape[0],))
+        self.register_buffer("matrix", torch.from_numpy(matrix))
+
+    def A(self, x):  # noqa: N802
+        return x.reshape(1, -1) @ self.matrix.T
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda m: m,
+        lambda m: torch.from_numpy(m),
+        lambda m: scipy.sparse.csr_matrix(m),
+        lambda m: PlainMatrix(m),
+        lambda m: (lambda x: x.reshape(1, -1) @ torch.from_numpy(m).T),
+        lambda m: OnlyForward(m),
+    ],
+    ids=["numpy", "torch", "scipy-sparse", "plain-class", "function", "subclass-no-describe"],
+)
+def test_any_forward_model_gives_the_built_in_result(make):
+    x, op, y, matrix = _cs_problem()
+    options = {"max_num_iter": 15, "stop": "fixed:15", "net_options": SMALL, "seed": 3}
+    reference = reconstruct(y, op, **options)
+    # a user's function or class is a "generic" problem unless told: say it is sensing
+    result = reconstruct(y.reshape(-1), make(matrix), image_shape=(32, 32),
+                         problem="compressive_sensing", **options)
+    np.testing.assert_allclose(result.image, reference.image, atol=2e-4)
+
+
+def test_deepinv_like_physics_works():
+    x, _, y, matrix = _cs_problem()
+
+    class Physics(torch.nn.Module):  # deepinv's LinearPhysics surface: (B, C, H, W) tensors
+        def __init__(self):
+            super().__init__()
+            self.register_buffer("M", torch.from_numpy(matrix))
+
+        def A(self, x):  # noqa: N802
+            return x.reshape(x.shape[0], -1) @ self.M.T
+
+        def A_adjoint(self, y):  # noqa: N802
+            return (y @ self.M).reshape(y.shape[0], 1, 32, 32)
+
+    result = reconstruct(y, Physics(), image_shape=(1, 32, 32), max_num_iter=5, stop="fixed:5",
+                         ground_truth=x, net_options=SMALL)
+    assert result.image.shape == (32, 32) and result.psnr is not None
+
+
+def test_real_deepinv_physics_when_installed():
+    dinv = pytest.importorskip("deepinv")
+    x = sample_image("camera", size=32)
+    physics = dinv.physics.CompressedSensing(m=200, img_size=(1, 32, 32), device="cpu")
+    y = physics.A(image_to_tensor(x))
+    result = reconstruct(y, physics, max_num_iter=3, stop="fixed:3", net_options=SMALL)
+    assert result.image.shape == (32, 32)
+
+
+@pytest.mark.parametrize(
+    ("adjoint", "forward", "match"),
+    [
+        (lambda m: (lambda v: 1.1 * (v @ m).reshape(1, 1, 32, 32)), None, "not the adjoint of A"),
+        (None, lambda m: (lambda x: (x.reshape(1, -1) @ m.T)[:, :250]), "observation has"),
+    ],
+)
+def test_a_broken_operator_fails_at_once_naming_the_problem(adjoint, forward, match):
+    _, _, y, matrix = _cs_problem()
+    m = torch.from_numpy(matrix)
+    forward = forward(m) if forward else (lambda x: x.reshape(1, -1) @ m.T)
+    operator = (forward, adjoint(m)) if adjoint else forward
+    start = time.perf_counter()
+    with pytest.raises(ValueError, match=match):
+        reconstruct(y, operator, image_shape=(32, 32), max_num_iter=10_000)
+    assert time.perf_counter() - start < 1.0
+
+
+class TinyNet(torch.nn.Module):
+    """A user's own generator: a linear map of its input through a sigmoid."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(4, 1, 3, padding=1)
+
+    def forward(self, z):
+        return torch.sigmoid(self.conv(z))
+
+
+class FirstLoss:
+    """The smallest policy: update, best_step and reason; stops at step 4."""
+
+    def __init__(self):
+        self.best_step, self.reason = 0, ""
+
+    def update(self, step, loss, output):
+        self.best_step = step
+        self.reason = f"seen {step}"
+        return step >= 4
+
+
+def test_user_module_and_three_member_policy_through_reconstruct():
+    noisy = add_gaussian_noise(sample_image("camera", size=16), 0.1, seed=0)
+    z = torch.rand(1, 4, 16, 16, generator=torch.Generator().manual_seed(0))
+    result = reconstruct(noisy, net=TinyNet(), net_input=z, stop=FirstLoss(), max_num_iter=50)
+    assert (result.num_iter, result.num_steps, result.stop_reason) == (4, 4, "seen 4")
+    assert result.config["net"] == "TinyNet" and result.config["num_parameters"] == 37
+    with pytest.raises(ValueError, match="expected"):
+        reconstruct(noisy[:8, :8], net=TinyNet(), net_input=z)
+    with pytest.raises(ValueError, match="net_input"):
+        reconstruct(noisy, net=TinyNet())
+
+
+def test_user_module_and_policy_through_make_policy_and_fit():
+    noisy = add_gaussian_noise(sample_image("camera", size=16), 0.1, seed=0)
+    y = image_to_tensor(noisy)
+    policy, op, fit_y = deepprior.make_policy(FirstLoss(), operator=deepprior.Identity((16, 16)),
+                                              y=y)
+    z = torch.rand(1, 4, 16, 16, generator=torch.Generator().manual_seed(0))
+    result = deepprior.fit(TinyNet(), z, fit_y, op, policy=policy, max_num_iter=50)
+    assert (result.best_step, result.num_steps) == (4, 4)
+
+
+@pytest.fixture
+def registry(monkeypatch):
+    """Registrations made by a test are undone after it."""
+    import copy
+
+    monkeypatch.setattr(deepprior.nets, "_NETS", dict(deepprior.nets._NETS))
+    monkeypatch.setattr(deepprior.api, "PROBLEMS", copy.deepcopy(deepprior.api.PROBLEMS))
+
+
+def test_register_net_makes_a_network_usable_by_name(registry):
+    from deepprior.nets import DeepDecoder
+
+    deepprior.register_net(
+        "tiny_test_decoder", lambda shape, norm="channel": DeepDecoder(shape, norm=norm, channels=4),
+        defaults=deepprior.Defaults(7, 0.02, "fixed:7"), replace=True)
+    assert "tiny_test_decoder" in deepprior.available_nets()
+    result = reconstruct(np.full((64, 64), 0.5, np.float32), net="tiny_test_decoder")
+    assert result.num_steps == 7 and result.config["learning_rate"] == 0.02
+    with pytest.raises(ValueError, match="exists already"):
+        deepprior.register_net("tiny_test_decoder", DeepDecoder)
+
+
+def test_problem_kind_comes_from_the_operator_or_the_argument():
+    x = sample_image("camera", size=32)
+    mask = Mask((32, 32), keep=0.5, seed=0)
+    y = mask.A(image_to_tensor(x))[0]
+    result = reconstruct(y, mask, max_num_iter=2, net_options=SMALL)
+    assert result.config["problem"] == "inpainting"
+    assert result.config["stop_resolved"] == deepprior.problem_defaults(
+        "inpainting", "deep_decoder").stop
+    generic = reconstruct(y, mask, problem="generic", max_num_iter=2, net_options=SMALL)
+    assert generic.config["problem"] == "generic"
+    with pytest.raises(ValueError, match="problem must be one of"):
+        reconstruct(y, mask, problem="segmentation", max_num_iter=2)
+
+
+def test_measurement_noise_sigma_is_in_measurement_units():
+    x, op, _, _ = _cs_problem()
+    y, sigma = deepprior.simulate_measurements(op, x, sigma=1.5, seed=0)
+    assert sigma == 1.5 and y.shape == (1, 300)
+    result = reconstruct(y, op, sigma=1.5, stop="discrepancy", max_num_iter=3, net_options=SMALL)
+    assert result.config["sigma"] == 1.5
+    _, from_snr = deepprior.simulate_measurements(op, x, snr_db=20, seed=0)
+    clean, _ = deepprior.simulate_measurements(op, x)
+    assert from_snr == pytest.approx(np.sqrt(np.mean(clean**2)) / 10)

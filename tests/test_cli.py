@@ -70,7 +70,7 @@ def test_existing_output_is_not_overwritten(clean_png, tmp_path):
     [
         (["denoise", "missing.png"], "missing.png"),
         (["denoise", "{img}", "--sigma", "-3"], "--sigma must be >= 0"),
-        (["denoise", "{img}", "--net", "unet"], "net must be one of"),
+        (["denoise", "{img}", "--net", "unet"], "unknown network 'unet'"),
         (["denoise", "{img}", "--stop", "sometimes"], "sometimes"),
         (["cs", "{img}", "--measurements", "100000"], "num_measurements"),
         (["cs", "{img}"], "--measurements M is required"),

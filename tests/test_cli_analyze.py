@@ -81,7 +81,7 @@ def test_existing_outputs_are_kept_without_overwrite(image_png, tmp_path):
     ("extra", "message"),
     [
         (["--norm", "layer"], "--norm must be channel, none, batch or all"),
-        (["--net", "unet"], "--net must be one of"),
+        (["--net", "unet"], "unknown network 'unet'"),
         (["--sigma", "-3"], "--sigma must be >= 0"),
         (["{missing}"], "missing.png"),
     ],

@@ -1,4 +1,5 @@
-"""Tests for deepprior.operators: adjointness, shapes, determinism, scaling, speed, validation."""
+"""Tests for deepprior.operators: the built-in operators, the adapter for the user's own
+(matrices, callables, deepinv-like physics), and the probe run before a fit."""
 
 import json
 import math
@@ -8,21 +9,29 @@ import numpy as np
 import pytest
 import scipy.fft
 import scipy.linalg
+import scipy.sparse
 import torch
 
 from deepprior.operators import (
+    ADJOINT_TOLERANCE,
     FastSensing,
+    FunctionOperator,
     GaussianSensing,
     Identity,
     LinearOperator,
     Mask,
+    MatrixOperator,
     RestrictedOperator,
     adjointness_error,
+    as_operator,
+    check_operator,
     operator_from_description,
+    rebuildable,
 )
 
 H, W = 23, 17  # odd sizes on purpose
 N = H * W
+M_ROWS = 40  # rows of the user-supplied matrices
 
 
 def _random_keep(shape: tuple[int, ...], seed: int = 0) -> torch.Tensor:
@@ -32,6 +41,97 @@ def _random_keep(shape: tuple[int, ...], seed: int = 0) -> torch.Tensor:
 
 def _explicit_mask(channels: int) -> np.ndarray:
     return np.random.default_rng(1).random((channels, H, W)) < 0.4
+
+
+def _image(shape: tuple[int, ...], seed: int = 0, dtype=torch.float32) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    return torch.rand((1, *shape), generator=generator, dtype=dtype)
+
+
+def _matrix(cols: int, rows: int = M_ROWS, seed: int = 0, density: float = 1.0) -> np.ndarray:
+    """A float64 numpy matrix (rows, cols); with density < 1 most entries are zero."""
+    rng = np.random.default_rng(seed)
+    matrix = rng.standard_normal((rows, cols)) / math.sqrt(rows)
+    return matrix * (rng.random((rows, cols)) < density)
+
+
+# --------------------------------------------------------------- the user's operators, by kind
+
+
+class NumpyWrapper:
+    """A plain class around a numpy matrix: nothing but ``A`` and ``A_adjoint``."""
+
+    def __init__(self, matrix: np.ndarray, image_shape: tuple[int, int, int]) -> None:
+        self.matrix, self.shape = matrix, image_shape
+
+    def A(self, x):  # noqa: N802
+        return x.reshape(1, -1) @ torch.as_tensor(self.matrix, dtype=x.dtype).T
+
+    def A_adjoint(self, y):  # noqa: N802
+        return (y @ torch.as_tensor(self.matrix, dtype=y.dtype)).reshape(1, *self.shape)
+
+
+class PhysicsLike(torch.nn.Module):
+    """Stand-in with deepinv's ``LinearPhysics`` surface: an ``nn.Module`` with a buffer,
+    ``img_size`` and ``A``/``A_adjoint`` on batched ``(B, C, H, W)`` tensors."""
+
+    def __init__(self, matrix: np.ndarray, img_size: tuple[int, int, int]) -> None:
+        super().__init__()
+        self.img_size = img_size
+        self.register_buffer("weights", torch.as_tensor(matrix, dtype=torch.float32))
+
+    def A(self, x, **kwargs):  # noqa: N802
+        return x.reshape(x.shape[0], -1) @ self.weights.to(x.dtype).T
+
+    def A_adjoint(self, y, **kwargs):  # noqa: N802
+        return (y @ self.weights.to(y.dtype)).reshape(y.shape[0], *self.img_size)
+
+    def forward(self, x, **kwargs):
+        return self.A(x)
+
+
+class OnlyA(LinearOperator):
+    """A subclass implementing only ``A``: autograd adjoint, default (custom) description."""
+
+    weights: torch.Tensor
+
+    def __init__(self, matrix: np.ndarray, image_shape) -> None:
+        super().__init__(image_shape, (matrix.shape[0],))
+        self.register_buffer("weights", torch.as_tensor(matrix, dtype=torch.float32))
+
+    def A(self, x):  # noqa: N802
+        return x.reshape(1, -1) @ self.weights.to(x.dtype).T
+
+
+def _functions(matrix: np.ndarray, image_shape):
+    """``(A, A_adjoint)`` closures over a torch copy of ``matrix``."""
+    tensor = torch.from_numpy(matrix).float()
+
+    def forward(x):
+        return x.reshape(1, -1) @ tensor.to(x.dtype).T
+
+    def adjoint(y):
+        return (y @ tensor.to(y.dtype)).reshape(1, *image_shape)
+
+    return forward, adjoint
+
+
+def _user_operator(kind: str, c: int) -> LinearOperator:
+    shape = (c, H, W)
+    matrix = _matrix(c * N, seed=c)
+    if kind == "matrix-dense":
+        return as_operator(matrix, shape)
+    if kind == "matrix-sparse":
+        return as_operator(scipy.sparse.csr_matrix(_matrix(c * N, seed=c, density=0.3)), shape)
+    if kind == "function-adjoint":
+        return as_operator(_functions(matrix, shape), shape)
+    if kind == "function-autograd":
+        return as_operator(_functions(matrix, shape)[0], shape)
+    if kind == "physics-like":
+        return as_operator(PhysicsLike(matrix, shape))
+    if kind == "only-a":
+        return OnlyA(matrix, shape)
+    raise AssertionError(kind)
 
 
 OPERATOR_FACTORIES = {
@@ -45,34 +145,52 @@ OPERATOR_FACTORIES = {
         _random_keep((c, 100))
     ),
     "restricted-identity": lambda c: Identity((c, H, W)).restrict(_random_keep((c, H, W))),
+    "restricted-fast": lambda c: FastSensing(60, (c, H, W), seed=1).restrict(
+        _random_keep((c, 60))
+    ),
+    "restricted-matrix": lambda c: _user_operator("matrix-sparse", c).restrict(
+        _random_keep((M_ROWS,))
+    ),
+    **{
+        kind: (lambda c, kind=kind: _user_operator(kind, c))
+        for kind in (
+            "matrix-dense",
+            "matrix-sparse",
+            "function-adjoint",
+            "function-autograd",
+            "physics-like",
+            "only-a",
+        )
+    },
 }
+ALL = pytest.mark.parametrize("name", sorted(OPERATOR_FACTORIES))
+CHANNELS = pytest.mark.parametrize("channels", [1, 3])
 
 
-def _image(shape: tuple[int, int, int], seed: int = 0, dtype=torch.float32) -> torch.Tensor:
-    generator = torch.Generator().manual_seed(seed)
-    return torch.rand((1, *shape), generator=generator, dtype=dtype)
+# --------------------------------------------------------------------- every operator at once
 
 
-@pytest.mark.parametrize("channels", [1, 3])
-@pytest.mark.parametrize("name", sorted(OPERATOR_FACTORIES))
+@CHANNELS
+@ALL
 def test_adjointness_all_operators(name, channels):
     op = OPERATOR_FACTORIES[name](channels)
     assert adjointness_error(op, seed=0) < 1e-6
     assert adjointness_error(op, seed=7) < 1e-6
-    # the check works on a copy: the operator keeps its float32 buffers
+    assert adjointness_error(op, dtype=torch.float32) < 1e-4
+    # the check casts per call: the operator keeps its float32 buffers
     for buffer in op.buffers():
-        assert buffer.dtype in (torch.float32, torch.bool, torch.int64)
+        assert buffer.dtype in (torch.float32, torch.bool, torch.int64, torch.uint8)
 
 
-@pytest.mark.parametrize("channels", [1, 3])
-@pytest.mark.parametrize("name", sorted(OPERATOR_FACTORIES))
+@CHANNELS
+@ALL
 def test_shapes_and_dtypes(name, channels):
     op = OPERATOR_FACTORIES[name](channels)
     x = _image(op.image_shape)
     y = op.A(x)
     assert tuple(y.shape) == (1, *op.measurement_shape)
     # a Mask's y keeps the image shape but counts only the observed entries as measurements
-    observed = int((op.A(torch.ones_like(x)) != 0).sum()) if isinstance(op, Mask) else y.numel()
+    observed = int(op.observed.sum()) if isinstance(op, Mask) else y.numel()
     assert op.num_measurements == observed
     assert torch.equal(op(x), y)
     back = op.A_adjoint(y)
@@ -88,6 +206,31 @@ def test_shapes_and_dtypes(name, channels):
     assert op.device == torch.device("cpu")
 
 
+@CHANNELS
+@ALL
+def test_gradients_flow_through_every_operator(name, channels):
+    op = OPERATOR_FACTORIES[name](channels)
+    x = _image(op.image_shape, dtype=torch.float64).requires_grad_(True)
+    op.A(x).pow(2).sum().backward()
+    # d/dx ||A x||^2 = 2 A^T A x
+    expected = 2 * op.A_adjoint(op.A(x.detach()))
+    torch.testing.assert_close(x.grad, expected)
+
+
+@CHANNELS
+@ALL
+def test_check_operator_accepts_every_correct_operator(name, channels):
+    op = OPERATOR_FACTORIES[name](channels)
+    y = op.A(_image(op.image_shape)).detach()
+    check_operator(op)
+    check_operator(op, y)
+    check_operator(op, y.flatten())  # only the entry count matters
+    json.dumps(op.describe())
+
+
+# ------------------------------------------------------------------------ built-in operators
+
+
 def test_measurement_shapes():
     assert GaussianSensing(100, (3, H, W)).measurement_shape == (3, 100)
     assert FastSensing(100, (3, H, W)).measurement_shape == (3, 100)
@@ -96,6 +239,29 @@ def test_measurement_shapes():
     restricted = Identity((1, H, W)).restrict(_random_keep((1, H, W)))
     assert isinstance(restricted, RestrictedOperator)
     assert restricted.measurement_shape == (int(_random_keep((1, H, W)).sum()),)
+
+
+def test_image_shape_may_be_two_or_three_dimensional():
+    assert Identity((H, W)).image_shape == (1, H, W)
+    assert Identity((H, W)).measurement_shape == (1, H, W)
+    assert GaussianSensing(10, (H, W)).measurement_shape == (1, 10)
+    assert FastSensing(10, (H, W)).image_shape == (1, H, W)
+    assert Mask((H, W), keep=0.5).image_shape == (1, H, W)
+    assert MatrixOperator(np.ones((3, 12)), (3, 4)).image_shape == (1, 3, 4)
+    assert MatrixOperator(np.ones((3, 12)), (3, 2, 2)).image_shape == (3, 2, 2)
+    assert GaussianSensing(10.0, (H, W)).measurement_shape == (1, 10)  # integral float
+
+
+def test_problem_kinds():
+    assert Identity((H, W)).problem == "denoise"
+    assert GaussianSensing.problem == FastSensing.problem == "compressive_sensing"
+    assert Mask.problem == "inpainting"
+    assert LinearOperator.problem == "generic"
+    assert OnlyA(np.ones((3, 16)), (4, 4)).problem == "generic"
+    assert as_operator(lambda x: x, (4, 4)).problem == "generic"
+    assert MatrixOperator(np.ones((3, 16))).problem == "compressive_sensing"
+    assert MatrixOperator(np.eye(16)).problem == "generic"
+    assert MatrixOperator(np.ones((20, 16)), (4, 4)).problem == "generic"
 
 
 def test_colour_channels_share_the_same_matrix():
@@ -123,9 +289,10 @@ def test_gaussian_matches_explicit_matrix():
         lambda seed: FastSensing(80, (1, 16, 8), seed=seed, transform="hadamard"),
         lambda seed: Mask((1, H, W), keep=0.5, seed=seed),
     ],
+    ids=["gaussian", "fast-dct", "fast-hadamard", "mask"],
 )
 def test_determinism(factory):
-    x = _image((1, *factory(0).image_shape[1:]))
+    x = _image(factory(0).image_shape)
     first, again, other = factory(0), factory(0), factory(1)
     assert torch.equal(first.A(x), again.A(x))
     assert not torch.equal(first.A(x), other.A(x))
@@ -138,6 +305,8 @@ def test_operator_build_leaves_global_rng_alone():
     GaussianSensing(50, (1, H, W), seed=5)
     FastSensing(50, (1, H, W), seed=5)
     Mask((1, H, W), keep=0.5, seed=5)
+    check_operator(Mask((1, H, W), keep=0.5, seed=5))
+    adjointness_error(GaussianSensing(50, (1, H, W), seed=5))
     assert torch.equal(torch.rand(3), expected)
 
 
@@ -177,10 +346,8 @@ def test_expected_gram_is_identity(op):
     # E||A x||^2 = ||x||^2 over random directions x when E[A^T A] = I
     op = op.to(torch.float64)
     generator = torch.Generator().manual_seed(0)
-    ratios = []
-    for _ in range(200):
-        x = torch.randn((1, *op.image_shape), generator=generator, dtype=torch.float64)
-        ratios.append((op.A(x).norm() ** 2 / x.norm() ** 2).item())
+    x = torch.randn((200, *op.image_shape), generator=generator, dtype=torch.float64)
+    ratios = [(op.A(xi[None]).norm() ** 2 / xi.norm() ** 2).item() for xi in x]
     assert np.mean(ratios) == pytest.approx(1.0, abs=0.1)
 
 
@@ -198,7 +365,7 @@ def test_fast_sensing_large_image_is_fast_and_small():
     assert sum(b.nbytes for b in op.buffers()) < 50 * 2**20
 
 
-def test_mask_semantics():
+def test_mask_semantics_and_observed_entries():
     mask = np.zeros((H, W), dtype=bool)
     mask[::2, ::3] = True
     op = Mask((3, H, W), mask=mask)
@@ -207,19 +374,31 @@ def test_mask_semantics():
     expected = x * torch.from_numpy(mask)
     torch.testing.assert_close(y, expected)
     torch.testing.assert_close(op.A_adjoint(y), expected)
-    assert op.num_measurements == 3 * int(mask.sum())
+    # a 2-D mask is shared by every channel; observed has the measurement shape
+    assert op.observed.shape == (3, H, W)
+    assert op.observed.dtype == torch.bool
+    assert torch.equal(op.observed, torch.from_numpy(mask).expand(3, H, W))
+    assert op.num_measurements == 3 * int(mask.sum()) == int(op.observed.sum())
     assert y.numel() == 3 * N
 
+    per_channel = _explicit_mask(3)
+    op3 = Mask((3, H, W), mask=torch.from_numpy(per_channel))
+    assert torch.equal(op3.observed, torch.from_numpy(per_channel))
+    assert op3.num_measurements == int(per_channel.sum())
+
     random_op = Mask((1, H, W), keep=0.25, seed=0)
-    assert random_op.num_measurements == round(0.25 * N)
+    assert random_op.num_measurements == round(0.25 * N) == int(random_op.observed.sum())
     assert Mask((1, H, W), keep=1.0).num_measurements == N
     assert Mask((1, H, W), keep=1e-9).num_measurements == 1
+    # the unobserved entries of y are zero
+    assert torch.all(random_op.A(x[:, :1])[0][~random_op.observed] == 0)
 
 
 def test_restrict_selects_entries_and_scatters_back():
     base = GaussianSensing(40, (1, H, W), seed=0)
     keep = _random_keep((1, 40), seed=3)
     op = base.restrict(keep)
+    assert op.num_measurements == int(keep.sum())
     x = _image((1, H, W))
     torch.testing.assert_close(op.A(x)[0], base.A(x)[0][keep])
     y = torch.randn(1, int(keep.sum()), generator=torch.Generator().manual_seed(1))
@@ -229,6 +408,14 @@ def test_restrict_selects_entries_and_scatters_back():
     # restricting twice works as well
     twice = op.restrict(torch.ones(op.measurement_shape, dtype=torch.bool))
     torch.testing.assert_close(twice.A(x), op.A(x))
+    # and so does restricting a user's operator without a written adjoint
+    user = as_operator(_functions(_matrix(N), (1, H, W))[0], (H, W)).restrict(
+        _random_keep((M_ROWS,))
+    )
+    assert adjointness_error(user) < 1e-6
+
+
+# ------------------------------------------------------------------------------- descriptions
 
 
 @pytest.mark.parametrize(
@@ -245,6 +432,7 @@ def test_restrict_selects_entries_and_scatters_back():
     ids=["identity", "gaussian", "fast-dct", "fast-hadamard", "mask-keep", "mask-3d", "mask-2d"],
 )
 def test_describe_round_trip(op):
+    assert rebuildable(op)
     desc = op.describe()
     desc_json = json.loads(json.dumps(desc))
     rebuilt = operator_from_description(desc_json)
@@ -256,29 +444,59 @@ def test_describe_round_trip(op):
 
 def test_describe_restricted_and_large_explicit_mask():
     base = FastSensing(30, (1, H, W), seed=2)
-    desc = base.restrict(_random_keep((1, 30))).describe()
+    restricted = base.restrict(_random_keep((1, 30)))
+    desc = restricted.describe()
     assert desc["kind"] == "restricted"
     assert desc["base"] == base.describe()
     assert desc["num_kept"] == int(_random_keep((1, 30)).sum())
     json.dumps(desc)
-    with pytest.raises(ValueError, match="cannot be rebuilt"):
+    assert not rebuildable(restricted)
+    with pytest.raises(ValueError, match="kind 'restricted' cannot be rebuilt"):
         operator_from_description(desc)
 
     big = Mask((1, 200, 200), mask=np.ones((200, 200), dtype=bool))
     big_desc = big.describe()
     assert big_desc["mask"] is None and big_desc["num_measurements"] == 40_000
-    with pytest.raises(ValueError, match="no stored mask"):
+    assert not rebuildable(big)
+    with pytest.raises(ValueError, match="a large explicit mask is not stored"):
         operator_from_description(big_desc)
+
+
+def test_describe_of_user_operators_is_custom_and_not_rebuildable():
+    only_a = OnlyA(_matrix(12, rows=5), (3, 4))
+    desc = only_a.describe()
+    assert desc == {
+        "kind": "custom",
+        "type": "OnlyA",
+        "image_shape": [1, 3, 4],
+        "measurement_shape": [5],
+    }
+    assert not only_a.has_adjoint
+    assert not rebuildable(only_a)
+    with pytest.raises(ValueError, match="kind 'custom' cannot be rebuilt"):
+        operator_from_description(desc)
+
+    function = as_operator(lambda x: 2 * x, (3, 4))
+    assert function.describe()["kind"] == "custom"
+    assert function.describe()["type"] == "FunctionOperator"
+    assert not rebuildable(function)
+
+    matrix = as_operator(_matrix(12, rows=5), (3, 4))
+    assert matrix.describe() == {"kind": "matrix", "image_shape": [1, 3, 4],
+                                 "num_measurements": 5}
+    assert not rebuildable(matrix)
+    with pytest.raises(ValueError, match="kind 'matrix' cannot be rebuilt"):
+        operator_from_description(matrix.describe())
 
 
 @pytest.mark.parametrize(
     ("desc", "message"),
     [
-        ({"kind": "blur", "image_shape": [1, 4, 4]}, "unknown operator kind 'blur'"),
-        ({"image_shape": [1, 4, 4]}, "unknown operator kind None"),
-        ({"kind": "gaussian", "image_shape": [1, 4, 4]}, r"missing key\(s\) \['num_me"),
-        ({"kind": "mask", "image_shape": [1, 4, 4]}, "exactly one of 'keep'"),
-        ({"kind": "mask", "image_shape": [1, 2, 2], "mask": [[0, 2], [1, 1]]}, "only 0/1"),
+        ({"kind": "blur", "image_shape": [1, 4, 4]}, "kind 'blur' cannot be rebuilt"),
+        ({"image_shape": [1, 4, 4]}, "kind None cannot be rebuilt.*identity, gaussian"),
+        ({"kind": "gaussian", "image_shape": [1, 4, 4]}, "missing the key 'num_measurements'"),
+        ({"kind": "fast", "num_measurements": 3, "seed": 0}, "missing the key 'image_shape'"),
+        ({"kind": "mask", "image_shape": [1, 4, 4]}, "a large explicit mask is not stored"),
     ],
 )
 def test_operator_from_description_errors(desc, message):
@@ -291,27 +509,40 @@ def test_operator_from_description_type_error():
         operator_from_description([("kind", "identity")])
 
 
+# ----------------------------------------------------------------------- constructor checks
+
+
 @pytest.mark.parametrize(
     ("build", "error", "message"),
     [
-        (lambda: GaussianSensing(0, (1, H, W)), ValueError, r"in \[1, 391\].*got 0"),
+        (lambda: GaussianSensing(0, (1, H, W)), ValueError, "num_measurements.*>= 1, got 0"),
         (lambda: GaussianSensing(N + 1, (1, H, W)), ValueError, r"in \[1, 391\].*got 392"),
-        (lambda: FastSensing(0, (1, H, W)), ValueError, r"in \[1, 391\]"),
+        (lambda: FastSensing(0, (1, H, W)), ValueError, "num_measurements.*>= 1, got 0"),
         (lambda: FastSensing(N + 1, (3, H, W)), ValueError, r"in \[1, 391\]"),
-        (lambda: GaussianSensing(10.0, (1, H, W)), TypeError, "num_measurements must be an int"),
-        (lambda: GaussianSensing(True, (1, H, W)), TypeError, "got the bool"),
+        (lambda: GaussianSensing(10.5, (1, H, W)), TypeError, "num_measurements must be an int"),
+        (lambda: GaussianSensing(True, (1, H, W)), TypeError, r"got True \(bool\)"),
         (
             lambda: GaussianSensing(16_384, (1, 256, 256)),
             ValueError,
             r"4295\.0 MB.*FastSensing.*--operator fast",
         ),
-        (lambda: GaussianSensing(10, (1, H, W), max_bytes=0), ValueError, "max_bytes"),
+        (lambda: GaussianSensing(10, (1, H, W), max_bytes=0), ValueError, "max_bytes.*got 0"),
         (lambda: GaussianSensing(10, (1, H, W), seed=-1), ValueError, r"seed must be.*got -1"),
-        (lambda: Identity((H, W)), ValueError, r"three entries \(C, H, W\), got 2"),
-        (lambda: Identity((0, H, W)), ValueError, r"must all be >= 1, got \(0, 23, 17\)"),
-        (lambda: Identity("1x23x17"), TypeError, "image_shape must be a sequence"),
+        (lambda: FastSensing(10, (1, H, W), seed=-1), ValueError, r"seed must be.*got -1"),
+        (lambda: Mask((1, H, W), keep=0.5, seed=-1), ValueError, r"seed must be.*got -1"),
+        (
+            lambda: Identity((1, 2, 3, 4)),
+            ValueError,
+            r"image_shape must be \(H, W\) or \(C, H, W\), got \(1, 2, 3, 4\)",
+        ),
+        (lambda: Identity((0, H, W)), ValueError, "image_shape entries.*>= 1, got 0"),
+        (lambda: Identity("1x23x17"), TypeError, "image_shape must be"),
         (lambda: Identity((1, 2.5, 3)), TypeError, "image_shape entries must be an integer"),
-        (lambda: FastSensing(10, (1, H, W), transform="fft"), ValueError, r"\['dct', 'hada"),
+        (
+            lambda: FastSensing(10, (1, H, W), transform="fft"),
+            ValueError,
+            "transform must be one of dct, hadamard; got 'fft'",
+        ),
         (
             lambda: FastSensing(10, (1, H, W), transform="hadamard"),
             ValueError,
@@ -323,22 +554,30 @@ def test_operator_from_description_type_error():
             ValueError,
             "exactly one of keep",
         ),
-        (lambda: Mask((1, H, W), keep=0.0), ValueError, r"keep must be in \(0, 1\], got 0.0"),
-        (lambda: Mask((1, H, W), keep=1.5), ValueError, r"keep must be in \(0, 1\], got 1.5"),
+        (lambda: Mask((1, H, W), keep=0.0), ValueError, "keep must satisfy 0 < keep <= 1, got 0.0"),
+        (lambda: Mask((1, H, W), keep=1.5), ValueError, "keep must satisfy 0 < keep <= 1, got 1.5"),
         (lambda: Mask((1, H, W), keep="half"), TypeError, "keep must be a number"),
-        (lambda: Mask((1, H, W), mask=np.ones((H, W))), TypeError, "boolean array.*float64"),
-        (lambda: Mask((1, H, W), mask=[[True]]), TypeError, "got list"),
+        (
+            lambda: Mask((1, H, W), mask=np.ones((H, W))),
+            TypeError,
+            r"mask must be boolean \(pass mask > 0\), got dtype torch.float64",
+        ),
+        (
+            lambda: Mask((1, H, W), mask=[[True]]),
+            ValueError,
+            r"mask must have shape \(H, W\) = \(23, 17\) or \(C, H, W\) = \(1, 23, 17\), got \(1",
+        ),
         (lambda: Mask((3, H, W), mask=np.ones((2, H, W), bool)), ValueError, r"got \(2, 23, 17"),
         (lambda: Mask((1, H, W), mask=np.zeros((H, W), bool)), ValueError, "keeps no pixel"),
         (
             lambda: Identity((1, H, W)).restrict(torch.ones(1, H, W + 1, dtype=torch.bool)),
             ValueError,
-            r"keep must have the measurement shape \(1, 23, 17\)",
+            r"boolean array of the measurement shape \(1, 23, 17\), got torch.bool \(1, 23, 18\)",
         ),
         (
             lambda: Identity((1, H, W)).restrict(torch.ones(1, H, W)),
-            TypeError,
-            "keep must be a boolean tensor",
+            ValueError,
+            r"boolean array .*got torch.float32",
         ),
         (
             lambda: Identity((1, H, W)).restrict(torch.zeros(1, H, W, dtype=torch.bool)),
@@ -352,29 +591,85 @@ def test_constructor_validation(build, error, message):
         build()
 
 
-@pytest.mark.parametrize("name", sorted(OPERATOR_FACTORIES))
-def test_wrong_input_shape_names_expected_shape(name):
-    op = OPERATOR_FACTORIES[name](1)
-    with pytest.raises(ValueError, match=r"expects x of shape \(1, 1, "):
-        op.A(torch.zeros(1, 1, 5, 5))
-    with pytest.raises(ValueError, match=r"expects y of shape \(1, "):
-        op.A_adjoint(torch.zeros(2, 3))
-    with pytest.raises(TypeError, match="floating-point x"):
-        op.A(torch.zeros((1, *op.image_shape), dtype=torch.int64))
-    with pytest.raises(TypeError, match="expects a torch.Tensor x"):
-        op.A(np.zeros((1, *op.image_shape)))
+# ------------------------------------------------------------------------------- as_operator
+
+EQUIVALENTS = {
+    "numpy-wrapper": (lambda m, s: NumpyWrapper(m, s), FunctionOperator, True, True),
+    "numpy": (lambda m, s: m, MatrixOperator, True, True),
+    "torch": (lambda m, s: torch.from_numpy(m), MatrixOperator, True, True),
+    "scipy-csr": (lambda m, s: scipy.sparse.csr_matrix(m), MatrixOperator, True, True),
+    "pair": (_functions, FunctionOperator, True, True),
+    "function": (lambda m, s: _functions(m, s)[0], FunctionOperator, False, True),
+    "physics-like": (lambda m, s: PhysicsLike(m, s), FunctionOperator, True, False),
+    "only-a": (lambda m, s: OnlyA(m, s), OnlyA, False, False),
+}
 
 
-def test_adjointness_error_detects_a_wrong_adjoint_and_validates():
-    class BadAdjoint(Identity):
-        def _A_adjoint(self, y):  # noqa: N802
-            return 2 * y
+@pytest.mark.parametrize("kind", list(EQUIVALENTS))
+def test_as_operator_gives_the_matrix_operator_for_every_kind(kind):
+    shape = (3, 5, 7)  # colour, odd, not square: the matrix's columns run over vec(C, H, W)
+    matrix = _matrix(math.prod(shape), rows=11, seed=4, density=0.6)
+    reference = MatrixOperator(matrix, shape)
+    make, expected_type, has_adjoint, needs_shape = EQUIVALENTS[kind]
+    obj = make(matrix, shape)
+    op = as_operator(obj, shape if needs_shape else None)
+    assert type(op) is expected_type
+    assert op.has_adjoint is has_adjoint
+    assert op.image_shape == shape
+    assert op.measurement_shape == (11,)
+    x = _image(shape, seed=1)
+    y = torch.randn(1, 11, generator=torch.Generator().manual_seed(2))
+    # vec in C order over (C, H, W)
+    expected = torch.from_numpy(matrix @ x.double().numpy().ravel()).float()[None]
+    torch.testing.assert_close(reference.A(x), expected)
+    torch.testing.assert_close(op.A(x), reference.A(x))
+    torch.testing.assert_close(op.A_adjoint(y), reference.A_adjoint(y))
+    check_operator(op, y)
+    assert as_operator(op) is op  # a deepprior operator passes through
+    assert as_operator(op, shape) is op
 
-    assert adjointness_error(BadAdjoint((1, H, W))) == pytest.approx(1.0)
-    with pytest.raises(TypeError, match="op must be a LinearOperator"):
-        adjointness_error(torch.nn.Identity())
-    with pytest.raises(TypeError, match="floating torch.dtype"):
-        adjointness_error(Identity((1, H, W)), dtype=torch.int32)
+
+def test_derived_adjoint_is_the_matrix_transpose():
+    matrix = _matrix(3 * 4 * 6, rows=9, seed=5)
+    op = as_operator(_functions(matrix, (3, 4, 6))[0], (3, 4, 6))
+    assert isinstance(op, FunctionOperator) and not op.has_adjoint
+    y = torch.randn(1, 9, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    torch.testing.assert_close(
+        op.A_adjoint(y), torch.from_numpy(matrix.T @ y[0].numpy()).reshape(1, 3, 4, 6)
+    )
+
+
+def test_function_may_drop_the_batch_axis():
+    matrix = _matrix(12, rows=5)
+    tensor = torch.from_numpy(matrix).float()
+
+    def forward(x):
+        return tensor.to(x.dtype) @ x.flatten()  # (m,), no batch axis
+
+    def adjoint(y):
+        assert y.shape == (5,)  # called with the shape A returns
+        return (tensor.to(y.dtype).T @ y).reshape(1, 1, 3, 4)
+
+    op = as_operator((forward, adjoint), (3, 4))
+    assert op.measurement_shape == (5,)
+    x = _image((1, 3, 4))
+    assert op.A(x).shape == (1, 5)
+    torch.testing.assert_close(op.A(x), MatrixOperator(matrix, (3, 4)).A(x))
+    assert op.A_adjoint(op.A(x)).shape == (1, 1, 3, 4)
+    check_operator(op)
+
+
+def test_physics_like_module_moves_with_to():
+    physics = PhysicsLike(_matrix(12, rows=5), (1, 3, 4))
+    op = as_operator(physics)
+    assert op.image_shape == (1, 3, 4)  # read off img_size
+    assert op.device == torch.device("cpu")
+    assert dict(op.named_buffers())["owner.weights"] is physics.weights
+    op.to(torch.float64)
+    assert physics.weights.dtype == torch.float64
+    x = _image((1, 3, 4), dtype=torch.float64)
+    assert op.A(x).dtype == torch.float64
+    check_operator(op)
 
 
 def test_to_float64_moves_buffers_and_keeps_integer_ones():
@@ -390,12 +685,245 @@ def test_to_float64_moves_buffers_and_keeps_integer_ones():
     assert isinstance(gaussian, LinearOperator)
     mask = Mask((1, H, W), keep=0.5).to(torch.float64)
     assert mask.mask.dtype == torch.bool
+    restricted = Identity((1, H, W)).restrict(_random_keep((1, H, W))).to(torch.float64)
+    assert restricted.indices.dtype == torch.int64
+    for matrix in (_matrix(N), scipy.sparse.csr_matrix(_matrix(N, density=0.2))):
+        user = MatrixOperator(matrix, (H, W))
+        reference = user.A(x)
+        user.to(torch.float64)
+        assert user.matrix.dtype == torch.float64
+        assert user.matrix.is_sparse is scipy.sparse.issparse(matrix)
+        torch.testing.assert_close(user.A(x), reference)
+        assert adjointness_error(user) < 1e-12  # exact in float64 once converted
 
 
-def test_gradients_flow_through_the_operators():
-    for op in (GaussianSensing(30, (1, H, W)), FastSensing(30, (1, H, W))):
-        x = _image((1, H, W)).requires_grad_(True)
-        y = op.A(x)
-        y.pow(2).sum().backward()
-        # d/dx ||A x||^2 = 2 A^T A x
-        torch.testing.assert_close(x.grad, 2 * op.A_adjoint(op.A(x.detach())))
+def test_image_shape_inference():
+    op = as_operator(np.ones((3, 16)))
+    assert (op.image_shape, op.measurement_shape) == ((1, 4, 4), (3,))
+    assert as_operator(torch.ones(5, 49)).image_shape == (1, 7, 7)
+    assert as_operator(scipy.sparse.eye(25, format="csr")).image_shape == (1, 5, 5)
+    assert as_operator(np.ones((3, 15)), (3, 5)).image_shape == (1, 3, 5)
+    assert as_operator(np.ones((3, 16)), (1, 2, 8)).image_shape == (1, 2, 8)
+    assert as_operator(Identity((4, 5)), (4, 5)).image_shape == (1, 4, 5)
+    # an object's own image_shape (or deepinv's img_size) is used when none is passed
+    wrapper = NumpyWrapper(np.ones((2, 12)), (1, 3, 4))
+    wrapper.image_shape = (3, 4)
+    assert as_operator(wrapper).image_shape == (1, 3, 4)
+
+
+@pytest.mark.parametrize(
+    ("build", "error", "message"),
+    [
+        (
+            lambda: as_operator(np.ones((3, 15))),
+            ValueError,
+            r"n = 15 columns, which is not a square image; pass image_shape",
+        ),
+        (
+            lambda: as_operator(np.ones((3, 16)), (3, 5)),
+            ValueError,
+            r"16 columns but image_shape \(1, 3, 5\) has C·H·W = 15",
+        ),
+        (
+            lambda: as_operator(scipy.sparse.eye(16, format="csr"), (3, 3, 3)),
+            ValueError,
+            "16 columns but image_shape",
+        ),
+        (lambda: as_operator(np.ones(16)), ValueError, r"must be 2-D \(m, n\), got \(16,\)"),
+        (
+            lambda: as_operator(np.full((2, 4), np.nan)),
+            ValueError,
+            "finite real numbers",
+        ),
+        (
+            lambda: as_operator(Identity((4, 5)), (5, 4)),
+            ValueError,
+            r"image_shape \(1, 5, 4\) does not match the operator's \(1, 4, 5\)",
+        ),
+        (
+            lambda: as_operator("A x"),
+            TypeError,
+            r"deepprior operator, a matrix \(numpy, torch or scipy.sparse\), an object with a "
+            r"method A\(x\).*pair \(A, A_adjoint\) of functions or a function A; got str",
+        ),
+        (lambda: as_operator([[1.0, 0.0]]), TypeError, "got list"),
+        (lambda: as_operator(lambda x: x), ValueError, "image shape .* unknown: pass image_shape"),
+        (
+            lambda: as_operator((lambda x: x, lambda y: y)),
+            ValueError,
+            "image shape of tuple operator is unknown",
+        ),
+        (
+            lambda: as_operator(NumpyWrapper(np.ones((2, 12)), (1, 3, 4))),
+            ValueError,
+            "image shape of NumpyWrapper operator is unknown",
+        ),
+        (
+            lambda: as_operator(NumpyWrapper(np.ones((2, 12)), (1, 3, 4)), (4, 4)),
+            ValueError,
+            r"A failed on a zero image of shape \(1, 1, 4, 4\) \(float32\): RuntimeError",
+        ),
+        (
+            lambda: as_operator(_raise, (4, 4)),
+            ValueError,
+            r"A failed on a zero image .*: KeyError: 'no such operator'",
+        ),
+        (
+            lambda: as_operator(lambda x: x.numpy(), (4, 4)),
+            TypeError,
+            "A\\(x\\) must return a torch.Tensor, got ndarray",
+        ),
+    ],
+)
+def test_as_operator_errors(build, error, message):
+    with pytest.raises(error, match=message):
+        build()
+
+
+def _raise(x):
+    raise KeyError("no such operator")
+
+
+# ----------------------------------------------------------------------------- check_operator
+
+
+def _timed_check(op, y=None):
+    start = time.perf_counter()
+    try:
+        check_operator(op, y)
+    finally:
+        assert time.perf_counter() - start < 1.0
+
+
+def test_check_operator_measures_a_wrong_adjoint():
+    matrix = _matrix(3 * N, seed=3)
+    forward, adjoint = _functions(matrix, (3, H, W))
+    op = as_operator((forward, lambda y: 1.1 * adjoint(y)), (3, H, W))
+    # ⟨Ax, v⟩ vs 1.1 ⟨Ax, v⟩: relative error 0.1 / 1.1
+    assert adjointness_error(op) == pytest.approx(0.1 / 1.1)
+    with pytest.raises(ValueError, match=r"not the adjoint of A.*relative 0\.0909 \(tolerance"):
+        _timed_check(op)
+
+    mask = Mask((3, H, W), keep=0.5, seed=0)
+    identity_adjoint = as_operator((mask.A, lambda y: y), (3, H, W))
+    measured = adjointness_error(identity_adjoint, dtype=torch.float32)
+    assert measured > ADJOINT_TOLERANCE
+    with pytest.raises(ValueError, match=rf"differ by a relative {measured:.3g} "):
+        _timed_check(identity_adjoint)
+
+    class WrongAdjoint(Identity):
+        def A_adjoint(self, y):  # noqa: N802
+            return 2 * y
+
+    assert adjointness_error(WrongAdjoint((1, H, W))) == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="WrongAdjoint.A_adjoint is not the adjoint"):
+        _timed_check(WrongAdjoint((1, H, W)))
+
+
+class WrongShape(LinearOperator):
+    def __init__(self) -> None:
+        super().__init__((3, 4), (5,))
+
+    def A(self, x):  # noqa: N802
+        return x.reshape(1, -1)[:, :6]
+
+
+@pytest.mark.parametrize(
+    ("op", "message"),
+    [
+        (WrongShape(), r"WrongShape.A\(x\) returned shape \(1, 6\), expected \(1, 5\)"),
+        (
+            FunctionOperator(lambda x: x * float("nan"), image_shape=(3, 4)),
+            r"FunctionOperator.A\(x\) returned NaN or infinite values",
+        ),
+        (
+            FunctionOperator(lambda x: x / x.min().clamp(max=0), image_shape=(3, 4)),
+            "NaN or infinite",
+        ),
+        (
+            FunctionOperator(lambda x: (10 * x).long(), image_shape=(3, 4)),
+            r"A\(x\) must return a floating-point tensor",
+        ),
+    ],
+    ids=["shape", "nan", "inf", "integer"],
+)
+def test_check_operator_names_a_broken_forward(op, message):
+    with pytest.raises(ValueError, match=message):
+        _timed_check(op)
+
+
+def test_check_operator_compares_the_observation_entry_count():
+    op = GaussianSensing(30, (3, H, W), seed=0)
+    check_operator(op, torch.zeros(90))
+    with pytest.raises(
+        ValueError, match=r"observation has 91 entries \(shape \(1, 91\)\) but the operator "
+        r"produces 90 measurements \(shape \(3, 30\)\)"
+    ):
+        check_operator(op, torch.zeros(1, 91))
+    mask = Mask((1, H, W), keep=0.5)
+    check_operator(mask, torch.zeros(1, 1, H, W))  # a Mask's y has the image's shape
+    with pytest.raises(ValueError, match="observation has 195 entries"):
+        check_operator(mask, torch.zeros(195))  # not just the observed entries
+
+
+# -------------------------------------------------------------------------------- real deepinv
+
+
+def test_real_deepinv_physics():
+    dinv = pytest.importorskip("deepinv")
+    physics = dinv.physics.CompressedSensing(
+        m=20, img_size=(1, 5, 7), rng=torch.Generator().manual_seed(0)
+    )
+    op = as_operator(physics)
+    assert isinstance(op, FunctionOperator) and op.has_adjoint
+    assert op.image_shape == (1, 5, 7)
+    assert op.measurement_shape == (20,)
+    check_operator(op)
+    assert adjointness_error(op, dtype=torch.float32) < 1e-5
+    # the same A x as the MatrixOperator of its matrix, read off the basis images
+    basis = torch.eye(35).reshape(35, 1, 5, 7)
+    with torch.no_grad():
+        matrix = physics.A(basis).T
+    reference = MatrixOperator(matrix, (1, 5, 7))
+    x = _image((1, 5, 7)).requires_grad_(True)
+    torch.testing.assert_close(op.A(x), reference.A(x))
+    y = torch.randn(1, 20, generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(op.A_adjoint(y), reference.A_adjoint(y))
+    op.A(x).pow(2).sum().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all()
+
+
+def test_complex_and_non_numeric_matrices_are_refused():
+    with pytest.raises(TypeError, match="real numbers, got dtype complex128"):
+        as_operator(np.ones((2, 4)) * 1j)
+    with pytest.raises(TypeError, match="real numbers"):
+        as_operator(np.array([["a", "b"]]))
+    with pytest.raises(TypeError, match="real numbers"):
+        as_operator(scipy.sparse.csr_matrix(np.ones((2, 4)) * 1j))
+
+
+def test_a_forward_model_autograd_cannot_see_through_is_refused_before_the_fit():
+    matrix = np.random.default_rng(0).standard_normal((40, 64))
+
+    def numpy_forward(x):
+        return torch.from_numpy(matrix @ x.detach().numpy().ravel()).float()[None]
+
+    with pytest.raises(ValueError, match="not differentiable by torch autograd"):
+        check_operator(as_operator(numpy_forward, (8, 8)))
+
+
+def test_a_forward_whose_size_changes_after_the_probe_is_a_value_error():
+    calls = []
+
+    def unstable(x):
+        calls.append(1)
+        return x.reshape(1, -1)[:, : 3 if len(calls) == 1 else 4]
+
+    with pytest.raises(ValueError, match="A failed on a random image"):
+        check_operator(as_operator(unstable, (2, 2)))
+
+
+def test_described_mask_must_be_zero_one():
+    with pytest.raises(ValueError, match="only 0/1"):
+        operator_from_description({"kind": "mask", "image_shape": [1, 2, 2],
+                                   "mask": [[0, 2], [1, 1]]})

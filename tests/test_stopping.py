@@ -1,19 +1,17 @@
 """Tests of deepprior.stopping: each rule on synthetic loss/output sequences, the loop contract
-(``best_step`` always among the kept ``candidates``), FirstOf, finalize reasons, the spec parser
-and the validation messages."""
+(``best_step`` always among the kept ``candidates``), FirstOf, Shadow, finalize reasons, the
+spec parser, the policy builder with its hold-out split, and the validation messages."""
 
-import inspect
 import math
 
 import numpy as np
 import pytest
 import torch
 
+import deepprior as dp
 from deepprior.stopping import (
-    CONTEXT_ARGS,
     EMV,
-    HOLDOUT_FRACTION,
-    POLICIES,
+    RULES,
     WMV,
     Discrepancy,
     FirstOf,
@@ -21,47 +19,44 @@ from deepprior.stopping import (
     Holdout,
     Oracle,
     Patience,
-    PolicySpec,
-    StoppingPolicy,
-    build_policy,
-    parse_policy,
+    Shadow,
+    make_policy,
+    members,
+    parse_stop,
 )
 
 SHAPE = (1, 1, 7, 5)  # tiny odd-sized images keep the file fast
-
-
-class RowOperator:
-    """A toy linear operator: keep every other row and scale by 2."""
-
-    def A(self, x: torch.Tensor) -> torch.Tensor:
-        return 2.0 * x[..., ::2, :]
-
-
-class PickOperator:
-    """A toy hold-out operator: the pixels at fixed flat indices."""
-
-    def __init__(self, index: torch.Tensor) -> None:
-        self.index = index
-
-    def A(self, x: torch.Tensor) -> torch.Tensor:
-        return x.reshape(-1)[self.index]
+IMAGE = SHAPE[1:]  # the operators' image_shape
 
 
 def constant(value: float, shape: tuple[int, ...] = SHAPE) -> torch.Tensor:
     return torch.full(shape, float(value))
 
 
+class Minimal:
+    """The least a policy needs: ``update``, ``best_step`` and ``reason``; stops at ``last``."""
+
+    def __init__(self, last: int = 3) -> None:
+        self.last, self.best_step, self.reason = last, 0, ""
+
+    def update(self, step, loss, output):
+        self.best_step = step
+        if step >= self.last:
+            self.reason = f"minimal stop at {step}"
+        return step >= self.last
+
+
 def run_loop(policy, losses, outputs):
     """Drive ``policy`` the way the fitting loop does: keep only the outputs of the candidate
-    steps and check after every update that the best step's output is among them.
+    steps (``{best_step}`` when the policy has no ``candidates``), check after every update that
+    the best step's output is among them, and call ``finalize`` (if any) when the data run out.
 
     Returns (stop step or None, best step, the kept output at the best step)."""
     kept: dict[int, torch.Tensor] = {}
     step = 0
     for step, (loss, output) in enumerate(zip(losses, outputs, strict=True), start=1):
         stop = policy.update(step, loss, output)
-        candidates = policy.candidates
-        assert isinstance(candidates, frozenset)
+        candidates = frozenset(getattr(policy, "candidates", (policy.best_step,)))
         assert policy.best_step in candidates
         if step in candidates:
             kept[step] = output.clone()
@@ -70,7 +65,9 @@ def run_loop(policy, losses, outputs):
         assert policy.best_step in kept
         if stop:
             return step, policy.best_step, kept[policy.best_step]
-    policy.finalize(step)
+    finalize = getattr(policy, "finalize", None)
+    if finalize is not None:
+        finalize(step)
     return None, policy.best_step, kept[policy.best_step]
 
 
@@ -118,27 +115,52 @@ def emv_reference(outputs: list[torch.Tensor], alpha: float) -> list[float]:
     return values
 
 
-# --------------------------------------------------------------------------- interface
+def held_out_data(seed: int = 6):
+    """A clean image, an Identity restricted to 6 pixels (a held-out part) and its data."""
+    clean = torch.rand(SHAPE, generator=torch.Generator().manual_seed(seed))
+    keep = torch.zeros(IMAGE, dtype=torch.bool)
+    keep.view(-1)[torch.tensor([1, 5, 8, 13, 21, 34])] = True
+    operator = dp.Identity(IMAGE).restrict(keep)
+    return clean, operator, operator.A(clean)
+
+
+def discrepancy_data():
+    clean = torch.rand(SHAPE, generator=torch.Generator().manual_seed(5))
+    operator = dp.Identity(IMAGE)
+    return clean, operator, operator.A(clean)  # m = 7·5 = 35 measurements
+
+
+def index_image(shape: tuple[int, ...]) -> torch.Tensor:
+    """``(1, *shape)`` holding 1, 2, …: an entry's value names it (0 means 'not observed')."""
+    return torch.arange(1, math.prod(shape) + 1, dtype=torch.float32).reshape(1, *shape)
+
+
+def values(tensor: torch.Tensor) -> set[int]:
+    return {int(v) for v in tensor.reshape(-1).tolist()}
+
+
+# --------------------------------------------------------------------------- the loop contract
 
 
 def make_all_policies():
     ground_truth = torch.rand(SHAPE, generator=torch.Generator().manual_seed(3))
-    index = torch.tensor([0, 4, 9, 20, 33])
+    _, held_op, held_y = held_out_data()
     return [
         Fixed(30),
         Patience(patience=5),
         Oracle(ground_truth, patience=6),
         WMV(window=4, patience=6),
         EMV(alpha=0.3, patience=6, burn_in=3),
-        Discrepancy(RowOperator(), 2.0 * ground_truth[..., ::2, :], sigma=0.05, smoothing=0.5),
-        Holdout(PickOperator(index), ground_truth.reshape(-1)[index], patience=6),
-        FirstOf(WMV(window=3, patience=5), Holdout(PickOperator(index), torch.zeros(5))),
+        Discrepancy(dp.Identity(IMAGE), ground_truth, sigma=0.05, smoothing=0.5),
+        Holdout(held_op, held_y, patience=6),
+        FirstOf(WMV(window=3, patience=5), Holdout(held_op, torch.zeros(1, 6))),
+        Minimal(last=20),
+        Shadow({"wmv": WMV(window=3, patience=5), "fixed": Fixed(10)}),
     ]
 
 
 @pytest.mark.parametrize("policy", make_all_policies(), ids=lambda p: type(p).__name__)
 def test_best_step_always_kept(policy):
-    assert isinstance(policy, StoppingPolicy)
     assert policy.best_step == 0
     outputs = drifting_outputs(40, seed=1)
     losses = [float(torch.mean(o**2)) for o in outputs]
@@ -146,21 +168,6 @@ def test_best_step_always_kept(policy):
     assert 1 <= best <= (stop or 40)
     torch.testing.assert_close(kept, outputs[best - 1])
     assert policy.reason
-
-
-def test_step_validation():
-    policy = Patience()
-    with pytest.raises(ValueError, match="step must be increasing and >= 1: got 0 after 0"):
-        policy.update(0, 1.0, constant(0))
-    policy.update(2, 1.0, constant(0))
-    with pytest.raises(ValueError, match="got 2 after 2"):
-        policy.update(2, 1.0, constant(0))
-    with pytest.raises(TypeError, match="step must be an integer"):
-        policy.update(3.0, 1.0, constant(0))
-    with pytest.raises(TypeError, match="step must be an integer"):
-        policy.update(True, 1.0, constant(0))
-    with pytest.raises(TypeError, match="output must be a torch.Tensor"):
-        policy.update(3, 1.0, np.zeros(SHAPE))
 
 
 def test_steps_may_skip_numbers():
@@ -180,7 +187,7 @@ def test_fixed_stops_at_num_iter_and_returns_last():
     policy = Fixed(5)
     stop, best, _ = run_loop(policy, [1.0] * 10, [constant(t) for t in range(10)])
     assert (stop, best) == (5, 5)
-    assert policy.reason == "reached num_iter=5 (fixed); returning the last iterate"
+    assert "num_iter=5" in policy.reason and "last iterate" in policy.reason
 
 
 def test_fixed_finalize_before_num_iter():
@@ -188,10 +195,8 @@ def test_fixed_finalize_before_num_iter():
     stop, best, kept = run_loop(policy, [1.0] * 4, [constant(t) for t in range(4)])
     assert stop is None and best == 4
     assert float(kept.mean()) == 3.0
-    assert policy.reason == (
-        "stopped at iteration 4 before num_iter=50 (fixed); returning the last iterate "
-        "(iteration 4)"
-    )
+    assert "the fixed rule did not fire by iteration 4" in policy.reason
+    assert "last iterate (iteration 4)" in policy.reason
 
 
 # --------------------------------------------------------------------------- Patience
@@ -204,10 +209,8 @@ def test_patience_stops_after_patience_steps_without_decrease():
     stop, best, kept = run_loop(policy, LOSSES, [constant(t) for t in range(1, 11)])
     assert (stop, best) == (8, 5)
     assert float(kept.mean()) == 5.0
-    assert policy.best_loss == 1.0
-    assert policy.reason == (
-        "no decrease of the training loss for 3 iterations (patience); best at iteration 5"
-    )
+    assert "for 3 iterations (patience)" in policy.reason
+    assert policy.reason.endswith("best at iteration 5")
 
 
 def test_patience_min_delta_is_relative():
@@ -224,25 +227,17 @@ def test_patience_stops_on_non_finite_loss():
     policy = Patience(patience=100)
     stop, best, _ = run_loop(policy, [3.0, 2.0, math.nan, 1.0], [constant(0)] * 4)
     assert (stop, best) == (3, 2)
-    assert policy.reason == "non-finite loss (nan) at iteration 3; best at iteration 2"
+    assert "non-finite loss at iteration 3" in policy.reason
+    assert policy.reason.endswith("best at iteration 2")
     policy = Patience(patience=100)
     assert run_loop(policy, [3.0, math.inf], [constant(0)] * 2)[:2] == (2, 1)
-
-
-def test_patience_without_check_finite_skips_non_finite_losses():
-    policy = Patience(patience=100, check_finite=False)
-    stop, best, _ = run_loop(policy, [math.nan, 3.0, math.nan, 2.5, math.inf], [constant(0)] * 5)
-    assert (stop, best) == (None, 4)
-    assert "best iterate by patience (lowest training loss) at iteration 4" in policy.reason
 
 
 def test_patience_finalize_reason():
     policy = Patience(patience=100)
     run_loop(policy, LOSSES, [constant(0)] * len(LOSSES))
-    assert policy.reason == (
-        "the patience rule did not fire by iteration 10; best iterate by patience "
-        "(lowest training loss) at iteration 5"
-    )
+    assert "the patience rule did not fire by iteration 10" in policy.reason
+    assert "lowest training loss at iteration 5" in policy.reason
 
 
 # --------------------------------------------------------------------------- Oracle
@@ -253,24 +248,22 @@ def test_oracle_tracks_highest_psnr():
     offsets = [0.1, 0.05, 0.02, 0.04, 0.08, 0.2]
     outputs = [ground_truth + c for c in offsets]
     policy = Oracle(ground_truth)
+    assert policy.patience is None
     stop, best, kept = run_loop(policy, [1.0] * 6, outputs)
     assert (stop, best) == (None, 3)  # never stops without patience
     np.testing.assert_allclose(policy.psnr_history, [-20 * math.log10(c) for c in offsets], 1e-5)
     assert policy.best_psnr == pytest.approx(-20 * math.log10(0.02), rel=1e-5)
     torch.testing.assert_close(kept, outputs[2])
-    assert policy.reason.startswith("the oracle rule did not fire by iteration 6; best iterate")
-    assert "highest PSNR against the ground truth, 33.98 dB) at iteration 3" in policy.reason
+    assert "the oracle rule did not fire by iteration 6" in policy.reason
+    assert policy.reason.endswith("at iteration 3")
 
 
 def test_oracle_with_patience_stops():
-    ground_truth = torch.zeros(SHAPE)
-    policy = Oracle(ground_truth, patience=2)
-    stop, best, _ = run_loop(policy, [1.0] * 6, [constant(c) for c in [0.1, 0.05, 0.2, 0.3, 0.01]])
+    policy = Oracle(torch.zeros(SHAPE), patience=2)
+    stop, best, _ = run_loop(policy, [1.0] * 5, [constant(c) for c in [0.1, 0.05, 0.2, 0.3, 0.01]])
     assert (stop, best) == (4, 2)
-    assert policy.reason == (
-        "no new PSNR maximum for 2 iterations (oracle, uses the ground truth); best 26.02 dB at "
-        "iteration 2"
-    )
+    assert policy.best_psnr == pytest.approx(-20 * math.log10(0.05), rel=1e-5)
+    assert "26.02 dB at iteration 2" in policy.reason
 
 
 def test_oracle_exact_match_is_infinite_psnr():
@@ -281,14 +274,8 @@ def test_oracle_exact_match_is_infinite_psnr():
 
 
 def test_oracle_validation():
-    with pytest.raises(TypeError, match="ground_truth must be a torch.Tensor"):
-        Oracle(np.zeros(SHAPE))
-    with pytest.raises(TypeError, match="ground_truth must be a floating-point tensor"):
-        Oracle(torch.zeros(SHAPE, dtype=torch.int64))
-    with pytest.raises(ValueError, match="patience must satisfy patience >= 1; got 0"):
+    with pytest.raises(ValueError, match="patience must be an integer >= 1, got 0"):
         Oracle(torch.zeros(SHAPE), patience=0)
-    with pytest.raises(ValueError, match=r"output shape \(1, 1, 3, 3\) differs"):
-        Oracle(torch.zeros(SHAPE)).update(1, 0.0, torch.zeros(1, 1, 3, 3))
 
 
 # --------------------------------------------------------------------------- WMV
@@ -306,11 +293,8 @@ def test_wmv_by_hand():
             break
     assert seen[:6] == [None, 4.0, 1.0, 0.25, 0.0625, 0.0]
     assert (step, policy.best_step) == (9, 6)
-    assert policy.best_variance == 0.0
-    assert policy.reason == (
-        "no new minimum of the output variance for 3 iterations (WMV, window=2); "
-        "best at iteration 6"
-    )
+    assert "output variance for 3 iterations (WMV)" in policy.reason
+    assert policy.reason.endswith("best at iteration 6")
 
 
 @pytest.mark.parametrize("window", [2, 3, 10])
@@ -330,7 +314,7 @@ def test_wmv_matches_brute_force(window):
             break
     np.testing.assert_allclose(variances, reference[: len(variances)], rtol=1e-10, atol=1e-15)
     assert (step, policy.best_step) == (expected_stop, expected_best)
-    assert policy.best_variance == pytest.approx(min(reference[: len(variances)]), rel=1e-10)
+    assert reference[expected_best - window] == pytest.approx(min(variances), rel=1e-10)
 
 
 def test_wmv_running_sums_stay_accurate_for_tiny_variances():
@@ -353,34 +337,27 @@ def test_wmv_before_window_fills_returns_last():
     stop, best, kept = run_loop(policy, [0.0] * 3, [constant(t) for t in range(3)])
     assert (stop, best) == (None, 3)
     assert float(kept.mean()) == 2.0
-    assert policy.reason == (
-        "the WMV rule did not fire by iteration 3; the window (window=5) never filled; "
-        "returning the last iterate (iteration 3)"
-    )
+    assert policy.last_variance is None
+    assert "the WMV rule did not fire by iteration 3" in policy.reason
 
 
 def test_wmv_finalize_after_window():
     policy = WMV(window=2, patience=50)
     run_loop(policy, [0.0] * 4, [constant(v) for v in [0.0, 1.0, 1.5, 3.0]])
-    assert policy.reason == (
-        "the WMV rule did not fire by iteration 4; best iterate by WMV (minimum windowed output "
-        "variance) at iteration 3"
-    )
+    assert policy.best_step == 3
+    assert "the WMV rule did not fire by iteration 4" in policy.reason
+    assert "minimum windowed output variance at iteration 3" in policy.reason
 
 
 def test_wmv_validation():
-    with pytest.raises(ValueError, match="window must satisfy window >= 2; got 1"):
+    with pytest.raises(ValueError, match="window must be an integer >= 2, got 1"):
         WMV(window=1)
-    with pytest.raises(TypeError, match="window must be an integer >= 2, got 2.5"):
+    with pytest.raises(TypeError, match="window must be an integer, got 2.5"):
         WMV(window=2.5)
-    with pytest.raises(ValueError, match="patience must satisfy patience >= 1; got -3"):
+    with pytest.raises(ValueError, match="patience must be an integer >= 1, got -3"):
         WMV(patience=-3)
-    with pytest.raises(ValueError, match="min_delta must satisfy 0 <= min_delta < 1; got nan"):
+    with pytest.raises(ValueError, match="min_delta must satisfy 0 <= min_delta < 1, got nan"):
         WMV(min_delta=math.nan)
-    policy = WMV(window=2)
-    policy.update(1, 0.0, constant(0))
-    with pytest.raises(ValueError, match="output size changed from 35 to 9 elements"):
-        policy.update(2, 0.0, torch.zeros(1, 1, 3, 3))
 
 
 # --------------------------------------------------------------------------- EMV
@@ -405,12 +382,9 @@ def test_emv_matches_reference():
     stop, best, kept = run_loop(policy, [0.0] * len(outputs), outputs)
     assert (stop, best) == (expected_stop, expected_best)
     assert policy.last_variance == pytest.approx(reference[stop - 1], rel=1e-10)
-    assert policy.best_variance == pytest.approx(reference[best - 1], rel=1e-10)
     torch.testing.assert_close(kept, outputs[best - 1])
-    assert policy.reason == (
-        f"no new minimum of the exponential moving variance for {patience} iterations "
-        f"(EMV, alpha=0.2); best at iteration {expected_best}"
-    )
+    assert f"exponential moving variance for {patience} iterations (EMV)" in policy.reason
+    assert policy.reason.endswith(f"best at iteration {expected_best}")
 
 
 def test_emv_burn_in():
@@ -420,57 +394,47 @@ def test_emv_burn_in():
     stop, best, _ = run_loop(policy, [0.0] * 3, [constant(t) for t in range(3)])
     assert (stop, best) == (None, 3)
     assert policy.last_variance is None
-    assert "the burn-in (burn_in=4) did not end; returning the last iterate (iteration 3)" in (
-        policy.reason
-    )
+    assert "the EMV rule did not fire by iteration 3" in policy.reason
 
 
 def test_emv_validation():
     for alpha in (0.0, 1.0, -0.1, math.nan, math.inf):
         with pytest.raises(ValueError, match="alpha must satisfy 0 < alpha < 1"):
             EMV(alpha=alpha)
-    with pytest.raises(TypeError, match="alpha must be a real number"):
+    with pytest.raises(ValueError, match="alpha must satisfy 0 < alpha < 1, got 1.0"):
+        EMV(alpha=1.0)
+    with pytest.raises(TypeError, match="alpha must be a number, got '0.1'"):
         EMV(alpha="0.1")
-    with pytest.raises(ValueError, match="patience must satisfy patience >= 1; got 0"):
+    with pytest.raises(ValueError, match="patience must be an integer >= 1, got 0"):
         EMV(patience=0)
-    with pytest.raises(ValueError, match="burn_in must satisfy burn_in >= 0; got -1"):
+    with pytest.raises(ValueError, match="burn_in must be an integer >= 0, got -1"):
         EMV(burn_in=-1)
-    with pytest.raises(ValueError, match="min_delta must satisfy 0 <= min_delta < 1; got 1.0"):
+    with pytest.raises(ValueError, match="min_delta must satisfy 0 <= min_delta < 1, got 1.0"):
         EMV(min_delta=1.0)
-    policy = EMV()
-    policy.update(1, 0.0, constant(0))
-    with pytest.raises(ValueError, match="output size changed from 35 to 9 elements"):
-        policy.update(2, 0.0, torch.zeros(1, 1, 3, 3))
 
 
 # --------------------------------------------------------------------------- Discrepancy
 
 
-def discrepancy_data():
-    clean = torch.rand(SHAPE, generator=torch.Generator().manual_seed(5))
-    operator = RowOperator()
-    return clean, operator, operator.A(clean)  # m = 4·5 = 20 measurements
-
-
 def test_discrepancy_stops_at_first_step_below_level():
     clean, operator, y = discrepancy_data()
-    # f_t = clean + 1/t: ‖y − A f_t‖² = m·(2/t)², level m·σ²; 2/t ≤ 0.095 first at t = 22.
+    # f_t = clean + 1/t: ‖y − A f_t‖² = m/t², level m·σ²; 1/t ≤ 0.047 first at t = 22.
     outputs = [clean + 1.0 / t for t in range(1, 40)]
-    policy = Discrepancy(operator, y, sigma=0.095, smoothing=0.0)
+    policy = Discrepancy(operator, y, sigma=0.047, smoothing=0.0)
     assert policy.needs_unperturbed_output
-    assert policy.level == pytest.approx(20 * 0.095**2)
+    assert policy.level == pytest.approx(35 * 0.047**2)
     stop, best, kept = run_loop(policy, [0.0] * len(outputs), outputs)
     assert (stop, best) == (22, 22)
     torch.testing.assert_close(kept, outputs[21])
-    assert policy.last_residual == pytest.approx(20 * (2 / 22) ** 2, rel=1e-5)
-    assert "reached the noise level τ·m·σ² = 0.1805 at iteration 22" in policy.reason
+    assert policy.smoothed_residual == pytest.approx(35 / 22**2, rel=1e-5)
+    assert "reached the noise level" in policy.reason and "iteration 22" in policy.reason
 
 
 def test_discrepancy_smoothing_delays_the_stop():
     clean, operator, y = discrepancy_data()
     outputs = [clean + 1.0 / t for t in range(1, 60)]
-    residuals = [20 * (2 / t) ** 2 for t in range(1, 60)]
-    smoothing, level = 0.5, 20 * 0.095**2
+    residuals = [35 / t**2 for t in range(1, 60)]
+    smoothing, level = 0.5, 35 * 0.047**2
     average, expected = None, None
     for t, r in enumerate(residuals, start=1):
         average = r if average is None else smoothing * average + (1 - smoothing) * r
@@ -478,7 +442,7 @@ def test_discrepancy_smoothing_delays_the_stop():
             expected = t
             break
     assert expected is not None and expected > 22
-    policy = Discrepancy(operator, y, sigma=0.095, tau=1.0, smoothing=smoothing)
+    policy = Discrepancy(operator, y, sigma=0.047, tau=1.0, smoothing=smoothing)
     stop, best, _ = run_loop(policy, [0.0] * len(outputs), outputs)
     assert (stop, best) == (expected, expected)
     assert policy.smoothed_residual == pytest.approx(average, rel=1e-5)
@@ -487,8 +451,9 @@ def test_discrepancy_smoothing_delays_the_stop():
 def test_discrepancy_tau_scales_the_level():
     clean, operator, y = discrepancy_data()
     outputs = [clean + 1.0 / t for t in range(1, 40)]
-    # 2/t ≤ 0.095·√4 = 0.19 first at t = 11.
-    policy = Discrepancy(operator, y, sigma=0.095, tau=4.0, smoothing=0.0)
+    # 1/t ≤ 0.047·√4 = 0.094 first at t = 11.
+    policy = Discrepancy(operator, y, sigma=0.047, tau=4.0, smoothing=0.0)
+    assert policy.level == pytest.approx(4 * 35 * 0.047**2)
     assert run_loop(policy, [0.0] * len(outputs), outputs)[:2] == (11, 11)
 
 
@@ -498,13 +463,18 @@ def test_discrepancy_level_never_reached():
     policy = Discrepancy(operator, y, sigma=0.01)
     stop, best, kept = run_loop(policy, [0.0] * len(offsets), [clean + c for c in offsets])
     assert (stop, best) == (None, 10)
-    assert policy.best_residual == pytest.approx(20 * 4 * 0.25, rel=1e-5)
     torch.testing.assert_close(kept, clean + 0.5)
-    assert policy.reason == (
-        "the discrepancy principle rule did not fire by iteration 19; the noise level "
-        "τ·m·σ² = 0.002 was not reached (smallest residual 20); returning the iterate with the "
-        "smallest residual (iteration 10)"
-    )
+    assert "the discrepancy principle rule did not fire by iteration 19" in policy.reason
+    assert "was not reached" in policy.reason
+    assert "(8.75, iteration 10)" in policy.reason  # the smallest residual, 35·0.5²
+
+
+def test_discrepancy_level_counts_only_observed_entries_of_a_mask():
+    op = dp.Mask((1, 20, 10), keep=0.25, seed=0)
+    y = op.A(torch.rand(1, 1, 20, 10))
+    policy = Discrepancy(op, y, sigma=0.1)
+    assert op.num_measurements == 50 and y.numel() == 200
+    assert policy.level == pytest.approx(50 * 0.1**2)
 
 
 def test_discrepancy_validation():
@@ -512,70 +482,50 @@ def test_discrepancy_validation():
     for sigma in (0.0, -0.1, math.nan):
         with pytest.raises(ValueError, match="sigma must satisfy 0 < sigma"):
             Discrepancy(operator, y, sigma=sigma)
-    with pytest.raises(ValueError, match="tau must satisfy 0 < tau; got 0.0"):
+    with pytest.raises(ValueError, match="tau must satisfy 0 < tau, got 0.0"):
         Discrepancy(operator, y, sigma=0.1, tau=0)
     for smoothing in (1.0, -0.1):
         with pytest.raises(ValueError, match="smoothing must satisfy 0 <= smoothing < 1"):
             Discrepancy(operator, y, sigma=0.1, smoothing=smoothing)
-    with pytest.raises(TypeError, match="operator must be an object with a method A"):
-        Discrepancy(object(), y, sigma=0.1)
-    with pytest.raises(TypeError, match="y must be a torch.Tensor, got ndarray"):
-        Discrepancy(operator, y.numpy(), sigma=0.1)
-    with pytest.raises(TypeError, match="sigma must be a real number"):
+    with pytest.raises(TypeError, match="sigma must be a number, got None"):
         Discrepancy(operator, y, sigma=None)
-    policy = Discrepancy(operator, y[..., :2, :], sigma=0.1)
-    with pytest.raises(ValueError, match=r"operator.A\(output\) has shape \(1, 1, 4, 5\) but y"):
-        policy.update(1, 0.0, constant(0))
 
 
 # --------------------------------------------------------------------------- Holdout
 
 
-def holdout_data():
-    clean = torch.rand(SHAPE, generator=torch.Generator().manual_seed(6))
-    index = torch.tensor([1, 5, 8, 13, 21, 34])
-    return clean, PickOperator(index), clean.reshape(-1)[index]
-
-
 def test_holdout_stops_with_patience_and_returns_best():
-    clean, operator, y = holdout_data()
-    offsets = [abs(t - 15) * 0.01 + 0.001 for t in range(1, 40)]  # validation loss = offset²
+    clean, operator, y = held_out_data()
+    offsets = [abs(t - 15) * 0.01 + 0.001 for t in range(1, 40)]  # hold-out loss = offset²
     policy = Holdout(operator, y, patience=5)
     assert policy.needs_unperturbed_output
     stop, best, kept = run_loop(policy, [0.0] * len(offsets), [clean + c for c in offsets])
     assert (stop, best) == (20, 15)
     torch.testing.assert_close(kept, clean + 0.001)
-    assert policy.best_loss == pytest.approx(1e-6, rel=1e-4)
     assert policy.last_loss == pytest.approx(0.051**2, rel=1e-4)
-    assert policy.reason == (
-        "no new minimum of the hold-out loss for 5 iterations (hold-out); best at iteration 15"
-    )
+    assert "hold-out loss for 5 iterations" in policy.reason
+    assert policy.reason.endswith("best at iteration 15")
 
 
 def test_holdout_min_delta_and_finalize():
-    clean, operator, y = holdout_data()
+    clean, operator, y = held_out_data()
     offsets = [1.0, 0.5, 0.499, 0.498, 0.4985]  # losses: squares, 1% below 0.25 is 0.2475
     policy = Holdout(operator, y, patience=10, min_delta=0.01)
     stop, best, _ = run_loop(policy, [0.0] * 5, [clean + c for c in offsets])
     assert (stop, best) == (None, 2)
-    assert policy.reason == (
-        "the hold-out rule did not fire by iteration 5; best iterate by hold-out "
-        "(lowest hold-out loss) at iteration 2"
-    )
+    assert "the hold-out rule did not fire by iteration 5" in policy.reason
+    assert "lowest hold-out loss at iteration 2" in policy.reason
 
 
 def test_holdout_validation():
-    _, operator, y = holdout_data()
-    with pytest.raises(ValueError, match="patience must satisfy patience >= 1; got 0"):
+    _, operator, y = held_out_data()
+    with pytest.raises(ValueError, match="patience must be an integer >= 1, got 0"):
         Holdout(operator, y, patience=0)
-    with pytest.raises(ValueError, match="min_delta must satisfy 0 <= min_delta < 1; got -0.1"):
+    with pytest.raises(ValueError, match="min_delta must satisfy 0 <= min_delta < 1, got -0.1"):
         Holdout(operator, y, min_delta=-0.1)
-    with pytest.raises(ValueError, match="y .the held-out measurements. is empty"):
-        Holdout(operator, y[:0])
-    with pytest.raises(TypeError, match="operator must be an object with a method A"):
-        Holdout(lambda x: x, y)
-    with pytest.raises(TypeError, match="y must be a floating-point tensor"):
-        Holdout(operator, torch.zeros(6, dtype=torch.int32))
+    for fraction in (0, 1, 1.5):
+        with pytest.raises(ValueError, match="fraction must satisfy 0 < fraction < 1"):
+            Holdout(operator, y, fraction=fraction)
 
 
 # --------------------------------------------------------------------------- FirstOf
@@ -586,23 +536,23 @@ def test_first_of_stops_with_the_first_to_fire():
     assert policy.best_step == 0
     stop, best, _ = run_loop(policy, LOSSES, [constant(t) for t in range(1, 11)])
     assert (stop, best) == (8, 5)
-    assert policy.reason.startswith("no decrease of the training loss for 3 iterations")
+    assert policy.fired is policy.policies[1]
+    assert policy.reason == policy.policies[1].reason
 
 
-@pytest.mark.parametrize(
-    ("order", "expected_best", "reason_start"),
-    [(("fixed", "patience"), 8, "reached num_iter=8"), (("patience", "fixed"), 5, "no decrease")],
-)
-def test_first_of_simultaneous_fire_goes_by_order(order, expected_best, reason_start):
+@pytest.mark.parametrize(("order", "expected_best"), [(("fixed", "patience"), 8),
+                                                      (("patience", "fixed"), 5)])
+def test_first_of_simultaneous_fire_goes_by_order(order, expected_best):
     make = {"fixed": lambda: Fixed(8), "patience": lambda: Patience(patience=3)}
     policy = FirstOf(*(make[name]() for name in order))
     stop, best, _ = run_loop(policy, LOSSES, [constant(t) for t in range(1, 11)])
     assert (stop, best) == (8, expected_best)
-    assert policy.reason.startswith(reason_start)
+    assert type(policy.fired) is RULES[order[0]]
+    assert policy.reason == policy.policies[0].reason
 
 
 def test_first_of_candidates_are_the_union_and_best_is_the_first_policy():
-    clean, operator, y = holdout_data()
+    clean, operator, y = held_out_data()
     offsets = [0.3, 0.2, 0.1, 0.2, 0.3]  # hold-out best at 3
     losses = [5.0, 4.0, 3.0, 2.0, 1.0]  # training loss best at 5
     patience, holdout = Patience(patience=50), Holdout(operator, y, patience=50)
@@ -614,7 +564,7 @@ def test_first_of_candidates_are_the_union_and_best_is_the_first_policy():
     torch.testing.assert_close(kept, clean + 0.3)
     # finalize delegates to every policy; the reason is the first one's
     assert policy.reason == patience.reason
-    assert patience.reason.startswith("the patience rule did not fire by iteration 5")
+    assert "the patience rule did not fire by iteration 5" in patience.reason
     assert holdout.reason.endswith("at iteration 3")
 
 
@@ -624,10 +574,59 @@ def test_first_of_nested_and_validation():
     assert not policy.needs_unperturbed_output
     stop, best, _ = run_loop(policy, [1.0, 0.5, 0.7, 0.8, 0.9], [constant(0)] * 5)
     assert (stop, best) == (4, 2)
+    assert policy.fired is inner and inner.fired is inner.policies[0]
     with pytest.raises(ValueError, match="FirstOf needs at least one stopping policy"):
         FirstOf()
-    with pytest.raises(TypeError, match="FirstOf takes stopping policies.*got object"):
+    with pytest.raises(TypeError, match="object lacks update, best_step, reason"):
         FirstOf(Fixed(3), object())
+
+
+def test_first_of_accepts_minimal_policies():
+    policy = FirstOf(Minimal(last=4), Patience(patience=100))
+    stop, best, _ = run_loop(policy, LOSSES, [constant(0)] * len(LOSSES))
+    assert (stop, best) == (4, 4)
+    assert policy.candidates == {4}
+    assert policy.reason == "minimal stop at 4"
+
+
+def test_members():
+    fixed, patience = Fixed(3), Patience()
+    assert list(members(FirstOf(fixed, patience))) == [fixed, patience]
+    assert list(members(fixed)) == [fixed]
+
+
+# --------------------------------------------------------------------------- Shadow
+
+
+def test_shadow_never_stops_and_records_every_rule():
+    losses = [5.0, 4.0, 3.0, 3.5, 3.6, 3.7, 3.8, 3.9]
+    outputs = [constant(v) for v in [0.0, 1.0, 1.5, 3.0, 4.0, 5.0, 6.0, 7.0]]
+    fixed, patience, wmv = Fixed(3), Patience(patience=2), WMV(window=2, patience=50)
+    shadow = Shadow({"fixed": fixed, "patience": patience, "wmv": wmv, "minimal": Minimal(6)})
+    assert not shadow.needs_unperturbed_output
+    for step, (loss, output) in enumerate(zip(losses, outputs, strict=True), start=1):
+        assert shadow.update(step, loss, output) is False
+        assert shadow.best_step == step
+        if step == 5:
+            assert shadow.stopped == {"fixed": 3, "patience": 5}
+            assert shadow.chosen == {"fixed": 3, "patience": 3}
+    assert shadow.stopped == {"fixed": 3, "patience": 5, "minimal": 6}
+    assert fixed.best_step == 3  # a rule that fired is not updated any more
+    shadow.finalize(8)
+    assert shadow.stopped == {"fixed": 3, "patience": 5, "minimal": 6, "wmv": 8}
+    assert shadow.chosen == {"fixed": 3, "patience": 3, "minimal": 6, "wmv": 3}
+    assert shadow.reasons["fixed"] == fixed.reason and "num_iter=3" in fixed.reason
+    assert shadow.reasons["patience"].endswith("best at iteration 3")
+    assert shadow.reasons["minimal"] == "minimal stop at 6"
+    assert "the WMV rule did not fire by iteration 8" in shadow.reasons["wmv"]
+    assert shadow.reason  # the shadow's own reason names no rule's choice
+
+
+def test_shadow_needs_unperturbed_output_and_checks_members():
+    _, operator, y = held_out_data()
+    assert Shadow({"holdout": Holdout(operator, y), "fixed": Fixed(3)}).needs_unperturbed_output
+    with pytest.raises(TypeError, match="lacks best_step, reason"):
+        Shadow({"bad": type("Bad", (), {"update": lambda self, *a: False})()})
 
 
 # --------------------------------------------------------------------------- common validation
@@ -636,10 +635,10 @@ def test_first_of_nested_and_validation():
 @pytest.mark.parametrize(
     ("factory", "message"),
     [
-        (lambda: Fixed(0), "num_iter must satisfy num_iter >= 1; got 0"),
-        (lambda: Fixed(-5), "num_iter must satisfy num_iter >= 1; got -5"),
-        (lambda: Patience(patience=0), "patience must satisfy patience >= 1; got 0"),
-        (lambda: Patience(min_delta=1.0), "min_delta must satisfy 0 <= min_delta < 1; got 1.0"),
+        (lambda: Fixed(0), "num_iter must be an integer >= 1, got 0"),
+        (lambda: Fixed(-5), "num_iter must be an integer >= 1, got -5"),
+        (lambda: Patience(patience=0), "patience must be an integer >= 1, got 0"),
+        (lambda: Patience(min_delta=1.0), "min_delta must satisfy 0 <= min_delta < 1, got 1.0"),
         (lambda: Patience(min_delta=-1e-3), "min_delta must satisfy 0 <= min_delta < 1"),
     ],
 )
@@ -649,176 +648,236 @@ def test_range_validation(factory, message):
 
 
 def test_type_validation():
-    with pytest.raises(TypeError, match="num_iter must be an integer >= 1, got 3000.0"):
-        Fixed(3000.0)
-    with pytest.raises(TypeError, match="num_iter must be an integer >= 1, got True"):
+    assert Fixed(3000.0).num_iter == 3000 and type(Fixed(3000.0).num_iter) is int
+    with pytest.raises(TypeError, match="num_iter must be an integer, got 2.5"):
+        Fixed(2.5)
+    with pytest.raises(TypeError, match="num_iter must be an integer, got True"):
         Fixed(True)
-    with pytest.raises(TypeError, match="min_delta must be a real number, got '0'"):
+    with pytest.raises(TypeError, match="min_delta must be a number, got '0'"):
         Patience(min_delta="0")
 
 
-# --------------------------------------------------------------------------- specs
+def test_repr_lists_the_tunable_parameters():
+    assert repr(WMV(window=7)) == "WMV(window=7, patience=1000, min_delta=0.0)"
+    _, operator, y = held_out_data()
+    assert repr(Holdout(operator, y, patience=5)) == (
+        "Holdout(patience=5, min_delta=0.0, fraction=0.1)")
+
+
+# --------------------------------------------------------------------------- parse_stop
 
 
 @pytest.mark.parametrize(
     ("spec", "expected"),
     [
-        ("wmv:window=100,patience=1000", [PolicySpec("wmv", {"window": 100, "patience": 1000})]),
-        ("fixed:3000", [PolicySpec("fixed", {"num_iter": 3000})]),
-        ("fixed:num_iter=3000", [PolicySpec("fixed", {"num_iter": 3000})]),
-        ("patience", [PolicySpec("patience", {})]),
-        (
-            "patience:200,min_delta=0.001",
-            [PolicySpec("patience", {"patience": 200, "min_delta": 1e-3})],
-        ),
-        (
-            "holdout:fraction=0.1,patience=300",
-            [PolicySpec("holdout", {"fraction": 0.1, "patience": 300})],
-        ),
-        ("wmv+discrepancy", [PolicySpec("wmv", {}), PolicySpec("discrepancy", {})]),
-        (
-            " WMV : Window = 50 + emv:alpha=2e-1 ",
-            [PolicySpec("wmv", {"window": 50}), PolicySpec("emv", {"alpha": 0.2})],
-        ),
-        ("fixed:1e3", [PolicySpec("fixed", {"num_iter": 1000})]),
-        (
-            "discrepancy:tau=2,smoothing=0",
-            [PolicySpec("discrepancy", {"tau": 2.0, "smoothing": 0.0})],
-        ),
-        ("oracle:patience=50", [PolicySpec("oracle", {"patience": 50})]),
+        ("wmv:window=100,patience=1000", [("wmv", {"window": 100, "patience": 1000})]),
+        ("fixed:3000", [("fixed", {"num_iter": 3000})]),
+        ("fixed:num_iter=3000", [("fixed", {"num_iter": 3000})]),
+        ("patience", [("patience", {})]),
+        ("patience:200,min_delta=0.001", [("patience", {"patience": 200, "min_delta": 1e-3})]),
+        ("holdout:fraction=0.1,patience=300",
+         [("holdout", {"fraction": 0.1, "patience": 300})]),
+        ("wmv+discrepancy", [("wmv", {}), ("discrepancy", {})]),
+        (" WMV : Window = 50 + EMV:alpha=2e-1 ",
+         [("wmv", {"window": 50}), ("emv", {"alpha": 0.2})]),
+        ("fixed:1e3", [("fixed", {"num_iter": 1000})]),
+        ("discrepancy:tau=2,smoothing=0", [("discrepancy", {"tau": 2, "smoothing": 0})]),
+        ("oracle:patience=50", [("oracle", {"patience": 50})]),
+        ("fixed:2000+discrepancy+holdout:200",
+         [("fixed", {"num_iter": 2000}), ("discrepancy", {}), ("holdout", {"patience": 200})]),
     ],
 )
-def test_parse_policy_valid(spec, expected):
-    parsed = parse_policy(spec)
-    assert parsed == expected
-    for got, want in zip(parsed, expected, strict=True):
-        for key, value in want.params.items():
-            assert type(got.params[key]) is type(value)  # ints stay ints, floats are floats
-        assert parse_policy(str(got)) == [got]  # str() writes a spec that parses back
+def test_parse_stop_valid(spec, expected):
+    assert parse_stop(spec) == expected
 
 
-def test_policy_spec_separates_caller_parameters():
-    (spec,) = parse_policy("holdout:fraction=0.2,patience=30")
-    assert spec.policy_params == {"patience": 30}
-    assert spec.caller_params == {"fraction": 0.2}
-    assert parse_policy("wmv:window=3")[0].caller_params == {}
-    assert 0 < HOLDOUT_FRACTION < 1
+def test_parse_stop_number_types():
+    (_, params), = parse_stop("patience:200,min_delta=0.001")
+    assert type(params["patience"]) is int and type(params["min_delta"]) is float
+    (_, params), = parse_stop("emv:alpha=2e-1,burn_in=3")
+    assert params == {"alpha": 0.2, "burn_in": 3} and type(params["burn_in"]) is int
+    (_, params), = parse_stop("fixed:1e3")
+    assert params["num_iter"] == 1000
+    assert Fixed(**params).num_iter == 1000  # "1e3" builds an integer budget
 
 
-VALID_NAMES = "valid names: fixed, patience, wmv, emv, discrepancy, holdout, oracle"
+VALID_RULES = "valid rules: fixed, patience, wmv, emv, discrepancy, holdout, oracle"
 
 
 @pytest.mark.parametrize(
     ("spec", "message"),
     [
-        ("", "empty stopping spec; expected e.g. 'wmv:window=100,patience=1000'; " + VALID_NAMES),
-        ("   ", "empty stopping spec"),
-        ("wmv+", "empty rule in stopping spec 'wmv\\+': '\\+' must join two rules; " + VALID_NAMES),
-        ("+wmv", "empty rule in stopping spec"),
-        ("foo", "unknown stopping policy 'foo' in 'foo'; " + VALID_NAMES),
-        ("wmv+foo:x=1", "unknown stopping policy 'foo'"),
-        (
-            "wmv:windw=3",
-            r"unknown parameter 'windw' for stopping policy 'wmv'; valid parameters: "
-            r"window \(int, default 100\), patience \(int, default 1000\), "
-            r"min_delta \(float, default 0.0\)",
-        ),
-        (
-            "holdout:frac=0.1",
-            r"valid parameters: patience \(int, default 300\), min_delta \(float, default 0.0\), "
-            r"fraction \(float, used by the caller\)",
-        ),
-        (
-            "wmv:window=abc",
-            "parameter 'window' of stopping policy 'wmv' must be a number, got 'abc'",
-        ),
-        (
-            "wmv:window=2.5",
-            "parameter 'window' of stopping policy 'wmv' must be an integer, got '2.5'",
-        ),
-        ("emv:alpha=nan", "parameter 'alpha' of stopping policy 'emv' must be finite, got 'nan'"),
+        ("foo", "unknown stopping rule 'foo' in 'foo'; " + VALID_RULES),
+        ("wmv+foo:x=1", "unknown stopping rule 'foo'.*" + VALID_RULES),
+        ("", "unknown stopping rule ''.*" + VALID_RULES),
+        ("wmv+", "unknown stopping rule ''"),
+        ("wmv:windw=3", "'windw=3' of stopping rule 'wmv'.*its parameters: window, patience, "
+                        "min_delta$"),
+        ("holdout:frac=0.1", "its parameters: patience, min_delta, fraction$"),
+        ("discrepancy:sigma=0.1", "its parameters: tau, smoothing$"),
+        ("fixed:3000,4000", "'4000' of stopping rule 'fixed' is unknown"),
+        ("wmv:window=3,window=4", "'window=4' of stopping rule 'wmv' is given twice"),
+        ("patience:200,patience=3", "'patience=3' of stopping rule 'patience' is given twice"),
+        ("wmv:window=abc", "parameter 'window' of stopping rule 'wmv' must be a number, got 'abc'"),
+        ("emv:alpha=nan", "parameter 'alpha' of stopping rule 'emv' must be finite, got 'nan'"),
         ("wmv:window=inf", "must be finite, got 'inf'"),
-        (
-            "wmv:100",
-            "bad parameter '100' in stopping spec 'wmv:100': expected key=value; "
-            "valid parameters of 'wmv'",
-        ),
-        ("fixed:3000,4000", "bad parameter '4000'"),
-        ("wmv:", "bad parameter ''"),
-        ("wmv:window=", "bad parameter 'window='"),
-        ("wmv:=3", "bad parameter '=3'"),
-        ("wmv:window=3,,patience=4", "bad parameter ''"),
-        ("wmv:window=3,window=4", "parameter 'window' given twice for stopping policy 'wmv'"),
-        ("holdout:fraction=1.5", "fraction must satisfy 0 < fraction < 1; got 1.5"),
-        ("holdout:fraction=0", "fraction must satisfy 0 < fraction < 1; got 0.0"),
+        ("wmv:window=", "'window=' of stopping rule 'wmv' is unknown or without a value"),
+        ("wmv:", "'' of stopping rule 'wmv' is unknown or without a value"),
+        ("wmv:=3", "'=3' of stopping rule 'wmv' is unknown or without a value"),
+        ("wmv:window=3,,patience=4", "'' of stopping rule 'wmv' is unknown or without a value"),
     ],
 )
-def test_parse_policy_invalid(spec, message):
+def test_parse_stop_invalid(spec, message):
     with pytest.raises(ValueError, match=message):
-        parse_policy(spec)
+        parse_stop(spec)
 
 
-def test_parse_policy_type_error():
+def test_parse_stop_type_error():
     with pytest.raises(TypeError, match="a stopping spec must be a string, got int"):
-        parse_policy(3000)
+        parse_stop(3000)
 
 
-def test_build_policy():
-    policy = build_policy(parse_policy("wmv:window=7")[0], sigma=0.1)  # unused context ignored
-    assert isinstance(policy, WMV) and (policy.window, policy.patience) == (7, 1000)
-    assert repr(policy) == "WMV(window=7, patience=1000, min_delta=0.0)"
-    _, operator, y = holdout_data()
-    holdout = build_policy("holdout:fraction=0.2,patience=5", operator=operator, y=y)
-    assert isinstance(holdout, Holdout) and holdout.patience == 5  # fraction is the caller's
+# --------------------------------------------------------------------------- make_policy
+
+
+def test_make_policy_builds_the_named_rules():
     clean, operator, y = discrepancy_data()
-    discrepancy = build_policy("discrepancy:tau=2", operator=operator, y=y, sigma=0.1)
-    assert isinstance(discrepancy, Discrepancy) and discrepancy.level == pytest.approx(0.4)
-    oracle = build_policy("oracle", ground_truth=clean)
-    assert isinstance(oracle, Oracle) and oracle.patience is None
-    emv = build_policy(PolicySpec("emv", {"alpha": 0.5}))
-    assert isinstance(emv, EMV) and emv.burn_in == 20
+    context = {"operator": operator, "y": y, "sigma": 0.1, "ground_truth": clean}
+    policy, fit_op, fit_y = make_policy("wmv:window=7", **context)
+    assert type(policy) is WMV and (policy.window, policy.patience) == (7, 1000)
+    assert fit_op is operator and fit_y is y  # no hold-out: the data are fitted as given
+    policy, _, _ = make_policy("fixed:1e3", **context)
+    assert type(policy) is Fixed and policy.num_iter == 1000
+    policy, _, _ = make_policy("discrepancy:tau=2", **context)
+    assert type(policy) is Discrepancy
+    assert policy.operator is operator and policy.level == pytest.approx(2 * 35 * 0.01)
+    policy, _, _ = make_policy("oracle", **context)
+    assert type(policy) is Oracle and policy.patience is None
+    torch.testing.assert_close(policy.ground_truth, clean)
+    policy, _, _ = make_policy("emv:alpha=0.5", **context)
+    assert type(policy) is EMV and policy.burn_in == 20
+    policy, _, _ = make_policy("FIXED:100 + patience:7 + emv", **context)
+    assert type(policy) is FirstOf
+    assert [type(p) for p in members(policy)] == [Fixed, Patience, EMV]
+    assert policy.policies[1].patience == 7
 
 
-def test_build_policy_errors():
-    with pytest.raises(ValueError, match="stopping policy 'fixed' needs the parameter num_iter"):
-        build_policy("fixed")
-    with pytest.raises(ValueError, match=r"'discrepancy' needs operator \(the forward operator"):
-        build_policy("discrepancy")
+def test_make_policy_returns_policy_objects_as_they_are():
     _, operator, y = discrepancy_data()
-    with pytest.raises(ValueError, match=r"'discrepancy' needs sigma \(the noise level"):
-        build_policy("discrepancy", operator=operator, y=y, sigma=None)
-    with pytest.raises(ValueError, match="'oracle' needs ground_truth"):
-        build_policy("oracle")
-    with pytest.raises(TypeError, match="unknown context argument.s. foo; valid: ground_truth"):
-        build_policy("wmv", foo=1)
-    with pytest.raises(ValueError, match="build_policy builds one rule, got 2"):
-        build_policy("wmv+emv")
-    with pytest.raises(ValueError, match="window must satisfy window >= 2; got 0"):
-        build_policy("wmv:window=0")
+    for given in (Patience(patience=3), FirstOf(Fixed(3), WMV()), Minimal()):
+        policy, fit_op, fit_y = make_policy(given, operator=operator, y=y, sigma=0.1)
+        assert policy is given and fit_op is operator and fit_y is y
 
 
-def test_registry_matches_the_constructors():
-    for name, cls in POLICIES.items():
-        assert cls.name == name
-        parameters = inspect.signature(cls).parameters
-        spec_and_context = set(cls.spec_params) | set(cls.context_args)
-        assert spec_and_context <= set(parameters)
-        assert set(cls.context_args) <= set(CONTEXT_ARGS)
-        assert not set(cls.caller_params) & set(parameters)
-        # every constructor argument is settable from a spec or the context, or keyword-only
-        for key, parameter in parameters.items():
-            assert key in spec_and_context or parameter.kind is parameter.KEYWORD_ONLY
-        for key, kind in cls.spec_params.items():
-            default = parameters[key].default
-            if default is not inspect.Parameter.empty and default is not None:
-                assert type(default) is kind
+def test_make_policy_rejects_an_object_missing_reason():
+    class NoReason:
+        best_step = 0
+
+        def update(self, step, loss, output):
+            return False
+
+    with pytest.raises(TypeError, match="NoReason lacks reason$"):
+        make_policy(NoReason())
 
 
-def test_discrepancy_level_counts_only_observed_entries_of_a_mask():
-    from deepprior.operators import Mask
+def test_make_policy_missing_context():
+    clean, operator, y = discrepancy_data()
+    with pytest.raises(ValueError, match="'discrepancy' needs the noise level: pass sigma="):
+        make_policy("discrepancy", operator=operator, y=y)
+    with pytest.raises(ValueError, match="'discrepancy' needs the forward operator"):
+        make_policy("discrepancy", y=y, sigma=0.1)
+    with pytest.raises(ValueError, match="'oracle' needs the clean image: pass ground_truth="):
+        make_policy("oracle", operator=operator, y=y)
+    with pytest.raises(ValueError, match="'holdout' needs the forward operator"):
+        make_policy("holdout")
+    with pytest.raises(ValueError, match="window must be an integer >= 2, got 0"):
+        make_policy("wmv:window=0")
 
-    op = Mask((1, 20, 10), keep=0.25, seed=0)
-    y = op.A(torch.rand(1, 1, 20, 10))
-    policy = Discrepancy(op, y, sigma=0.1)
-    assert op.num_measurements == 50 and y.numel() == 200
-    assert policy.level == pytest.approx(50 * 0.1**2)
+
+def test_holdout_split_is_disjoint_covers_the_data_and_fits_the_rest():
+    operator = dp.Identity((40, 50))
+    x = index_image(operator.image_shape)  # each pixel's value is its index + 1
+    y = operator.A(x)
+    policy, fit_op, fit_y = make_policy("holdout:fraction=0.2,patience=30", operator=operator,
+                                        y=y, seed=0)
+    assert type(policy) is Holdout and (policy.patience, policy.fraction) == (30, 0.2)
+    assert fit_op is not operator
+    torch.testing.assert_close(fit_y, fit_op.A(x))  # fit_y is what fit_op measures of x
+    torch.testing.assert_close(policy.y, policy.operator.A(x))
+    kept, held = values(fit_op.A(x)), values(policy.operator.A(x))
+    assert len(kept) == fit_y.numel() and len(held) == policy.y.numel()
+    assert not kept & held
+    assert kept | held == set(range(1, 2001))
+    assert abs(len(held) / 2000 - 0.2) < 0.05
+
+
+def test_holdout_split_is_seeded():
+    operator = dp.Identity((1, 10, 10))
+    x = index_image(operator.image_shape)
+    y = operator.A(x)
+
+    def held(seed):
+        return values(make_policy("holdout", operator=operator, y=y, seed=seed)[0].y)
+
+    assert held(0) == held(0)
+    assert held(0) != held(1)
+
+
+def test_holdout_split_of_compressive_measurements():
+    operator = dp.GaussianSensing(20, (5, 7), seed=0)
+    x = torch.rand(1, 1, 5, 7, generator=torch.Generator().manual_seed(1))
+    y = operator.A(x)
+    policy, fit_op, fit_y = make_policy("holdout:fraction=0.3", operator=operator, y=y)
+    torch.testing.assert_close(fit_y, fit_op.A(x))
+    torch.testing.assert_close(policy.y, policy.operator.A(x))
+    both = torch.cat([fit_y.reshape(-1), policy.y.reshape(-1)])
+    torch.testing.assert_close(both.sort().values, y.reshape(-1).sort().values)
+
+
+def test_holdout_split_of_a_mask_uses_only_observed_entries():
+    operator = dp.Mask((1, 20, 10), keep=0.5, seed=0)
+    x = index_image(operator.image_shape)
+    y = operator.A(x)  # zeros at the unobserved pixels
+    observed = values(x[operator.mask.expand_as(x)])
+    assert len(observed) == operator.num_measurements == 100
+    policy, fit_op, fit_y = make_policy("discrepancy+holdout:fraction=0.2", operator=operator,
+                                        y=y, sigma=0.1, seed=3)
+    discrepancy, holdout = members(policy)
+    kept, held = values(fit_op.A(x)), values(holdout.operator.A(x))
+    assert not kept & held and kept | held == observed  # no unobserved pixel in either part
+    assert 0 not in kept | held
+    torch.testing.assert_close(fit_y, fit_op.A(x))
+    assert discrepancy.operator is fit_op
+    assert discrepancy.level == pytest.approx(len(kept) * 0.1**2)  # only kept observed entries
+    assert len(kept) < 100
+
+
+def test_make_policy_holdout_errors():
+    operator = dp.Identity(IMAGE)
+    y = operator.A(torch.rand(SHAPE))
+    with pytest.raises(ValueError, match="at most one holdout rule per spec, got 2"):
+        make_policy("holdout+fixed:10+holdout:fraction=0.2", operator=operator, y=y)
+    with pytest.raises(ValueError, match="fraction must satisfy 0 < fraction < 1, got 1.5"):
+        make_policy("holdout:fraction=1.5", operator=operator, y=y)
+    one_pixel = torch.zeros(3, 3, dtype=torch.bool)
+    one_pixel[1, 2] = True
+    mask = dp.Mask((3, 3), mask=one_pixel)
+    y = mask.A(torch.rand(1, 1, 3, 3))
+    for fraction in (0.1, 0.5, 0.9):
+        with pytest.raises(ValueError, match="leaves no data on one side of the split of 1 "):
+            make_policy(f"holdout:fraction={fraction}", operator=mask, y=y)
+
+
+def test_spec_errors_are_value_errors_that_say_what_to_pass():
+    with pytest.raises(ValueError, match="'fixed' needs its num_iter"):
+        make_policy("fixed")
+    with pytest.raises(ValueError, match="window must be an integer, got 2.5"):
+        make_policy("wmv:window=2.5")
+
+
+def test_variance_rules_that_never_warm_up_say_so():
+    policy = WMV(window=5)
+    for step in (1, 2):
+        policy.update(step, 0.0, torch.zeros(1, 1, 2, 2))
+    policy.finalize(2)
+    assert "never left its warm-up" in policy.reason and policy.best_step == 2

@@ -16,10 +16,12 @@ name                      network
 from __future__ import annotations
 
 import inspect
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
+from torch import nn
 
+from deepprior.checks import check_choice, check_image_shape, check_int
 from deepprior.nets.conv_decoder import ConvDecoder, ConvGenerator
 from deepprior.nets.deep_decoder import DeepDecoder
 from deepprior.nets.dip import SkipNet
@@ -28,8 +30,6 @@ from deepprior.nets.layers import (
     NORMS,
     ChannelNorm,
     GeneratorNet,
-    check_choice,
-    check_positive_int,
     make_norm,
 )
 
@@ -41,12 +41,15 @@ __all__ = [
     "DeepDecoder",
     "GeneratorNet",
     "SkipNet",
+    "add_net",
     "available_nets",
     "build_net",
     "make_norm",
 ]
 
-_NETS: dict[str, type[GeneratorNet]] = {
+#: Network factories by name: ``factory(image_shape, norm=..., **options)`` returns a module
+#: with an ``input_shape`` attribute (the shape of its fixed input ``z``).
+_NETS: dict[str, Callable[..., nn.Module]] = {
     "deep_decoder": DeepDecoder,
     "dip": SkipNet,
     "conv_decoder": ConvDecoder,
@@ -60,6 +63,28 @@ def available_nets() -> tuple[str, ...]:
     return tuple(_NETS)
 
 
+def add_net(name: str, factory: Callable[..., nn.Module], *, replace: bool = False) -> None:
+    """Add a network factory to the registry (see :func:`deepprior.register_net`)."""
+    if not isinstance(name, str) or not name.isidentifier():
+        raise ValueError(f"a network name must be an identifier such as 'my_net', got {name!r}")
+    if not callable(factory):
+        raise TypeError(f"factory must be callable, got {type(factory).__name__}")
+    if (name in _NETS or name in _ALIASES) and not replace:
+        raise ValueError(f"a network named {name!r} exists already; pass replace=True")
+    _NETS[name] = factory
+
+
+def canonical_name(name: str) -> str:
+    """``name`` with aliases resolved; ``ValueError`` listing the valid names if unknown."""
+    if not isinstance(name, str):
+        raise TypeError(f"the network name must be a string, got {name!r}")
+    canonical = _ALIASES.get(name, name)
+    if canonical not in _NETS:
+        raise ValueError(f"unknown network {name!r}; use one of: {', '.join(_NETS)} "
+                         f"(alias: {', '.join(f'{a}={t}' for a, t in _ALIASES.items())})")
+    return canonical
+
+
 def build_net(
     name: str,
     image_shape: Sequence[int],
@@ -67,16 +92,16 @@ def build_net(
     norm: str = "channel",
     seed: int = 0,
     **options: object,
-) -> tuple[GeneratorNet, torch.Tensor]:
+) -> tuple[nn.Module, torch.Tensor]:
     """Build a network and its fixed input, reproducibly from ``seed``.
 
     Parameters
     ----------
     name : str
-        One of :func:`available_nets`: ``"deep_decoder"``, ``"dip"`` (alias ``"skip"``),
-        ``"conv_decoder"``, ``"conv_generator"``.
-    image_shape : tuple of int
-        ``(C, H, W)`` of the image to produce (``image.shape[1:]`` for a ``(1, C, H, W)`` tensor).
+        One of :func:`available_nets` (built-in: ``"deep_decoder"``, ``"dip"`` (alias
+        ``"skip"``), ``"conv_decoder"``, ``"conv_generator"``) or a registered network.
+    image_shape : (H, W) or (C, H, W)
+        Shape of the image to produce.
     norm : {"channel", "batch", "none"}, optional
         Normalisation layer, by default ``"channel"`` (:class:`ChannelNorm`).
     seed : int, optional
@@ -86,7 +111,7 @@ def build_net(
 
     Returns
     -------
-    net : GeneratorNet
+    net : nn.Module
         The network on the CPU, float32; ``net(z)`` has shape ``(1, *image_shape)``.
     z : torch.Tensor
         Its fixed input, float32 on the CPU, uniform in ``[0, 0.1)``, of shape
@@ -117,35 +142,27 @@ def build_net(
     >>> tuple(net(z).shape)
     (1, 3, 64, 64)
     """
-    cls = _lookup(name)
-    _check_options(name, cls, options)
+    name = canonical_name(name)
+    factory = _NETS[name]
     check_choice("norm", norm, NORMS)
-    check_positive_int("seed", seed, minimum=0)
+    seed = check_int("seed", seed, minimum=0)
+    parameters = inspect.signature(factory).parameters
+    open_ended = any(p.kind is p.VAR_KEYWORD for p in parameters.values())
+    valid = [p for p, v in parameters.items() if v.kind is v.KEYWORD_ONLY and p != "norm"]
+    unknown = [o for o in options if o not in parameters or o == "norm"]
+    if unknown and not open_ended:
+        raise TypeError(f"unknown option {', '.join(map(repr, unknown))} for network {name!r}; "
+                        f"its options are: {', '.join(valid) or 'none'}")
+    if "norm" in parameters or open_ended:
+        options["norm"] = norm
+    elif norm != "channel":
+        raise ValueError(f"network {name!r} has no norm option; leave norm at its default")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        net = cls(image_shape, norm=norm, **options).to(torch.float32)
-        z = INPUT_SCALE * torch.rand(net.input_shape, dtype=torch.float32)
+        net = factory(check_image_shape(image_shape), **options)
+        if not isinstance(net, nn.Module) or not hasattr(net, "input_shape"):
+            raise TypeError(f"the factory of network {name!r} must return an nn.Module with an "
+                            "input_shape attribute (the shape of its fixed input z)")
+        net = net.to(torch.float32)
+        z = INPUT_SCALE * torch.rand(tuple(net.input_shape), dtype=torch.float32)
     return net, z
-
-
-def _lookup(name: str) -> type[GeneratorNet]:
-    if not isinstance(name, str):
-        raise TypeError(f"the network name must be a string, got {name!r}")
-    canonical = _ALIASES.get(name, name)
-    if canonical not in _NETS:
-        names = ", ".join(
-            n + "".join(f" (alias {a})" for a, t in _ALIASES.items() if t == n) for n in _NETS
-        )
-        raise ValueError(f"unknown network {name!r}; use one of: {names}")
-    return _NETS[canonical]
-
-
-def _check_options(name: str, cls: type[GeneratorNet], options: dict[str, object]) -> None:
-    parameters = inspect.signature(cls.__init__).parameters
-    valid = [p for p, v in parameters.items() if v.kind is v.KEYWORD_ONLY and p != "norm"]
-    unknown = [o for o in options if o not in valid]
-    if unknown:
-        raise TypeError(
-            f"unknown option {', '.join(map(repr, unknown))} for network {name!r}; "
-            f"its options are: {', '.join(valid)}"
-        )

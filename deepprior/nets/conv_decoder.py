@@ -13,9 +13,9 @@ from collections.abc import Sequence
 
 from torch import nn
 
+from deepprior.checks import check_int
 from deepprior.nets.layers import (
     GeneratorNet,
-    check_positive_int,
     conv_relu_norm,
     output_head,
 )
@@ -77,8 +77,8 @@ class ConvDecoder(GeneratorNet):
         input_size: tuple[int, int] | None = None,
         output_activation: str = "sigmoid",
     ) -> None:
-        check_positive_int("channels", channels)
-        check_positive_int("num_layers", num_layers, minimum=2)
+        check_int("channels", channels, minimum=1)
+        check_int("num_layers", num_layers, minimum=2)
         super().__init__(
             image_shape,
             minimum=2,
@@ -126,7 +126,7 @@ def _input_grid(input_size: tuple[int, int] | None, height: int, width: int) -> 
         return short, min(width, round(short * width / height))
     if not isinstance(input_size, Sequence) or len(input_size) != 2:
         raise TypeError(f"input_size must be a pair of integers (h0, w0), got {input_size!r}")
-    input_h, input_w = (check_positive_int("input_size", v) for v in input_size)
+    input_h, input_w = (check_int("input_size", v, minimum=1) for v in input_size)
     if not (2 <= input_h <= height and 2 <= input_w <= width):
         raise ValueError(
             f"input_size {input_h}x{input_w} does not fit image size {height}x{width}; "
@@ -183,8 +183,8 @@ class ConvGenerator(GeneratorNet):
         num_layers: int = 6,
         output_activation: str = "none",
     ) -> None:
-        check_positive_int("channels", channels)
-        check_positive_int("num_layers", num_layers)
+        check_int("channels", channels, minimum=1)
+        check_int("num_layers", num_layers, minimum=1)
         super().__init__(
             image_shape,
             minimum=2,

@@ -7,9 +7,9 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from deepprior.checks import check_int
 from deepprior.nets.layers import (
     GeneratorNet,
-    check_positive_int,
     conv_norm_lrelu,
     make_norm,
     output_head,
@@ -79,7 +79,7 @@ class SkipNet(GeneratorNet):
             ("num_scales", num_scales),
             ("input_channels", input_channels),
         ]:
-            check_positive_int(name, value)
+            check_int(name, value, minimum=1)
         stride = 2**num_scales
         super().__init__(
             image_shape,

@@ -16,7 +16,6 @@ What lives here:
 from __future__ import annotations
 
 import math
-import operator
 import warnings
 from collections.abc import Sequence
 from typing import Literal
@@ -24,6 +23,8 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from deepprior.checks import check_choice, check_image_shape, check_int
 
 NORMS: tuple[str, ...] = ("channel", "batch", "none")
 """Valid values of the ``norm`` argument of every network."""
@@ -77,7 +78,7 @@ class ChannelNorm(nn.Module):
 
     def __init__(self, num_channels: int, eps: float = 1e-5) -> None:
         super().__init__()
-        self.num_channels = check_positive_int("num_channels", num_channels)
+        self.num_channels = check_int("num_channels", num_channels, minimum=1)
         self.eps = float(eps)
         self.weight = nn.Parameter(torch.ones(num_channels))
         self.bias = nn.Parameter(torch.zeros(num_channels))
@@ -120,59 +121,6 @@ def make_norm(norm: str, channels: int) -> nn.Module:
     if norm == "batch":
         return nn.BatchNorm2d(channels)
     return nn.Identity()
-
-
-def check_positive_int(name: str, value: object, minimum: int = 1) -> int:
-    """Return ``value`` if it is an integer ``>= minimum``.
-
-    Raises
-    ------
-    TypeError
-        If ``value`` is not an integer (Python or numpy integer; ``bool`` is refused).
-    ValueError
-        If ``value < minimum``.
-    """
-    if isinstance(value, bool) or not hasattr(value, "__index__"):
-        raise TypeError(f"{name} must be an integer, got {value!r} ({type(value).__name__})")
-    value = operator.index(value)
-    if value < minimum:
-        raise ValueError(f"{name} must be at least {minimum}, got {value}")
-    return value
-
-
-def check_image_shape(image_shape: Sequence[int]) -> tuple[int, int, int]:
-    """Return ``image_shape`` as a tuple ``(C, H, W)`` of positive integers.
-
-    Raises
-    ------
-    TypeError
-        If it is not a sequence of three integers.
-    ValueError
-        If it does not have three entries or one of them is not positive.
-    """
-    if not isinstance(image_shape, Sequence) or isinstance(image_shape, str):
-        raise TypeError(
-            f"image_shape must be a tuple (C, H, W), got {image_shape!r}; "
-            "for an image tensor of shape (1, C, H, W) pass image.shape[1:]"
-        )
-    if len(image_shape) != 3:
-        raise ValueError(
-            f"image_shape must have 3 entries (C, H, W), got {tuple(image_shape)}; "
-            "for an image tensor of shape (1, C, H, W) pass image.shape[1:]"
-        )
-    names = ("channels C", "height H", "width W")
-    channels, height, width = (
-        check_positive_int(f"image_shape {name}", v)
-        for name, v in zip(names, image_shape, strict=True)
-    )
-    return channels, height, width
-
-
-def check_choice(name: str, value: str, choices: Sequence[str]) -> str:
-    """Return ``value`` if it is one of ``choices``, else raise ``ValueError`` listing them."""
-    if value not in choices:
-        raise ValueError(f"unknown {name} {value!r}; use one of: {', '.join(choices)}")
-    return value
 
 
 def conv2d(

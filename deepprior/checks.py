@@ -1,0 +1,88 @@
+"""Argument checks for the entry points: the one place that says what a valid value is.
+
+Every public constructor and function that takes user input validates it here, once, at entry;
+nothing in the fitting loop re-checks. Each check returns the value in its canonical form
+(a Python ``int``, ``float``, ``(C, H, W)`` tuple, float32 array) or raises ``TypeError`` /
+``ValueError`` naming the argument, the value received and what is valid.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+__all__ = ["as_array", "check_choice", "check_float", "check_int", "check_image_shape"]
+
+
+def check_int(name: str, value: object, *, minimum: int | None = None) -> int:
+    """``value`` as an ``int`` (numpy integers and integral floats from specs accepted)."""
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an integer, got {value!r} ({type(value).__name__})")
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value}")
+    return int(value)
+
+
+def check_float(
+    name: str,
+    value: object,
+    *,
+    low: float | None = None,
+    high: float | None = None,
+    low_open: bool = False,
+    high_open: bool = False,
+) -> float:
+    """``value`` as a finite ``float`` within ``[low, high]`` (either end open on request)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a number, got {value!r} ({type(value).__name__})")
+    value = float(value)
+    ok = math.isfinite(value)
+    if ok and low is not None:
+        ok = value > low if low_open else value >= low
+    if ok and high is not None:
+        ok = value < high if high_open else value <= high
+    if not ok:
+        lower = "" if low is None else f"{low:g} {'<' if low_open else '<='} "
+        upper = "" if high is None else f" {'<' if high_open else '<='} {high:g}"
+        rule = f"{lower}{name}{upper}" if lower or upper else f"{name} finite"
+        raise ValueError(f"{name} must satisfy {rule}, got {value!r}")
+    return value
+
+
+def check_choice(name: str, value: object, choices: Sequence[str]) -> str:
+    """``value`` if it is one of ``choices``, else a ``ValueError`` listing them."""
+    if not isinstance(value, str) or value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(choices)}; got {value!r}")
+    return value
+
+
+def check_image_shape(shape: object, name: str = "image_shape") -> tuple[int, int, int]:
+    """``(H, W)`` or ``(C, H, W)`` of positive integers → ``(C, H, W)``."""
+    if isinstance(shape, str | bytes) or not isinstance(shape, Sequence | torch.Size):
+        raise TypeError(f"{name} must be (H, W) or (C, H, W), got {shape!r}")
+    if len(shape) not in (2, 3):
+        raise ValueError(f"{name} must be (H, W) or (C, H, W), got {tuple(shape)}")
+    dims = tuple(check_int(f"{name} entries", d, minimum=1) for d in shape)
+    return (1, *dims) if len(dims) == 2 else dims  # type: ignore[return-value]
+
+
+def as_array(name: str, value: object) -> np.ndarray:
+    """A real, finite, non-empty numpy/torch array as float32 numpy."""
+    if isinstance(value, torch.Tensor):
+        value = value.detach().cpu().numpy()
+    if not isinstance(value, np.ndarray):
+        raise TypeError(f"{name} must be a numpy array or torch tensor, got {type(value).__name__}")
+    if value.dtype.kind not in "fiub":
+        raise TypeError(f"{name} must hold real numbers, got dtype {value.dtype}")
+    if value.size == 0:
+        raise ValueError(f"{name} is empty (shape {value.shape})")
+    array = value.astype(np.float32, copy=False)
+    if not np.all(np.isfinite(array)):
+        raise ValueError(f"{name} contains NaN or infinite values; fill or remove them first")
+    return array
