@@ -7,22 +7,22 @@ without overwriting unless asked to; :func:`write_atomic` applies the same rules
 output file. Bad input raises :class:`ImageError`, which names the file and says what is
 wrong.
 
-Two formats need more than Pillow's public API offers:
+Pillow's public API does the work, except for colour with more than 8 bits per sample, which
+Pillow reduces to 8 bits (or, for float colour, cannot read at all):
 
-* Pillow reads 16-bit RGB(A) and grey+alpha PNGs with 8-bit precision. The PNG is therefore
-  decoded a second time with a raw mode that yields the low bytes; together with the high
-  bytes this restores every 16-bit sample exactly. Pillow cannot *write* 16-bit RGB PNGs, so
-  a small encoder (Paeth filter, zlib) does that here.
-* Pillow reads 16-bit RGB TIFFs with 8-bit precision and cannot write them; scikit-image's
-  ``skimage.io`` (backed by tifffile) reads and writes those.
+* 16-bit and float colour TIFFs are read, and 16-bit colour TIFFs written, with ``tifffile``.
+* 16-bit colour PNGs are read at 8-bit precision, with a warning; writing them is refused.
+  Use ``.tif`` for 16-bit colour.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import pathlib
 import secrets
 import struct
+import threading
 import warnings
 import zlib
 from collections.abc import Callable
@@ -31,7 +31,7 @@ from typing import BinaryIO
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-__all__ = ["ImageError", "load_image", "save_image", "write_atomic"]
+__all__ = ["ImageError", "jsonable", "load_image", "save_image", "write_atomic"]
 
 #: Suffixes :func:`save_image` understands, and the format each one selects.
 SAVE_FORMATS: dict[str, str] = {
@@ -47,15 +47,15 @@ SAVE_FORMATS: dict[str, str] = {
 _RANGE_TOLERANCE = 1e-6
 _JPEG_QUALITY = 95
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_PNG_COLOUR_KINDS = {2: "RGB", 4: "grey+alpha", 6: "RGBA"}  # IHDR colour types with >1 sample
 _TIFF_SIGNATURES = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 _NPY_SIGNATURE = b"\x93NUMPY"
 # Errors Pillow (and the libraries behind it) raise on corrupt or truncated data.
 _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, zlib.error)
-# Pillow raw modes of 16-bit PNGs that Pillow itself reduces to 8 bits.
-_PNG16_RAWMODES = ("RGB;16B", "RGBA;16B", "LA;16B")
-# Modes Pillow converts to RGB (no alpha) or to an alpha mode before reading.
-_CONVERT_TO_RGB = ("CMYK", "YCbCr", "LAB", "HSV", "RGBX")
-_CONVERT_WITH_ALPHA = {"PA": "RGBA", "RGBa": "RGBA", "La": "LA"}
+# Premultiplied-alpha modes, converted to their plain-alpha counterparts.
+_CONVERT_WITH_ALPHA = {"RGBa": "RGBA", "La": "LA"}
+# Pillow's own pixel limit is a module global; see _open_with_pillow.
+_PILLOW_LIMIT_LOCK = threading.Lock()
 
 
 class ImageError(ValueError):
@@ -74,13 +74,13 @@ def load_image(path: str | os.PathLike[str], *, max_pixels: int = 64_000_000) ->
     Parameters
     ----------
     path : str or os.PathLike
-        An image Pillow can read (PNG, TIFF, JPEG, BMP, ...; 8 or 16 bits per sample) or a
-        NumPy ``.npy`` file holding a float array with values in [0, 1] of shape ``(H, W)``,
-        ``(H, W, 1)`` or ``(H, W, 3)``.
+        An image Pillow can read (PNG, TIFF, JPEG, BMP, ...; 8 or 16 bits per sample, float
+        TIFF) or a NumPy ``.npy`` file holding a float array with values in [0, 1] of shape
+        ``(H, W)``, ``(H, W, 1)`` or ``(H, W, 3)``.
     max_pixels : int, optional
         Largest accepted ``H * W``. Checked from the file header, before any pixel is
-        decoded, so an oversized (or malicious) file costs no memory. (The one exception:
-        TIFF kinds Pillow cannot open, such as float RGB, are checked after decoding.)
+        decoded, so an oversized (or malicious) file costs no memory. It replaces Pillow's
+        own limit (``PIL.Image.MAX_IMAGE_PIXELS``).
 
     Returns
     -------
@@ -99,14 +99,17 @@ def load_image(path: str | os.PathLike[str], *, max_pixels: int = 64_000_000) ->
     Warns
     -----
     UserWarning
-        If an alpha channel is dropped, or only the first frame of a multi-frame file is read.
+        If an alpha channel is dropped, only the first frame of a multi-frame file is read,
+        or a 16-bit colour PNG is read with 8-bit precision (Pillow's limit; convert such
+        files to 16-bit TIFF to keep every bit).
 
     Notes
     -----
     Integer samples are scaled by their full range: ``v / 255`` for 8 bits and ``v / 65535``
-    for 16 bits, computed in float64, so 16-bit precision is kept. Bilevel ("1") images become
-    0 and 1; palette images become RGB, or grayscale when every palette entry used is grey.
-    The EXIF/TIFF orientation tag, if present, is applied, so the array is upright as image
+    for 16 bits, computed in float64, so 16-bit precision is kept. 16-bit and float colour
+    TIFFs are read with ``tifffile``, at full precision. Bilevel ("1") images become 0 and 1;
+    palette images become RGB, or grayscale when every palette entry used is grey. The
+    EXIF/TIFF orientation tag, if present, is applied, so the array is upright as image
     viewers show it. ``(H, W, 1)`` arrays come back as ``(H, W)``.
 
     Examples
@@ -128,7 +131,7 @@ def load_image(path: str | os.PathLike[str], *, max_pixels: int = 64_000_000) ->
     _check_is_readable_file(path)
     if path.suffix.lower() == ".npy":
         return _load_npy(path, int(max_pixels))
-    pixels = _load_with_pillow(path, int(max_pixels))
+    pixels = _load_pixels(path, int(max_pixels))
     return _to_float_image(path, _drop_alpha(path, pixels))
 
 
@@ -150,11 +153,12 @@ def _check_dimensions(path: pathlib.Path, height: int, width: int, max_pixels: i
     """Reject zero-sized images and images with more than `max_pixels` pixels."""
     if height == 0 or width == 0:
         raise ImageError(f"{path}: the image has a zero dimension (height {height}, width {width})")
-    if height * width > max_pixels:
+    pixels = height * width
+    if pixels > max_pixels:
         raise ImageError(
-            f"{path}: the image has {height * width:,} pixels ({height} x {width}), more than "
-            f"max_pixels={max_pixels:,}; pass max_pixels={height * width} if you have the "
-            "memory and time for it, or crop/resize the image"
+            f"{path}: the image has {pixels:,} pixels ({height} x {width}), more than "
+            f"max_pixels={max_pixels:,}; pass max_pixels={pixels} (CLI: --max-pixels "
+            f"{pixels}) if you have the memory and time for it, or crop/resize the image"
         )
 
 
@@ -164,22 +168,19 @@ def _check_dimensions(path: pathlib.Path, height: int, width: int, max_pixels: i
 def _load_npy(path: pathlib.Path, max_pixels: int) -> np.ndarray:
     """Read a float ``.npy`` array, checking dtype, shape and size before the data."""
     with path.open("rb") as fh:
-        signature = fh.read(len(_NPY_SIGNATURE))
-    if signature != _NPY_SIGNATURE:
-        raise ImageError(f"{path}: not a NumPy .npy file (it does not start with the .npy header)")
+        if fh.read(len(_NPY_SIGNATURE)) != _NPY_SIGNATURE:
+            raise ImageError(
+                f"{path}: not a NumPy .npy file (it does not start with the .npy header)"
+            )
     try:
         # Memory-mapping reads only the header: shape and dtype are known before the data.
         mapped = np.load(path, mmap_mode="r", allow_pickle=False)
-    except ValueError as exc:
+    except (ValueError, OSError, EOFError) as exc:
         if "pickled" in str(exc) or "Python objects" in str(exc):
             raise ImageError(
                 f"{path}: unsupported .npy dtype object; save a float array with values in "
                 "[0, 1] instead"
             ) from None
-        raise ImageError(
-            f"{path}: the .npy file could not be read, it looks truncated or corrupt ({exc})"
-        ) from None
-    except (OSError, EOFError) as exc:
         raise ImageError(
             f"{path}: the .npy file could not be read, it looks truncated or corrupt ({exc})"
         ) from None
@@ -198,8 +199,8 @@ def _load_npy(path: pathlib.Path, max_pixels: int) -> np.ndarray:
     _check_dimensions(path, shape[0], shape[1], max_pixels)
     image = np.array(mapped, dtype=np.float32)
     del mapped
-    if image.ndim == 3 and image.shape[2] == 1:
-        image = image[:, :, 0]
+    if image.ndim == 3:
+        image = image[:, :, 0] if image.shape[2] == 1 else image
     return _check_float_values(path, image)
 
 
@@ -220,100 +221,89 @@ def _check_float_values(path: pathlib.Path, image: np.ndarray) -> np.ndarray:
     return np.clip(image, 0.0, 1.0, out=image)
 
 
-# Pillow --------------------------------------------------------------------------------
+# Image files ---------------------------------------------------------------------------
 
 
-def _load_with_pillow(path: pathlib.Path, max_pixels: int) -> np.ndarray:
-    """Decode any format Pillow knows (channels last, alpha kept), upright.
-
-    16-bit colour PNGs are decoded at full precision; 16-bit colour TIFFs go to scikit-image.
-    """
-    with warnings.catch_warnings():
-        # The size is checked below against max_pixels; Pillow's own warning is redundant.
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        try:
-            im = Image.open(path)
-        except Image.DecompressionBombError as exc:
-            raise ImageError(
-                f"{path}: more pixels than Pillow accepts ({exc}); crop/resize the image, or "
-                "raise PIL.Image.MAX_IMAGE_PIXELS if you trust the file"
-            ) from None
-        except UnidentifiedImageError:
-            return _load_unidentified(path, max_pixels)
-        except _DECODE_ERRORS as exc:
-            raise ImageError(f"{path}: the image header could not be read ({exc})") from None
-        with im:
-            width, height = im.size
-            _check_dimensions(path, height, width, max_pixels)
-            try:
-                frames = getattr(im, "n_frames", 1)
-            except _DECODE_ERRORS:  # a damaged later frame; the first one may still decode
-                frames = 1
-            if frames > 1:
-                warnings.warn(
-                    f"{path}: the file holds {frames} frames; only the first one is read",
-                    UserWarning,
-                    stacklevel=3,
-                )
-            try:
-                pixels = _pillow_pixels(path, im)
-            except ImageError:
-                raise
-            except Image.DecompressionBombError as exc:
-                raise ImageError(f"{path}: more pixels than Pillow accepts ({exc})") from None
-            except _DECODE_ERRORS as exc:
-                raise ImageError(
-                    f"{path}: the image data could not be decoded, the file looks truncated "
-                    f"or corrupt ({exc})"
-                ) from None
-            # After decoding: Pillow's PNG getexif() loads the image, which would end
-            # the 16-bit decoding path in _pillow_pixels.
-            orientation = _orientation(im)
-    return _apply_orientation(pixels, orientation)
-
-
-def _load_unidentified(path: pathlib.Path, max_pixels: int) -> np.ndarray:
-    """Explain why Pillow rejected a file, or read a TIFF Pillow cannot (e.g. float RGB)."""
+def _load_pixels(path: pathlib.Path, max_pixels: int) -> np.ndarray:
+    """Decode an image file into an array (channels last, alpha kept), upright."""
     with path.open("rb") as fh:
-        head = fh.read(32)
-    if head.startswith(_PNG_SIGNATURE) and len(head) >= 24 and head[12:16] == b"IHDR":
-        width, height = struct.unpack(">II", head[16:24])
-        if width == 0 or height == 0:
-            raise ImageError(
-                f"{path}: the image has a zero dimension (height {height}, width {width})"
+        head = fh.read(33)  # PNG: signature, then the IHDR chunk
+    colour_type = None
+    if head.startswith(_PNG_SIGNATURE) and head[12:16] == b"IHDR" and len(head) >= 26:
+        width, height, depth, colour_type = struct.unpack(">IIBB", head[16:26])
+        _check_dimensions(path, height, width, max_pixels)
+        if depth == 16 and colour_type in _PNG_COLOUR_KINDS:
+            warnings.warn(
+                f"{path}: 16-bit {_PNG_COLOUR_KINDS[colour_type]} PNG: read with 8-bit "
+                "precision (Pillow reduces 16-bit colour PNGs to 8 bits); convert it to a "
+                "16-bit TIFF (.tif) to load it at full precision",
+                UserWarning,
+                stacklevel=3,
             )
-    if head.startswith(_TIFF_SIGNATURES):
-        pixels = _read_with_skimage(path)
-        _check_dimensions(path, pixels.shape[0], pixels.shape[1], max_pixels)
-        return pixels
-    raise ImageError(
-        f"{path}: not a recognised image file; use PNG, TIFF, JPEG or a .npy array "
-        "(the file may also be corrupt)"
-    )
+    try:
+        im = _open_with_pillow(path)
+    except UnidentifiedImageError:
+        if head.startswith(_TIFF_SIGNATURES):  # e.g. float RGB
+            return _read_tiff(path, max_pixels)
+        raise ImageError(
+            f"{path}: not a recognised image file; use PNG, TIFF, JPEG or a .npy array "
+            "(the file may also be corrupt)"
+        ) from None
+    except _DECODE_ERRORS as exc:
+        raise ImageError(f"{path}: the image header could not be read ({exc})") from None
+    with im:
+        _check_dimensions(path, im.height, im.width, max_pixels)
+        bits = im.tag_v2.get(258, 8) if im.format == "TIFF" else 8  # BitsPerSample
+        if len(im.getbands()) > 1 and np.max(bits) > 8:  # Pillow would keep 8 bits of colour
+            return _read_tiff(path, max_pixels)
+        try:
+            frames = getattr(im, "n_frames", 1)
+        except _DECODE_ERRORS:  # a damaged later frame; the first one may still decode
+            frames = 1
+        if frames > 1:
+            warnings.warn(
+                f"{path}: the file holds {frames} frames; only the first one is read",
+                UserWarning,
+                stacklevel=3,
+            )
+        try:
+            im.load()
+        except _DECODE_ERRORS as exc:
+            raise ImageError(
+                f"{path}: the image data could not be decoded, the file looks truncated or "
+                f"corrupt ({exc})"
+            ) from None
+        pixels = _pillow_pixels(path, im)
+        if colour_type == 4 and pixels.shape[-1] == 4:  # Pillow: 16-bit grey+alpha PNG as RGBA
+            pixels = pixels[:, :, [0, 3]]
+        return _apply_orientation(pixels, _orientation(im))
+
+
+def _open_with_pillow(path: pathlib.Path) -> Image.Image:
+    """``Image.open`` with Pillow's own pixel limit lifted: `max_pixels` is checked instead.
+
+    ``PIL.Image.MAX_IMAGE_PIXELS`` is a module global; it is restored at once, under a lock.
+    """
+    with _PILLOW_LIMIT_LOCK:
+        limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+        try:
+            return Image.open(path)
+        finally:
+            Image.MAX_IMAGE_PIXELS = limit
 
 
 def _pillow_pixels(path: pathlib.Path, im: Image.Image) -> np.ndarray:
-    """Decode an opened Pillow image into an integer or float array, channels last."""
+    """A loaded Pillow image as an integer or float array, channels last."""
     mode = im.mode
-    rawmode = _png_rawmode(im)
-    if rawmode in _PNG16_RAWMODES:
-        return _read_png16(path, rawmode)
-    if im.format == "TIFF" and mode not in ("1", "L", "P", "F") and not mode.startswith("I"):
-        bits = im.tag_v2.get(258, (8,))
-        bits = bits if isinstance(bits, tuple) else (bits,)
-        if max(bits) > 8:
-            return _read_with_skimage(path)
     if mode == "1":
         return np.asarray(im.convert("L"))
     if mode in ("P", "PA"):
         return _palette_pixels(im)
     if mode in _CONVERT_WITH_ALPHA:
         return np.asarray(im.convert(_CONVERT_WITH_ALPHA[mode]))
-    if mode in _CONVERT_TO_RGB:
-        return np.asarray(im.convert("RGB"))
     if mode in ("L", "LA", "RGB", "RGBA", "I", "F") or mode.startswith("I;16"):
         return np.asarray(im)
-    try:
+    try:  # CMYK, YCbCr, LAB, ...
         return np.asarray(im.convert("RGB"))
     except ValueError:
         raise ImageError(
@@ -325,91 +315,55 @@ def _palette_pixels(im: Image.Image) -> np.ndarray:
     """Palette image as RGB(A), or as grayscale (L or LA) when every used colour is grey."""
     has_alpha = im.mode == "PA" or "transparency" in im.info
     pixels = np.asarray(im.convert("RGBA" if has_alpha else "RGB"))
-    colour = pixels[:, :, :3]
-    if np.array_equal(colour[:, :, 0], colour[:, :, 1]) and np.array_equal(
-        colour[:, :, 0], colour[:, :, 2]
-    ):
-        return pixels[:, :, [0, 3]] if has_alpha else pixels[:, :, 0]
+    red, green, blue = pixels[:, :, 0], pixels[:, :, 1], pixels[:, :, 2]
+    if np.array_equal(red, green) and np.array_equal(red, blue):
+        return pixels[:, :, [0, 3]] if has_alpha else red
     return pixels
 
 
-def _png_rawmode(im: Image.Image) -> str | None:
-    """The raw mode Pillow decodes a PNG with, or None for other formats."""
-    if im.format != "PNG" or len(im.tile) != 1:
-        return None
-    args = im.tile[0][3]
-    return args if isinstance(args, str) else None
-
-
-def _decode_png_as(path: pathlib.Path, rawmode: str) -> np.ndarray:
-    """Decode a PNG with a different Pillow raw mode of the same bits per pixel."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        with Image.open(path) as im:
-            tile = im.tile[0]
-            if hasattr(tile, "_replace"):  # Pillow >= 11: a named tuple
-                im.tile = [tile._replace(args=rawmode)]
-            else:
-                im.tile = [(tile[0], tile[1], tile[2], rawmode)]
-            im.load()
-            return np.asarray(im)
-
-
-def _read_png16(path: pathlib.Path, rawmode: str) -> np.ndarray:
-    """Read a 16-bit RGB, RGBA or grey+alpha PNG without losing the low byte.
-
-    Pillow's unpackers for ``RGB;16B`` keep the first (high) byte of each big-endian sample;
-    the ``;16L`` unpackers keep the second byte, which for big-endian data is the low byte.
-    Both consume the same bits per pixel, so PNG unfiltering is identical. A 16-bit grey+alpha
-    pixel (4 bytes) decodes byte for byte with the 8-bit ``RGBA`` raw mode.
-    """
-    if rawmode == "LA;16B":
-        raw = _decode_png_as(path, "RGBA").astype(np.uint16)
-        grey = (raw[:, :, 0] << 8) | raw[:, :, 1]
-        alpha = (raw[:, :, 2] << 8) | raw[:, :, 3]
-        return np.stack([grey, alpha], axis=-1)
-    high = _decode_png_as(path, rawmode).astype(np.uint16)
-    low = _decode_png_as(path, rawmode.replace(";16B", ";16L")).astype(np.uint16)
-    return (high << 8) | low
-
-
-def _read_with_skimage(path: pathlib.Path) -> np.ndarray:
-    """Read a TIFF Pillow cannot read at full precision, first page, channels last."""
-    import skimage.io  # imported here: only needed for these rare files
+def _read_tiff(path: pathlib.Path, max_pixels: int) -> np.ndarray:
+    """Read the first page of a TIFF at full precision with tifffile, channels last, upright."""
+    import tifffile  # imported here: only 16-bit and float colour TIFFs need it
 
     try:
-        pixels = np.asarray(skimage.io.imread(path))
+        with tifffile.TiffFile(path) as tif:
+            page = tif.pages[0]
+            _check_dimensions(path, page.imagelength, page.imagewidth, max_pixels)
+            frames = len(tif.pages)
+            pixels = page.asarray()
+            if page.axes.startswith("S"):  # planar layout (C, H, W)
+                pixels = np.moveaxis(pixels, 0, -1)
+            orientation = page.tags.valueof(274, 1)
+    except ImageError:
+        raise
     except Exception as exc:  # tifffile raises many unrelated types
         raise ImageError(
             f"{path}: the TIFF file could not be decoded, it looks truncated, corrupt or of an "
             f"unsupported kind ({type(exc).__name__}: {exc})"
         ) from None
-    if pixels.ndim == 4:  # several pages: keep the first
+    if frames > 1:
         warnings.warn(
-            f"{path}: the file holds {pixels.shape[0]} pages; only the first one is read",
+            f"{path}: the file holds {frames} frames; only the first one is read",
             UserWarning,
-            stacklevel=5,
+            stacklevel=4,
         )
-        pixels = pixels[0]
-    if pixels.ndim == 3 and pixels.shape[0] in (2, 3, 4) and pixels.shape[2] not in (2, 3, 4):
-        pixels = np.moveaxis(pixels, 0, -1)  # planar layout (C, H, W) -> (H, W, C)
-    return pixels
+    return _apply_orientation(pixels, orientation)
 
 
-def _orientation(im: Image.Image) -> int:
-    """The EXIF/TIFF orientation tag (1 to 8), 1 when absent or unreadable."""
+def _orientation(im: Image.Image) -> object:
+    """The EXIF/TIFF orientation tag, 1 when absent or unreadable."""
     try:
-        value = im.getexif().get(0x0112, 1)
+        return im.getexif().get(0x0112, 1)
     except Exception:  # a broken EXIF block must not stop the pixels
         return 1
-    return value if isinstance(value, int) and 1 <= value <= 8 else 1
 
 
-def _apply_orientation(pixels: np.ndarray, orientation: int) -> np.ndarray:
+def _apply_orientation(pixels: np.ndarray, orientation: object) -> np.ndarray:
     """Turn the stored pixels upright as the orientation tag says (as viewers do).
 
     Tag values follow EXIF: 2 mirror, 3 rotate 180, 4 flip, 5 transpose, 6 rotate 90
     clockwise, 7 transverse, 8 rotate 90 counter-clockwise (Pillow's ``exif_transpose``).
+    Other values leave the pixels as stored.
     """
     if orientation in (5, 7):
         pixels = np.swapaxes(pixels, 0, 1)
@@ -428,18 +382,15 @@ def _apply_orientation(pixels: np.ndarray, orientation: int) -> np.ndarray:
 
 def _drop_alpha(path: pathlib.Path, pixels: np.ndarray) -> np.ndarray:
     """Keep grey or RGB; drop an alpha channel with a warning; reject other layouts."""
-    if pixels.ndim == 2:
+    channels = 0 if pixels.ndim == 2 else pixels.shape[2] if pixels.ndim == 3 else -1
+    if channels in (0, 3):
         return pixels
-    channels = pixels.shape[2] if pixels.ndim == 3 else -1
     if channels == 1:
         return pixels[:, :, 0]
-    if channels == 3:
-        return pixels
     if channels in (2, 4):
-        kind = "grey+alpha" if channels == 2 else "RGBA"
         warnings.warn(
-            f"{path}: {kind} image: the alpha channel was dropped (transparency is ignored; "
-            "the stored colour values are used)",
+            f"{path}: {'grey+alpha' if channels == 2 else 'RGBA'} image: the alpha channel was "
+            "dropped (transparency is ignored; the stored colour values are used)",
             UserWarning,
             stacklevel=3,
         )
@@ -453,9 +404,7 @@ def _to_float_image(path: pathlib.Path, pixels: np.ndarray) -> np.ndarray:
         return pixels.astype(np.float32)
     if pixels.dtype == np.uint8:
         return (pixels / 255.0).astype(np.float32)
-    if pixels.dtype.kind == "u" and pixels.dtype.itemsize == 2:
-        return (pixels / 65535.0).astype(np.float32)
-    if pixels.dtype.kind in "iu":  # Pillow mode "I" (32-bit) holding 16-bit data
+    if pixels.dtype.kind in "iu":  # 16-bit, or Pillow mode "I" (32-bit) holding 16-bit data
         low, high = int(pixels.min()), int(pixels.max())
         if low < 0 or high > 65535:
             raise ImageError(
@@ -488,7 +437,8 @@ def save_image(
     image : numpy.ndarray
         Float array of shape ``(H, W)``, ``(H, W, 1)`` or ``(H, W, 3)`` with values in [0, 1].
     bits : {8, 16}, optional
-        Bits per sample for PNG and TIFF. JPEG supports 8 only; ``.npy`` ignores it and
+        Bits per sample for PNG and TIFF. JPEG supports 8 only, and 16-bit colour needs
+        ``.tif``/``.tiff`` (Pillow cannot write 16-bit colour PNG). ``.npy`` ignores it and
         stores float32.
     overwrite : bool, optional
         Replace an existing file. By default an existing file is left untouched.
@@ -503,8 +453,9 @@ def save_image(
     TypeError
         If `image` is not a float numpy array.
     ValueError
-        If the suffix is not supported, `bits` is not 8 or 16 (or 16 for JPEG), the shape is
-        not one listed above, or the image holds NaN or infinity.
+        If the suffix is not supported, `bits` is not 8 or 16, 16 bits are asked for a JPEG
+        or a colour PNG, the shape is not one listed above, or the image holds NaN or
+        infinity. Nothing is written then.
     FileExistsError
         If `path` exists and `overwrite` is False.
     IsADirectoryError
@@ -519,9 +470,10 @@ def save_image(
     -----
     Samples are quantised by rounding to nearest: ``q = round(x * (2**bits - 1))``, so
     ``load_image`` followed by ``save_image`` with the file's bit depth reproduces the file's
-    samples exactly. The file is first written to a hidden temporary file in the destination
-    folder and then moved into place with :func:`os.replace`; if anything fails, the temporary
-    file is removed and no partial file is left behind.
+    samples exactly. 16-bit colour TIFFs are written with ``tifffile``, everything else with
+    Pillow. The file is first written to a hidden temporary file in the destination folder
+    and then moved into place with :func:`os.replace`; if anything fails, the temporary file
+    is removed and no partial file is left behind.
 
     Examples
     --------
@@ -545,6 +497,11 @@ def save_image(
             ".tif for 16 bits"
         )
     pixels = _prepare_for_saving(image)
+    if file_format == "PNG" and bits == 16 and pixels.ndim == 3:
+        raise ValueError(
+            f"Pillow cannot write 16-bit colour PNG ({str(path)!r}); use .tif for 16-bit "
+            "colour, or bits=8"
+        )
     _check_destination(path, overwrite)
     path.parent.mkdir(parents=True, exist_ok=True)
     _write_atomically(path, lambda target: _encode(target, pixels, file_format, bits))
@@ -687,60 +644,40 @@ def _encode(target: pathlib.Path, pixels: np.ndarray, file_format: str, bits: in
         with target.open("wb") as fh:
             np.save(fh, pixels.astype(np.float32), allow_pickle=False)
         return
-    dtype = np.uint8 if bits == 8 else np.uint16
-    quantised = np.rint(pixels * float(2**bits - 1)).astype(dtype)
-    if bits == 16 and quantised.ndim == 3:  # Pillow has no 16-bit RGB mode
-        if file_format == "PNG":
-            _write_png_rgb16(target, quantised)
-        else:
-            _write_tiff_rgb16(target, quantised)
-        return
-    options = {"quality": _JPEG_QUALITY} if file_format == "JPEG" else {}
-    Image.fromarray(quantised).save(target, format=file_format, **options)
+    quantised = np.rint(pixels * float(2**bits - 1)).astype(np.uint8 if bits == 8 else np.uint16)
+    if bits == 16 and quantised.ndim == 3:  # a TIFF (save_image refuses other formats)
+        import tifffile  # imported here: only 16-bit colour needs it (Pillow has no such mode)
+
+        tifffile.imwrite(target, quantised, photometric="rgb")
+    else:
+        options = {"quality": _JPEG_QUALITY} if file_format == "JPEG" else {}
+        Image.fromarray(quantised).save(target, format=file_format, **options)
 
 
-def _write_tiff_rgb16(target: pathlib.Path, pixels: np.ndarray) -> None:
-    """Write a 16-bit RGB TIFF through scikit-image (tifffile); `target` ends in .tif(f)."""
-    import skimage.io  # imported here: only needed for this case
+def jsonable(value: object, *, digits: int | None = None) -> object:
+    """``value`` with plain JSON types only: the one converter behind every report.
 
-    skimage.io.imsave(target, pixels, check_contrast=False)
+    numpy scalars and arrays, tuples and paths become numbers, lists and strings; non-finite
+    floats become None (JSON has no NaN); floats are rounded to ``digits`` significant digits
+    when given.
 
-
-def _png_chunk(kind: bytes, data: bytes) -> bytes:
-    """One PNG chunk: length, type, data, CRC-32 of type and data."""
-    crc = zlib.crc32(kind + data) & 0xFFFFFFFF
-    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
-
-
-def _write_png_rgb16(target: pathlib.Path, pixels: np.ndarray) -> None:
-    """Write a (H, W, 3) uint16 array as a 16-bit RGB PNG (colour type 2, Paeth filter).
-
-    PNG stores samples big-endian; each row is prefixed by its filter type (4 = Paeth), and
-    the Paeth predictor of a byte is whichever of left ``a``, up ``b``, up-left ``c`` is
-    closest to ``a + b - c`` (ties: a, then b). Filtering uses the unfiltered neighbours, so
-    the whole image is filtered in one vectorised step.
+    Examples
+    --------
+    >>> jsonable({"a": np.float32(0.5), "b": (1, float("nan")), "c": np.arange(2)})
+    {'a': 0.5, 'b': [1, None], 'c': [0, 1]}
     """
-    height, width, channels = pixels.shape
-    step = 2 * channels  # bytes per pixel
-    rows = pixels.astype(">u2").view(np.uint8).reshape(height, width * step).astype(np.int16)
-    left = np.zeros_like(rows)
-    left[:, step:] = rows[:, :-step]
-    up = np.zeros_like(rows)
-    up[1:] = rows[:-1]
-    up_left = np.zeros_like(rows)
-    up_left[1:, step:] = rows[:-1, :-step]
-    estimate = left + up - up_left
-    dist_left, dist_up, dist_up_left = (np.abs(estimate - n) for n in (left, up, up_left))
-    predictor = np.where(
-        (dist_left <= dist_up) & (dist_left <= dist_up_left),
-        left,
-        np.where(dist_up <= dist_up_left, up, up_left),
-    )
-    filtered = ((rows - predictor) % 256).astype(np.uint8)
-    scanlines = np.concatenate([np.full((height, 1), 4, np.uint8), filtered], axis=1)
-    header = struct.pack(">IIBBBBB", width, height, 16, 2, 0, 0, 0)
-    with target.open("wb") as fh:
-        fh.write(_PNG_SIGNATURE)
-        fh.write(_png_chunk(b"IHDR", header))
-        fh.write(_png_chunk(b"IDAT", zlib.compress(scanlines.tobytes(), 6)))
-        fh.write(_png_chunk(b"IEND", b""))
+    if isinstance(value, dict):
+        return {str(k): jsonable(v, digits=digits) for k, v in value.items()}
+    if isinstance(value, np.ndarray):
+        value = value.tolist()
+    if isinstance(value, list | tuple):
+        return [jsonable(v, digits=digits) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            return None
+        return float(f"{value:.{digits}g}") if digits else value
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    return value

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import stat
 import struct
 import warnings
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import skimage.io
+import tifffile
 from PIL import Image, ImageOps
 
 from deepprior.io import ImageError, load_image, save_image, write_atomic
@@ -30,67 +31,48 @@ def quantised(image: np.ndarray, bits: int) -> np.ndarray:
     return np.rint(image * top) / top
 
 
-# --- a reference 16-bit PNG writer, independent of deepprior.io ----------------------
+# --- PNG files written byte by byte, independent of deepprior.io and Pillow ------------
 
 
 def _chunk(kind: bytes, data: bytes) -> bytes:
     return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
 
-def write_png16(path: Path, samples: np.ndarray, colour_type: int) -> None:
-    """16-bit PNG using every filter type in turn (row y gets filter y % 5)."""
-    height, width = samples.shape[:2]
-    channels = 1 if samples.ndim == 2 else samples.shape[2]
-    step = 2 * channels
-    rows = samples.astype(">u2").view(np.uint8).reshape(height, width * step).astype(np.int32)
-    previous = np.zeros(width * step, np.int32)
-    lines = []
-    for y, row in enumerate(rows):
-        left = np.concatenate([np.zeros(step, np.int32), row[:-step]])
-        up_left = np.concatenate([np.zeros(step, np.int32), previous[:-step]])
-        kind = y % 5
-        if kind == 0:
-            predictor = np.zeros_like(row)
-        elif kind == 1:
-            predictor = left
-        elif kind == 2:
-            predictor = previous
-        elif kind == 3:
-            predictor = (left + previous) // 2
-        else:
-            p = left + previous - up_left
-            pa, pb, pc = np.abs(p - left), np.abs(p - previous), np.abs(p - up_left)
-            predictor = np.where(
-                (pa <= pb) & (pa <= pc), left, np.where(pb <= pc, previous, up_left)
-            )
-        lines.append(bytes([kind]) + ((row - predictor) % 256).astype(np.uint8).tobytes())
-        previous = row
-    header = struct.pack(">IIBBBBB", width, height, 16, colour_type, 0, 0, 0)
+def write_png(path: Path, width: int, height: int, depth: int, colour_type: int, rows=b"") -> None:
+    header = struct.pack(">IIBBBBB", width, height, depth, colour_type, 0, 0, 0)
     path.write_bytes(
         b"\x89PNG\r\n\x1a\n"
         + _chunk(b"IHDR", header)
-        + _chunk(b"IDAT", zlib.compress(b"".join(lines)))
+        + _chunk(b"IDAT", zlib.compress(rows))
         + _chunk(b"IEND", b"")
     )
+
+
+def write_png16(path: Path, samples: np.ndarray, colour_type: int) -> None:
+    """A 16-bit PNG (filter type 0 on every row) of uint16 `samples`, channels last."""
+    height, width = samples.shape[:2]
+    rows = samples.astype(">u2").reshape(height, -1)
+    write_png(path, width, height, 16, colour_type, b"".join(b"\0" + r.tobytes() for r in rows))
 
 
 def header_only_png(path: Path, width: int, height: int) -> None:
     """A PNG whose header claims a size; its pixel data is missing."""
-    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    path.write_bytes(
-        b"\x89PNG\r\n\x1a\n"
-        + _chunk(b"IHDR", header)
-        + _chunk(b"IDAT", zlib.compress(b""))
-        + _chunk(b"IEND", b"")
-    )
+    write_png(path, width, height, 8, 0)
 
 
 # --- round trips ----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("suffix", [".png", ".tif", ".tiff"])
-@pytest.mark.parametrize("bits", [8, 16])
-@pytest.mark.parametrize("shape", [(HEIGHT, WIDTH), (HEIGHT, WIDTH, 3)])
+ROUND_TRIPS = [
+    (suffix, bits, shape)
+    for suffix in (".png", ".tif", ".tiff")
+    for bits in (8, 16)
+    for shape in ((HEIGHT, WIDTH), (HEIGHT, WIDTH, 3))
+    if not (suffix == ".png" and bits == 16 and len(shape) == 3)  # refused, tested below
+]
+
+
+@pytest.mark.parametrize("suffix, bits, shape", ROUND_TRIPS)
 def test_round_trip_png_tiff(tmp_path, rng, suffix, bits, shape):
     image = rng.random(shape)
     written = save_image(tmp_path / f"image{suffix}", image, bits=bits)
@@ -105,44 +87,56 @@ def test_round_trip_png_tiff(tmp_path, rng, suffix, bits, shape):
     np.testing.assert_array_equal(load_image(again), loaded)
 
 
-def test_16_bit_rgb_png_and_tiff_keep_all_samples(tmp_path, rng):
+def test_16_bit_rgb_tiff_keeps_all_samples(tmp_path, rng):
     samples = rng.integers(0, 65536, (HEIGHT, WIDTH, 3), dtype=np.uint16)
-    image = samples / 65535
-    for suffix in (".png", ".tif"):
-        path = save_image(tmp_path / f"deep{suffix}", image, bits=16)
-        loaded = load_image(path)
-        np.testing.assert_array_equal(np.rint(loaded.astype(np.float64) * 65535), samples)
-
-
-def test_16_bit_rgb_png_is_a_valid_png_for_pillow(tmp_path, rng):
-    samples = rng.integers(0, 65536, (HEIGHT, WIDTH, 3), dtype=np.uint16)
-    path = save_image(tmp_path / "deep.png", samples / 65535, bits=16)
-    with Image.open(path) as im:
-        im.verify()  # checks the chunk CRCs
-    with Image.open(path) as im:
-        assert im.size == (WIDTH, HEIGHT)
-        # Pillow itself keeps the high byte of each sample
-        np.testing.assert_array_equal(np.asarray(im), samples >> 8)
-
-
-@pytest.mark.parametrize("colour_type, channels", [(0, 1), (2, 3)])
-def test_16_bit_png_from_another_writer_all_filters(tmp_path, rng, colour_type, channels):
-    shape = (HEIGHT, WIDTH) if channels == 1 else (HEIGHT, WIDTH, channels)
-    samples = rng.integers(0, 65536, shape, dtype=np.uint16)
-    write_png16(tmp_path / "other.png", samples, colour_type)
-    loaded = load_image(tmp_path / "other.png")
-    assert loaded.shape == shape
+    path = save_image(tmp_path / "deep.tif", samples / 65535, bits=16)
+    np.testing.assert_array_equal(tifffile.imread(path), samples)  # a plain 16-bit RGB TIFF
+    loaded = load_image(path)
     np.testing.assert_array_equal(np.rint(loaded.astype(np.float64) * 65535), samples)
 
 
-@pytest.mark.parametrize("colour_type, channels", [(4, 2), (6, 4)])
-def test_16_bit_png_with_alpha_keeps_precision_and_warns(tmp_path, rng, colour_type, channels):
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_16_bit_colour_png_write_is_refused_before_writing(tmp_path, rng, overwrite):
+    target = tmp_path / "deep.png"
+    if overwrite:
+        target.write_bytes(b"old")
+    with pytest.raises(ValueError, match=r"Pillow cannot write 16-bit colour PNG.*\.tif.*bits=8"):
+        save_image(target, rng.random((HEIGHT, WIDTH, 3)), bits=16, overwrite=overwrite)
+    assert [p.name for p in tmp_path.iterdir()] == (["deep.png"] if overwrite else [])
+    if overwrite:
+        assert target.read_bytes() == b"old"
+
+
+def test_16_bit_grey_png_from_another_writer(tmp_path, rng):
+    samples = rng.integers(0, 65536, (HEIGHT, WIDTH), dtype=np.uint16)
+    write_png16(tmp_path / "other.png", samples, colour_type=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        loaded = load_image(tmp_path / "other.png")
+    np.testing.assert_array_equal(np.rint(loaded.astype(np.float64) * 65535), samples)
+
+
+@pytest.mark.parametrize(
+    "colour_type, channels, kind", [(2, 3, "RGB"), (4, 2, "grey\\+alpha"), (6, 4, "RGBA")]
+)
+def test_16_bit_colour_png_is_read_at_8_bit_precision_with_warning(
+    tmp_path, rng, colour_type, channels, kind
+):
     samples = rng.integers(0, 65536, (HEIGHT, WIDTH, channels), dtype=np.uint16)
-    write_png16(tmp_path / "alpha16.png", samples, colour_type)
-    with pytest.warns(UserWarning, match="alpha channel was dropped"):
-        loaded = load_image(tmp_path / "alpha16.png")
+    write_png16(tmp_path / "deep.png", samples, colour_type)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        loaded = load_image(tmp_path / "deep.png")
+    messages = [str(w.message) for w in caught]
+    assert any(
+        re.search(rf"deep\.png: 16-bit {kind} PNG: read with 8-bit precision.*16-bit TIFF", m)
+        for m in messages
+    ), messages
+    assert any("alpha channel was dropped" in m for m in messages) == (channels in (2, 4))
     expected = samples[:, :, 0] if channels == 2 else samples[:, :, :3]
-    np.testing.assert_array_equal(np.rint(loaded.astype(np.float64) * 65535), expected)
+    assert loaded.shape == expected.shape
+    # Pillow keeps the high byte of each sample
+    np.testing.assert_array_equal(loaded, ((expected >> 8) / 255).astype(np.float32))
 
 
 @pytest.mark.parametrize("dtype", ["<u2", ">u2"])
@@ -154,20 +148,62 @@ def test_16_bit_grey_written_by_pillow(tmp_path, rng, dtype):
         np.testing.assert_array_equal(loaded, (samples / 65535).astype(np.float32))
 
 
-def test_16_bit_rgb_tiff_written_by_tifffile(tmp_path, rng):
+@pytest.mark.parametrize("planar", [False, True])
+def test_16_bit_rgb_tiff_written_by_tifffile(tmp_path, rng, planar):
     samples = rng.integers(0, 65536, (HEIGHT, WIDTH, 3), dtype=np.uint16)
-    skimage.io.imsave(tmp_path / "rgb16.tif", samples, check_contrast=False)
+    if planar:  # stored as (3, H, W)
+        tifffile.imwrite(
+            tmp_path / "rgb16.tif",
+            np.moveaxis(samples, -1, 0),
+            photometric="rgb",
+            planarconfig="separate",
+        )
+    else:
+        tifffile.imwrite(tmp_path / "rgb16.tif", samples, photometric="rgb")
     loaded = load_image(tmp_path / "rgb16.tif")
     np.testing.assert_array_equal(np.rint(loaded.astype(np.float64) * 65535), samples)
 
 
+@pytest.mark.parametrize("channels", [2, 4])
+def test_16_bit_tiff_with_alpha_keeps_precision_and_warns(tmp_path, rng, channels):
+    samples = rng.integers(0, 65536, (HEIGHT, WIDTH, channels), dtype=np.uint16)
+    photometric = "rgb" if channels == 4 else "minisblack"
+    tifffile.imwrite(tmp_path / "a.tif", samples, photometric=photometric, extrasamples=[2])
+    with pytest.warns(UserWarning, match="alpha channel was dropped"):
+        loaded = load_image(tmp_path / "a.tif")
+    expected = samples[:, :, 0] if channels == 2 else samples[:, :, :3]
+    np.testing.assert_array_equal(np.rint(loaded.astype(np.float64) * 65535), expected)
+
+
 def test_float_rgb_tiff_pillow_cannot_open(tmp_path, rng):
     image = rng.random((HEIGHT, WIDTH, 3)).astype(np.float32)
-    skimage.io.imsave(tmp_path / "float.tif", image, check_contrast=False)
+    tifffile.imwrite(tmp_path / "float.tif", image, photometric="rgb")
     np.testing.assert_array_equal(load_image(tmp_path / "float.tif"), image)
-    skimage.io.imsave(tmp_path / "bright.tif", image * 2, check_contrast=False)
+    tifffile.imwrite(tmp_path / "bright.tif", image * 2, photometric="rgb")
     with pytest.raises(ImageError, match=r"bright\.tif.*outside \[0, 1\]"):
         load_image(tmp_path / "bright.tif")
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_orientation_tag_of_16_bit_rgb_tiff_is_applied(tmp_path, rng, orientation):
+    samples = rng.integers(0, 65536, (HEIGHT, WIDTH, 3), dtype=np.uint16)
+    tag = (274, "H", 1, orientation, True)
+    tifffile.imwrite(tmp_path / "turned.tif", samples, photometric="rgb", extratags=[tag])
+    # the same orientation on an 8-bit PNG goes through Pillow's path (tested below)
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    Image.fromarray((samples >> 8).astype(np.uint8)).save(tmp_path / "turned.png", exif=exif)
+    deep = np.rint(load_image(tmp_path / "turned.tif").astype(np.float64) * 65535)
+    shallow = np.rint(load_image(tmp_path / "turned.png").astype(np.float64) * 255)
+    np.testing.assert_array_equal(deep.astype(np.uint16) >> 8, shallow)
+
+
+def test_multi_page_16_bit_rgb_tiff_reads_first_page_with_warning(tmp_path, rng):
+    pages = rng.integers(0, 65536, (2, HEIGHT, WIDTH, 3), dtype=np.uint16)
+    tifffile.imwrite(tmp_path / "pages.tif", pages, photometric="rgb")
+    with pytest.warns(UserWarning, match="holds 2 frames; only the first one is read"):
+        loaded = load_image(tmp_path / "pages.tif")
+    np.testing.assert_array_equal(np.rint(loaded.astype(np.float64) * 65535), pages[0])
 
 
 def test_float_grey_tiff_mode_f(tmp_path, rng):
@@ -362,12 +398,12 @@ def test_truncated_image(tmp_path, rng, suffix):
         load_image(tmp_path / f"cut{suffix}")
 
 
-def test_truncated_16_bit_rgb_png(tmp_path, rng):
-    path = save_image(tmp_path / "deep.png", rng.random((HEIGHT * 5, WIDTH * 5, 3)), bits=16)
+def test_truncated_16_bit_rgb_tiff(tmp_path, rng):
+    path = save_image(tmp_path / "deep.tif", rng.random((HEIGHT * 5, WIDTH * 5, 3)), bits=16)
     data = path.read_bytes()
-    (tmp_path / "cut.png").write_bytes(data[: len(data) // 2])
-    with pytest.raises(ImageError, match=r"cut\.png: .*truncated or corrupt"):
-        load_image(tmp_path / "cut.png")
+    (tmp_path / "cut.tif").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ImageError, match=r"cut\.tif: the TIFF file .*truncated, corrupt"):
+        load_image(tmp_path / "cut.tif")
 
 
 @pytest.mark.parametrize("name", ["notes.png", "notes.txt", "notes.jpg"])
@@ -449,7 +485,9 @@ def test_max_pixels(tmp_path, rng):
         assert load_image(target, max_pixels=pixels).shape == (HEIGHT, WIDTH)
         with pytest.raises(ImageError, match=rf"{pixels} pixels .*max_pixels={pixels - 1}"):
             load_image(target, max_pixels=pixels - 1)
-        with pytest.raises(ImageError, match=rf"pass max_pixels={pixels} .*crop/resize"):
+        with pytest.raises(
+            ImageError, match=rf"pass max_pixels={pixels} \(CLI: --max-pixels {pixels}\) .*crop"
+        ):
             load_image(target, max_pixels=pixels - 1)
 
 
@@ -463,12 +501,45 @@ def test_max_pixels_checked_before_decoding(tmp_path, monkeypatch):
             load_image(tmp_path / "huge.png")
 
 
-def test_pillow_decompression_bomb_error_becomes_image_error(tmp_path):
+def test_max_pixels_of_16_bit_rgb_tiff_checked_before_decoding(tmp_path, rng, monkeypatch):
+    samples = rng.integers(0, 65536, (HEIGHT, WIDTH, 3), dtype=np.uint16)
+    tifffile.imwrite(tmp_path / "deep.tif", samples, photometric="rgb")
+    tifffile.imwrite(tmp_path / "float.tif", samples / 65535, photometric="rgb")
+
+    def no_decoding(*args, **kwargs):
+        raise AssertionError("decoded before the size check")
+
+    monkeypatch.setattr(tifffile.TiffPage, "asarray", no_decoding)
+    for name in ("deep.tif", "float.tif"):
+        with pytest.raises(ImageError, match=rf"{name}: the image has {HEIGHT * WIDTH} pixels"):
+            load_image(tmp_path / name, max_pixels=HEIGHT * WIDTH - 1)
+
+
+def test_max_pixels_replaces_pillow_limit(tmp_path):
+    # 30,000 x 30,000 is above Pillow's own error threshold; max_pixels alone decides, and
+    # its message gives the exact number to pass.
     header_only_png(tmp_path / "bomb.png", width=30_000, height=30_000)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        with pytest.raises(ImageError, match=r"bomb\.png: more pixels than"):
-            load_image(tmp_path / "bomb.png", max_pixels=10**10)
+        with pytest.raises(
+            ImageError,
+            match=r"bomb\.png: the image has 900,000,000 pixels .*"
+            r"pass max_pixels=900000000 \(CLI: --max-pixels 900000000\)",
+        ):
+            load_image(tmp_path / "bomb.png")
+
+
+def test_pillow_limit_is_lifted_by_max_pixels_and_restored(tmp_path, rng, monkeypatch):
+    path = save_image(tmp_path / "small.jpg", rng.random((HEIGHT, WIDTH, 3)))
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 10)  # Pillow would refuse 17 x 23
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert load_image(path).shape == (HEIGHT, WIDTH, 3)
+    assert Image.MAX_IMAGE_PIXELS == 10
+    (tmp_path / "text.png").write_text("not an image")
+    with pytest.raises(ImageError, match="not a recognised image file"):
+        load_image(tmp_path / "text.png")
+    assert Image.MAX_IMAGE_PIXELS == 10
 
 
 @pytest.mark.parametrize(
@@ -625,12 +696,13 @@ def test_save_failure_leaves_nothing_behind(tmp_path, rng, monkeypatch, overwrit
 
 
 def test_save_interrupted_leaves_nothing_behind(tmp_path, rng, monkeypatch):
-    def interrupted(*args, **kwargs):
+    def interrupted(file, *args, **kwargs):  # the 16-bit RGB TIFF writer, stopped half-way
+        Path(file).write_bytes(b"II*\x00 half of a file")
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(zlib, "compress", interrupted)  # inside the 16-bit RGB PNG writer
+    monkeypatch.setattr(tifffile, "imwrite", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        save_image(tmp_path / "deep.png", rng.random((HEIGHT, WIDTH, 3)), bits=16)
+        save_image(tmp_path / "deep.tif", rng.random((HEIGHT, WIDTH, 3)), bits=16)
     assert list(tmp_path.iterdir()) == []
 
 
