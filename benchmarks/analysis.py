@@ -1,7 +1,7 @@
 """The committed ``deepprior analyze`` plots: Deep Decoder and the 6-layer conv generator.
 
-Runs the ``deepprior analyze`` command in-process, single-threaded, on the bundled camera image
-at 64×64 (fitting the clean image with Adam, the settings of :func:`deepprior.reconstruct`):
+Runs the ``deepprior analyze`` command as a user would (a subprocess, one thread) on the
+bundled camera image at 64×64 (fitting the clean image with Adam, the settings of :func:`deepprior.reconstruct`):
 
 - ``deep_decoder`` and ``conv_generator`` with ``--norm all`` (learning rate 0.01);
   the curvature every 200 iterations (six evaluations; more than the command's default of
@@ -25,21 +25,17 @@ The command of each run is printed and stored in its JSON; it can be run on its 
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
-import platform
 import shlex
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import torch
-
-from deepprior_cli.analyze import PLOTS, REPORT, summary_table
-from deepprior_cli.main import app
+from harness import machine_info
 
 #: (run name, arguments of ``deepprior analyze``, plots to keep; None keeps all).
 RUNS: tuple[tuple[str, list[str], tuple[str, ...] | None], ...] = (
@@ -69,18 +65,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def run(arguments: list[str], args: argparse.Namespace, folder: Path) -> list[str]:
-    """Run ``deepprior analyze`` with ``arguments`` into ``folder``; return all its arguments."""
+    """Run ``deepprior analyze`` with ``arguments`` into ``folder`` on one thread; print its
+    summary table; return all its arguments."""
     cli_args = ["analyze", *arguments, "--iters", str(args.iters), "--size", str(args.size),
-                "--seed", str(args.seed), "--device", "cpu", "--quiet",
-                "-o", str(folder), "--overwrite"]
+                "--seed", str(args.seed), "--device", "cpu", "-o", str(folder), "--overwrite"]
     print("$ deepprior " + shlex.join(cli_args), flush=True)
-    app(cli_args, standalone_mode=False)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-m", "deepprior", *cli_args], env=env, check=True,
+                          capture_output=True, text=True)
+    print(done.stdout.split("fitting")[-1].split("\n", 1)[-1], flush=True)
     return cli_args
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    torch.set_num_threads(1)
     args.out_dir.mkdir(parents=True, exist_ok=True)
     for name, arguments, keep in RUNS:
         if name not in args.runs:
@@ -90,30 +88,22 @@ def main(argv: list[str] | None = None) -> int:
             start = time.perf_counter()
             cli_args = run(arguments, args, folder)
             seconds = time.perf_counter() - start
-            report = json.loads((folder / REPORT).read_text())
+            report = json.loads((folder / "analysis.json").read_text())
             report["benchmark"] = {
                 "script": shlex.join(["python", "benchmarks/analysis.py", *sys.argv[1:]]),
                 "command": "deepprior " + shlex.join(cli_args[:-3]) + " -o OUTDIR",
-                "torch_threads": torch.get_num_threads(),
+                "torch_threads": 1,
                 "seconds": round(seconds, 1),
-                "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-                "machine": {
-                    "platform": platform.platform(),
-                    "processor": platform.processor() or platform.machine(),
-                    "cpu_count": os.cpu_count(),
-                    "python": platform.python_version(),
-                    "torch": torch.__version__,
-                },
+                "machine": machine_info(),
             }
             target = args.out_dir / f"analysis_{name}.json"
             target.write_text(json.dumps(report, separators=(",", ":")) + "\n")
             written = [target]
-            for key, filename in PLOTS.items():
-                if (folder / filename).exists() and (keep is None or key in keep):
-                    copy = args.out_dir / f"analysis_{name}_{key}.png"
-                    shutil.copyfile(folder / filename, copy)
+            for plot in sorted(folder.glob("*.png")):
+                if keep is None or plot.stem in keep:
+                    copy = args.out_dir / f"analysis_{name}_{plot.stem}.png"
+                    shutil.copyfile(plot, copy)
                     written.append(copy)
-            print(summary_table(report))
             print(f"{name}: {seconds:.0f} s; wrote {', '.join(str(p) for p in written)}\n",
                   flush=True)
     return 0
