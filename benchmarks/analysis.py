@@ -1,7 +1,8 @@
 """The committed ``deepprior analyze`` plots: Deep Decoder and the 6-layer conv generator.
 
 Runs the ``deepprior analyze`` command as a user would (a subprocess, one thread) on the
-bundled camera image at 64×64 (fitting the clean image with Adam, the settings of :func:`deepprior.reconstruct`):
+bundled camera image at 64×64 (fitting the clean image with Adam, the settings of
+:func:`deepprior.reconstruct`):
 
 - ``deep_decoder`` and ``conv_generator`` with ``--norm all`` (learning rate 0.01);
   the curvature every 200 iterations (six evaluations; more than the command's default of

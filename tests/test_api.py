@@ -9,7 +9,6 @@ import scipy.sparse
 import torch
 
 import deepprior
-
 from deepprior import (
     GaussianSensing,
     Mask,
@@ -291,7 +290,8 @@ def test_register_net_makes_a_network_usable_by_name(registry):
     from deepprior.nets import DeepDecoder
 
     deepprior.register_net(
-        "tiny_test_decoder", lambda shape, norm="channel": DeepDecoder(shape, norm=norm, channels=4),
+        "tiny_test_decoder",
+        lambda shape, norm="channel": DeepDecoder(shape, norm=norm, channels=4),
         defaults=deepprior.Defaults(7, 0.02, "fixed:7"), replace=True)
     assert "tiny_test_decoder" in deepprior.available_nets()
     result = reconstruct(np.full((64, 64), 0.5, np.float32), net="tiny_test_decoder")
