@@ -28,6 +28,8 @@ from .metrics import mse, psnr, psnr_tensor, ssim
 from .nets import NORMS, available_nets, build_net
 from .noise import add_gaussian_noise, estimate_sigma
 from .operators import (
+    Blur,
+    Downsample,
     FastSensing,
     FunctionOperator,
     GaussianSensing,
@@ -38,6 +40,9 @@ from .operators import (
     adjointness_error,
     as_operator,
     check_operator,
+    downsampling_kernel,
+    gaussian_kernel,
+    motion_kernel,
     operator_from_description,
 )
 from .stopping import FirstOf, Shadow, make_policy, parse_stop
@@ -50,7 +55,9 @@ except PackageNotFoundError:  # running from a source tree that is not installed
 __all__ = [
     "NORMS",
     "PROBLEMS",
+    "Blur",
     "Defaults",
+    "Downsample",
     "FastSensing",
     "FirstOf",
     "FitState",
@@ -70,12 +77,15 @@ __all__ = [
     "available_nets",
     "build_net",
     "check_operator",
+    "downsampling_kernel",
     "estimate_sigma",
     "fit",
+    "gaussian_kernel",
     "image_to_tensor",
     "jsonable",
     "load_image",
     "make_policy",
+    "motion_kernel",
     "mse",
     "operator_from_description",
     "parse_stop",

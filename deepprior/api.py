@@ -114,6 +114,12 @@ PROBLEMS: dict[str, dict[str, Defaults]] = {
     "inpainting": {
         "*": Defaults(3000, 0.01, source="run to convergence"),
     },
+    "super_resolution": {
+        "*": Defaults(3000, 0.01, source="run to convergence"),
+    },
+    "deblurring": {
+        "*": Defaults(3000, 0.01, source="run to convergence"),
+    },
     "generic": {
         "*": Defaults(3000, 0.01, source="run to convergence"),
     },

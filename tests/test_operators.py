@@ -13,6 +13,11 @@ import scipy.sparse
 import torch
 
 from deepprior.operators import (
+    Blur,
+    Downsample,
+    downsampling_kernel,
+    gaussian_kernel,
+    motion_kernel,
     ADJOINT_TOLERANCE,
     FastSensing,
     FunctionOperator,
@@ -148,6 +153,13 @@ OPERATOR_FACTORIES = {
     "restricted-fast": lambda c: FastSensing(60, (c, H, W), seed=1).restrict(
         _random_keep((c, 60))
     ),
+    "downsample-bicubic": lambda c: Downsample(2, (c, 2 * H, 2 * W)),
+    "downsample-box": lambda c: Downsample(3, (c, 3 * H, 3 * W), kernel="box"),
+    "downsample-array": lambda c: Downsample(2, (c, 2 * H, 2 * W), kernel=np.ones((3, 3))),
+    "blur-gaussian": lambda c: Blur(gaussian_kernel(1.2), (c, H, W)),
+    "blur-motion-even": lambda c: Blur(motion_kernel(6, 30)[:, :6], (c, H, W)),
+    "restricted-blur": lambda c: Blur(gaussian_kernel(1.0), (c, H, W)).restrict(
+        _random_keep((c, H, W))),
     "restricted-matrix": lambda c: _user_operator("matrix-sparse", c).restrict(
         _random_keep((M_ROWS,))
     ),
@@ -256,6 +268,7 @@ def test_problem_kinds():
     assert Identity((H, W)).problem == "denoise"
     assert GaussianSensing.problem == FastSensing.problem == "compressive_sensing"
     assert Mask.problem == "inpainting"
+    assert Downsample.problem == "super_resolution" and Blur.problem == "deblurring"
     assert LinearOperator.problem == "generic"
     assert OnlyA(np.ones((3, 16)), (4, 4)).problem == "generic"
     assert as_operator(lambda x: x, (4, 4)).problem == "generic"
@@ -428,8 +441,12 @@ def test_restrict_selects_entries_and_scatters_back():
         Mask((3, H, W), keep=0.4, seed=9),
         Mask((3, H, W), mask=_explicit_mask(3)),
         Mask((1, H, W), mask=_explicit_mask(1)[0]),
+        Downsample(2, (3, 2 * H, 2 * W), kernel="gaussian"),
+        Downsample(2, (1, 2 * H, 2 * W), kernel=np.ones((4, 4)) / 16),
+        Blur(motion_kernel(5, 45), (3, H, W)),
     ],
-    ids=["identity", "gaussian", "fast-dct", "fast-hadamard", "mask-keep", "mask-3d", "mask-2d"],
+    ids=["identity", "gaussian", "fast-dct", "fast-hadamard", "mask-keep", "mask-3d", "mask-2d",
+         "downsample", "downsample-array", "blur"],
 )
 def test_describe_round_trip(op):
     assert rebuildable(op)
@@ -492,7 +509,7 @@ def test_describe_of_user_operators_is_custom_and_not_rebuildable():
 @pytest.mark.parametrize(
     ("desc", "message"),
     [
-        ({"kind": "blur", "image_shape": [1, 4, 4]}, "kind 'blur' cannot be rebuilt"),
+        ({"kind": "warp", "image_shape": [1, 4, 4]}, "kind 'warp' cannot be rebuilt"),
         ({"image_shape": [1, 4, 4]}, "kind None cannot be rebuilt.*identity, gaussian"),
         ({"kind": "gaussian", "image_shape": [1, 4, 4]}, "missing the key 'num_measurements'"),
         ({"kind": "fast", "num_measurements": 3, "seed": 0}, "missing the key 'image_shape'"),
@@ -927,3 +944,53 @@ def test_described_mask_must_be_zero_one():
     with pytest.raises(ValueError, match="only 0/1"):
         operator_from_description({"kind": "mask", "image_shape": [1, 2, 2],
                                    "mask": [[0, 2], [1, 1]]})
+
+
+def test_downsample_averages_blocks_and_keeps_constants():
+    x = torch.arange(64.0).reshape(1, 1, 8, 8)
+    box = Downsample(2, (8, 8), kernel="box").A(x)
+    assert torch.allclose(box[0, 0, 0, 0], x[0, 0, :2, :2].mean())
+    for kind in ("bicubic", "gaussian", "box"):
+        assert float(downsampling_kernel(4, kind).sum()) == pytest.approx(1.0, abs=1e-6)
+        ones = Downsample(4, (3, 16, 12), kernel=kind).A(torch.ones(1, 3, 16, 12))
+        assert torch.allclose(ones, torch.ones_like(ones), atol=1e-6)
+    # imresize's bicubic weights for a factor of 2
+    row = downsampling_kernel(2).sum(1)
+    np.testing.assert_allclose(row * 2, [-0.0234375, -0.0703125, 0.2265625, 0.8671875,
+                                         0.8671875, 0.2265625, -0.0703125, -0.0234375])
+
+
+def test_blur_is_a_centred_circular_convolution():
+    kernel = gaussian_kernel(1.0)
+    op = Blur(kernel, (16, 16))
+    impulse = torch.zeros(1, 1, 16, 16)
+    impulse[0, 0, 5, 7] = 1
+    out = op.A(impulse)[0, 0]
+    np.testing.assert_allclose(out[2:9, 4:11].numpy(), kernel, atol=1e-6)  # centred on (5, 7)
+    corner = torch.zeros(1, 1, 16, 16)
+    corner[0, 0, 0, 0] = 1
+    assert float(op.A(corner)[0, 0, -1, -1]) > 0  # wraps around: circular boundary
+    assert float(op.A(torch.ones(1, 1, 16, 16)).mean()) == pytest.approx(1.0)
+
+
+def test_kernels():
+    assert gaussian_kernel(1.0).shape == (7, 7) and gaussian_kernel(0.5, size=5).shape == (5, 5)
+    line = motion_kernel(9, 90)
+    assert float(line.sum()) == pytest.approx(1.0)
+    assert np.allclose(line.sum(0)[line.shape[1] // 2], 1.0)  # vertical: one column
+
+
+@pytest.mark.parametrize(
+    ("build", "message"),
+    [
+        (lambda: Downsample(3, (16, 16)), "not divisible by the factor 3"),
+        (lambda: Downsample(2, (16, 16), kernel="lanczos"), "kernel must be one of"),
+        (lambda: Downsample(4, (4, 4)), "too large for a 4x4 image"),
+        (lambda: Blur(np.ones((9, 9)), (8, 8)), "larger than the image"),
+        (lambda: Blur(np.zeros((3, 3)), (8, 8)), "sums to 0"),
+        (lambda: Blur(np.ones(3), (8, 8)), "finite 2-D array"),
+    ],
+)
+def test_downsample_and_blur_validation(build, message):
+    with pytest.raises(ValueError, match=message):
+        build()
