@@ -13,12 +13,9 @@ import scipy.sparse
 import torch
 
 from deepprior.operators import (
+    ADJOINT_TOLERANCE,
     Blur,
     Downsample,
-    downsampling_kernel,
-    gaussian_kernel,
-    motion_kernel,
-    ADJOINT_TOLERANCE,
     FastSensing,
     FunctionOperator,
     GaussianSensing,
@@ -30,6 +27,9 @@ from deepprior.operators import (
     adjointness_error,
     as_operator,
     check_operator,
+    downsampling_kernel,
+    gaussian_kernel,
+    motion_kernel,
     operator_from_description,
     rebuildable,
 )
