@@ -58,6 +58,8 @@ import torch
 
 from deepprior import (
     PROBLEMS,
+    Blur,
+    Downsample,
     FitState,
     GaussianSensing,
     Identity,
@@ -65,8 +67,10 @@ from deepprior import (
     add_gaussian_noise,
     as_operator,
     estimate_sigma,
+    gaussian_kernel,
     image_to_tensor,
     make_policy,
+    motion_kernel,
     psnr_tensor,
     reconstruct,
     sample_image,
@@ -112,6 +116,18 @@ def _generic(net: str, image: str, sigma: int, seed: int, num_iter: int, size: i
             "num_iter": num_iter, "size": size, "blur": blur, "holdout": list(holdout)}
 
 
+def _superres(net: str, image: str, seed: int, num_iter: int, size: int, factor: int,
+              holdout: tuple[float, ...]) -> Run:
+    return {"problem": "superres", "net": net, "image": image, "sigma255": 0, "seed": seed,
+            "num_iter": num_iter, "size": size, "factor": factor, "holdout": list(holdout)}
+
+
+def _deblur(net: str, image: str, sigma: int, seed: int, num_iter: int, size: int,
+            kernel: str, holdout: tuple[float, ...]) -> Run:
+    return {"problem": "deblur", "net": net, "image": image, "sigma255": sigma, "seed": seed,
+            "num_iter": num_iter, "size": size, "kernel": kernel, "holdout": list(holdout)}
+
+
 def problems_plan() -> list[Run]:
     """The problem kinds added with the open engine: inpainting and a generic user operator.
 
@@ -119,7 +135,9 @@ def problems_plan() -> list[Run]:
     astronaut, Deep Decoder and ConvDecoder (3,000 / 1,500 iterations) with a 10% hold-out of
     the observed pixels, the Deep Image Prior on camera. Generic: a Gaussian blur (std 1.5 px)
     given as a plain function — what a user's own forward model looks like — noiseless and
-    σ = 10, camera, Deep Decoder and ConvDecoder.
+    σ = 10, camera, Deep Decoder and ConvDecoder. Super-resolution ×2 and ×4 (bicubic
+    kernel, noiseless) and deblurring (Gaussian std 1.6 px and 9 px motion at 30°, σ = 0 and
+    5), camera (and astronaut for ×4 and the noisy Gaussian blur), with hold-out fits.
     """
     plan: list[Run] = []
     for sigma in (0, 25):
@@ -131,6 +149,15 @@ def problems_plan() -> list[Run]:
         plan.append(_generic("conv_decoder", "camera", sigma, 0, 1500, 64, 1.5, (0.1,)))
     for sigma in (0, 25):
         plan.append(_inpaint("dip", "camera", sigma, 0, 1200, 64, 0.5, ()))
+    for factor in (2, 4):
+        plan.append(_superres("deep_decoder", "camera", 0, 3000, 64, factor, (0.1,)))
+        plan.append(_superres("conv_decoder", "camera", 0, 1500, 64, factor, (0.1,)))
+    plan.append(_superres("deep_decoder", "astronaut", 0, 3000, 64, 4, (0.1,)))
+    for kernel in ("gaussian:1.6", "motion:9,30"):
+        for sigma in (0, 5):
+            plan.append(_deblur("deep_decoder", "camera", sigma, 0, 3000, 64, kernel, (0.1,)))
+            plan.append(_deblur("conv_decoder", "camera", sigma, 0, 1500, 64, kernel, (0.1,)))
+    plan.append(_deblur("deep_decoder", "astronaut", 5, 0, 3000, 64, "gaussian:1.6", (0.1,)))
     return plan
 
 
@@ -374,6 +401,14 @@ def observation(run: Run) -> dict[str, Any]:
     elif run["problem"] == "inpainting":
         op = Mask(shape, keep=run["keep"], seed=run["seed"])
         noise = {"sigma": run["sigma255"] / 255}
+    elif run["problem"] == "superres":
+        op = Downsample(run["factor"], shape)
+    elif run["problem"] == "deblur":
+        name, _, args = run["kernel"].partition(":")
+        values = [float(v) for v in args.split(",")]
+        op = Blur(gaussian_kernel(*values) if name == "gaussian" else motion_kernel(*values),
+                  shape)
+        noise = {"sigma": run["sigma255"] / 255}
     else:
         op = gaussian_blur(shape, run["blur"])
         noise = {"sigma": run["sigma255"] / 255}
@@ -544,6 +579,8 @@ def run_key(run: Run) -> str:
     else:
         parts += [f"keep{run['keep']:g}"] if run["problem"] == "inpainting" else []
         parts += [f"blur{run['blur']:g}"] if run["problem"] == "generic" else []
+        parts += [f"x{run['factor']}"] if run["problem"] == "superres" else []
+        parts += [run["kernel"]] if run["problem"] == "deblur" else []
         parts.append(f"s{run['sigma255']}")
     parts.append(f"seed{run['seed']}")
     if run.get("tag"):
@@ -689,7 +726,7 @@ def summarize(rows: list[dict[str, Any]]) -> dict[tuple[str, str, str], dict[str
 
 #: The study's problem names and the library's problem kinds.
 KINDS = {"denoise": "denoise", "cs": "compressive_sensing", "inpainting": "inpainting",
-         "generic": "generic"}
+         "generic": "generic", "superres": "super_resolution", "deblur": "deblurring"}
 
 
 def auto_rules() -> dict[tuple[str, str], str]:
@@ -714,6 +751,12 @@ OTHER_PROBLEMS = {
     "inpainting": ("Inpainting (half of the pixels kept at random)",
                    "Same columns; `discrepancy` with the true σ (noisy fits only; m counts the "
                    "observed pixels). Hold-out: 10% of the *observed* pixels."),
+    "superres": ("Super-resolution (bicubic downsampling, noiseless)",
+                 "Same columns. The image is the high-resolution one (64²); the network sees "
+                 "the 32² or 16² low-resolution image. Hold-out: 10% of the low-resolution "
+                 "pixels."),
+    "deblur": ("Deblurring (circular blur, Gaussian std 1.6 px or 9 px motion at 30°)",
+               "Same columns; `discrepancy` with the true σ (noisy fits only)."),
     "generic": ("A user's own operator (Gaussian blur std 1.5 px as a plain function)",
                 "Same columns; `discrepancy` with the true σ (noisy fits only). The operator is "
                 "a function, so the library knows nothing of it: this is the `generic` kind."),
@@ -906,6 +949,8 @@ def _setup_text(payload: dict[str, Any]) -> str:
             "checked: same oracle and same stops for the rules both runs share) for the rules "
             "added after them: the finer τ grid of the discrepancy rule and WMV/EMV on net(z).")
     for problem, what in (("inpainting", "half of the pixels kept (seeded random mask)"),
+                          ("superres", "bicubic downsampling ×2 and ×4 of the 64² image"),
+                          ("deblur", "circular blur, Gaussian std 1.6 px and 9 px motion at 30°"),
                           ("generic", "Gaussian blur (std 1.5 px, 9×9, zero padding) given as a "
                            "plain function")):
         mine = [f for f in fits if f["run"]["problem"] == problem]
