@@ -21,7 +21,7 @@ from .api import (
     simulate_measurements,
     tensor_to_image,
 )
-from .data import sample_image
+from .data import random_mask, sample_image, text_mask
 from .fit import FitState, fit
 from .io import ImageError, jsonable, load_image, save_image, write_atomic
 from .metrics import mse, psnr, psnr_tensor, ssim
@@ -92,6 +92,7 @@ __all__ = [
     "problem_defaults",
     "psnr",
     "psnr_tensor",
+    "random_mask",
     "reconstruct",
     "register_net",
     "sample_image",
@@ -99,5 +100,6 @@ __all__ = [
     "simulate_measurements",
     "ssim",
     "tensor_to_image",
+    "text_mask",
     "write_atomic",
 ]

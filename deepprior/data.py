@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["SAMPLE_IMAGES", "sample_image"]
+__all__ = ["SAMPLE_IMAGES", "random_mask", "sample_image", "text_mask"]
 
 SAMPLE_IMAGES = ("camera", "astronaut")
 
@@ -45,3 +45,50 @@ def sample_image(name: str = "camera", *, size: int | tuple[int, int] | None = N
         image = resize(image, shape + image.shape[2:], anti_aliasing=True, order=1)
         image = np.clip(image, 0.0, 1.0).astype(np.float32)
     return image
+
+
+def random_mask(shape: tuple[int, int], missing: float, *, seed: int = 0) -> np.ndarray:
+    """A boolean (H, W) mask, True = known, with a ``missing`` fraction of pixels removed
+    (exactly ``round(missing·H·W)``, drawn from ``seed``).
+
+    Examples
+    --------
+    >>> int((~random_mask((10, 10), 0.3)).sum())
+    30
+    """
+    from .checks import check_float, check_image_shape
+
+    _, height, width = check_image_shape(shape)
+    missing = check_float("missing", missing, low=0.0, high=1.0, high_open=True)
+    mask = np.ones(height * width, dtype=bool)
+    mask[np.random.default_rng(seed).permutation(height * width)[: round(missing * mask.size)]] = 0
+    return mask.reshape(height, width)
+
+
+def text_mask(shape: tuple[int, int], text: str = "deep image prior", *,
+              lines: int = 0) -> np.ndarray:
+    """A boolean (H, W) mask, True = known, with ``text`` written over the image in thick
+    strokes (the classic text-removal inpainting demo), repeated on ``lines`` rows (0: enough
+    rows to cover the image). Uses Pillow's built-in font: no download.
+
+    Examples
+    --------
+    >>> mask = text_mask((64, 64))
+    >>> mask.dtype, 0.05 < 1 - mask.mean() < 0.5
+    (dtype('bool'), True)
+    """
+    from PIL import Image, ImageDraw, ImageFont
+
+    from .checks import check_image_shape
+
+    _, height, width = check_image_shape(shape)
+    size = max(8, height // 8)
+    font = ImageFont.load_default(size=size)
+    canvas = Image.new("L", (width, height), 0)
+    draw = ImageDraw.Draw(canvas)
+    rows = lines or max(1, height // (2 * size))
+    for row in range(rows):
+        top = (row + 0.5) * height / rows - size / 2
+        draw.text((size // 4, top), text, fill=255, font=font, stroke_width=max(1, size // 10),
+                  stroke_fill=255)
+    return np.asarray(canvas) == 0
