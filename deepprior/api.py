@@ -284,6 +284,7 @@ def reconstruct(
     progress: bool = False,
     callback: Callable[[FitState], bool | None] | None = None,
     net_options: Mapping[str, Any] | None = None,
+    ensemble: int = 1,
 ) -> Reconstruction:
     """Reconstruct an image from one corrupted observation with an untrained network.
 
@@ -335,6 +336,12 @@ def reconstruct(
         Called after each iteration with a :class:`deepprior.fit.FitState`; True stops.
     net_options : mapping, optional
         Options of a named network, e.g. ``{"channels": 128}``.
+    ensemble : int
+        Fit this many members and return the average of the iterates they select: member ``k``
+        uses seed ``seed + k`` and, when denoising, the ``k``-th of the 8 flips/rotations of
+        the image (mapped back). Each member runs the stopping rule on its own;
+        ``config["members"]`` lists their stops (and PSNR with ``ground_truth``); ``history``
+        is the first member's. Costs ``ensemble`` fits.
 
     Returns
     -------
@@ -409,23 +416,39 @@ def reconstruct(
             raise ValueError("the discrepancy rule needs the noise level: pass sigma=... (the std "
                              "of the measurement noise) or choose another stopping rule")
         sigma = estimate_sigma(array)
-    policy, fit_op, fit_y = make_policy(spec, operator=op, y=y, sigma=sigma, ground_truth=truth,
-                                        seed=seed)
-    fixed = [p.num_iter for p in members(policy) if isinstance(p, Fixed)]
-    if max_num_iter is None:  # "fixed:N" alone sets the budget
-        max_num_iter = max([defaults.max_num_iter, *fixed])
-    max_num_iter = check_int("max_num_iter", max_num_iter, minimum=1)
-
-    module, z, options = _network(net, net_input, op.image_shape, norm, seed,
-                                  {**defaults.net_options, **(net_options or {})}
-                                  if isinstance(net, str) else net_options)
-    result = fit(
-        module, z, fit_y, fit_op, policy=policy, max_num_iter=max_num_iter,
-        learning_rate=learning_rate, reg_noise_std=defaults.reg_noise_std, ema=defaults.ema,
-        ground_truth=truth, device=torch_device, seed=seed, progress=progress,
-        callback=callback,
-    )
-    image = tensor_to_image(result.output.clamp(0, 1))
+    ensemble = check_int("ensemble", ensemble, minimum=1)
+    if ensemble > 1 and not isinstance(spec, str):
+        raise ValueError("an ensemble needs a stopping spec such as 'auto': a policy object "
+                         "serves one fit")
+    if ensemble > 1 and not isinstance(net, str):
+        raise ValueError("an ensemble needs a network name (each member is built from its seed)")
+    options = {**defaults.net_options, **(net_options or {})} if isinstance(net, str) \
+        else net_options
+    flips = problem == "denoise" and isinstance(op, Identity) and ensemble > 1
+    fits = []
+    for k in range(ensemble):  # member k: seed + k and, when denoising, the k-th flip/rotation
+        turn = _DIHEDRAL[k % 8] if flips else _DIHEDRAL[0]
+        y_k, truth_k = _turn(y, turn), None if truth is None else _turn(truth, turn)
+        op_k = Identity(tuple(y_k.shape[1:])) if flips else op
+        policy, fit_op, fit_y = make_policy(spec, operator=op_k, y=y_k, sigma=sigma,
+                                            ground_truth=truth_k, seed=seed + k)
+        if k == 0:
+            fixed = [p.num_iter for p in members(policy) if isinstance(p, Fixed)]
+            if max_num_iter is None:  # "fixed:N" alone sets the budget
+                max_num_iter = max([defaults.max_num_iter, *fixed])
+            max_num_iter = check_int("max_num_iter", max_num_iter, minimum=1)
+        module, z, _ = _network(net, net_input, op_k.image_shape, norm, seed + k, options)
+        result = fit(
+            module, z, fit_y, fit_op, policy=policy, max_num_iter=max_num_iter,
+            learning_rate=learning_rate, reg_noise_std=defaults.reg_noise_std, ema=defaults.ema,
+            ground_truth=truth_k, device=torch_device, seed=seed + k, progress=progress,
+            callback=callback,
+        )
+        fits.append((turn, result, _turn(result.output, turn, inverse=True)))
+        if result.stop_reason.startswith("interrupted"):
+            break
+    result = fits[0][1]
+    image = tensor_to_image(torch.stack([out for _, _, out in fits]).mean(0).clamp(0, 1))
     history = {"loss": result.loss}
     scores: dict[str, float | None] = {"psnr": None, "ssim": None}
     if truth is not None:
@@ -449,12 +472,44 @@ def reconstruct(
         "operator": op.describe(),
         "num_restarts": result.num_restarts,
         "final_learning_rate": result.final_learning_rate,
+        "ensemble": ensemble,
     }
+    if ensemble > 1:
+        config["members"] = _members(fits, truth)
     return Reconstruction(
         image=image, num_iter=result.best_step, num_steps=result.num_steps,
-        stop_reason=result.stop_reason, history=history, elapsed=result.elapsed,
+        stop_reason=result.stop_reason if ensemble == 1 else
+        f"average of {len(fits)} fits; the first: {result.stop_reason}",
+        history=history, elapsed=sum(r.elapsed for _, r, _ in fits),
         device=str(torch_device), config=config, **scores,
     )
+
+
+#: The eight flips/rotations of an image: (quarter turns, mirror first).
+_DIHEDRAL = [(turns, mirror) for mirror in (False, True) for turns in range(4)]
+
+
+def _turn(x: torch.Tensor, turn: tuple[int, bool], inverse: bool = False) -> torch.Tensor:
+    """Rotate/mirror a (1, C, H, W) tensor (or undo it)."""
+    turns, mirror = turn
+    if not inverse:
+        x = x.flip(-1) if mirror else x
+        return torch.rot90(x, turns, dims=(-2, -1))
+    x = torch.rot90(x, -turns, dims=(-2, -1))
+    return x.flip(-1) if mirror else x
+
+
+def _members(fits: list, truth: torch.Tensor | None) -> list[dict[str, Any]]:
+    """Per ensemble member: its flip, returned iterate, stop and (with the truth) PSNR."""
+    rows = []
+    for k, (turn, result, output) in enumerate(fits):
+        row = {"member": k, "quarter_turns": turn[0], "mirrored": turn[1],
+               "num_iter": result.best_step, "num_steps": result.num_steps,
+               "stop_reason": result.stop_reason, "elapsed": result.elapsed}
+        if truth is not None:
+            row["psnr"] = _psnr(tensor_to_image(truth), tensor_to_image(output.clamp(0, 1)))
+        rows.append(row)
+    return rows
 
 
 def _observation(array: np.ndarray, operator: Any, image_shape: Any):

@@ -323,3 +323,24 @@ def test_measurement_noise_sigma_is_in_measurement_units():
     _, from_snr = deepprior.simulate_measurements(op, x, snr_db=20, seed=0)
     clean, _ = deepprior.simulate_measurements(op, x)
     assert from_snr == pytest.approx(np.sqrt(np.mean(clean**2)) / 10)
+
+
+def test_ensemble_averages_members_fitted_on_flips_and_seeds():
+    clean = sample_image("astronaut", size=(24, 32))  # not square: rotations swap the sides
+    noisy = add_gaussian_noise(clean, 0.1, seed=0)
+    options = {"max_num_iter": 6, "stop": "fixed:6", "net_options": {"channels": 8}}
+    single = reconstruct(noisy, ground_truth=clean, **options)
+    result = reconstruct(noisy, ground_truth=clean, ensemble=3, **options)
+    members = result.config["members"]
+    assert [(m["quarter_turns"], m["mirrored"]) for m in members] == [
+        (0, False), (1, False), (2, False)]
+    assert members[0]["psnr"] == pytest.approx(single.psnr, abs=1e-4)  # member 0 is the fit
+    assert result.image.shape == (24, 32, 3)
+    others = [reconstruct(deepprior.tensor_to_image(torch.rot90(image_to_tensor(noisy), k,
+                                                                 dims=(-2, -1))),
+                          seed=k, **options).image for k in (1, 2)]
+    back = [deepprior.tensor_to_image(torch.rot90(image_to_tensor(o), -k, dims=(-2, -1)))
+            for k, o in zip((1, 2), others, strict=True)]
+    np.testing.assert_allclose(result.image, np.mean([single.image, *back], axis=0), atol=1e-5)
+    with pytest.raises(ValueError, match="ensemble needs a stopping spec"):
+        reconstruct(noisy, ensemble=2, stop=FirstLoss())
