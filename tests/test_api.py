@@ -1,6 +1,5 @@
 """reconstruct(): end to end on tiny images, and every validation message."""
 
-import dataclasses
 import time
 
 import numpy as np
@@ -50,11 +49,16 @@ def test_same_seed_same_output_and_colour_layout():
     assert not np.array_equal(run[0].image, other.image)
 
 
-def test_result_is_frozen(camera64):
+def test_result_reports_the_resolved_configuration(camera64):
     result = reconstruct(camera64[:32, :32], max_num_iter=3, stop="fixed:3", net_options=SMALL)
     assert isinstance(result, Reconstruction)
-    with pytest.raises(dataclasses.FrozenInstanceError):
-        result.num_iter = 5
+    config = result.config
+    assert (config["problem"], config["net"], config["stop_resolved"]) == (
+        "denoise", "deep_decoder", "fixed:3")
+    assert config["net_options"]["channels"] == 16 and config["operator"]["kind"] == "identity"
+    assert config["learning_rate"] == deepprior.problem_defaults("denoise",
+                                                                 "deep_decoder").learning_rate
+    assert (result.num_iter, result.num_steps, len(result.history["loss"])) == (3, 3, 3)
 
 
 def test_compressive_sensing_beats_least_squares(camera64):

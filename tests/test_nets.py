@@ -171,9 +171,13 @@ def test_every_network_returns_exactly_the_requested_shape(name, image_shape):
     out = net(z)
     assert tuple(out.shape) == (1, *image_shape)
     assert net.output_shape == image_shape
-    assert out.dtype == z.dtype == torch.float32
-    assert z.device.type == "cpu"
     assert tuple(z.shape) == net.input_shape
+
+
+def test_build_net_returns_a_float32_net_and_input_on_the_cpu():
+    net, z = build_quiet("deep_decoder", (1, 64, 64))
+    assert {p.dtype for p in net.parameters()} == {z.dtype} == {torch.float32}
+    assert {p.device.type for p in net.parameters()} == {z.device.type} == {"cpu"}
 
 
 @pytest.mark.parametrize("name", ["deep_decoder", "dip", "conv_decoder", "conv_generator"])
