@@ -142,13 +142,16 @@ class _Guard:
             return True
         return loss > JUMP_FACTOR * self.reference and loss > self.floor
 
-    def accept(self, loss: float, step: int, every: int) -> None:
+    def accept(self, loss: float, step: int, every: int) -> bool:
+        """Record an accepted loss; True when a snapshot is due (taken by :meth:`snapshot`)."""
         if self.floor == 0.0:
             self.floor = JUMP_FLOOR * loss
         self.reference = min(self.reference, loss)
-        if step % every == 0:
-            self._snapshot()
-            self.reference = loss
+        return step % every == 0
+
+    def snapshot(self, loss: float) -> None:
+        self._snapshot()
+        self.reference = loss
 
     def restore(self) -> bool:
         """Restore the snapshot and halve the learning rate; False once restarts are used up."""
@@ -181,6 +184,7 @@ def fit(
     callback: Callable[[FitState], bool | None] | None = None,
     max_restarts: int = 3,
     snapshot_every: int = 50,
+    sync_every: int | None = None,
 ) -> FitResult:
     """Fit ``net(z)`` to the observation ``y`` through ``operator`` until ``policy`` stops.
 
@@ -228,6 +232,12 @@ def fit(
         above 1 % of the first loss (so small spikes near an exact fit are left alone).
     snapshot_every : int
         Iterations between snapshots of the weights for the divergence guard.
+    sync_every : int or None
+        Read the losses to the host every this many iterations (one device→host sync for all
+        of them); the policy then learns of each iteration in order, up to ``sync_every − 1``
+        iterations late, and the iterates it may select are kept, so the returned iterate is
+        the same. Iterations computed after the stop are discarded. None: 1 on the CPU (a sync
+        costs nothing there) and with a callback, 8 on a GPU.
 
     Returns
     -------
@@ -235,9 +245,10 @@ def fit(
 
     Notes
     -----
-    Minimises ``mean((A f_θ(z) − y)²)`` over θ with Adam. One scalar read from the device per
-    iteration (the loss, stacked with the PSNR when a ground truth is tracked), which every
-    stopping rule needs; the kept iterates stay on the device.
+    Minimises ``mean((A f_θ(z) − y)²)`` over θ with Adam. The loss (stacked with the PSNR when
+    a ground truth is tracked) is read from the device once per ``sync_every`` iterations;
+    rules that measure the output (discrepancy, hold-out, WMV, oracle) read one more scalar
+    each when they learn of an iteration. The kept iterates stay on the device.
     """
     if max_num_iter < 1:
         raise ValueError(f"max_num_iter must be >= 1, got {max_num_iter}")
@@ -255,6 +266,11 @@ def fit(
     )
     generator = torch.Generator(device=device).manual_seed(seed)
     guard = _Guard(net, optimizer, max_restarts)
+    kept_average: torch.Tensor | None = None
+    if sync_every is None:  # a callback reads the live network: it must see every iteration
+        sync_every = 1 if device.type == "cpu" or callback is not None else 8
+    if callback is not None and sync_every != 1:
+        raise ValueError("a callback needs sync_every=1: it reads the network of its iteration")
     wants_clean = bool(getattr(policy, "needs_unperturbed_output", False)) and reg_noise_std > 0
 
     losses: list[float] = []
@@ -262,11 +278,13 @@ def fit(
     kept: dict[int, torch.Tensor] = {}
     average: torch.Tensor | None = None
     reason: str | None = None
-    step = 0
+    step = done = 0  # iterations computed / processed (given to the policy)
+    pending: list[tuple[int, torch.Tensor, torch.Tensor, torch.Tensor]] = []
     bar = _progress_bar(max_num_iter, progress)
     start = time.perf_counter()
     try:
-        for step in range(1, max_num_iter + 1):
+        while step < max_num_iter and reason is None:
+            step += 1
             optimizer.zero_grad(set_to_none=True)
             net_input = z
             if reg_noise_std > 0:
@@ -278,55 +296,68 @@ def fit(
 
             out = out.detach()
             candidate = out if ema is None or average is None else average.lerp(out, 1 - ema)
-            scalars = [loss.detach()]
-            if gt is not None:
-                scalars.append(psnr_tensor(gt, candidate))
-            values = torch.stack(scalars).tolist()  # the one host sync of the iteration
-            loss_value = values[0]
-            losses.append(loss_value)
-            if gt is not None:
-                psnrs.append(values[1])
-
-            if guard.is_bad(loss_value):
-                if not guard.restore():
-                    reason = (
-                        f"diverged: loss {loss_value:.3g} at iteration {step} after "
-                        f"{guard.num_restarts} restarts with halved learning rate"
-                    )
-                    break
-                continue
-            guard.accept(loss_value, step, snapshot_every)
-            if ema is not None:
-                average = candidate
-
             seen = candidate
             if wants_clean:
                 with torch.no_grad():
                     seen = net(z)
-            stop = bool(policy.update(step, loss_value, seen))
-            candidates = getattr(policy, "candidates", (policy.best_step,))
-            if step in candidates:
-                kept[step] = candidate.clone()
-            for old in [s for s in kept if s not in candidates]:
-                del kept[old]
+            scalars = [loss.detach()]
+            if gt is not None:
+                scalars.append(psnr_tensor(gt, candidate))
+            pending.append((step, torch.stack(scalars), candidate, seen))
+            if ema is not None:
+                average = candidate
+            if len(pending) < sync_every and step < max_num_iter:
+                optimizer.step()
+                if scheduler is not None:
+                    scheduler.step()
+                continue
 
-            if callback is not None and callback(
-                FitState(step, net, z, y, operator, loss_value, candidate, optimizer)
-            ):
-                reason = f"stopped by the callback at iteration {step}"
-                stop = True
-            optimizer.step()
-            if scheduler is not None:
-                scheduler.step()
-            _update_bar(bar, step, loss_value, psnrs)
-            if stop:
-                reason = reason or policy.reason
-                break
+            # the host reads the scalars of the pending iterations at once (one sync) and the
+            # policy learns of them in order; the live weights are those of the last one
+            values = torch.stack([item[1] for item in pending]).tolist()
+            snapshot_due = False
+            for (at, _, candidate, seen), (loss_value, *psnr) in zip(pending, values,
+                                                                     strict=True):
+                losses.append(loss_value)
+                psnrs.extend(psnr)
+                done = at
+                if guard.is_bad(loss_value):
+                    step, average = at, kept_average  # drop what followed the bad iteration
+                    if not guard.restore():
+                        reason = (f"diverged: loss {loss_value:.3g} at iteration {at} after "
+                                  f"{guard.num_restarts} restarts with halved learning rate")
+                    break
+                snapshot_due = guard.accept(loss_value, at, snapshot_every) or snapshot_due
+                if snapshot_due and at == pending[-1][0]:  # the live weights made this output
+                    guard.snapshot(loss_value)
+                kept_average = candidate if ema is not None else None
+                stop = bool(policy.update(at, loss_value, seen))
+                candidates = getattr(policy, "candidates", (policy.best_step,))
+                if at in candidates:
+                    kept[at] = candidate
+                for old in [s for s in kept if s not in candidates]:
+                    del kept[old]
+                if callback is not None and callback(
+                    FitState(at, net, z, y, operator, loss_value, candidate, optimizer)
+                ):
+                    reason = f"stopped by the callback at iteration {at}"
+                    stop = True
+                _update_bar(bar, at, loss_value, psnrs)
+                if stop:
+                    reason = reason or policy.reason
+                    break
+            else:  # every pending iteration accepted
+                if reason is None:
+                    optimizer.step()
+                    if scheduler is not None:
+                        scheduler.step()
+            pending.clear()
     except KeyboardInterrupt:
-        reason = f"interrupted at iteration {step}"
+        reason = f"interrupted at iteration {done}"
     finally:
         if bar is not None:
             bar.close()
+    step = done
     elapsed = time.perf_counter() - start
 
     if reason is None:

@@ -160,3 +160,39 @@ def test_small_spikes_near_an_exact_fit_are_not_divergence():
     assert result.loss[150] > 3.2 * result.loss[149]  # a real relative jump ...
     assert result.loss[150] < 1e-2 * result.loss[0]  # ... that is small in absolute terms
     assert result.num_restarts == 0 and result.stop_reason.startswith("reached")
+
+
+class Recorder:
+    """A policy that records the iterations it learns of, in order; stops at ``stop_at``."""
+
+    def __init__(self, stop_at):
+        self.stop_at, self.seen, self.best_step, self.reason = stop_at, [], 0, ""
+
+    def update(self, step, loss, output):
+        self.seen.append(step)
+        if step == 7:  # the iterate it will return, chosen before the stop
+            self.best_step = step
+        self.reason = f"seen {step}"
+        return step >= self.stop_at
+
+
+@pytest.mark.parametrize("sync_every", [1, 3, 8])
+def test_batched_reads_give_the_policy_every_iteration_in_order(sync_every):
+    clean, noisy, op, z = _problem()
+    policy = Recorder(stop_at=11)
+    result = fit(PixelNet(op.image_shape), z, noisy, op, policy=policy, max_num_iter=40,
+                 sync_every=sync_every, device="cpu", ground_truth=clean)
+    reference = fit(PixelNet(op.image_shape), z, noisy, op, policy=Recorder(stop_at=11),
+                    max_num_iter=40, sync_every=1, device="cpu", ground_truth=clean)
+    assert policy.seen == list(range(1, 12))  # in order, none skipped, none after the stop
+    assert (result.best_step, result.num_steps) == (7, 11)
+    assert torch.equal(result.output, reference.output)  # the same iterate, computed late
+    np.testing.assert_array_equal(result.loss, reference.loss)
+    assert len(result.psnr) == 11
+
+
+def test_a_callback_needs_every_iteration():
+    _, noisy, op, z = _problem()
+    with pytest.raises(ValueError, match="callback needs sync_every=1"):
+        fit(PixelNet(op.image_shape), z, noisy, op, policy=Fixed(3), max_num_iter=3,
+            sync_every=4, callback=lambda state: None, device="cpu")
