@@ -21,9 +21,18 @@ from .api import (
     simulate_measurements,
     tensor_to_image,
 )
+from .batch import BatchResult, item_seed, reconstruct_many
 from .data import random_mask, sample_image, text_mask
 from .fit import FitState, fit
-from .io import ImageError, jsonable, load_image, save_image, write_atomic
+from .io import (
+    ImageError,
+    image_bit_depth,
+    jsonable,
+    load_array,
+    load_image,
+    save_image,
+    write_atomic,
+)
 from .metrics import mse, psnr, psnr_tensor, ssim
 from .nets import NORMS, available_nets, build_net
 from .noise import add_gaussian_noise, estimate_sigma
@@ -55,6 +64,7 @@ except PackageNotFoundError:  # running from a source tree that is not installed
 __all__ = [
     "NORMS",
     "PROBLEMS",
+    "BatchResult",
     "Blur",
     "Defaults",
     "Downsample",
@@ -81,8 +91,11 @@ __all__ = [
     "estimate_sigma",
     "fit",
     "gaussian_kernel",
+    "image_bit_depth",
     "image_to_tensor",
+    "item_seed",
     "jsonable",
+    "load_array",
     "load_image",
     "make_policy",
     "motion_kernel",
@@ -94,6 +107,7 @@ __all__ = [
     "psnr_tensor",
     "random_mask",
     "reconstruct",
+    "reconstruct_many",
     "register_net",
     "sample_image",
     "save_image",

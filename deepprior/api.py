@@ -237,7 +237,8 @@ def simulate_measurements(
     image : np.ndarray
         Clean image (H, W) or (H, W, C) in [0, 1].
     sigma : float, optional
-        Std of the Gaussian noise ``e``, in measurement units.
+        Std of the Gaussian noise ``e``, in measurement units (added only to the entries an
+        operator marks as ``observed``: a :class:`~deepprior.Mask`'s missing pixels stay 0).
     snr_db : float, optional
         Or the measurement SNR ``‖A x‖² / ‖e‖²`` in dB: ``σ = rms(A x) · 10^(−SNR/20)``.
     seed : int
@@ -260,8 +261,9 @@ def simulate_measurements(
         sigma = math.sqrt(float(np.mean(y**2))) * 10 ** (-check_float("snr_db", snr_db) / 20)
     sigma = 0.0 if sigma is None else check_float("sigma", sigma, low=0.0)
     if sigma > 0:
-        y = y + sigma * np.random.default_rng(check_int("seed", seed, minimum=0)).standard_normal(
-            y.shape)
+        noise = np.random.default_rng(check_int("seed", seed, minimum=0)).standard_normal(y.shape)
+        observed = getattr(op, "observed", None)  # a Mask's unobserved entries carry no data
+        y = y + sigma * (noise if observed is None else noise * observed.cpu().numpy())
     return y[0].astype(np.float32), sigma
 
 

@@ -5,7 +5,9 @@
 or ``(H, W, 3)`` for colour. :func:`save_image` writes such an array back, atomically and
 without overwriting unless asked to; :func:`write_atomic` applies the same rules to any other
 output file. Bad input raises :class:`ImageError`, which names the file and says what is
-wrong.
+wrong. :func:`image_bit_depth` tells how many bits per sample an image file stores (to write
+results at the input's precision), and :func:`load_array` reads a user's matrix or measurement
+vector from ``.npy``, ``.npz`` (dense, or ``scipy.sparse.save_npz``), MATLAB ``.mat`` or text.
 
 Pillow's public API does the work, except for colour with more than 8 bits per sample, which
 Pillow reduces to 8 bits (or, for float colour, cannot read at all):
@@ -31,7 +33,15 @@ from typing import BinaryIO
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-__all__ = ["ImageError", "jsonable", "load_image", "save_image", "write_atomic"]
+__all__ = [
+    "ImageError",
+    "image_bit_depth",
+    "jsonable",
+    "load_array",
+    "load_image",
+    "save_image",
+    "write_atomic",
+]
 
 #: Suffixes :func:`save_image` understands, and the format each one selects.
 SAVE_FORMATS: dict[str, str] = {
@@ -415,6 +425,281 @@ def _to_float_image(path: pathlib.Path, pixels: np.ndarray) -> np.ndarray:
     if pixels.dtype.kind == "f":
         return _check_float_values(path, pixels.astype(np.float32))
     raise ImageError(f"{path}: unsupported sample type {pixels.dtype}")
+
+
+# --------------------------------------------------------------------------- headers, arrays
+
+
+def image_bit_depth(path: str | os.PathLike[str]) -> int:
+    """Bits per sample an image file stores: 8 (or fewer), 16, or 32 for floating point.
+
+    Reads only the header. Useful to write a result with the precision of its input
+    (``save_image(..., bits=16)`` when this returns 16 or 32).
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        A file :func:`load_image` reads.
+
+    Returns
+    -------
+    bits : {8, 16, 32}
+        8 for 1- to 8-bit samples, 16 for 16-bit integer samples, 32 for floating-point
+        samples (float TIFF, float ``.npy``).
+
+    Raises
+    ------
+    ImageError
+        If the file is missing, a directory, empty, or not a recognised image.
+
+    Notes
+    -----
+    This is the file's depth, not the precision :func:`load_image` keeps: a 16-bit colour PNG
+    reports 16 although it is read at 8-bit precision (Pillow's limit).
+
+    Examples
+    --------
+    >>> import numpy as np, tempfile, pathlib
+    >>> folder = pathlib.Path(tempfile.mkdtemp())
+    >>> image_bit_depth(save_image(folder / "deep.png", np.zeros((3, 4)), bits=16))
+    16
+    """
+    path = pathlib.Path(os.fspath(path))
+    _check_is_readable_file(path)
+    with path.open("rb") as fh:
+        head = fh.read(33)
+    if head.startswith(_NPY_SIGNATURE):
+        try:
+            dtype = np.load(path, mmap_mode="r", allow_pickle=False).dtype
+        except (ValueError, OSError, EOFError) as exc:
+            raise ImageError(f"{path}: the .npy header could not be read ({exc})") from None
+        return 32 if dtype.kind == "f" else min(32, max(8, 8 * dtype.itemsize))
+    if head.startswith(_PNG_SIGNATURE) and head[12:16] == b"IHDR" and len(head) >= 26:
+        return 16 if head[24] == 16 else 8
+    try:
+        im = _open_with_pillow(path)
+    except UnidentifiedImageError:
+        if head.startswith(_TIFF_SIGNATURES):
+            return _tiff_bit_depth(path)
+        raise ImageError(f"{path}: not a recognised image file") from None
+    except _DECODE_ERRORS as exc:
+        raise ImageError(f"{path}: the image header could not be read ({exc})") from None
+    with im:
+        if im.mode == "F":
+            return 32
+        if im.mode.startswith("I;16"):
+            return 16
+        if im.format == "TIFF":
+            formats = np.atleast_1d(im.tag_v2.get(339, 1))  # SampleFormat: 3 = IEEE float
+            bits = int(np.max(im.tag_v2.get(258, 8)))  # BitsPerSample
+            return 32 if 3 in formats else 16 if bits > 8 else 8
+        return 16 if im.mode == "I" else 8
+
+
+def _tiff_bit_depth(path: pathlib.Path) -> int:
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            page = tif.pages[0]
+            floating = page.sampleformat == 3
+            bits = page.bitspersample
+    except Exception as exc:  # tifffile raises many unrelated types
+        raise ImageError(f"{path}: the TIFF header could not be read ({exc})") from None
+    return 32 if floating else 16 if bits > 8 else 8
+
+
+#: Suffixes :func:`load_array` reads.
+ARRAY_SUFFIXES = (".npy", ".npz", ".mat", ".txt", ".csv")
+# Keys of a file written by scipy.sparse.save_npz.
+_SPARSE_NPZ_KEYS = {"format", "shape", "data"}
+
+
+def load_array(
+    path: str | os.PathLike[str],
+    *,
+    key: str | None = None,
+    names: tuple[str, ...] = (),
+):
+    """Read a numeric array (a sensing matrix, a measurement vector) from a user's file.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        ``.npy`` (``numpy.save``), ``.npz`` (``numpy.savez`` of arrays, or one sparse matrix
+        written by ``scipy.sparse.save_npz``), ``.mat`` (MATLAB v4 to v7, read with
+        :func:`scipy.io.loadmat`; v7.3 is HDF5 and refused), ``.txt`` or ``.csv``
+        (:func:`numpy.loadtxt`; whitespace- or comma-separated).
+    key : str, optional
+        The array to take from a container (``.npz``, ``.mat``) holding several.
+    names : tuple of str
+        Conventional names tried in order when ``key`` is None and the container holds more
+        than one numeric array (e.g. ``("A", "matrix")`` or ``("y", "measurements")``).
+
+    Returns
+    -------
+    array : numpy.ndarray or scipy.sparse matrix
+        As stored (dtype bool, integer or float); sparse matrices stay sparse.
+
+    Raises
+    ------
+    ValueError
+        Naming the file and what is wrong: missing, a directory, empty, unsupported suffix,
+        corrupt, MATLAB v7.3, no numeric array, an ambiguous or unknown ``key``, a complex,
+        object or text dtype, or non-finite entries (NaN or infinity).
+
+    Examples
+    --------
+    >>> import numpy as np, tempfile, pathlib
+    >>> folder = pathlib.Path(tempfile.mkdtemp())
+    >>> np.savez(folder / "data.npz", A=np.eye(3), y=np.ones(3))
+    >>> load_array(folder / "data.npz", names=("y", "measurements")).tolist()
+    [1.0, 1.0, 1.0]
+    """
+    path = pathlib.Path(os.fspath(path))
+    _check_array_file(path)
+    suffix = path.suffix.lower()
+    if suffix not in ARRAY_SUFFIXES:
+        raise ValueError(f"{path}: unsupported file type {suffix or '(no suffix)'!r}; use "
+                         f"{', '.join(ARRAY_SUFFIXES)}")
+    if suffix == ".npy":
+        array, name = _load_npy_array(path), None
+    elif suffix == ".npz":
+        array, name = _load_npz_array(path, key, names)
+    elif suffix == ".mat":
+        array, name = _load_mat_array(path, key, names)
+    else:
+        array, name = _load_text_array(path), None
+    return _check_numeric(path, array, name)
+
+
+def _check_array_file(path: pathlib.Path) -> None:
+    try:
+        info = path.stat()
+    except FileNotFoundError:
+        raise ValueError(f"{path}: no such file; check the path and the working folder") from None
+    except OSError as exc:
+        raise ValueError(f"{path}: cannot access the file ({exc.strerror or exc})") from None
+    if path.is_dir():
+        raise ValueError(f"{path}: is a directory, not a data file")
+    if info.st_size == 0:
+        raise ValueError(f"{path}: the file is empty (0 bytes)")
+
+
+def _load_npy_array(path: pathlib.Path) -> np.ndarray:
+    try:
+        return np.load(path, allow_pickle=False)
+    except Exception as exc:  # numpy raises ValueError, OSError, EOFError, UnpicklingError...
+        if "pickled" in str(exc) or "Python objects" in str(exc):
+            raise ValueError(f"{path}: holds Python objects (dtype object); save a numeric "
+                             "array instead") from None
+        raise ValueError(f"{path}: not a readable .npy file, it looks truncated or corrupt "
+                         f"({type(exc).__name__}: {exc})") from None
+
+
+def _load_npz_array(path: pathlib.Path, key: str | None, names: tuple[str, ...]):
+    import zipfile
+
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            files = list(data.files)
+            if _SPARSE_NPZ_KEYS <= set(files) and key is None:
+                import scipy.sparse
+
+                return scipy.sparse.load_npz(path), None
+            arrays = {name: data[name] for name in files}
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError, KeyError, zlib.error) as exc:
+        if "pickled" in str(exc) or "Python objects" in str(exc):
+            raise ValueError(f"{path}: holds Python objects (dtype object); save numeric "
+                             "arrays instead") from None
+        raise ValueError(f"{path}: not a readable .npz file, it looks truncated or corrupt "
+                         f"({type(exc).__name__}: {exc})") from None
+    return _pick(path, arrays, key, names)
+
+
+def _load_mat_array(path: pathlib.Path, key: str | None, names: tuple[str, ...]):
+    import scipy.io
+
+    with path.open("rb") as fh:
+        head = fh.read(128)
+    if head.startswith(b"MATLAB 7.3") or head.startswith(b"\x89HDF"):
+        raise ValueError(
+            f"{path}: a MATLAB v7.3 (HDF5) file, which scipy cannot read; save it as v7 "
+            "(in MATLAB: save(file, 'A', '-v7')) or as .npy"
+        )
+    try:
+        contents = scipy.io.loadmat(path)
+    except NotImplementedError:  # scipy's own v7.3 detection
+        raise ValueError(
+            f"{path}: a MATLAB v7.3 (HDF5) file, which scipy cannot read; save it as v7 "
+            "(in MATLAB: save(file, 'A', '-v7')) or as .npy"
+        ) from None
+    except Exception as exc:  # scipy.io raises ValueError, OSError, TypeError, ...
+        raise ValueError(f"{path}: not a readable MATLAB .mat file, it looks truncated or "
+                         f"corrupt ({type(exc).__name__}: {exc})") from None
+    arrays = {name: value for name, value in contents.items() if not name.startswith("__")}
+    return _pick(path, arrays, key, names)
+
+
+def _load_text_array(path: pathlib.Path) -> np.ndarray:
+    delimiter = "," if path.suffix.lower() == ".csv" else None
+    try:
+        return np.loadtxt(path, delimiter=delimiter, ndmin=1)
+    except Exception as exc:  # ValueError for text that is not numbers, UnicodeDecodeError...
+        raise ValueError(f"{path}: not a table of numbers ({type(exc).__name__}: "
+                         f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''})"
+                         ) from None
+
+
+def _is_numeric(value: object) -> bool:
+    import scipy.sparse
+
+    if scipy.sparse.issparse(value):
+        return True
+    return isinstance(value, np.ndarray) and value.dtype.kind in "biuf" and value.ndim >= 1
+
+
+def _pick(path: pathlib.Path, arrays: dict, key: str | None, names: tuple[str, ...]):
+    """The array named ``key``; else the only numeric one; else the first of ``names``."""
+    if key is not None:
+        if key not in arrays:
+            raise ValueError(f"{path}: no array named {key!r}; it holds "
+                             f"{', '.join(map(repr, arrays)) or 'nothing'}")
+        return arrays[key], key
+    numeric = [name for name, value in arrays.items() if _is_numeric(value)]
+    if len(numeric) == 1:
+        return arrays[numeric[0]], numeric[0]
+    for name in names:
+        if name in numeric:
+            return arrays[name], name
+    if not numeric:
+        raise ValueError(f"{path}: holds no numeric array (found "
+                         f"{', '.join(map(repr, arrays)) or 'nothing'})")
+    raise ValueError(f"{path}: holds several arrays ({', '.join(map(repr, numeric))}) and none "
+                     f"is named {' or '.join(map(repr, names)) or 'by convention'}; choose one "
+                     "with key=NAME (CLI: --key, --matrix-key)")
+
+
+def _check_numeric(path: pathlib.Path, array, name: str | None):
+    import scipy.sparse
+
+    where = f"{path}" if name is None else f"{path}[{name!r}]"
+    if scipy.sparse.issparse(array):
+        values = array.data
+    else:
+        values = array = np.asarray(array)
+    if values.dtype.kind not in "biuf":
+        kind = {"c": "complex", "O": "Python objects", "U": "text", "S": "bytes"}.get(
+            values.dtype.kind, str(values.dtype))
+        raise ValueError(f"{where}: holds {kind} (dtype {values.dtype}); real numbers are "
+                         "needed")
+    if array.ndim == 0 or 0 in array.shape:
+        raise ValueError(f"{where}: empty or scalar (shape {array.shape}); an array is needed")
+    finite = np.isfinite(values)
+    if not finite.all():
+        raise ValueError(f"{where}: holds {int(values.size - finite.sum())} non-finite values "
+                         "(NaN or infinity)")
+    return array
 
 
 # --------------------------------------------------------------------------- saving

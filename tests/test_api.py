@@ -281,15 +281,6 @@ def test_user_module_and_policy_through_make_policy_and_fit():
     assert (result.best_step, result.num_steps) == (4, 4)
 
 
-@pytest.fixture
-def registry(monkeypatch):
-    """Registrations made by a test are undone after it."""
-    import copy
-
-    monkeypatch.setattr(deepprior.nets, "_NETS", dict(deepprior.nets._NETS))
-    monkeypatch.setattr(deepprior.api, "PROBLEMS", copy.deepcopy(deepprior.api.PROBLEMS))
-
-
 def test_register_net_makes_a_network_usable_by_name(registry):
     from deepprior.nets import DeepDecoder
 

@@ -15,7 +15,14 @@ import pytest
 import tifffile
 from PIL import Image, ImageOps
 
-from deepprior.io import ImageError, load_image, save_image, write_atomic
+from deepprior.io import (
+    ImageError,
+    image_bit_depth,
+    load_array,
+    load_image,
+    save_image,
+    write_atomic,
+)
 
 HEIGHT, WIDTH = 17, 23  # odd, unequal: catches transposed axes
 
@@ -761,3 +768,106 @@ def test_write_atomic_failure_leaves_old_file_and_no_temporary(tmp_path):
 def test_write_atomic_onto_directory(tmp_path):
     with pytest.raises(IsADirectoryError, match="is a directory"):
         write_atomic(tmp_path, lambda f: f.write(b""), overwrite=True)
+
+
+# --- image_bit_depth ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "bits", "expected"),
+    [("grey.png", 8, 8), ("grey16.png", 16, 16), ("grey16.tif", 16, 16), ("rgb.jpg", 8, 8),
+     ("rgb16.tif", 16, 16), ("float.npy", 8, 32)],
+)
+def test_image_bit_depth_of_written_files(tmp_path, rng, name, bits, expected):
+    image = rng.random((HEIGHT, WIDTH, 3) if "rgb" in name else (HEIGHT, WIDTH))
+    path = save_image(tmp_path / name, image, bits=bits)
+    assert image_bit_depth(path) == expected
+
+
+def test_image_bit_depth_of_float_tiffs_and_colour_16_bit_png(tmp_path, rng):
+    tifffile.imwrite(tmp_path / "grey.tif", rng.random((HEIGHT, WIDTH), dtype=np.float32))
+    tifffile.imwrite(tmp_path / "rgb.tif", rng.random((HEIGHT, WIDTH, 3), dtype=np.float32),
+                     photometric="rgb")
+    write_png16(tmp_path / "rgb16.png", (rng.random((HEIGHT, WIDTH, 3)) * 65535).astype(">u2"), 2)
+    assert image_bit_depth(tmp_path / "grey.tif") == 32
+    assert image_bit_depth(tmp_path / "rgb.tif") == 32  # Pillow cannot open it: tifffile reads
+    assert image_bit_depth(tmp_path / "rgb16.png") == 16  # the file's depth, read at 8 bits
+
+
+def test_image_bit_depth_errors(tmp_path):
+    with pytest.raises(ImageError, match="is a directory"):
+        image_bit_depth(tmp_path)
+    (tmp_path / "notes.txt").write_text("hello")
+    with pytest.raises(ImageError, match="not a recognised image"):
+        image_bit_depth(tmp_path / "notes.txt")
+
+
+# --- load_array --------------------------------------------------------------------------
+
+
+def test_load_array_formats(tmp_path):
+    import scipy.io
+    import scipy.sparse
+
+    matrix = np.arange(12, dtype=np.float64).reshape(3, 4)
+    np.save(tmp_path / "a.npy", matrix)
+    np.savetxt(tmp_path / "y.txt", matrix[0])
+    np.savetxt(tmp_path / "y.csv", matrix[:, :1], delimiter=",")
+    np.savez(tmp_path / "one.npz", anything=matrix)
+    scipy.io.savemat(tmp_path / "a.mat", {"Phi": matrix})
+    sparse = scipy.sparse.random(5, 7, density=0.4, format="csr", random_state=0)
+    scipy.sparse.save_npz(tmp_path / "s.npz", sparse)
+    scipy.io.savemat(tmp_path / "s.mat", {"S": sparse})
+    np.testing.assert_array_equal(load_array(tmp_path / "a.npy"), matrix)
+    np.testing.assert_array_equal(load_array(tmp_path / "y.txt"), matrix[0])
+    np.testing.assert_array_equal(load_array(tmp_path / "y.csv").ravel(), matrix[:, 0])
+    np.testing.assert_array_equal(load_array(tmp_path / "one.npz"), matrix)
+    np.testing.assert_array_equal(load_array(tmp_path / "a.mat"), matrix)
+    for name in ("s.npz", "s.mat"):
+        loaded = load_array(tmp_path / name)
+        assert scipy.sparse.issparse(loaded)
+        np.testing.assert_array_equal(loaded.toarray(), sparse.toarray())
+
+
+def test_load_array_picks_by_key_then_conventional_name(tmp_path):
+    import scipy.io
+
+    np.savez(tmp_path / "two.npz", A=np.eye(2), y=np.ones(2), operator="text", sigma=0.5)
+    scipy.io.savemat(tmp_path / "two.mat", {"b": np.eye(2), "c": np.ones(2)})
+    np.testing.assert_array_equal(load_array(tmp_path / "two.npz", names=("y",)), np.ones(2))
+    np.testing.assert_array_equal(load_array(tmp_path / "two.npz", names=("A", "matrix")),
+                                  np.eye(2))
+    np.testing.assert_array_equal(load_array(tmp_path / "two.mat", key="b"), np.eye(2))
+    with pytest.raises(ValueError, match=r"several arrays \('b', 'c'\).*key=NAME"):
+        load_array(tmp_path / "two.mat", names=("A",))
+    with pytest.raises(ValueError, match="no array named 'x'; it holds 'b', 'c'"):
+        load_array(tmp_path / "two.mat", key="x")
+
+
+def test_load_array_errors(tmp_path):
+    (tmp_path / "bad.npz").write_bytes(b"PK\x03\x04 not really a zip")
+    (tmp_path / "bad.mat").write_bytes(b"garbage" * 30)
+    header = b"MATLAB 7.3 MAT-file, Platform: GLNXA64, HDF5 schema 1.00 .".ljust(116)
+    (tmp_path / "v73.mat").write_bytes(header + bytes(8) + b"\x00\x02IM" + bytes(400))
+    (tmp_path / "words.txt").write_text("one two\n")
+    (tmp_path / "empty.npy").write_bytes(b"")
+    np.save(tmp_path / "nan.npy", np.array([1.0, np.nan]))
+    np.save(tmp_path / "complex.npy", np.array([1j]))
+    np.save(tmp_path / "a.png.npy", np.ones(2))
+    cases = {
+        "bad.npz": "not a readable .npz file",
+        "bad.mat": "not a readable MATLAB .mat file",
+        "v73.mat": "MATLAB v7.3 \\(HDF5\\).*'-v7'",
+        "words.txt": "not a table of numbers",
+        "empty.npy": "empty",
+        "nan.npy": "1 non-finite values",
+        "complex.npy": "holds complex",
+        "missing.npy": "no such file",
+        ".": "is a directory",
+    }
+    for name, message in cases.items():
+        with pytest.raises(ValueError, match=message):
+            load_array(tmp_path / name)
+    (tmp_path / "a.json").write_text("[1]")
+    with pytest.raises(ValueError, match="unsupported file type '.json'"):
+        load_array(tmp_path / "a.json")

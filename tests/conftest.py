@@ -1,0 +1,39 @@
+"""Shared test settings: one torch thread, and registrations undone after a test."""
+
+import copy
+
+import pytest
+import torch
+
+import deepprior
+
+
+@pytest.fixture(autouse=True, scope="session")
+def one_torch_thread():
+    """Tiny fits run fastest on one thread, and a busy machine does not slow them down by
+    an order of magnitude (two threads spin against other processes)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _saved_registry():
+    nets, problems = dict(deepprior.nets._NETS), copy.deepcopy(deepprior.api.PROBLEMS)
+    yield
+    deepprior.nets._NETS.clear()
+    deepprior.nets._NETS.update(nets)
+    deepprior.api.PROBLEMS.clear()
+    deepprior.api.PROBLEMS.update(problems)
+
+
+@pytest.fixture
+def registry():
+    """Networks registered by the test (``register_net``) are removed after it."""
+    yield from _saved_registry()
+
+
+@pytest.fixture(scope="module")
+def module_registry():
+    """Networks registered by the module's tests are removed after the module."""
+    yield from _saved_registry()
