@@ -1,0 +1,73 @@
+"""The CUDA path: the same fits as on the CPU, on a GPU (skipped where there is none).
+
+Run by ``benchmarks/gpu_check.sh`` on a machine with a GPU.
+"""
+
+import numpy as np
+import pytest
+import torch
+
+import deepprior
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+SMALL = {"channels": 16}
+
+
+@pytest.fixture(scope="module")
+def camera():
+    return deepprior.sample_image("camera", size=64)
+
+
+@pytest.mark.parametrize("net", ["deep_decoder", "dip", "conv_decoder"])
+def test_denoising_on_cuda_matches_the_cpu(camera, net):
+    noisy = deepprior.add_gaussian_noise(camera, 0.1, seed=0)
+    runs = {device: deepprior.reconstruct(noisy, net=net, stop="fixed:30", device=device,
+                                          ground_truth=camera, net_options=SMALL)
+            for device in ("cpu", "cuda")}
+    assert runs["cuda"].device.startswith("cuda")
+    assert runs["cuda"].num_iter == runs["cpu"].num_iter == 30
+    assert abs(runs["cuda"].psnr - runs["cpu"].psnr) < 0.2  # float order differs, not the fit
+
+
+@pytest.mark.parametrize("operator", ["gaussian", "fast", "matrix", "function"])
+def test_every_kind_of_operator_runs_on_cuda(camera, operator):
+    built = deepprior.GaussianSensing(800, (64, 64), seed=0)
+    y, _ = deepprior.simulate_measurements(built, camera, seed=0)
+    matrix = built.matrix
+    model = {
+        "gaussian": built,
+        "fast": deepprior.FastSensing(800, (64, 64), seed=0),
+        "matrix": matrix.numpy(),
+        "function": torch.nn.Module(),
+    }[operator]
+    if operator == "function":  # a user's physics module with a buffer: moved with the fit
+        model.register_buffer("M", matrix.clone())
+        model.A = lambda x: x.reshape(1, -1) @ model.M.T
+    if operator == "fast":
+        y, _ = deepprior.simulate_measurements(model, camera, seed=0)
+    result = deepprior.reconstruct(y, model, image_shape=(64, 64), stop="patience:50",
+                                   max_num_iter=100, device="cuda", net_options=SMALL,
+                                   problem="compressive_sensing")
+    assert np.isfinite(result.image).all() and result.device.startswith("cuda")
+
+
+def test_stopping_rules_read_late_on_cuda_return_the_same_iterate(camera):
+    noisy = deepprior.add_gaussian_noise(camera, 0.1, seed=0)
+    options = {"stop": "holdout:patience=20", "max_num_iter": 200, "net_options": SMALL,
+               "device": "cuda"}
+    late = deepprior.reconstruct(noisy, **options)  # sync_every=8 on a GPU
+    every = deepprior.reconstruct(noisy, callback=lambda state: None, **options)  # 1 per step
+    assert late.num_iter == every.num_iter and late.num_steps == every.num_steps
+    np.testing.assert_allclose(late.image, every.image, atol=1e-5)
+
+
+def test_ensemble_and_many_fits_on_one_gpu(camera):
+    noisy = deepprior.add_gaussian_noise(camera, 0.1, seed=0)
+    ensemble = deepprior.reconstruct(noisy, ensemble=2, stop="fixed:10", device="cuda",
+                                     net_options=SMALL)
+    assert len(ensemble.config["members"]) == 2
+    items = [(f"crop{i}", noisy[16 * i:16 * i + 32, :32]) for i in range(3)]
+    results = list(deepprior.reconstruct_many(items, device="cuda", gpus_per_fit=0.5,
+                                              stop="fixed:10", net_options=SMALL))
+    assert sorted(r.name for r in results) == ["crop0", "crop1", "crop2"]
+    assert all(r.ok and r.result.device.startswith("cuda") for r in results)
