@@ -26,13 +26,17 @@ import numpy as np
 import typer
 
 import deepprior
-from deepprior import write_atomic
 from deepprior.analysis import Diagnostics
 
 from .common import (
+    DEFAULT_NET,
+    EXIT_DIVERGED,
+    EXIT_INTERRUPTED,
+    MAX_PIXELS,
     Debug,
     Device,
     Lr,
+    MaxPixels,
     Net,
     Overwrite,
     Quiet,
@@ -42,6 +46,7 @@ from .common import (
     image_or_demo,
     sigma_from_cli,
 )
+from .outputs import all_or_none, check_outputs
 
 NORMS = ("channel", "none", "batch")
 #: Side length of the bundled camera image when no IMAGE is given.
@@ -58,10 +63,6 @@ LABELS = {"channel": "channel norm", "batch": "batch norm", "none": "no normaliz
 
 
 def analyze(
-    output: Annotated[
-        Path,
-        typer.Option("--output", "-o", help="Folder for analysis.json and the plots."),
-    ],
     image: Annotated[
         Path | None,
         typer.Argument(
@@ -69,7 +70,12 @@ def analyze(
             "resized to --size."
         ),
     ] = None,
-    net: Net = "deep_decoder",
+    output: Annotated[
+        Path | None,
+        typer.Option("--output", "-o", help="Folder for analysis.json and the plots (default: "
+                     "IMAGE_analysis/ next to IMAGE, camera_analysis/ for the bundled image)."),
+    ] = None,
+    net: Net = DEFAULT_NET,
     norm: Annotated[
         str,
         typer.Option("--norm", help="channel, none, batch, or all (one fit per normalization)."),
@@ -103,13 +109,22 @@ def analyze(
     overwrite: Overwrite = False,
     quiet: Quiet = False,
     debug: Debug = False,
+    max_pixels: MaxPixels = MAX_PIXELS,
 ) -> None:
-    """Show per-layer gradient norms, conditioning, oscillation and rank during a fit."""
+    """Show per-layer gradient norms, conditioning, oscillation and rank during a fit.
+
+    Exit codes: 0 done, 1 error, 2 invalid command line, 3 a fit diverged, 130 Ctrl-C (the
+    runs so far are written).
+    """
+    net = net.value
     with error_funnel(debug):
         norms = _norms(norm)
         noise_sigma = sigma_from_cli(sigma, "--sigma")
-        paths = _output_paths(output, overwrite)
-        clean, source = image_or_demo(image, size)
+        if output is None:
+            output = Path("camera_analysis") if image is None else image.with_name(
+                f"{image.stem}_analysis")
+        paths = _output_paths(output, overwrite, image)
+        clean, source = image_or_demo(image, size, max_pixels)
         observation = clean
         if noise_sigma is not None:
             observation = deepprior.add_gaussian_noise(clean, noise_sigma, seed=seed)
@@ -130,6 +145,8 @@ def analyze(
                 observation, clean, net=net, norm=name, iters=iters, lr=lr, seed=seed,
                 device=device, channels=channels, settings=settings, progress=not quiet,
             )
+            if runs[name]["stop_reason"].startswith("interrupted"):
+                break
         report = {
             "deepprior_version": deepprior.__version__,
             "command": "analyze",
@@ -147,6 +164,16 @@ def analyze(
         if not quiet:
             typer.echo(summary_table(report))
             typer.echo(f"wrote {', '.join(str(p) for p in written)}")
+        reasons = [run["stop_reason"] for run in runs.values()]
+        if any(reason.startswith("interrupted") for reason in reasons):
+            typer.echo(f"interrupted (Ctrl-C); wrote the {len(runs)} run(s) so far", err=True)
+            raise typer.Exit(code=EXIT_INTERRUPTED)
+        diverged = [name for name, run in runs.items()
+                    if run["stop_reason"].startswith("diverged")]
+        if diverged:
+            typer.echo(f"warning: the fit with norm={', '.join(diverged)} diverged; its series "
+                       "end at the divergence; try a smaller --lr", err=True)
+            raise typer.Exit(code=EXIT_DIVERGED)
 
 
 # --------------------------------------------------------------------------- running
@@ -246,14 +273,12 @@ def _norms(norm: str) -> tuple[str, ...]:
     return (norm,)
 
 
-def _output_paths(folder: Path, overwrite: bool) -> dict[str, Path]:
+def _output_paths(folder: Path, overwrite: bool, image: Path | None) -> dict[str, Path]:
+    """The report and plot paths in ``folder``, checked before any fit."""
     if folder.exists() and not folder.is_dir():
         raise ValueError(f"--output {folder} is a file; give a folder for the report and plots")
     paths = {"report": folder / REPORT, **{k: folder / v for k, v in PLOTS.items()}}
-    if not overwrite:
-        for path in paths.values():
-            if path.exists():
-                raise FileExistsError(f"{path} already exists; pass --overwrite to replace it")
+    check_outputs(paths, overwrite=overwrite, inputs=[image] if image else [])
     return paths
 
 
@@ -263,10 +288,8 @@ def _output_paths(folder: Path, overwrite: bool) -> dict[str, Path]:
 def write_outputs(
     report: dict[str, Any], paths: dict[str, Path], *, overwrite: bool
 ) -> list[Path]:
-    """analysis.json and the plots, each written atomically; returns the paths written."""
+    """analysis.json and the plots, all or none; returns the paths written."""
     text = json.dumps(deepprior.jsonable(report, digits=4), separators=(",", ":"))
-    write_atomic(paths["report"], lambda f: f.write(text.encode()), overwrite=overwrite)
-    written = [paths["report"]]
     plots: dict[str, Callable[[dict[str, Any]], Any]] = {
         "grad_norms": plot_grad_norms,
         "conditioning": plot_conditioning,
@@ -274,13 +297,15 @@ def write_outputs(
         "effective_rank": plot_effective_rank,
         "loss": plot_loss,
     }
-    for key, make in plots.items():
-        figure = make(report)
-        if figure is None:
-            continue
-        write_atomic(paths[key], lambda f, fig=figure: fig.savefig(f, format="png"),
-                     overwrite=overwrite)
-        written.append(paths[key])
+    written = [paths["report"]]
+    with all_or_none(overwrite=overwrite) as staging:
+        staging.add_bytes(paths["report"], lambda f: f.write(text.encode()))
+        for key, make in plots.items():
+            figure = make(report)
+            if figure is None:
+                continue
+            staging.add_bytes(paths[key], lambda f, fig=figure: fig.savefig(f, format="png"))
+            written.append(paths[key])
     return written
 
 

@@ -1,12 +1,19 @@
-"""Pieces every command shares: option types, the error funnel and unit conversion."""
+"""Pieces every command shares: the fitting options (defined once), the error funnel, exit
+codes, unit conversion and small input helpers."""
 
 from __future__ import annotations
 
 import contextlib
+import enum
+import functools
+import inspect
+import math
+import re
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import numpy as np
 import typer
@@ -15,17 +22,41 @@ import deepprior
 
 KNOWN_ERRORS = (ValueError, TypeError, OSError, KeyError)
 
+#: Exit codes: documented in ``deepprior --help`` and on every fitting command's help.
+EXIT_ERROR = 1  # a known error: one line "error: ..." on stderr, nothing written
+EXIT_USAGE = 2  # typer's own validation of the command line
+EXIT_DIVERGED = 3  # the fit diverged: outputs hold the last good iterate, a warning says so
+EXIT_INTERRUPTED = 130  # Ctrl-C: best iterate so far written (during a fit) or nothing
+EXIT_CODES = (
+    "Exit codes: 0 done; 1 error (one line on stderr, nothing written); 2 invalid command "
+    "line; 3 the fit diverged (outputs hold the last good iterate, a warning says so); "
+    "130 interrupted by Ctrl-C (during a fit: the best iterate so far is written)."
+)
+#: Smallest image side any built-in network reconstructs (ConvDecoder needs 8).
+MIN_SIDE = 4
+#: load_image's default pixel limit.
+MAX_PIXELS = 64_000_000
+
+FIT_PANEL = "Fitting and output options (every command)"
+
+NetName = enum.Enum("NetName", {name: name for name in deepprior.available_nets()}, type=str)
+NormName = enum.Enum("NormName", {name: name for name in deepprior.NORMS}, type=str)
+DEFAULT_NET = NetName("deep_decoder")
+
 Net = Annotated[
-    str,
-    typer.Option("--net", help=f"Network: {', '.join(deepprior.available_nets())} "
-                 "(and any registered with deepprior.register_net)."),
+    NetName,
+    typer.Option("--net", help="Network (deep_decoder: Heckel & Hand 2019; dip: Ulyanov et al. "
+                 "2018; conv_decoder: Darestani & Heckel 2021).", rich_help_panel=FIT_PANEL),
 ]
-Norm = Annotated[str, typer.Option("--norm", help="Normalization: channel, batch or none.")]
+Norm = Annotated[NormName, typer.Option("--norm", help="Normalization after each layer.",
+                                        rich_help_panel=FIT_PANEL)]
 Iters = Annotated[
-    int | None, typer.Option("--iters", min=1, help="Maximum iterations (default: per network).")
+    int | None, typer.Option("--iters", min=1, help="Maximum iterations (default: per network).",
+                             rich_help_panel=FIT_PANEL)
 ]
 Lr = Annotated[
-    float | None, typer.Option("--lr", help="Adam learning rate (default: per network).")
+    float | None, typer.Option("--lr", help="Adam learning rate > 0 (default: per network).",
+                               rich_help_panel=FIT_PANEL)
 ]
 Stop = Annotated[
     str,
@@ -33,25 +64,170 @@ Stop = Annotated[
         "--stop",
         help="Stopping rule: auto, wmv, emv, discrepancy, holdout, patience, fixed:N, oracle, "
         "with parameters as in wmv:window=100,patience=1000; join rules with '+'.",
+        rich_help_panel=FIT_PANEL,
     ),
 ]
-Seed = Annotated[int, typer.Option("--seed", min=0, help="Seed of everything random.")]
-Device = Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps.")]
+Seed = Annotated[int, typer.Option("--seed", min=0, help="Seed of everything random.",
+                                   rich_help_panel=FIT_PANEL)]
+Device = Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps.",
+                                     rich_help_panel=FIT_PANEL)]
 Output = Annotated[
-    Path | None, typer.Option("--output", "-o", help="Output image (.png, .tif, .npy).")
+    Path | None,
+    typer.Option("--output", "-o", help="Output image (.png, .tif, .jpg, .npy; 16 bits in a "
+                 "TIFF or grey PNG when the input has more than 8); the report and the plot go "
+                 "next to it (NAME.json, NAME_curve.png).", rich_help_panel=FIT_PANEL),
 ]
-Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace existing outputs.")]
-Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or summary.")]
-JsonOut = Annotated[bool, typer.Option("--json", help="Print the JSON report to stdout.")]
-Debug = Annotated[bool, typer.Option("--debug", help="Show tracebacks of errors.")]
+Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace existing outputs (never "
+                                         "the input).", rich_help_panel=FIT_PANEL)]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar, summary or notes "
+                                     "(warnings still go to stderr).", rich_help_panel=FIT_PANEL)]
+JsonOut = Annotated[bool, typer.Option("--json", help="Print the JSON report to stdout (implies "
+                                       "--quiet).", rich_help_panel=FIT_PANEL)]
+Debug = Annotated[bool, typer.Option("--debug", help="Show tracebacks of errors.",
+                                     rich_help_panel=FIT_PANEL)]
 Width = Annotated[
-    int | None, typer.Option("--channels", min=1, help="Network width k (default: per network).")
+    int | None, typer.Option("--channels", min=1, help="Network width k (default: per network).",
+                             rich_help_panel=FIT_PANEL)
 ]
+MaxPixels = Annotated[
+    int, typer.Option("--max-pixels", min=1, help="Refuse input images with more pixels (H*W).",
+                      rich_help_panel=FIT_PANEL)
+]
+Clean = Annotated[
+    Path | None,
+    typer.Option("--clean", help="The clean image, for PSNR/SSIM (and --stop oracle) when the "
+                 "input is already corrupted.", rich_help_panel=FIT_PANEL),
+]
+Ensemble = Annotated[
+    int, typer.Option("--ensemble", min=1, metavar="K", help="Fit K networks (seeds SEED to "
+                      "SEED+K-1; denoising: also the 8 flips/rotations of the image) and return "
+                      "their average; costs K fits.", rich_help_panel=FIT_PANEL)
+]
+Threads = Annotated[
+    int | None, typer.Option("--threads", min=1, metavar="N", help="Torch CPU threads for the "
+                             "fit (default: torch's own choice).", rich_help_panel=FIT_PANEL)
+]
+
+BATCH_PANEL = "Fitting and output options (every batch task)"
+
+#: The options of ``deepprior batch TASK`` that differ from the single-image commands'.
+OutputFolder = Annotated[
+    Path, typer.Option("--output", "-o", metavar="OUTDIR", help="Output folder: NAME.EXT, "
+                       "NAME.json and NAME_curve.png per input (NAME: its file name without "
+                       "suffix), summary.csv and summary.json.", rich_help_panel=BATCH_PANEL)
+]
+CleanFolder = Annotated[
+    Path | None,
+    typer.Option("--clean", metavar="DIR", help="Folder of clean images, matched by name "
+                 "(DIR/NAME.*): PSNR/SSIM per image (and --stop oracle).",
+                 rich_help_panel=BATCH_PANEL),
+]
+SummaryJson = Annotated[bool, typer.Option("--json", help="Print the summary JSON to stdout "
+                                           "(implies --quiet).", rich_help_panel=BATCH_PANEL)]
+ThreadsPerFit = Annotated[
+    int | None, typer.Option("--threads", min=1, metavar="N", help="Torch CPU threads per fit "
+                             "(default 1; the CPUs a Ray task asks for).",
+                             rich_help_panel=BATCH_PANEL)
+]
+
+
+@dataclass(frozen=True)
+class FitOptions:
+    """The options every fitting command takes, as one object."""
+
+    net: str = "deep_decoder"
+    norm: str = "channel"
+    channels: int | None = None
+    iters: int | None = None
+    lr: float | None = None
+    stop: str = "auto"
+    seed: int = 0
+    device: str = "auto"
+    output: Path | None = None
+    overwrite: bool = False
+    quiet: bool = False
+    json: bool = False
+    debug: bool = False
+    max_pixels: int = MAX_PIXELS
+    clean: Path | None = None
+    ensemble: int = 1
+    threads: int | None = None
+
+    @property
+    def silent(self) -> bool:
+        """No progress bar, summary or notes (``--quiet`` or ``--json``)."""
+        return self.quiet or self.json
+
+
+#: Each FitOptions field: its command-line annotation (the defaults are FitOptions').
+_ANNOTATIONS: dict[str, Any] = {
+    "net": Net, "norm": Norm, "channels": Width, "iters": Iters, "lr": Lr, "stop": Stop,
+    "seed": Seed, "device": Device, "output": Output, "overwrite": Overwrite, "quiet": Quiet,
+    "json": JsonOut, "debug": Debug, "max_pixels": MaxPixels, "clean": Clean,
+    "ensemble": Ensemble, "threads": Threads,
+}
+#: Defaults typer needs as enum members.
+_CLI_DEFAULTS: dict[str, Any] = {"net": DEFAULT_NET, "norm": NormName("channel")}
+#: ``deepprior batch TASK``: -o is a folder (required), --clean a folder, --threads per fit;
+#: --overwrite is left out (batch has --force).
+_BATCH_ANNOTATIONS: dict[str, Any] = {
+    **{name: annotation for name, annotation in _ANNOTATIONS.items() if name != "overwrite"},
+    "output": OutputFolder, "clean": CleanFolder, "threads": ThreadsPerFit, "json": SummaryJson,
+}
+_REQUIRED = inspect.Parameter.empty
+
+
+def option_group(cls: type, keyword: str, annotations: dict[str, Any], *,
+                 defaults: dict[str, Any] | None = None) -> Callable[[Callable], Callable]:
+    """A decorator adding the fields of the dataclass ``cls`` named in ``annotations`` to a
+    command as options; the command receives them as one ``cls`` in the keyword ``keyword``.
+
+    The command declares its own parameters and ``keyword``; the decorator publishes a
+    signature with the options appended (typer reads the signature). Fields left out of
+    ``annotations`` keep their dataclass defaults; ``defaults`` overrides the published ones
+    (``inspect.Parameter.empty``: a required option). Decorators stack.
+    """
+    names = list(annotations)
+    prefix = f"{keyword}_"
+    defaults = {**{f.name: f.default for f in fields(cls)}, **_CLI_DEFAULTS, **(defaults or {})}
+
+    def decorate(command: Callable[..., None]) -> Callable[..., None]:
+        signature = inspect.signature(command, eval_str=True)
+        own = [p for p in signature.parameters.values() if p.name != keyword]
+        added = [inspect.Parameter(prefix + name, inspect.Parameter.KEYWORD_ONLY,
+                                   default=defaults[name], annotation=annotations[name])
+                 for name in names]
+
+        @functools.wraps(command)
+        def wrapper(**kwargs: Any) -> None:
+            values = {name: kwargs.pop(prefix + name) for name in names}
+            values = {k: v.value if isinstance(v, enum.Enum) else v for k, v in values.items()}
+            return command(**kwargs, **{keyword: cls(**values)})
+
+        del wrapper.__wrapped__  # typer must see the published signature, not the command's
+        wrapper.__signature__ = signature.replace(parameters=[*own, *added])  # type: ignore[attr-defined]
+        wrapper.__annotations__ = {p.name: p.annotation for p in [*own, *added]}
+        return wrapper
+
+    return decorate
+
+
+#: Add the shared fitting options to a command; it receives them as ``options: FitOptions``.
+fit_options = option_group(FitOptions, "options", _ANNOTATIONS)
+#: The same for a ``deepprior batch`` task (-o OUTDIR required, --clean DIR, no --overwrite).
+batch_fit_options = option_group(FitOptions, "options", _BATCH_ANNOTATIONS,
+                                 defaults={"output": _REQUIRED})
+
+
+# --------------------------------------------------------------------------- errors
 
 
 @contextlib.contextmanager
 def error_funnel(debug: bool) -> Iterator[None]:
-    """Known errors → ``error: …`` on stderr and exit 1; tracebacks only with --debug."""
+    """Known errors → ``error: …`` on stderr and exit 1; Ctrl-C → one line and exit 130.
+
+    Tracebacks only with ``--debug``; warnings are printed as ``warning: …``.
+    """
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("default")
@@ -59,29 +235,54 @@ def error_funnel(debug: bool) -> Iterator[None]:
             yield
     except typer.Exit:
         raise
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        typer.echo("interrupted (Ctrl-C); nothing was written", err=True)
+        raise typer.Exit(code=EXIT_INTERRUPTED) from None
     except KNOWN_ERRORS as exc:
         if debug:
             raise
-        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        if isinstance(exc, KeyError):
-            message = f"missing entry {message}"
-        typer.echo(f"error: {message}", err=True)
-        raise typer.Exit(code=1) from None
+        typer.echo(f"error: {one_line(exc)}", err=True)
+        raise typer.Exit(code=EXIT_ERROR) from None
+
+
+def one_line(exc: BaseException) -> str:
+    """The first line of an error's message (its type's name when it has none)."""
+    text = str(exc).strip()
+    message = text.splitlines()[0] if text else type(exc).__name__
+    if isinstance(exc, KeyError):
+        message = f"missing entry {message}"
+    return message
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
     typer.echo(f"warning: {message}", err=True)
 
 
+def note(text: str, options: FitOptions | None = None, *, quiet: bool = False) -> None:
+    """An informative line on stderr (so that ``--json`` output stays clean), unless quiet."""
+    if not (quiet or (options is not None and options.silent)):
+        typer.echo(f"note: {text}", err=True)
+
+
+# --------------------------------------------------------------------------- units
+
+
 def sigma_from_cli(value: float | None, option: str) -> float | None:
-    """0–255 units from the command line → the library's [0, 1] scale."""
+    """A noise std in 0–255 units from the command line → the library's [0, 1] scale.
+
+    One rule for every such option: a finite number in (0, 255]. Values below 1 are accepted
+    with a warning (they look like the [0, 1] scale).
+    """
     if value is None:
         return None
-    if value < 0:
-        raise ValueError(f"{option} must be >= 0 (in 0-255 units), got {value}")
-    if 0 < value < 1:
+    if not math.isfinite(value) or not 0 < value <= 255:
+        raise ValueError(f"{option} must be a noise std in 0-255 units, > 0 and <= 255 (e.g. "
+                         f"{option} 25), got {value:g}")
+    if value < 1:
         warnings.warn(
-            f"{option} {value} is in 0-255 units, so this is very weak noise; "
+            f"{option} {value:g} is in 0-255 units, so this is very weak noise; "
             f"did you mean {option} {value * 255:.3g}?",
             UserWarning,
             stacklevel=2,
@@ -89,9 +290,21 @@ def sigma_from_cli(value: float | None, option: str) -> float | None:
     return value / 255.0
 
 
+def measurement_sigma_from_cli(value: float | None, option: str) -> float | None:
+    """A noise std in the measurements' own units: a finite number > 0, no upper bound."""
+    if value is None:
+        return None
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{option} must be a noise std > 0 in the measurements' units, got "
+                         f"{value:g}")
+    return float(value)
 
 
-def image_or_demo(image: Path | None, demo_size: int) -> tuple[np.ndarray, str]:
+# --------------------------------------------------------------------------- inputs
+
+
+def image_or_demo(image: Path | None, demo_size: int,
+                  max_pixels: int = MAX_PIXELS) -> tuple[np.ndarray, str]:
     """The image at ``image``, or the bundled camera image at ``demo_size`` when none is given.
 
     Returns the image and a line saying where it came from (for the report).
@@ -99,4 +312,74 @@ def image_or_demo(image: Path | None, demo_size: int) -> tuple[np.ndarray, str]:
     if image is None:
         clean = deepprior.sample_image("camera", size=demo_size)
         return clean, f"sample image camera resized to {demo_size}x{demo_size}"
-    return deepprior.load_image(image), str(image)
+    return load_image(image, max_pixels), str(image)
+
+
+def load_image(path: Path, max_pixels: int, *, what: str = "IMAGE") -> np.ndarray:
+    """load_image with the pixel limit, and images smaller than the networks handle refused."""
+    image = deepprior.load_image(path, max_pixels=max_pixels)
+    check_size(image.shape, f"{what} {path}")
+    return image
+
+
+def check_size(shape: tuple[int, ...], what: str) -> None:
+    """Refuse images with a side below :data:`MIN_SIDE` (the real minimum of the networks)."""
+    if min(shape[:2]) < MIN_SIDE:
+        raise ValueError(f"{what} is {shape[0]}x{shape[1]} pixels; deepprior reconstructs images "
+                         f"of at least {MIN_SIDE}x{MIN_SIDE} (8x8 with --net conv_decoder)")
+
+
+def parse_shape(text: str) -> tuple[int, int, int]:
+    """``HxW`` or ``HxWxC`` → ``(C, H, W)``."""
+    match = re.fullmatch(r"\s*(\d+)\s*[xX,]\s*(\d+)\s*(?:[xX,]\s*(\d+)\s*)?", text)
+    if not match:
+        raise ValueError(f"--shape must look like HxW or HxWxC (e.g. 64x64 or 64x64x3), got "
+                         f"{text!r}")
+    height, width = int(match[1]), int(match[2])
+    channels = int(match[3]) if match[3] else 1
+    if channels not in (1, 3):
+        raise ValueError(f"--shape {text}: the channel count must be 1 or 3, got {channels}")
+    check_size((height, width), f"--shape {text}")
+    return channels, height, width
+
+
+def shape_text(shape: tuple[int, ...]) -> str:
+    """``(H, W)`` or ``(H, W, C)`` → ``"HxW"`` / ``"HxWxC"``."""
+    return "x".join(str(s) for s in shape)
+
+
+def stop_names(stop: str) -> list[str]:
+    """The rule names in a --stop spec (validated; a bad spec raises a one-line ValueError)."""
+    if stop == "auto":  # the library picks a rule per problem and network; none needs more
+        return ["auto"]
+    try:
+        return [name for name, _ in deepprior.parse_stop(stop)]
+    except ValueError as exc:
+        raise ValueError(f"--stop {stop}: {one_line(exc)}") from None
+
+
+def epilog(*examples: str, units: str = "") -> str:
+    """The text after a command's options: examples, the units rule, the exit codes."""
+    lines = ["Examples:", *(f"  $ {example}" for example in examples)]
+    if units:
+        lines.append(units)
+    lines.append(EXIT_CODES)
+    return "\n\n".join(lines)
+
+
+def pixel_noise(noise_sigma: float | None, add_noise: float | None, *, simulating: bool,
+                simulate_how: str) -> float | None:
+    """``--noise-sigma`` (or its alias ``--add-noise``) for measurements that are pixels.
+
+    0-255 units. When the command simulates the observation it adds noise of this std; with a
+    given observation it is the known noise level. ``--add-noise`` says "add", so it is refused
+    when nothing is simulated (``simulate_how`` says how to simulate).
+    """
+    if add_noise is not None:
+        if not simulating:
+            raise ValueError(f"--add-noise adds noise to a simulated observation ({simulate_how})"
+                             "; for the noise level of IMAGE itself pass --noise-sigma")
+        if noise_sigma is not None:
+            raise ValueError("--add-noise and --noise-sigma both set the simulated noise; give one")
+        return sigma_from_cli(add_noise, "--add-noise")
+    return sigma_from_cli(noise_sigma, "--noise-sigma")

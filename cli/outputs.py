@@ -1,8 +1,19 @@
-"""What every command writes: the image, a JSON report and a plot of the fit, atomically."""
+"""What every command writes, and the rules for writing it.
+
+Outputs are checked before any fitting starts (:func:`check_outputs`: not a directory, free or
+``--overwrite``, never an input file, the folder writable) and written all or none
+(:func:`all_or_none`: every file goes to a hidden temporary next to its destination, then all
+are moved into place; on any failure, Ctrl-C included, what was written is removed and replaced
+files are restored).
+"""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import secrets
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -10,35 +21,194 @@ import numpy as np
 
 import deepprior
 
+IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".npy")
+
+
+# --------------------------------------------------------------------------- checks
+
+
+def check_outputs(paths: dict[str, Path], *, overwrite: bool, inputs: Iterable[Path] = ()) -> None:
+    """Refuse outputs that cannot or must not be written, before any fit.
+
+    ``paths`` maps a role ("image", "report", ...) to a path. Each must not be a directory,
+    must be free unless ``overwrite``, must never be one of ``inputs`` (even with
+    ``overwrite``), must differ from the others, and its folder must be writable (or
+    creatable inside a writable folder).
+    """
+    inputs = [Path(p) for p in inputs if p is not None]
+    seen: dict[Path, str] = {}
+    for role, path in paths.items():
+        resolved = path.resolve()
+        if resolved in seen:
+            raise ValueError(f"{path} would be both the {seen[resolved]} and the {role}; choose "
+                             "another name")
+        seen[resolved] = role
+        if path.is_dir():
+            raise ValueError(f"{path} (the {role} output) is a directory; give a file name, e.g. "
+                             f"-o {path / 'result.png'}")
+        for source in inputs:
+            if _same_file(path, source):
+                raise ValueError(f"{path} (the {role} output) is the input file {source}; choose "
+                                 "another output name (inputs are never overwritten, even with "
+                                 "--overwrite)")
+        if not overwrite and (path.exists() or path.is_symlink()):
+            raise FileExistsError(f"{path} already exists; pass --overwrite to replace it")
+        check_writable_folder(path.parent)
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    if not (a.exists() and b.exists()):
+        return False
+    return os.path.samefile(a, b)
+
+
+def check_writable_folder(folder: Path) -> None:
+    """The folder, or its nearest existing ancestor (missing folders are created), is a
+    writable directory."""
+    existing = folder.absolute()
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ValueError(f"cannot create the folder {folder}: {existing} is a file")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(f"cannot write to the folder {existing} (permission denied); choose "
+                         "another output folder with -o")
+
+
+# --------------------------------------------------------------------------- all or none
+
+
+class Staging:
+    """Files staged next to their destinations, moved into place together by :meth:`commit`."""
+
+    def __init__(self, *, overwrite: bool):
+        self.overwrite = overwrite
+        self.staged: list[tuple[Path, Path]] = []  # (temporary, destination)
+        self.created: list[Path] = []  # folders made for the outputs, outermost first
+
+    def add(self, path: Path, write: Callable[[Path], object]) -> None:
+        """Stage ``path``: ``write(temporary)`` writes the content to a file with its suffix."""
+        self._make_folder(path.parent)
+        temporary = path.with_name(f".{path.stem}.{secrets.token_hex(4)}.part{path.suffix}")
+        self.staged.append((temporary, path))
+        write(temporary)
+
+    def add_bytes(self, path: Path, write: Callable[[Any], object]) -> None:
+        """Stage ``path``: ``write(handle)`` writes the content to a binary file object."""
+        self.add(path, lambda temporary: deepprior.write_atomic(temporary, write))
+
+    def commit(self) -> list[Path]:
+        """Move every staged file into place; on failure undo the moves (restoring replaced
+        files) and re-raise."""
+        moved: list[Path] = []
+        backups: list[tuple[Path, Path]] = []
+        try:
+            for temporary, path in self.staged:
+                if path.is_dir():
+                    raise IsADirectoryError(f"{path} became a directory during the fit; nothing "
+                                            "was written")
+                if path.exists() or path.is_symlink():
+                    if not self.overwrite:
+                        raise FileExistsError(f"{path} appeared during the fit; nothing was "
+                                              "written (pass --overwrite to replace it)")
+                    backup = path.with_name(f".{path.name}.{secrets.token_hex(4)}.backup")
+                    os.replace(path, backup)
+                    backups.append((backup, path))
+                os.replace(temporary, path)
+                moved.append(path)
+        except BaseException:
+            for path in moved:
+                path.unlink(missing_ok=True)
+            for backup, path in backups:
+                os.replace(backup, path)
+            raise
+        for backup, _ in backups:
+            backup.unlink(missing_ok=True)
+        self.staged = []
+        return moved
+
+    def discard(self) -> None:
+        """Remove the temporaries and the folders made for them."""
+        for temporary, _ in self.staged:
+            temporary.unlink(missing_ok=True)
+        self.staged = []
+        for folder in reversed(self.created):
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        self.created = []
+
+    def _make_folder(self, folder: Path) -> None:
+        missing = []
+        while not folder.exists():
+            missing.append(folder)
+            folder = folder.parent
+        for path in reversed(missing):
+            path.mkdir()
+            self.created.append(path)
+
+
+@contextlib.contextmanager
+def all_or_none(*, overwrite: bool) -> Iterator[Staging]:
+    """Stage files in the block; they are all moved into place at its end, or none is."""
+    staging = Staging(overwrite=overwrite)
+    try:
+        yield staging
+        staging.commit()
+    except BaseException:
+        staging.discard()
+        raise
+
+
+# --------------------------------------------------------------------------- the three outputs
+
 
 class Outputs:
-    """The three output paths of a run, checked before any fitting starts."""
+    """The image, the JSON report and the plot of a run (and any extra file), checked at once.
 
-    def __init__(self, image_path: Path, *, overwrite: bool):
+    Parameters
+    ----------
+    image_path : Path
+        The output image; the report is ``NAME.json`` and the plot ``NAME_curve.png`` beside it.
+    overwrite : bool
+        Replace existing files (never an input).
+    inputs : iterable of Path
+        The run's input files, which no output may be.
+    extra : dict of role → Path
+        Further files of the run (e.g. saved measurements), checked and written with the rest.
+    """
+
+    def __init__(self, image_path: Path, *, overwrite: bool, inputs: Iterable[Path] = (),
+                 extra: dict[str, Path] | None = None):
+        if image_path.suffix.lower() not in IMAGE_SUFFIXES:
+            raise ValueError(f"output {image_path} must end in {', '.join(IMAGE_SUFFIXES)}")
         self.image = image_path
         self.report = image_path.with_suffix(".json")
         self.plot = image_path.with_name(image_path.stem + "_curve.png")
+        self.extra = dict(extra or {})
         self.overwrite = overwrite
-        if image_path.suffix.lower() not in (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".npy"):
-            raise ValueError(
-                f"output {image_path} must end in .png, .tif, .tiff, .jpg, .jpeg or .npy"
-            )
-        if not overwrite:
-            for path in (self.image, self.report, self.plot):
-                if path.exists():
-                    raise FileExistsError(f"{path} already exists; pass --overwrite to replace it")
+        check_outputs({"image": self.image, "report": self.report, "plot": self.plot,
+                       **self.extra}, overwrite=overwrite, inputs=inputs)
 
-    def write(self, image: np.ndarray, report: dict[str, Any], result) -> None:
-        deepprior.save_image(self.image, image, overwrite=self.overwrite)
+    def write(self, image: np.ndarray, report: dict[str, Any], result, *, bits: int = 8,
+              extra: dict[str, Callable[[Any], object]] | None = None) -> None:
+        """Write everything, all or none; ``extra`` maps a role to a writer of a binary handle."""
         text = json.dumps(deepprior.jsonable(report), indent=2)
-        overwrite = self.overwrite
-        deepprior.write_atomic(self.report, lambda f: f.write(text.encode()), overwrite=overwrite)
-        deepprior.write_atomic(self.plot, lambda f: _plot(result, f), overwrite=overwrite)
+        with all_or_none(overwrite=self.overwrite) as staging:
+            staging.add(self.image, lambda t: deepprior.save_image(t, image, bits=bits))
+            staging.add_bytes(self.report, lambda f: f.write(text.encode()))
+            staging.add_bytes(self.plot, lambda f: plot_fit(result, f))
+            for role, write in (extra or {}).items():
+                staging.add_bytes(self.extra[role], write)
+
+    def names(self) -> str:
+        """The files written, for the summary line."""
+        return ", ".join([str(self.image), self.report.name, self.plot.name,
+                          *(str(p) for p in self.extra.values())])
 
 
 def build_report(result, *, extra: dict[str, Any]) -> dict[str, Any]:
     """The JSON report of a run: configuration, stop, time and metrics."""
-    report: dict[str, Any] = {
+    return {
         "deepprior_version": deepprior.__version__,
         **extra,
         "num_iter": result.num_iter,
@@ -52,32 +222,30 @@ def build_report(result, *, extra: dict[str, Any]) -> dict[str, Any]:
         "ssim": result.ssim,
         "config": result.config,
     }
-    return report
 
 
-def _plot(result, handle) -> None:
+def plot_fit(result, handle) -> None:
     """Loss (and PSNR when known) against iteration, the returned iterate marked."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     loss = result.history["loss"]
     steps = np.arange(1, len(loss) + 1)
     psnr = result.history.get("psnr")
-    fig, ax = plt.subplots(figsize=(6, 3.6), dpi=100)
-    ax.semilogy(steps, loss, color="tab:blue", lw=1)
+    figure = Figure(figsize=(6, 3.6), dpi=100, layout="constrained")
+    ax = figure.subplots()
+    ax.semilogy(steps, np.where(np.isfinite(loss) & (loss > 0), loss, np.nan),
+                color="tab:blue", lw=1)
     ax.set_xlabel("iteration")
     ax.set_ylabel("training loss (MSE)", color="tab:blue")
     if result.num_iter > 0:
         ax.axvline(result.num_iter, color="k", ls="--", lw=1, label=f"returned: {result.num_iter}")
+        ax.legend(loc="upper right", fontsize=8)
     if psnr is not None:
         twin = ax.twinx()
         twin.plot(steps, psnr, color="tab:red", lw=1)
         twin.set_ylabel("PSNR to ground truth (dB)", color="tab:red")
-    ax.set_title(f"{result.config['net']} · norm={result.config['norm']}", fontsize=10)
-    if result.num_iter > 0:
-        ax.legend(loc="upper right", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(handle, format="png")
-    plt.close(fig)
+    status = result.stop_reason.split(":")[0] if result.stop_reason.startswith(
+        ("diverged", "interrupted")) else ""
+    title = f"{result.config['net']} · norm={result.config['norm']}"
+    ax.set_title(f"{title} · {status.upper()}" if status else title, fontsize=10)
+    figure.savefig(handle, format="png")

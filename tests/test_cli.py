@@ -1,16 +1,41 @@
-"""The command line, through typer's CliRunner: exit codes, messages and files written."""
+"""The command line, through typer's CliRunner: exit codes, messages and files written.
+
+Shared behaviour of every fitting command (options, output checks, units, errors, exit codes,
+Ctrl-C, divergence, bit depth) is tested here, mostly on ``denoise``; the commands' own data
+paths are in test_cli_cs.py and test_cli_inverse.py.
+"""
 
 import json
+import os
+import types
 
 import numpy as np
 import pytest
+import tifffile
+import torch
+import typer
 from typer.testing import CliRunner
 
+import deepprior
 from deepprior import load_image, sample_image, save_image
+from deepprior.io import image_bit_depth
 from deepprior_cli.main import app
 
 runner = CliRunner()
 FAST = ["--iters", "15", "--stop", "fixed:15", "--channels", "8", "--quiet"]
+FITTING_COMMANDS = ("denoise", "cs", "inpaint", "superres", "deblur")
+SHARED = {"--net", "--norm", "--channels", "--iters", "--lr", "--stop", "--seed", "--device",
+          "--output", "--overwrite", "--quiet", "--json", "--debug", "--max-pixels", "--clean",
+          "--ensemble", "--threads"}
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny fits run fastest on one thread (and do not fight other processes for cores)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture
@@ -20,14 +45,47 @@ def clean_png(tmp_path):
     return path
 
 
-def test_help_lists_commands_and_version():
+def files(folder):
+    return sorted(p.name for p in folder.iterdir())
+
+
+def assert_one_line_error(result, message, code=1):
+    """Exit code, and one line ``error: ...`` on stderr (besides the library's warnings)."""
+    assert result.exit_code == code, result.output
+    lines = [line for line in result.stderr.splitlines() if not line.startswith("warning: ")]
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert message in lines[0], result.stderr
+    assert "Traceback" not in result.output
+
+
+# --------------------------------------------------------------------------- help, options
+
+
+def test_help_lists_commands_exit_codes_and_version():
     result = runner.invoke(app, ["--help"])
     assert result.exit_code == 0
-    for command in ("denoise", "cs"):
+    for command in (*FITTING_COMMANDS, "analyze", "batch"):
         assert command in result.output
+    assert "130" in result.output and "3 the fit diverged" in result.output
     result = runner.invoke(app, ["--version"])
     assert result.exit_code == 0 and result.output.startswith("deepprior ")
-    assert runner.invoke(app, ["denoise", "--help"]).exit_code == 0
+
+
+@pytest.mark.parametrize("command", FITTING_COMMANDS)
+def test_every_fitting_command_has_the_shared_options_examples_and_exit_codes(command):
+    click_command = typer.main.get_command(app).commands[command]
+    options = {name for param in click_command.params for name in param.opts}
+    assert SHARED <= options
+    refused = runner.invoke(app, [command, "--net", "nope"])
+    assert refused.exit_code == 2
+    assert all(f"'{name}'" in refused.output for name in deepprior.available_nets())
+    result = runner.invoke(app, [command, "--help"])
+    assert result.exit_code == 0
+    assert f"$ deepprior {command}" in result.output
+    assert "Exit codes" in result.output
+
+
+# --------------------------------------------------------------------------- denoise
 
 
 def test_denoise_writes_three_outputs(clean_png, tmp_path):
@@ -38,26 +96,85 @@ def test_denoise_writes_three_outputs(clean_png, tmp_path):
     assert load_image(out).shape == (40, 36)
     report = json.loads(out.with_suffix(".json").read_text())
     assert report["num_steps"] == 15 and report["command"] == "denoise"
+    assert report["status"] == "done" and report["exit_code"] == 0
     assert report["psnr"] is not None and report["noisy_psnr"] is not None
     assert report["sigma_255"] == pytest.approx(25)
     assert (tmp_path / "res" / "out_curve.png").stat().st_size > 1000
+    assert files(tmp_path / "res") == ["out.json", "out.png", "out_curve.png"]  # no temporaries
 
 
 def test_denoise_default_output_name_and_json(clean_png):
     result = runner.invoke(app, ["denoise", str(clean_png), "--json", *FAST])
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
-    assert report["stop_reason"]
+    assert report["num_steps"] == 15 and report["output_bits"] == 8
     assert (clean_png.parent / "clean_denoised.png").exists()
     assert report["sigma_255"] > 0  # estimated, since neither --sigma nor --add-noise
+
+
+def test_clean_gives_psnr_for_an_already_noisy_image(clean_png, tmp_path):
+    noisy = tmp_path / "noisy.png"
+    save_image(noisy, np.clip(deepprior.add_gaussian_noise(load_image(clean_png), 0.1), 0, 1))
+    out = tmp_path / "o.png"
+    result = runner.invoke(app, ["denoise", str(noisy), "--clean", str(clean_png), "--stop",
+                                 "oracle", "-o", str(out), *FAST[:2], *FAST[4:]])
+    assert result.exit_code == 0, result.output
+    report = json.loads(out.with_suffix(".json").read_text())
+    assert report["psnr"] is not None and report["noisy_psnr"] is not None
+    assert report["clean"] == str(clean_png)
+
+
+def test_ensemble_averages_k_fits_and_the_report_lists_them(clean_png, tmp_path):
+    out = tmp_path / "e.png"
+    result = runner.invoke(app, ["denoise", str(clean_png), "--add-noise", "25", "--ensemble",
+                                 "3", "-o", str(out), "--iters", "5", "--stop", "fixed:5",
+                                 "--channels", "8"])
+    assert result.exit_code == 0, result.output
+    summary = next(line for line in result.stdout.splitlines() if line.startswith("PSNR"))
+    assert summary.endswith("iteration 5, average of 3 fits")
+    assert "time: " in result.stdout and " for 3 fits " in result.stdout
+    report = json.loads(out.with_suffix(".json").read_text())
+    assert report["config"]["ensemble"] == 3
+    members = report["config"]["members"]
+    assert [m["member"] for m in members] == [0, 1, 2]
+    assert [m["quarter_turns"] for m in members] == [0, 1, 2]  # denoising: rotated copies
+    assert all(m["num_iter"] == 5 and m["psnr"] is not None for m in members)
+    assert report["stop_reason"].startswith("average of 3 fits")
+
+
+def test_threads_are_set_for_the_fit_and_restored(clean_png, tmp_path, monkeypatch):
+    seen = []
+    real = deepprior.reconstruct
+
+    def spy(*args, **kwargs):
+        seen.append(torch.get_num_threads())
+        torch.set_num_threads(1)  # two threads on two busy cores are slow
+        try:
+            return real(*args, **kwargs)
+        finally:
+            torch.set_num_threads(3)  # whatever the fit leaves, the command restores its own
+
+    monkeypatch.setattr(deepprior, "reconstruct", spy)
+    before = torch.get_num_threads()
+    for threads in ("2", None):
+        extra = ["--threads", threads] if threads else []
+        result = runner.invoke(app, ["denoise", str(clean_png), "-o", str(tmp_path / "t.png"),
+                                     "--overwrite", *extra, *FAST])
+        assert result.exit_code == 0, result.output
+        assert torch.get_num_threads() == (before if threads else 3)
+        torch.set_num_threads(before)
+    assert seen == [2, before]  # without --threads, torch's setting is left alone
+
+
+# --------------------------------------------------------------------------- outputs
 
 
 def test_existing_output_is_not_overwritten(clean_png, tmp_path):
     out = tmp_path / "out.png"
     out.write_bytes(b"keep me")
     result = runner.invoke(app, ["denoise", str(clean_png), "-o", str(out), *FAST])
-    assert result.exit_code == 1
-    assert "already exists" in result.stderr and "--overwrite" in result.stderr
+    assert_one_line_error(result, "already exists")
+    assert "--overwrite" in result.stderr
     assert out.read_bytes() == b"keep me"
     assert not out.with_suffix(".json").exists()
     result = runner.invoke(app, ["denoise", str(clean_png), "-o", str(out), "--overwrite", *FAST])
@@ -65,69 +182,223 @@ def test_existing_output_is_not_overwritten(clean_png, tmp_path):
     assert load_image(out).shape == (40, 36)
 
 
+def test_output_onto_the_input_is_refused_even_with_overwrite(clean_png):
+    before = clean_png.read_bytes()
+    result = runner.invoke(app, ["denoise", str(clean_png), "-o", str(clean_png), "--overwrite",
+                                 *FAST])
+    assert_one_line_error(result, "is the input file")
+    assert clean_png.read_bytes() == before
+    assert files(clean_png.parent) == ["clean.png"]
+
+
+def test_output_that_is_a_directory_is_refused(clean_png, tmp_path):
+    folder = tmp_path / "folder.png"
+    folder.mkdir()
+    result = runner.invoke(app, ["denoise", str(clean_png), "-o", str(folder), "--overwrite",
+                                 *FAST])
+    assert_one_line_error(result, "is a directory")
+    (tmp_path / "out.json").mkdir()  # the report's path
+    result = runner.invoke(app, ["denoise", str(clean_png), "-o", str(tmp_path / "out.png"),
+                                 "--overwrite", *FAST])
+    assert_one_line_error(result, "out.json (the report output) is a directory")
+    assert not (tmp_path / "out.png").exists()
+
+
+def test_unwritable_folder_is_refused_before_the_fit(clean_png, tmp_path, monkeypatch):
+    fitted = []
+    monkeypatch.setattr(deepprior, "reconstruct", lambda *a, **k: fitted.append(1))
+    readable = os.access
+    monkeypatch.setattr(os, "access",  # tests run as root: nothing is read-only for real
+                        lambda path, mode: not mode & os.W_OK and readable(path, mode))
+    result = runner.invoke(app, ["denoise", str(clean_png), "-o",
+                                 str(tmp_path / "new" / "o.png"), *FAST])
+    assert_one_line_error(result, "permission denied")
+    assert not fitted and not (tmp_path / "new").exists()
+
+
+@pytest.mark.parametrize("failure", [OSError("disk full"), KeyboardInterrupt()])
+def test_outputs_are_written_all_or_none(clean_png, tmp_path, monkeypatch, failure):
+    def broken_plot(result, handle):
+        handle.write(b"half a plot")
+        raise failure
+
+    monkeypatch.setattr("deepprior_cli.outputs.plot_fit", broken_plot)
+    out = tmp_path / "sub" / "o.png"
+    result = runner.invoke(app, ["denoise", str(clean_png), "-o", str(out), *FAST])
+    if isinstance(failure, OSError):
+        assert_one_line_error(result, "disk full")
+    else:
+        assert result.exit_code == 130 and "nothing was written" in result.stderr
+    assert files(tmp_path) == ["clean.png"]  # no image, report, temporary or new folder
+
+
+def test_overwrite_failure_restores_the_old_outputs(clean_png, tmp_path, monkeypatch):
+    out = tmp_path / "o.png"
+    for path in (out, tmp_path / "o.json", tmp_path / "o_curve.png"):
+        path.write_bytes(b"old")
+    real_replace = os.replace
+    calls = []
+
+    def replace(source, target):  # the third move into place fails
+        if ".part" in str(source):
+            calls.append(target)
+            if len(calls) == 3:
+                raise OSError("device went away")
+        return real_replace(source, target)
+
+    monkeypatch.setattr(os, "replace", replace)
+    result = runner.invoke(app, ["denoise", str(clean_png), "-o", str(out), "--overwrite", *FAST])
+    assert_one_line_error(result, "device went away")
+    assert files(tmp_path) == ["clean.png", "o.json", "o.png", "o_curve.png"]
+    assert all((tmp_path / name).read_bytes() == b"old"
+               for name in ("o.json", "o.png", "o_curve.png"))
+
+
+# --------------------------------------------------------------------------- errors, units
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["denoise", "missing.png"], "missing.png"),
-        (["denoise", "{img}", "--sigma", "-3"], "--sigma must be >= 0"),
-        (["denoise", "{img}", "--net", "unet"], "unknown network 'unet'"),
-        (["denoise", "{img}", "--stop", "sometimes"], "sometimes"),
-        (["cs", "{img}", "--measurements", "100000"], "num_measurements"),
-        (["cs", "{img}"], "--measurements M is required"),
+        (["{dir}/missing.png"], "missing.png: no such file"),
+        (["{img}", "--sigma", "1000"], "--sigma must be a noise std in 0-255 units, > 0 and <= "
+                                       "255 (e.g. --sigma 25), got 1000"),
+        (["{img}", "--sigma", "0"], "--sigma must be a noise std in 0-255 units, > 0"),
+        (["{img}", "--sigma", "-5"], "--sigma must be a noise std in 0-255 units, > 0"),
+        (["{img}", "--add-noise", "300"], "--add-noise must be a noise std in 0-255 units"),
+        (["{tiny}"], "is 1x1 pixels; deepprior reconstructs images of at least 4x4"),
+        (["{img}", "--stop", "sometimes"], "sometimes"),
+        (["{img}", "--stop", "oracle"], "--stop oracle needs the clean image"),
+        (["{img}", "--lr", "0"], "--lr must be a number > 0"),
+        (["{img}", "--max-pixels", "100"], "--max-pixels 1440"),
+        (["{img}", "--clean", "{tiny}"], "1x1 pixels"),
+        (["{img}", "--clean", "{other}"], "--clean {other} is 20x20 but the reconstruction is "
+                                          "40x36"),
+        (["{img}", "--add-noise", "25", "--clean", "{img}"], "--clean is not needed"),
+        (["{dir}"], "is a directory"),
     ],
 )
 def test_errors_are_one_line_without_traceback(args, message, clean_png, tmp_path):
-    args = [a.replace("{img}", str(clean_png)) for a in args]
-    result = runner.invoke(app, [args[0], *FAST, "-o", str(tmp_path / "x.png"), *args[1:]])
-    assert result.exit_code == 1, result.output
-    assert result.stderr.startswith("error: ")
-    assert message in result.stderr
-    assert len(result.stderr.strip().splitlines()) == 1
-    assert "Traceback" not in result.output
+    save_image(tmp_path / "tiny.png", np.zeros((1, 1)))
+    save_image(tmp_path / "other.png", np.zeros((20, 20)))
+    names = {"{img}": str(clean_png), "{tiny}": str(tmp_path / "tiny.png"),
+             "{other}": str(tmp_path / "other.png"), "{dir}": str(tmp_path)}
+    for key, value in names.items():
+        args = [a.replace(key, value) for a in args]
+        message = message.replace(key, value)
+    result = runner.invoke(app, ["denoise", *FAST, "-o", str(tmp_path / "x.png"), *args])
+    assert_one_line_error(result, message)
+    if "--stop" in args and "oracle" in args:
+        assert "--add-noise" in result.stderr and "--clean" in result.stderr
+        assert "--simulate" in result.stderr
+    assert "/255" not in result.stderr  # CLI units only, never the library's
     assert not (tmp_path / "x.png").exists()
 
 
 def test_typer_validation_exits_2(clean_png):
-    result = runner.invoke(app, ["denoise", str(clean_png), "--iters", "0"])
-    assert result.exit_code == 2
+    assert runner.invoke(app, ["denoise", str(clean_png), "--iters", "0"]).exit_code == 2
+    result = runner.invoke(app, ["denoise", str(clean_png), "--net", "unet"])
+    assert result.exit_code == 2 and "unet" in result.output
 
 
 def test_sigma_scale_warning(clean_png, tmp_path):
     result = runner.invoke(app, ["denoise", str(clean_png), "--sigma", "0.1",
                                  "-o", str(tmp_path / "o.png"), *FAST])
     assert result.exit_code == 0
-    assert "0-255 units" in result.stderr
-
-
-def test_cs_roundtrip_through_measurement_file(clean_png, tmp_path):
-    y_file = tmp_path / "y.npz"
-    out = tmp_path / "cs.png"
-    result = runner.invoke(app, ["cs", str(clean_png), "-m", "300", "--save-measurements",
-                                 str(y_file), "-o", str(out), *FAST])
-    assert result.exit_code == 0, result.output
-    report = json.loads(out.with_suffix(".json").read_text())
-    assert report["num_measurements"] == 300 and report["psnr"] is not None
-    first = load_image(out)
-
-    out2 = tmp_path / "cs2.png"
-    result = runner.invoke(app, ["cs", "--measurements-file", str(y_file), "-o", str(out2), *FAST])
-    assert result.exit_code == 0, result.output
-    report2 = json.loads(out2.with_suffix(".json").read_text())
-    assert report2["psnr"] is None  # no ground truth with real measurements
-    np.testing.assert_array_equal(load_image(out2), first)  # same seed, same data
-
-
-def test_cs_fast_operator_and_noise(clean_png, tmp_path):
-    out = tmp_path / "f.png"
-    result = runner.invoke(app, ["cs", str(clean_png), "-m", "400", "--operator", "fast",
-                                 "--noise", "30", "-o", str(out), *FAST])
-    assert result.exit_code == 0, result.output
-    report = json.loads(out.with_suffix(".json").read_text())
-    assert report["config"]["operator"]["kind"] != "gaussian"
-    assert report["measurement_noise_sigma"] > 0
+    assert "0-255 units" in result.stderr and "--sigma 25.5" in result.stderr
 
 
 def test_debug_shows_traceback(tmp_path):
     result = runner.invoke(app, ["denoise", str(tmp_path / "nope.png"), "--debug"])
     assert result.exit_code != 0
     assert result.exception is not None
+
+
+# --------------------------------------------------------------------------- never lose a fit
+
+
+def interrupt_at(step, monkeypatch):
+    """Make deepprior.reconstruct see Ctrl-C at iteration ``step`` (as the loop would)."""
+    real = deepprior.reconstruct
+
+    def callback(state):
+        if state.step == step:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(deepprior, "reconstruct",
+                        lambda *a, **k: real(*a, **{**k, "callback": callback}))
+
+
+def test_ctrl_c_during_the_fit_writes_the_best_iterate_and_exits_130(clean_png, tmp_path,
+                                                                      monkeypatch):
+    interrupt_at(4, monkeypatch)
+    out = tmp_path / "o.png"
+    result = runner.invoke(app, ["denoise", str(clean_png), "--add-noise", "25", "-o", str(out),
+                                 *FAST])
+    assert result.exit_code == 130
+    assert "interrupted" in result.stderr and "best iterate so far" in result.stderr
+    report = json.loads(out.with_suffix(".json").read_text())
+    assert report["status"] == "interrupted" and report["exit_code"] == 130
+    assert report["num_steps"] == 4 and 1 <= report["num_iter"] <= 4
+    assert report["stop_reason"].startswith("interrupted")
+    assert load_image(out).shape == (40, 36)
+
+
+def test_ctrl_c_before_the_first_iterate_writes_nothing(clean_png, tmp_path, monkeypatch):
+    stopped = types.SimpleNamespace(num_iter=0, num_steps=1, stop_reason="interrupted at "
+                                    "iteration 1; no iterate yet")
+    monkeypatch.setattr(deepprior, "reconstruct", lambda *a, **k: stopped)
+    result = runner.invoke(app, ["denoise", str(clean_png), "-o", str(tmp_path / "o.png"), *FAST])
+    assert result.exit_code == 130
+    assert "no iteration was accepted, nothing was written" in result.stderr
+    assert files(tmp_path) == ["clean.png"]
+
+
+def test_ctrl_c_during_start_up_exits_130_with_one_line(clean_png, tmp_path, monkeypatch):
+    def interrupted_load(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(deepprior, "load_image", interrupted_load)
+    result = runner.invoke(app, ["denoise", str(clean_png), "-o", str(tmp_path / "o.png")])
+    assert result.exit_code == 130
+    assert result.stderr.strip() == "interrupted (Ctrl-C); nothing was written"
+    assert files(tmp_path) == ["clean.png"]
+
+
+def test_diverged_fit_warns_even_when_quiet_and_exits_3(clean_png, tmp_path):
+    out = tmp_path / "o.png"
+    result = runner.invoke(app, ["denoise", str(clean_png), "--lr", "1e6", "--iters", "60",
+                                 "--channels", "8", "-q", "-o", str(out)])
+    assert result.exit_code == 3, result.output
+    assert result.stdout == ""
+    assert "warning: the fit diverged" in result.stderr and "--lr" in result.stderr
+    report = json.loads(out.with_suffix(".json").read_text())
+    assert report["status"] == "diverged" and report["exit_code"] == 3
+    assert report["stop_reason"].startswith("diverged")
+    assert report["num_iter"] < report["num_steps"]  # the last good iterate, not the last one
+
+
+# --------------------------------------------------------------------------- bit depth
+
+
+def test_16_bit_grey_input_gives_16_bit_png(tmp_path):
+    source = save_image(tmp_path / "deep.png", sample_image("camera", size=16), bits=16)
+    out = tmp_path / "o.png"
+    result = runner.invoke(app, ["denoise", str(source), "-o", str(out), *FAST])
+    assert result.exit_code == 0, result.output
+    assert image_bit_depth(out) == 16
+    assert json.loads(out.with_suffix(".json").read_text())["output_bits"] == 16
+
+
+def test_16_bit_colour_input_png_output_says_what_it_did(tmp_path):
+    colour = sample_image("astronaut", size=16)
+    source = tmp_path / "deep.tif"
+    tifffile.imwrite(source, np.rint(colour * 65535).astype(np.uint16), photometric="rgb")
+    out = tmp_path / "o.png"
+    result = runner.invoke(app, ["denoise", str(source), "-o", str(out), *FAST[:-1]])
+    assert result.exit_code == 0, result.output
+    assert "input is 16-bit; wrote an 8-bit colour PNG (o.png); use -o o.tif" in result.stderr
+    assert image_bit_depth(out) == 8
+    result = runner.invoke(app, ["denoise", str(source), "-o", str(tmp_path / "t.tif"), *FAST])
+    assert result.exit_code == 0, result.output
+    assert image_bit_depth(tmp_path / "t.tif") == 16

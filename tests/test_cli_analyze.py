@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from deepprior import sample_image, save_image
@@ -13,6 +14,14 @@ TINY = ["--net", "conv_generator", "--channels", "3", "--iters", "6", "--every",
         "--curvature-every", "3", "--curvature-iters", "4"]
 FILES = ["analysis.json", "grad_norms.png", "conditioning.png", "oscillation.png",
          "effective_rank.png", "loss.png"]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture
@@ -81,8 +90,7 @@ def test_existing_outputs_are_kept_without_overwrite(image_png, tmp_path):
     ("extra", "message"),
     [
         (["--norm", "layer"], "--norm must be channel, none, batch or all"),
-        (["--net", "unet"], "unknown network 'unet'"),
-        (["--sigma", "-3"], "--sigma must be >= 0"),
+        (["--sigma", "-3"], "--sigma must be a noise std in 0-255 units, > 0"),
         (["{missing}"], "missing.png"),
     ],
 )
@@ -95,7 +103,30 @@ def test_errors_are_one_line(extra, message, tmp_path):
     assert "Traceback" not in result.output
 
 
-def test_output_is_required_and_help_lists_the_command():
+def test_default_output_folder_next_to_the_image(image_png):
+    args = ["analyze", str(image_png), "--norm", "channel", "--quiet", *TINY[:4], "--iters",
+            "2", "--curvature-every", "0"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert json.loads((image_png.parent / "img_analysis" / "analysis.json").read_text())
+
+
+@pytest.mark.parametrize(
+    ("output", "message"),
+    [("{img}", "is a file"), ("{ro}", "permission denied")],
+)
+def test_outputs_checked_before_fitting(image_png, tmp_path, monkeypatch, output, message):
+    import os
+
+    readable = os.access
+    monkeypatch.setattr(os, "access",
+                        lambda path, mode: not mode & os.W_OK and readable(path, mode))
+    output = output.replace("{img}", str(image_png)).replace("{ro}", str(tmp_path / "ro"))
+    result = runner.invoke(app, ["analyze", str(image_png), "-o", output, *TINY[:4]])
+    assert result.exit_code == 1 and message in result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["img.png"]
+
+
+def test_net_choices_are_validated_by_typer():
     assert "analyze" in runner.invoke(app, ["--help"]).output
-    result = runner.invoke(app, ["analyze"])
-    assert result.exit_code == 2
+    assert runner.invoke(app, ["analyze", "--net", "unet"]).exit_code == 2

@@ -1,0 +1,593 @@
+"""``deepprior batch``'s engine room: :func:`run_batch`.
+
+The inputs are expanded (files, folders, globs, ``@list.txt``) and named by their stems; every
+input is built into a :class:`~deepprior_cli.fitting.Task` by the single-image command's own
+builder, with the seed :func:`deepprior.item_seed` gives its name; its outputs are checked.
+All of that happens before the first fit: an input that cannot be read or built is recorded as
+failed, an input whose image output exists is skipped (``--force`` redoes it). Then
+:func:`deepprior.reconstruct_many` fits the rest on worker processes or Ray tasks, and each image's
+outputs (image, report, plot, all or none) are written as soon as its fit finishes. The summary
+(``summary.csv``, ``summary.json``) is written at the end, after Ctrl-C too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import glob
+import io
+import json
+import os
+import sys
+import time
+import warnings
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import typer
+
+import deepprior
+
+from .common import (
+    EXIT_DIVERGED,
+    EXIT_ERROR,
+    EXIT_INTERRUPTED,
+    KNOWN_ERRORS,
+    FitOptions,
+    note,
+    one_line,
+)
+from .fitting import (
+    Builder,
+    Task,
+    check_fit_options,
+    check_stop,
+    clean_image,
+    fit_kwargs,
+    output_bits,
+    short_reason,
+    status_of,
+    task_report,
+)
+from .outputs import Outputs, check_outputs, check_writable_folder
+
+#: Files a folder or a glob contributes: images (denoise, inpaint, superres, deblur) ...
+IMAGE_INPUTS = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp", ".webp", ".npy")
+#: ... or measurements (cs).
+MEASUREMENT_INPUTS = (".npy", ".npz", ".mat", ".txt", ".csv")
+SUMMARY_CSV, SUMMARY_JSON = "summary.csv", "summary.json"
+CSV_COLUMNS = ("name", "status", "num_iter", "num_steps", "stop", "seconds", "psnr", "ssim",
+               "input", "output", "error")
+#: --stop oracle in a batch: where the clean images come from.
+BATCH_ORACLE_HINT = ("simulate the corruption from clean INPUTS (denoise --add-noise, superres/"
+                     "deblur --simulate, inpaint without --mask) or pass a folder of clean "
+                     "images with --clean DIR")
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    """Where the fits of a batch run, and what happens to existing outputs."""
+
+    workers: int | None = None
+    ray: str | None = None
+    gpus_per_fit: float | None = None
+    force: bool = False
+    ext: str = "png"
+
+    @property
+    def engine(self) -> str:
+        """``"ray"`` with ``--ray``, else ``"local"``."""
+        return "local" if self.ray is None else "ray"
+
+    @property
+    def address(self) -> str | None:
+        """The Ray address for :func:`deepprior.reconstruct_many` (None: a local cluster)."""
+        return None if self.ray in (None, "local") else self.ray
+
+
+@dataclass
+class Row:
+    """One input's line in the summary."""
+
+    name: str
+    input: str
+    status: str = "pending"  # done | diverged | failed | skipped | interrupted
+    num_iter: int | None = None
+    num_steps: int | None = None
+    stop: str | None = None
+    stop_reason: str | None = None
+    seconds: float | None = None
+    psnr: float | None = None
+    ssim: float | None = None
+    output: str | None = None
+    error: str | None = None
+    warnings: list[str] = field(default_factory=list)
+
+
+@dataclass
+class _Fitting:
+    """How long the fits took, and where they ran."""
+
+    seconds: float = 0.0
+    devices: set[str] = field(default_factory=set)
+
+
+@dataclass
+class _Item:
+    """An input on its way through the batch."""
+
+    row: Row
+    path: Path
+    seed: int
+    image: Path  # its output image
+    task: Task | None = None
+    outputs: Outputs | None = None
+    clean: np.ndarray | None = None
+    clean_path: Path | None = None
+    bits: int = 8
+    bits_note: str | None = None
+
+
+def run_batch(command: str, build: Builder, inputs: list[str], options: FitOptions,
+              engine: EngineOptions, *, suffixes: tuple[str, ...] = IMAGE_INPUTS) -> None:
+    """Check everything, fit what is left to fit, write outputs as fits finish, summarise, exit.
+
+    Exit code: 130 after Ctrl-C, else 1 when an input failed, else 3 when a fit diverged, else 0.
+    """
+    started = time.perf_counter()
+    names = check_fit_options(options)
+    _check_engine(engine)
+    outdir = _check_outdir(options.output)
+    items = _items(expand_inputs(inputs, suffixes), outdir, options, engine)
+    cleans = _clean_index(options.clean, [item.row.name for item in items], outdir, options)
+    for item in items:
+        _prepare(item, build, names, options, engine, cleans)
+    todo = [item for item in items if item.task is not None]
+    sigma = _shared_sigma(todo)
+    _say_plan(command, items, todo, outdir, options, engine)
+    fitting = _Fitting()
+    interrupted = False
+    try:
+        if todo:
+            interrupted = _fit_all(todo, sigma, options, engine, fitting)
+    except Exception:  # after some fits finished, the summary says what is done
+        if any(item.row.seconds is not None for item in todo):
+            _finish_summary(command, items, outdir, options, engine, started, fitting,
+                            interrupted=True, code=EXIT_ERROR)
+        raise
+    counts = Counter(item.row.status for item in items)
+    code = (EXIT_INTERRUPTED if interrupted else EXIT_ERROR if counts["failed"]
+            else EXIT_DIVERGED if counts["diverged"] else 0)
+    summary = _finish_summary(command, items, outdir, options, engine, started, fitting,
+                              interrupted=interrupted, code=code)
+    _say_done(summary, outdir, options, interrupted)
+    if code:
+        raise typer.Exit(code=code)
+
+
+# --------------------------------------------------------------------------- inputs
+
+
+def expand_inputs(specs: list[str], suffixes: tuple[str, ...] = IMAGE_INPUTS) -> list[Path]:
+    """INPUTS → files: a file as is, a folder's files with ``suffixes`` (sorted, not hidden),
+    a glob's matching files with ``suffixes`` (sorted; for a quoted glob), ``@list.txt``: each
+    line (blank lines and ``#`` comments skipped) taken as an input, relative to the current
+    folder. A file named twice counts once. Raises ValueError for a name that matches nothing."""
+    paths: list[Path] = []
+    for spec in specs:
+        if spec.startswith("@"):
+            for line in _read_list(Path(spec[1:])):
+                paths += _expand(line, suffixes, f" (listed in {spec[1:]})")
+        else:
+            paths += _expand(spec, suffixes, "")
+    unique: dict[Path, Path] = {}
+    for path in paths:
+        unique.setdefault(path.resolve(), path)
+    if not unique:
+        raise ValueError("INPUTS name no file")
+    return list(unique.values())
+
+
+def _read_list(path: Path) -> list[str]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ValueError(f"@{path}: no such list file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"@{path}: cannot read the list ({one_line(exc)})") from None
+    lines = [line.strip() for line in text.splitlines()]
+    lines = [line for line in lines if line and not line.startswith("#")]
+    if not lines:
+        raise ValueError(f"@{path}: the list names no file (one path per line)")
+    return lines
+
+
+def _expand(spec: str, suffixes: tuple[str, ...], where: str) -> list[Path]:
+    path = Path(spec).expanduser()
+    kinds = ", ".join(suffixes)
+    if path.is_dir():
+        found = sorted(p for p in path.iterdir() if p.is_file()
+                       and p.suffix.lower() in suffixes and not p.name.startswith("."))
+        if not found:
+            raise ValueError(f"{spec}{where}: the folder holds no input files ({kinds})")
+        return found
+    if path.exists() or path.is_symlink():
+        return [path]
+    if any(char in spec for char in "*?["):
+        found = sorted(Path(m) for m in glob.glob(os.path.expanduser(spec))
+                       if Path(m).is_file() and Path(m).suffix.lower() in suffixes)
+        if not found:
+            raise ValueError(f"{spec}{where} matches no input file ({kinds})")
+        return found
+    raise ValueError(f"{spec}{where}: no such file or folder")
+
+
+def _items(paths: list[Path], outdir: Path, options: FitOptions,
+           engine: EngineOptions) -> list[_Item]:
+    """Each input named by its stem, with its seed and output image; clashes refused."""
+    by_name: dict[str, list[Path]] = {}
+    for path in paths:
+        by_name.setdefault(path.stem, []).append(path)
+    clashes = {name: found for name, found in by_name.items() if len(found) > 1}
+    if clashes:
+        name, found = next(iter(clashes.items()))
+        raise ValueError(f"{len(clashes)} output name(s) are taken by several inputs, e.g. "
+                         f"{', '.join(map(str, found))} would all write {outdir / name}."
+                         f"{engine.ext}; rename them or run them separately")
+    resolved = outdir.resolve()
+    for path in paths:
+        if path.resolve().parent == resolved:
+            raise ValueError(f"-o {outdir} holds the input {path}; write the outputs to "
+                             "another folder")
+    return [_Item(Row(path.stem, str(path)), path, deepprior.item_seed(options.seed, path.stem),
+                  outdir / f"{path.stem}.{engine.ext}") for path in paths]
+
+
+def _clean_index(folder: Path | None, names: list[str], outdir: Path,
+                 options: FitOptions) -> dict[str, list[Path]]:
+    """--clean DIR: the clean images of each name (DIR/NAME.*); a note for names without."""
+    if folder is None:
+        return {}
+    if not folder.is_dir():
+        raise ValueError(f"--clean {folder}: not a folder; in a batch --clean names a folder of "
+                         "clean images with the inputs' names (DIR/NAME.png, ...)")
+    if folder.resolve() == outdir.resolve():
+        raise ValueError(f"--clean {folder} is the output folder -o {outdir}; the outputs would "
+                         "take the clean images' names")
+    found: dict[str, list[Path]] = {}
+    for path in sorted(folder.iterdir()):
+        if path.is_file() and path.suffix.lower() in IMAGE_INPUTS:
+            found.setdefault(path.stem, []).append(path)
+    missing = [name for name in names if name not in found]
+    if missing:
+        shown = ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else "")
+        note(f"--clean {folder} has no image for {len(missing)} of {len(names)} inputs "
+             f"({shown}): no PSNR/SSIM for them", options)
+    return found
+
+
+# --------------------------------------------------------------------------- checks
+
+
+def _check_engine(engine: EngineOptions) -> None:
+    if engine.gpus_per_fit is not None and not 0 < engine.gpus_per_fit <= 1:
+        raise ValueError(f"--gpus-per-fit is the share of a GPU one fit takes, in (0, 1] (0.25: "
+                         f"four fits per GPU), got {engine.gpus_per_fit:g}")
+    if engine.ray is not None and not engine.ray.strip():
+        raise ValueError("--ray needs local, auto or the cluster's address HOST:PORT")
+
+
+def _check_outdir(outdir: Path) -> Path:
+    if outdir.exists() and not outdir.is_dir():
+        raise ValueError(f"-o {outdir} is a file; a batch writes into a folder (created when "
+                         "missing)")
+    check_writable_folder(outdir)
+    check_outputs({"summary": outdir / SUMMARY_CSV, "summary report": outdir / SUMMARY_JSON},
+                  overwrite=True)
+    return outdir
+
+
+def _prepare(item: _Item, build: Builder, names: list[str], options: FitOptions,
+             engine: EngineOptions, cleans: dict[str, list[Path]]) -> None:
+    """Skip the item, or build its Task and check its outputs; a failure is the item's.
+
+    Raises ValueError for what is wrong with the options rather than with the input (the same
+    for every input): nothing has been fitted or written then.
+    """
+    row = item.row
+    if not engine.force and (item.image.exists() or item.image.is_symlink()):
+        _skip(item)
+        return
+    try:
+        task = build(item.path, item.seed, quiet=True)
+    except KNOWN_ERRORS as exc:
+        row.status, row.error = "failed", one_line(exc)
+        return
+    if options.clean is not None and task.clean is not None:
+        raise ValueError(f"--clean is not needed: {task.clean_from}")
+    check_stop(task, names if options.clean is None else [n for n in names if n != "oracle"],
+               task.clean, oracle_hint=BATCH_ORACLE_HINT)
+    try:
+        clean_path = _clean_path(row.name, cleans, options)
+        if "oracle" in names and clean_path is None and task.clean is None:
+            raise ValueError(f"--stop oracle needs the clean image: no {row.name}.* in "
+                             f"--clean {options.clean}")
+        if row.name == Path(SUMMARY_JSON).stem:
+            raise ValueError(f"its report would be the batch's {SUMMARY_JSON}; rename the file")
+        clean = clean_image(task, clean_path, options)
+        outputs = Outputs(item.image, overwrite=engine.force,
+                          inputs=(*task.inputs, clean_path))
+    except KNOWN_ERRORS as exc:
+        row.status, row.error = "failed", one_line(exc)
+        return
+    item.task, item.outputs, item.clean, item.clean_path = task, outputs, clean, clean_path
+    item.bits, item.bits_note = output_bits(item.image, task.bits,
+                                            colour=len(task.image_shape) == 3)
+
+
+def _clean_path(name: str, cleans: dict[str, list[Path]], options: FitOptions) -> Path | None:
+    found = cleans.get(name, [])
+    if len(found) > 1:
+        raise ValueError(f"--clean {options.clean} has several images named {name}: "
+                         f"{', '.join(p.name for p in found)}; keep one")
+    return found[0] if found else None
+
+
+def _skip(item: _Item) -> None:
+    """An input whose output image exists: skipped, with the numbers of its report."""
+    row = item.row
+    row.status, row.output = "skipped", str(item.image)
+    with contextlib.suppress(OSError, ValueError):
+        report = json.loads(item.image.with_suffix(".json").read_text())
+        row.num_iter, row.num_steps = report.get("num_iter"), report.get("num_steps")
+        row.stop_reason = report.get("stop_reason")
+        row.stop = short_reason(row.stop_reason) if isinstance(row.stop_reason, str) else None
+        row.seconds, row.psnr, row.ssim = (report.get(k) for k in ("elapsed_s", "psnr", "ssim"))
+
+
+def _shared_sigma(todo: list[_Item]) -> float | None:
+    """The one noise level of the batch (reconstruct_many takes one for every item)."""
+    given = {item.task.sigma for item in todo if not item.task.sigma_estimated}
+    if len(given) > 1:
+        shown = ", ".join(f"{s:g}" for s in sorted(s for s in given if s is not None)[:4])
+        raise ValueError(f"the inputs carry different noise levels ({shown}); pass "
+                         "--noise-sigma to use one for all, or run them in separate batches")
+    return given.pop() if given else None
+
+
+# --------------------------------------------------------------------------- fitting
+
+
+def _fit_all(todo: list[_Item], sigma: float | None, options: FitOptions,
+             engine: EngineOptions, fitting: _Fitting) -> bool:
+    """Run the fits, write each image's outputs as it finishes; True after Ctrl-C."""
+    from tqdm import tqdm
+
+    by_name = {item.row.name: item for item in todo}
+    operators = {id(item.task.operator) for item in todo}
+    shared = todo[0].task.operator if len(operators) == 1 else None
+    items = [(item.row.name, item.task.observation if len(operators) == 1
+              else (item.task.observation, item.task.operator)) for item in todo]
+    truth = {item.row.name: item.clean for item in todo if item.clean is not None}
+    start = time.perf_counter()
+    results = deepprior.reconstruct_many(
+        items, engine=engine.engine, workers=engine.workers, address=engine.address,
+        gpus_per_fit=engine.gpus_per_fit, cpus_per_fit=options.threads or 1, seed=options.seed,
+        operator=shared, sigma=sigma, ground_truth=truth or None, **fit_kwargs(options))
+    bar = tqdm(total=len(todo), unit="image", desc="fits", disable=options.silent,
+               file=sys.stderr, dynamic_ncols=True, leave=False)
+
+    shown: set[str] = set()
+
+    def handle(result) -> None:
+        item = by_name[result.name]
+        _finish(item, result, options, engine)
+        if result.ok:
+            fitting.devices.add(result.result.device)
+        bar.update(1)
+        _say_warnings(caught, result, shown)
+        _say_item(item.row, options)
+
+    # The library re-issues each fit's warnings; they are shown here, once, with the name.
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            return consume(results, handle)
+        finally:
+            bar.close()
+            _say_warnings(caught, None, shown)
+            fitting.seconds = time.perf_counter() - start
+            for item in todo:
+                if item.row.status == "pending":
+                    item.row.status = "interrupted"
+                    item.row.error = "not finished: the batch was stopped"
+
+
+def consume(results: Iterator[Any], handle: Callable[[Any], None]) -> bool:
+    """Hand each result of :func:`deepprior.reconstruct_many` to ``handle``; True after Ctrl-C.
+
+    Ctrl-C while the batch waits for fits: reconstruct_many stops scheduling, yields what had
+    finished, then raises. Ctrl-C in ``handle`` (writing an image): it is thrown into the
+    batch, which does the same. Either way every finished fit is handed over, and the
+    iterator is closed (worker processes, a Ray cluster started for the batch) at the end.
+    """
+    interrupted = False
+    with contextlib.closing(results):
+        advance: Callable[[], Any] = results.__next__
+        while True:
+            try:
+                result = advance()
+            except StopIteration:
+                return interrupted
+            except KeyboardInterrupt:
+                return True
+            advance = results.__next__
+            try:
+                handle(result)
+            except KeyboardInterrupt:
+                interrupted = True
+                advance = _thrower(results)
+
+
+def _thrower(results: Iterator[Any]) -> Callable[[], Any]:
+    """Once: throw KeyboardInterrupt into the generator (it stops and yields what finished)."""
+    return lambda: results.throw(KeyboardInterrupt)
+
+
+def _finish(item: _Item, result, options: FitOptions, engine: EngineOptions) -> None:
+    """Record an item's result and write its outputs (a failure to write fails the item)."""
+    row = item.row
+    row.seconds = round(result.seconds, 3)
+    if not result.ok:
+        row.status, row.error = "failed", result.error
+        return
+    fit = result.result
+    row.warnings = list(result.warnings)
+    status = status_of(fit)
+    report = task_report(item.task, fit, clean=item.clean, clean_path=item.clean_path,
+                         output=item.image, bits=item.bits, status=status,
+                         code=EXIT_DIVERGED if status == "diverged" else 0)
+    report["batch"] = {"name": row.name, "seed": options.seed, "item_seed": result.seed,
+                       "engine": engine.engine}
+    try:
+        item.outputs.write(fit.image, report, fit, bits=item.bits)
+    except KNOWN_ERRORS as exc:
+        row.status, row.error = "failed", f"writing the outputs: {one_line(exc)}"
+        return
+    row.status, row.output = status, str(item.image)
+    row.num_iter, row.num_steps = fit.num_iter, fit.num_steps
+    row.stop_reason, row.stop = fit.stop_reason, short_reason(fit.stop_reason)
+    row.psnr, row.ssim = fit.psnr, fit.ssim
+    item.task = item.clean = None  # the arrays are not needed any more
+
+
+# --------------------------------------------------------------------------- messages
+
+
+def _say_plan(command: str, items: list[_Item], todo: list[_Item], outdir: Path,
+              options: FitOptions, engine: EngineOptions) -> None:
+    counts = Counter(item.row.status for item in items)
+    for item in items:
+        if item.row.status == "failed":
+            typer.echo(f"failed: {item.row.name}: {item.row.error}", err=True)
+    noted = [item for item in todo if item.bits_note]
+    if noted:
+        note(f"{len(noted)} inputs have more than 8 bits per sample, which .{engine.ext} "
+             "keeps for grey images only (JPEG: never); --ext tif keeps 16 bits", options)
+    if options.silent:
+        return
+    if engine.ray:
+        where = f"as Ray tasks ({engine.ray})"
+    elif engine.workers == 1:
+        where = "in this process"
+    else:
+        where = (f"on {engine.workers} worker processes" if engine.workers
+                 else "on worker processes (one per CPU, or per GPU)")
+    typer.echo(f"batch {command}: {len(items)} inputs -> {outdir}: {len(todo)} to fit {where}, "
+               f"{counts['skipped']} skipped (outputs exist; --force redoes them), "
+               f"{counts['failed']} failed")
+
+
+def _say_warnings(caught: list[warnings.WarningMessage], result, shown: set[str]) -> None:
+    """A fit's warnings (``warning: NAME: ...``), and others raised meanwhile; each once."""
+    from tqdm import tqdm
+
+    named = set(result.warnings) if result is not None else set()
+    lines = [f"warning: {result.name}: {message}" for message in
+             (result.warnings if result is not None else ()) if message not in shown]
+    lines += [f"warning: {w.message}" for w in caught
+              if str(w.message) not in named and str(w.message) not in shown]
+    shown.update(named, (str(w.message) for w in caught))
+    caught.clear()
+    for line in dict.fromkeys(lines):
+        tqdm.write(line, file=sys.stderr)
+
+
+def _say_item(row: Row, options: FitOptions) -> None:
+    from tqdm import tqdm
+
+    if row.status == "failed":
+        tqdm.write(f"failed: {row.name}: {row.error}", file=sys.stderr)
+        return
+    if row.status == "diverged":
+        tqdm.write(f"warning: {row.name}: the fit diverged; wrote the last good iterate "
+                   f"(iteration {row.num_iter}); try a smaller --lr", file=sys.stderr)
+    if not options.silent:
+        psnr = "" if row.psnr is None else f", {row.psnr:.2f} dB"
+        tqdm.write(f"{row.status} {row.name}: {row.stop}, iteration {row.num_iter}{psnr}, "
+                   f"{row.seconds:.1f} s", file=sys.stdout)
+
+
+def _say_done(summary: dict[str, Any], outdir: Path, options: FitOptions,
+              interrupted: bool) -> None:
+    if interrupted:
+        kept = summary["done"] + summary["diverged"]
+        typer.echo(f"interrupted (Ctrl-C): kept {kept} finished image{'s' * (kept != 1)}; "
+                   f"{outdir / SUMMARY_CSV} lists what is left; the same command does the rest",
+                   err=True)
+    if options.json:
+        typer.echo(json.dumps(summary, indent=2))
+        return
+    if options.quiet:
+        return
+    rate = summary["images_per_minute"]
+    typer.echo(f"{summary['images']} images: {summary['done']} done, {summary['failed']} "
+               f"failed, {summary['skipped']} skipped"
+               + (f", {summary['diverged']} diverged" if summary["diverged"] else "")
+               + (f", {summary['interrupted']} not finished" if summary["interrupted"] else "")
+               + f" in {summary['seconds']:.1f} s"
+               + ("" if rate is None else f" ({rate:.1f} images/min)"))
+    typer.echo(f"wrote {outdir / SUMMARY_CSV}, {SUMMARY_JSON}")
+
+
+# --------------------------------------------------------------------------- summary
+
+
+def _finish_summary(command: str, items: list[_Item], outdir: Path, options: FitOptions,
+                    engine: EngineOptions, started: float, fitting: _Fitting, *,
+                    interrupted: bool, code: int) -> dict[str, Any]:
+    """The summary of the batch, written to summary.csv and summary.json (atomically)."""
+    rows = [item.row for item in items]
+    counts = Counter(row.status for row in rows)
+    fitted = counts["done"] + counts["diverged"]
+    seconds = fitting.seconds
+    summary = {
+        "deepprior_version": deepprior.__version__,
+        "command": f"batch {command}",
+        "output_folder": str(outdir),
+        "status": "interrupted" if interrupted else "done",
+        "exit_code": code,
+        "images": len(rows),
+        **{status: counts[status]
+           for status in ("done", "diverged", "failed", "skipped", "interrupted")},
+        "seconds": round(time.perf_counter() - started, 3),
+        "fit_seconds": round(seconds, 3),
+        "images_per_minute": round(60 * fitted / seconds, 2) if fitted and seconds else None,
+        "engine": engine.engine,
+        "ray": engine.ray,
+        "workers": engine.workers,
+        "threads_per_fit": options.threads or 1,
+        "gpus_per_fit": engine.gpus_per_fit,
+        "devices": sorted(fitting.devices),
+        "seed": options.seed,
+        "fit_options": {key: getattr(options, key) for key in (
+            "net", "norm", "channels", "iters", "lr", "stop", "device", "ensemble")},
+        "items": [asdict(row) for row in rows],
+    }
+    summary = deepprior.jsonable(summary)
+    table = io.StringIO()
+    writer = csv.DictWriter(table, CSV_COLUMNS, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for row in summary["items"]:
+        writer.writerow({key: "" if row[key] is None else row[key] for key in CSV_COLUMNS})
+    text = json.dumps(summary, indent=2)
+    outdir.mkdir(parents=True, exist_ok=True)
+    deepprior.write_atomic(outdir / SUMMARY_CSV, lambda f: f.write(table.getvalue().encode()),
+                           overwrite=True)
+    deepprior.write_atomic(outdir / SUMMARY_JSON, lambda f: f.write(text.encode()),
+                           overwrite=True)
+    return summary

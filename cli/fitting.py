@@ -1,0 +1,336 @@
+"""The one place a command's fit runs and its outputs are written: :func:`run_task`.
+
+A command turns its options into a *builder*, ``build(image, seed, *, quiet=False) -> Task``:
+the observation, the forward model, what it knows about the clean image and how to describe the
+run. ``deepprior COMMAND IMAGE`` builds one :class:`Task` and hands it to :func:`run_task`, which
+checks what is left to check (the clean image, the stopping rule, the outputs), fits, writes the
+image, the report and the plot all or none, and exits with the documented code.
+``deepprior batch COMMAND INPUTS`` builds one Task per input with the same builder and the same
+checks and report (:mod:`deepprior_cli.batching`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import typer
+
+import deepprior
+
+from .common import (
+    EXIT_DIVERGED,
+    EXIT_INTERRUPTED,
+    FitOptions,
+    load_image,
+    note,
+    shape_text,
+    stop_names,
+)
+from .outputs import Outputs, build_report
+
+
+@dataclass
+class Task:
+    """What a command prepared for :func:`run_task`.
+
+    Attributes
+    ----------
+    command : str
+        The command's name (for the report).
+    observation : np.ndarray
+        The noisy image (denoising) or the measurements, in the operator's measurement layout.
+    image_shape : tuple
+        ``(H, W)`` or ``(H, W, C)`` of the reconstruction.
+    default_output : Path
+        The output image when ``-o`` is not given.
+    source : str
+        Where the data came from, for the report and the first line printed.
+    operator : optional
+        The forward model (None: denoising).
+    sigma : float, optional
+        Noise std of the observation in library units ([0, 1] for images, else the
+        measurements' own), for the discrepancy rule.
+    sigma_estimated : bool
+        ``sigma`` was estimated from the observation, not given (a batch leaves the estimate
+        to :func:`deepprior.reconstruct`, which makes the same one when its rule needs it).
+    sigma_option : str
+        How a user gives that noise level on this command (named in error messages).
+    clean : np.ndarray, optional
+        The clean image when the command knows it (simulation); ``clean_from`` says how.
+    inputs : tuple of Path
+        Input files: no output may be one of them.
+    bits : int
+        Bits per sample of the input image (8, 16, or 32 for float): the output keeps 16 bits
+        where its format allows.
+    headline : str
+        What is being done, printed before the fit.
+    report : dict
+        Command-specific report fields.
+    metrics : callable, optional
+        ``metrics(clean)`` → more report fields once the clean image is known (e.g. the noisy
+        image's PSNR).
+    summary : callable, optional
+        ``summary(result, report)`` → the line printed after the fit (default: PSNR/SSIM).
+    extra_outputs : dict
+        role → (path, writer of a binary handle): more files written with the others.
+    """
+
+    command: str
+    observation: np.ndarray
+    image_shape: tuple[int, ...]
+    default_output: Path
+    source: str
+    operator: Any = None
+    sigma: float | None = None
+    sigma_estimated: bool = False
+    sigma_option: str = "--noise-sigma"
+    clean: np.ndarray | None = None
+    clean_from: str = ""
+    inputs: tuple[Path | None, ...] = ()
+    bits: int = 8
+    headline: str = ""
+    report: dict[str, Any] = field(default_factory=dict)
+    metrics: Callable[[np.ndarray], dict[str, Any]] | None = None
+    summary: Callable[[Any, dict[str, Any]], str] | None = None
+    extra_outputs: dict[str, tuple[Path, Callable[[Any], object]]] = field(default_factory=dict)
+
+
+#: ``build(image, seed, *, quiet=False) -> Task``: a command's options turned into Tasks.
+Builder = Callable[..., Task]
+
+
+def run_task(task: Task, options: FitOptions) -> None:
+    """Check what is left, fit, write the outputs all or none, print, exit with the code."""
+    names = check_fit_options(options)
+    clean = clean_image(task, options.clean, options)
+    check_stop(task, names, clean)
+    output = options.output or task.default_output
+    outputs = Outputs(output, overwrite=options.overwrite,
+                      inputs=(*task.inputs, options.clean),
+                      extra={role: path for role, (path, _) in task.extra_outputs.items()})
+    bits, bits_note = output_bits(output, task.bits, colour=len(task.image_shape) == 3)
+    if not options.silent:
+        typer.echo(f"{task.headline} with {options.net}, norm={options.norm}")
+
+    with torch_threads(options.threads):
+        result = deepprior.reconstruct(
+            task.observation,
+            task.operator,
+            sigma=task.sigma,
+            ground_truth=clean,
+            seed=options.seed,
+            progress=not options.silent,
+            **fit_kwargs(options),
+        )
+    status = status_of(result)
+    code = {"done": 0, "diverged": EXIT_DIVERGED, "interrupted": EXIT_INTERRUPTED}[status]
+    if result.num_iter == 0 and status != "done":  # no iterate accepted: nothing to write
+        _say_stopped(status, result, written=False)
+        raise typer.Exit(code=code)
+    report = task_report(task, result, clean=clean, clean_path=options.clean, output=output,
+                         bits=bits, status=status, code=code)
+    outputs.write(result.image, report, result, bits=bits,
+                  extra={role: write for role, (_, write) in task.extra_outputs.items()})
+    if options.json:
+        typer.echo(json.dumps(deepprior.jsonable(report), indent=2))
+    elif not options.quiet:
+        typer.echo((task.summary or default_summary)(result, report) + ensemble_note(result))
+        typer.echo(f"stopped: {result.stop_reason}")
+        fits = len(result.config.get("members", ())) if isinstance(result.config, dict) else 0
+        steps = (f"{fits} fits ({result.num_steps} iterations in the first)" if fits
+                 else f"{result.num_steps} iterations")
+        typer.echo(f"time: {result.elapsed:.1f} s for {steps} on {result.device}")
+        typer.echo(f"wrote {outputs.names()}")
+    if bits_note:
+        note(bits_note, options)
+    if status != "done":
+        _say_stopped(status, result, written=True)
+    if code:
+        raise typer.Exit(code=code)
+
+
+def check_fit_options(options: FitOptions) -> list[str]:
+    """The checks of the fitting options that typer cannot make; the --stop rule names."""
+    if options.lr is not None and not (math.isfinite(options.lr) and options.lr > 0):
+        raise ValueError(f"--lr must be a number > 0, got {options.lr:g}")
+    return stop_names(options.stop)
+
+
+def fit_kwargs(options: FitOptions) -> dict[str, Any]:
+    """The options of :func:`deepprior.reconstruct` that come from the shared fitting options
+    (the same for a single image and for each image of a batch)."""
+    return {
+        "net": options.net,
+        "norm": options.norm,
+        "max_num_iter": options.iters,
+        "learning_rate": options.lr,
+        "stop": options.stop,
+        "device": options.device,
+        "net_options": {"channels": options.channels} if options.channels else None,
+        "ensemble": options.ensemble,
+    }
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int | None) -> Iterator[None]:
+    """``torch.set_num_threads(threads)`` for the block (None: leave torch's setting)."""
+    if threads is None:
+        yield
+        return
+    import torch  # already imported by deepprior; the library has no threads option
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def task_report(task: Task, result, *, clean: np.ndarray | None, clean_path: Path | None,
+                output: Path, bits: int, status: str, code: int) -> dict[str, Any]:
+    """The JSON report of one fit of a task (the same for a single image and a batch)."""
+    return build_report(result, extra={
+        "command": task.command,
+        "input": task.source,
+        **task.report,
+        **(task.metrics(clean) if task.metrics is not None and clean is not None else {}),
+        "clean": None if clean_path is None else str(clean_path),
+        "output_bits": 32 if output.suffix.lower() == ".npy" else bits,
+        "status": status,
+        "exit_code": code,
+    })
+
+
+def default_summary(result, report: dict[str, Any]) -> str:
+    """PSNR/SSIM when the clean image is known, else the iteration returned."""
+    if result.psnr is None:
+        return f"returned iteration {result.num_iter}"
+    return f"PSNR {result.psnr:.2f} dB, SSIM {result.ssim:.3f}, iteration {result.num_iter}"
+
+
+def ensemble_note(result) -> str:
+    """``", average of K fits"`` for an ensemble, else nothing."""
+    members = result.config.get("members") if isinstance(result.config, dict) else None
+    return f", average of {len(members)} fits" if members else ""
+
+
+def status_of(result) -> str:
+    """done, diverged or interrupted, from the stop reason."""
+    if result.stop_reason.startswith("interrupted"):
+        return "interrupted"
+    if result.stop_reason.startswith("diverged"):
+        return "diverged"
+    return "done"
+
+
+def short_reason(reason: str) -> str:
+    """A stop reason in a word or two: ``fixed``, ``discrepancy``, ``patience``, ``budget``
+    (the rule did not fire), ``diverged``, ``3 fits, first: fixed`` …"""
+    head, _, first = reason.partition("; the first: ")
+    if head.startswith("average of ") and first:
+        return f"{head.removeprefix('average of ')}, first: {short_reason(first)}"
+    clause = reason.split(";")[0].strip()
+    if clause.startswith(("diverged", "interrupted")):
+        return clause.split(":")[0].split()[0]
+    if "did not fire" in clause:
+        return "budget"
+    named = re.search(r"\(([^()]+)\)$", clause)
+    if named:
+        return named[1].removesuffix(" principle")
+    return " ".join(clause.split()[:4])
+
+
+def _say_stopped(status: str, result, *, written: bool) -> None:
+    """The line on stderr (even with --quiet) for a fit that did not end normally."""
+    if status == "done":
+        return
+    kept = (f"wrote the best iterate so far (iteration {result.num_iter})" if written
+            else "no iteration was accepted, nothing was written")
+    if status == "interrupted":
+        typer.echo(f"interrupted (Ctrl-C) after {result.num_steps} iterations; {kept}", err=True)
+    else:
+        typer.echo(f"warning: the fit diverged ({result.stop_reason.split(';')[0]}); "
+                   f"{kept.replace('best iterate so far', 'last good iterate')}; "
+                   "try a smaller --lr", err=True)
+
+
+def clean_image(task: Task, path: Path | None, options: FitOptions) -> np.ndarray | None:
+    """The clean image: the task's own, or the file ``path`` (--clean), loaded and checked
+    against the reconstruction's shape."""
+    if path is None:
+        return task.clean
+    if task.clean is not None:
+        raise ValueError(f"--clean is not needed: {task.clean_from}")
+    clean = load_image(path, options.max_pixels, what="--clean")
+    if clean.shape != tuple(task.image_shape):
+        raise ValueError(f"--clean {path} is {shape_text(clean.shape)} but the "
+                         f"reconstruction is {shape_text(task.image_shape)} (HxW or HxWxC); they "
+                         "must match")
+    return clean
+
+
+#: How the user can give the clean image, in the --stop oracle error.
+ORACLE_HINT = ("simulate the corruption from a clean IMAGE (denoise --add-noise, superres/deblur "
+               "--simulate, cs IMAGE, inpaint without --mask) or pass it with --clean CLEAN")
+
+
+def check_stop(task: Task, names: list[str], clean: np.ndarray | None, *,
+               oracle_hint: str = ORACLE_HINT) -> None:
+    """What the stopping rule needs (clean image, noise level) is there."""
+    if "oracle" in names and clean is None:
+        raise ValueError(f"--stop oracle needs the clean image: {oracle_hint}")
+    if "discrepancy" in names and task.sigma is None and task.operator is not None:
+        raise ValueError(f"--stop discrepancy needs the noise level of the measurements: pass "
+                         f"{task.sigma_option}, or choose another --stop")
+
+
+def output_bits(path: Path, input_bits: int, *, colour: bool) -> tuple[int, str | None]:
+    """Bits per sample of the output image, and a note when the input had more.
+
+    The rule: 8-bit input → 8-bit output. 16-bit or float input → 16 bits in a TIFF and in a
+    grayscale PNG; a colour PNG or a JPEG stays 8-bit (Pillow writes no 16-bit colour PNG,
+    JPEG has 8 bits) with a note suggesting ``.tif``; ``.npy`` is float32 anyway.
+    """
+    suffix = path.suffix.lower()
+    if input_bits <= 8 or suffix == ".npy":
+        return 8, None
+    if suffix in (".tif", ".tiff") or (suffix == ".png" and not colour):
+        return 16, None
+    depth = "16-bit" if input_bits == 16 else "floating point"
+    kind = "colour PNG" if suffix == ".png" else "JPEG"
+    return 8, (f"input is {depth}; wrote an 8-bit {kind} ({path.name}); use "
+               f"-o {path.with_suffix('.tif').name} for 16 bits")
+
+
+def image_bits(path: Path | None) -> int:
+    """Bits per sample of an input image file (8 for the bundled demo images)."""
+    if path is None:
+        return 8
+
+    return deepprior.image_bit_depth(path)
+
+
+def to_measurements(image: np.ndarray) -> np.ndarray:
+    """An image (H, W) or (H, W, C) in the operators' measurement layout (C, H, W)."""
+    return image[None] if image.ndim == 2 else np.ascontiguousarray(np.moveaxis(image, -1, 0))
+
+
+def chw(shape: tuple[int, ...]) -> tuple[int, int, int]:
+    """(H, W) or (H, W, C) → (C, H, W)."""
+    return (1, *shape) if len(shape) == 2 else (shape[2], shape[0], shape[1])
+
+
+def default_output(image: Path | None, suffix: str) -> Path:
+    """``IMAGE_suffix.png`` next to the input (``camera_suffix.png`` for the demo)."""
+    if image is None:
+        return Path(f"camera_{suffix}.png")
+    return image.with_name(f"{image.stem}_{suffix}.png")

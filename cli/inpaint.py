@@ -1,0 +1,175 @@
+"""``deepprior inpaint``: fill in the missing pixels of an image.
+
+With ``--mask MASK`` IMAGE is the damaged photo and MASK says which pixels are known (white).
+Without it the command is a demo: IMAGE (or the bundled camera image) is the clean image, a
+seeded random mask (``--missing``) or a text overlay (``--text``) removes pixels, and PSNR/SSIM
+are reported.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import numpy as np
+import typer
+
+import deepprior
+
+from .common import (
+    FitOptions,
+    epilog,
+    error_funnel,
+    fit_options,
+    image_or_demo,
+    note,
+    pixel_noise,
+    shape_text,
+)
+from .fitting import Builder, Task, chw, default_output, image_bits, run_task, to_measurements
+
+#: Side length of the bundled camera image when no IMAGE is given.
+DEMO_SIZE = 128
+DEFAULT_MISSING = 0.5
+
+EPILOG = epilog(
+    "deepprior inpaint damaged.png --mask known.png",
+    "deepprior inpaint --missing 0.7 --noise-sigma 10",
+    "deepprior inpaint photo.png --text",
+    units="Units: --noise-sigma is a std in 0-255 units (the measurements are pixels, so "
+    "measurement units are image units).",
+)
+
+
+MaskOption = Annotated[
+    Path | None,
+    typer.Option("--mask", help="Known pixels in white (any bit depth; grey levels are "
+                 "thresholded at 0.5; PNG, TIFF, .npy), the size of IMAGE."),
+]
+Missing = Annotated[
+    float | None,
+    typer.Option("--missing", help=f"Demo: remove this fraction of the pixels at random "
+                 f"(seeded by --seed; default {DEFAULT_MISSING})."),
+]
+TextFlag = Annotated[bool, typer.Option("--text", help="Demo: remove the pixels under a text "
+                                        "overlay.")]
+NoiseSigma = Annotated[
+    float | None,
+    typer.Option("--noise-sigma", help="Noise std of the known pixels, 0-255 units: added "
+                 "in the demo; with --mask, the known noise level of IMAGE."),
+]
+AddNoise = Annotated[float | None, typer.Option("--add-noise", help="Demo: same as "
+                                                "--noise-sigma.")]
+
+
+@fit_options
+def inpaint(
+    image: Annotated[
+        Path | None,
+        typer.Argument(help="With --mask: the damaged image. Without: the clean image of the "
+                       "demo (default: the bundled camera image at 128x128)."),
+    ] = None,
+    mask: MaskOption = None,
+    missing: Missing = None,
+    text: TextFlag = False,
+    noise_sigma: NoiseSigma = None,
+    add_noise: AddNoise = None,
+    *,
+    options: FitOptions,
+) -> None:
+    """Inpainting: recover the missing pixels of an image."""
+    with error_funnel(options.debug):
+        build = prepare(mask, missing, text, noise_sigma, add_noise, options)
+        run_task(build(image, options.seed), options)
+
+
+def prepare(mask: Path | None, missing: float | None, text: bool, noise_sigma: float | None,
+            add_noise: float | None, options: FitOptions) -> Builder:
+    """Check the options and read the mask once; the builder makes the Task of one image.
+
+    ``seed`` seeds the demo's random mask and noise. Images of one shape share one operator.
+    """
+    demo = mask is None
+    if not demo and (missing is not None or text):
+        raise ValueError("--missing and --text make the demo's mask; with --mask they do "
+                         "not apply")
+    if missing is not None and text:
+        raise ValueError("give --missing or --text, not both")
+    if missing is not None and not 0 < missing < 1:
+        raise ValueError(f"--missing is the fraction of pixels removed, between 0 and 1 "
+                         f"(exclusive), got {missing:g}")
+    sigma = pixel_noise(noise_sigma, add_noise, simulating=demo,
+                        simulate_how="the demo, without --mask")
+    given = None if demo else read_mask(mask, options)
+    fraction = DEFAULT_MISSING if missing is None else missing
+    operators: dict[tuple[int, int, int], deepprior.Mask] = {}
+
+    def build(image: Path | None, seed: int, *, quiet: bool = False) -> Task:
+        loaded, source = image_or_demo(image, DEMO_SIZE, options.max_pixels)
+        if demo:
+            keep = (deepprior.text_mask(loaded.shape[:2]) if text else
+                    deepprior.random_mask(loaded.shape[:2], fraction, seed=seed))
+            mask_source = ("text overlay" if text else
+                           f"random, {fraction:g} missing, seed {seed}")
+            operator = deepprior.Mask(chw(loaded.shape), mask=keep)
+            y, _ = deepprior.simulate_measurements(operator, loaded, sigma=sigma, seed=seed)
+        else:
+            keep, mask_source = given, str(mask)
+            if keep.shape != loaded.shape[:2]:
+                raise ValueError(f"--mask {mask} is {shape_text(keep.shape)} but IMAGE is "
+                                 f"{shape_text(loaded.shape[:2])}; they must be the same size")
+            shape = chw(loaded.shape)
+            if shape not in operators:
+                operators[shape] = deepprior.Mask(shape, mask=keep)
+            operator = operators[shape]
+            y = to_measurements(loaded) * keep
+        known = int(keep.sum())
+        return Task(
+            command="inpaint",
+            observation=np.asarray(y, dtype=np.float32),
+            image_shape=loaded.shape,
+            default_output=default_output(image, "inpainted"),
+            source=source,
+            operator=operator,
+            sigma=sigma,
+            clean=loaded if demo else None,
+            clean_from="the demo (no --mask) uses IMAGE as the clean image",
+            inputs=(image, mask),
+            bits=image_bits(image),
+            headline=(f"inpainting {source} ({shape_text(loaded.shape)}), "
+                      f"{keep.size - known} of {keep.size} pixels missing ({mask_source})"),
+            report={
+                "mask": mask_source,
+                "known_pixels": known,
+                "missing_fraction": 1 - known / keep.size,
+                "noise_sigma_255": None if sigma is None else sigma * 255,
+            },
+        )
+
+    return build
+
+
+def read_mask(path: Path, options: FitOptions) -> np.ndarray:
+    """A mask file as a boolean (H, W) array, True = known: white, thresholded at 0.5."""
+    if path.suffix.lower() == ".npy":
+        values = np.asarray(deepprior.load_array(path), dtype=np.float64)
+        if values.ndim == 3 and values.shape[2] == 1:
+            values = values[:, :, 0]
+        if values.ndim != 2 or values.min() < 0 or values.max() > 1:
+            raise ValueError(f"--mask {path}: a .npy mask must be a 2-D array with values in "
+                             f"[0, 1] (or booleans), got shape {values.shape}")
+    else:
+        values = deepprior.load_image(path, max_pixels=options.max_pixels)
+        if values.ndim == 3:
+            values = values.mean(axis=2)
+    keep = values >= 0.5
+    grey = int(np.count_nonzero((values > 0) & (values < 1)))
+    if grey:
+        note(f"--mask {path} has {grey} grey pixels; thresholded at 0.5 (white = known)",
+             options)
+    if not keep.any():
+        raise ValueError(f"--mask {path} marks no pixel as known (white = known, black = "
+                         "missing); is it inverted?")
+    if keep.all():
+        note(f"--mask {path} marks every pixel as known: nothing to inpaint", options)
+    return keep

@@ -1,0 +1,409 @@
+"""``deepprior batch``: outputs and summary, failures, reruns, Ctrl-C, inputs, engines.
+
+Six tiny noisy images (16x16 to 32x32, two in colour), 8 iterations of an 8-channel decoder.
+What costs time is starting processes: the two-worker run (in a subprocess where ``import ray``
+fails) and the Ray run happen once each, and the other runs fit in this process
+(``--workers 1``).
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+import deepprior
+from deepprior import (
+    GaussianSensing,
+    add_gaussian_noise,
+    item_seed,
+    load_image,
+    sample_image,
+    save_image,
+    simulate_measurements,
+)
+from deepprior_cli.batching import expand_inputs
+from deepprior_cli.main import app
+
+runner = CliRunner()
+FAST = ["--iters", "8", "--stop", "fixed:8", "--channels", "8"]
+SIZES = [(16, 16), (20, 24), (24, 20, 3), (32, 32), (28, 16), (16, 28, 3)]
+NAMES = [f"img{i}" for i in range(len(SIZES))]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """photos/ (noisy) and clean/ (their clean images), named img0 ... img5."""
+    root = tmp_path_factory.mktemp("batch")
+    camera, astronaut = sample_image("camera", size=64), sample_image("astronaut", size=64)
+    for i, size in enumerate(SIZES):
+        clean = (astronaut if len(size) == 3 else camera)[8:8 + size[0], 4:4 + size[1]]
+        save_image(root / "clean" / f"img{i}.png", clean)
+        save_image(root / "photos" / f"img{i}.png",
+                   np.clip(add_gaussian_noise(clean, 0.1, seed=i), 0, 1))
+    return root
+
+
+def batch(*args):
+    return runner.invoke(app, ["batch", *map(str, args)])
+
+
+def summary_of(folder):
+    return json.loads((folder / "summary.json").read_text())
+
+
+def statuses(folder):
+    return {row["name"]: row["status"] for row in summary_of(folder)["items"]}
+
+
+def outputs(folder, ext="png"):
+    return sorted(p.name for p in folder.iterdir() if p.suffix == f".{ext}"
+                  and not p.stem.endswith("_curve"))
+
+
+def assert_same_images(first, second):
+    for name in NAMES:
+        np.testing.assert_array_equal(np.load(first / f"{name}.npy"),
+                                      np.load(second / f"{name}.npy"))
+
+
+# --------------------------------------------------------------------------- local workers
+
+
+BLOCK_RAY = """
+import sys
+sys.modules["ray"] = None  # as if Ray were not installed: `import ray` raises ImportError
+"""
+
+
+@pytest.fixture(scope="module")
+def two_workers(data, tmp_path_factory):
+    """The batch on two worker processes, run where Ray cannot be imported (workers too)."""
+    blocker = tmp_path_factory.mktemp("no_ray")
+    (blocker / "sitecustomize.py").write_text(BLOCK_RAY)
+    out = data / "two_workers"
+    env = {**os.environ, "PYTHONPATH": str(blocker)}
+    done = subprocess.run(
+        [sys.executable, "-m", "deepprior", "batch", "denoise", data / "photos", "-o", out,
+         "--clean", data / "clean", "--workers", "2", "--ext", "npy", *FAST],
+        env=env, capture_output=True, text=True, timeout=300, check=False)
+    return out, done
+
+
+def test_two_workers_write_every_output_and_the_summary_without_ray(two_workers):
+    out, done = two_workers
+    assert done.returncode == 0, done.stderr
+    assert outputs(out, "npy") == [f"{name}.npy" for name in NAMES]
+    for name in NAMES:
+        assert (out / f"{name}_curve.png").stat().st_size > 1000
+        report = json.loads((out / f"{name}.json").read_text())
+        assert report["command"] == "denoise" and report["num_steps"] == 8
+        assert report["batch"] == {"name": name, "seed": 0, "item_seed": item_seed(0, name),
+                                   "engine": "local"}
+        assert report["config"]["seed"] == item_seed(0, name) and report["psnr"] is not None
+    summary = summary_of(out)
+    assert summary["done"] == summary["images"] == 6 and summary["failed"] == 0
+    assert summary["engine"] == "local" and summary["workers"] == 2
+    assert summary["images_per_minute"] > 0 and summary["exit_code"] == 0
+    rows = summary["items"]
+    assert [row["name"] for row in rows] == NAMES  # input order, not finishing order
+    assert all(row["stop"] == "fixed" and row["psnr"] > 0 and row["num_iter"] == 8
+               for row in rows)
+    csv = (out / "summary.csv").read_text().splitlines()
+    assert csv[0].startswith("name,status,num_iter") and len(csv) == 7
+    assert all(",done,8,8,fixed," in line for line in csv[1:])
+    assert "done img3: fixed, iteration 8, " in done.stdout and " dB, " in done.stdout
+    assert "6 images: 6 done, 0 failed, 0 skipped" in done.stdout
+
+
+@pytest.fixture(scope="module")
+def one_worker(data):
+    """The same batch in this process (``--workers 1``)."""
+    out = data / "one_worker"
+    args = ["denoise", data / "photos", "-o", out, "--clean", data / "clean", "--workers", "1",
+            "--ext", "npy", *FAST]
+    return out, args, batch(*args)
+
+
+def test_one_worker_and_the_single_command_give_the_same_images(two_workers, one_worker, data,
+                                                                tmp_path):
+    out, _, result = one_worker
+    assert result.exit_code == 0, result.output
+    assert_same_images(two_workers[0], out)
+    single = tmp_path / "single.npy"  # the single command at the item's seed repeats it
+    result = runner.invoke(app, ["denoise", str(data / "photos" / "img2.png"), "-o", str(single),
+                                 "--seed", str(item_seed(0, "img2")), "-q", *FAST])
+    assert result.exit_code == 0, result.output
+    np.testing.assert_array_equal(np.load(single), np.load(out / "img2.npy"))
+
+
+def test_ray_gives_the_same_images(two_workers, data, tmp_path):
+    pytest.importorskip("ray")
+    out = tmp_path / "ray"
+    result = batch("denoise", data / "photos", "-o", out, "--clean", data / "clean",
+                   "--ray", "local", "--workers", "2", "--ext", "npy", "-q", *FAST)
+    assert result.exit_code == 0, result.output
+    assert_same_images(two_workers[0], out)
+    summary = summary_of(out)
+    assert summary["engine"] == "ray" and summary["ray"] == "local" and summary["done"] == 6
+
+
+# --------------------------------------------------------------------------- nothing lost
+
+
+def test_a_corrupt_file_fails_alone_and_the_exit_code_says_so(data, tmp_path):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for name in NAMES[:5]:
+        (photos / f"{name}.png").write_bytes((data / "photos" / f"{name}.png").read_bytes())
+    (photos / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00garbage" * 20)
+    out = tmp_path / "out"
+    result = batch("denoise", photos, "-o", out, "--workers", "1", *FAST)
+    assert result.exit_code == 1, result.output
+    assert outputs(out) == sorted(f"{name}.png" for name in NAMES[:5])
+    assert not (out / "broken.json").exists()
+    summary = summary_of(out)
+    assert (summary["done"], summary["failed"], summary["exit_code"]) == (5, 1, 1)
+    (broken,) = [row for row in summary["items"] if row["status"] == "failed"]
+    assert broken["name"] == "broken" and "broken.png" in broken["error"]
+    assert "\n" not in broken["error"]
+    assert "failed: broken: " in result.stderr
+    assert "broken,failed," in (out / "summary.csv").read_text()
+
+
+def test_a_rerun_skips_finished_images_and_force_redoes_them(one_worker, two_workers):
+    out, args, _ = one_worker
+    stamps = {p.name: p.stat().st_mtime_ns for p in out.iterdir()
+              if not p.name.startswith("summary")}
+    first = {row["name"]: row for row in summary_of(out)["items"]}
+    result = batch(*args)
+    assert result.exit_code == 0, result.output
+    assert "0 to fit" in result.stdout and "6 skipped" in result.stdout
+    assert stamps == {name: (out / name).stat().st_mtime_ns for name in stamps}
+    for row in summary_of(out)["items"]:  # skipped, with the numbers of its report
+        assert row["status"] == "skipped"
+        assert row["psnr"] == pytest.approx(first[row["name"]]["psnr"])
+        assert row["num_iter"] == 8 and row["stop"] == "fixed"
+    result = batch(*args, "--force", "-q")
+    assert result.exit_code == 0, result.output
+    assert set(statuses(out).values()) == {"done"}
+    assert all((out / name).stat().st_mtime_ns > stamp for name, stamp in stamps.items())
+    assert_same_images(two_workers[0], out)
+
+
+def interrupt_after(count, monkeypatch):
+    """Ctrl-C while the batch waits for its next fit, once ``count`` images are finished."""
+    real = deepprior.reconstruct_many
+
+    def reconstruct_many(*args, **kwargs):
+        results = real(*args, **kwargs)
+        try:
+            for _ in range(count):
+                yield next(results)
+            raise KeyboardInterrupt
+        finally:
+            results.close()
+
+    monkeypatch.setattr(deepprior, "reconstruct_many", reconstruct_many)
+
+
+def interrupt_writing(count, monkeypatch):
+    """Ctrl-C while the image after the first ``count`` is being written."""
+    from deepprior_cli.outputs import Outputs
+
+    real, written = Outputs.write, []
+
+    def write(self, *args, **kwargs):
+        if len(written) == count:
+            raise KeyboardInterrupt
+        written.append(self.image)
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Outputs, "write", write)
+
+
+@pytest.mark.parametrize("interrupt", [interrupt_after, interrupt_writing])
+def test_ctrl_c_keeps_the_finished_images_writes_the_summary_and_exits_130(
+        data, tmp_path, monkeypatch, interrupt):
+    interrupt(2, monkeypatch)
+    out = tmp_path / "out"
+    result = batch("denoise", data / "photos", "-o", out, "--workers", "1", *FAST)
+    assert result.exit_code == 130, result.output
+    assert outputs(out) == ["img0.png", "img1.png"]
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith(".")) == []
+    summary = summary_of(out)
+    assert summary["status"] == "interrupted" and summary["exit_code"] == 130
+    assert (summary["done"], summary["interrupted"]) == (2, 4)
+    assert "interrupted (Ctrl-C): kept 2 finished images" in result.stderr
+    monkeypatch.undo()  # the same command again does the rest
+    result = batch("denoise", data / "photos", "-o", out, "--workers", "1", "-q", *FAST)
+    assert result.exit_code == 0
+    assert list(statuses(out).values()) == ["skipped"] * 2 + ["done"] * 4
+
+
+# --------------------------------------------------------------------------- inputs
+
+
+def test_inputs_from_folders_globs_and_lists(data, tmp_path, monkeypatch):
+    monkeypatch.chdir(data)
+    (tmp_path / "notes.txt").write_text("not an image")
+    (tmp_path / ".hidden.png").write_bytes(b"")
+    save_image(tmp_path / "b.png", np.zeros((8, 8)))
+    save_image(tmp_path / "a.tif", np.zeros((8, 8)))
+    assert [p.name for p in expand_inputs([str(tmp_path)])] == ["a.tif", "b.png"]
+    assert [p.name for p in expand_inputs(["photos/img[01].png", "photos/img0.png"])] == [
+        "img0.png", "img1.png"]  # a file named twice counts once
+    listing = tmp_path / "list.txt"
+    listing.write_text("# my images\nphotos/img3.png\n\nphotos/img4*\n")
+    assert [p.name for p in expand_inputs([f"@{listing}"])] == ["img3.png", "img4.png"]
+    for spec, message in [("nope.png", "nope.png: no such file or folder"),
+                          ("photos/*.jpg", "matches no input file"),
+                          (f"@{tmp_path / 'missing.txt'}", "no such list file")]:
+        with pytest.raises(ValueError, match=message):
+            expand_inputs([spec])
+
+    out = tmp_path / "out"  # through the command, with an ensemble of 2 fits per image
+    result = batch("denoise", "photos/img[01].png", f"@{listing}", "-o", out, "--workers", "1",
+                   "--ensemble", "2", "-q", *FAST)
+    assert result.exit_code == 0, result.output
+    assert list(statuses(out)) == ["img0", "img1", "img3", "img4"]
+    report = json.loads((out / "img3.json").read_text())
+    assert report["config"]["ensemble"] == 2 and len(report["config"]["members"]) == 2
+    assert summary_of(out)["items"][0]["stop"] == "2 fits, first: fixed"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["{photos}", "-o", "{file}"], "is a file; a batch writes into a folder"),
+        (["{photos}", "-o", "{photos}"], "holds the input"),
+        (["{photos}", "{tmp}/img0.png", "-o", "{out}"], "taken by several inputs"),
+        (["{photos}", "-o", "{out}", "--clean", "{file}"], "--clean {file}: not a folder"),
+        (["{photos}", "-o", "{out}", "--clean", "{clean}", "--add-noise", "25"],
+         "--clean is not needed"),
+        (["{photos}", "-o", "{out}", "--stop", "oracle"], "--clean DIR"),
+        (["{photos}", "-o", "{out}", "--gpus-per-fit", "2"], "--gpus-per-fit is the share"),
+        (["{tmp}/nothing*.png", "-o", "{out}"], "matches no input file"),
+        (["{photos}", "-o", "{out}", "--sigma", "0"], "--sigma must be a noise std"),
+    ],
+)
+def test_errors_before_any_fit_are_one_line_and_write_nothing(data, tmp_path, args, message):
+    (tmp_path / "file").write_text("")
+    save_image(tmp_path / "img0.png", np.zeros((8, 8)))
+    names = {"{photos}": data / "photos", "{clean}": data / "clean", "{file}": tmp_path / "file",
+             "{out}": tmp_path / "out", "{tmp}": tmp_path}
+    for key, value in names.items():
+        args = [a.replace(key, str(value)) for a in args]
+        message = message.replace(key, str(value))
+    before = sorted(data.rglob("*"))
+    result = batch("denoise", *FAST, *args)
+    assert result.exit_code == 1, result.output
+    lines = [line for line in result.stderr.splitlines() if not line.startswith("warning: ")]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], lines
+    assert not (tmp_path / "out").exists() and sorted(data.rglob("*")) == before
+
+
+# --------------------------------------------------------------------------- every task
+
+
+@pytest.fixture
+def measurements(tmp_path):
+    """Two measurement files of 16x16 images, and the matrix."""
+    operator = GaussianSensing(100, (1, 16, 16), seed=3)
+    matrix = operator.matrix.cpu().numpy()
+    np.save(tmp_path / "A.npy", matrix)
+    folder = tmp_path / "y"
+    folder.mkdir()
+    scenes = [sample_image("camera", size=16), sample_image("camera", size=32)[8:24, 8:24]]
+    for i, image in enumerate(scenes):
+        y, _ = simulate_measurements(operator, image, seed=i)
+        np.save(folder / f"scene{i}.npy", y.reshape(-1))
+    return tmp_path
+
+
+@pytest.mark.parametrize(
+    ("task", "args", "shape"),
+    [
+        ("inpaint", ["--missing", "0.3"], (24, 20)),
+        ("inpaint", ["--mask", "{mask}"], (24, 20)),
+        ("superres", ["--factor", "2", "--simulate", "--add-noise", "5"], (24, 20)),
+        ("deblur", ["--kernel", "gaussian:1", "--simulate"], (24, 20)),
+        ("cs", ["--matrix", "{matrix}"], (16, 16)),
+    ],
+)
+def test_every_task_runs_in_a_batch(data, tmp_path, measurements, task, args, shape):
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    for i in range(2):
+        save_image(inputs / f"in{i}.png", sample_image("camera", size=(24, 20)) * (0.5 + i / 4))
+    mask = np.ones((24, 20))
+    mask[4:10, 5:15] = 0
+    save_image(tmp_path / "mask.png", mask)
+    args = [a.replace("{mask}", str(tmp_path / "mask.png"))
+            .replace("{matrix}", str(measurements / "A.npy")) for a in args]
+    source = measurements / "y" if task == "cs" else inputs
+    out = tmp_path / "out"
+    result = batch(task, source, *args, "-o", out, "--workers", "1", "-q", *FAST)
+    assert result.exit_code == 0, result.output
+    rows = summary_of(out)["items"]
+    assert [row["status"] for row in rows] == ["done", "done"]
+    for row in rows:
+        assert load_image(row["output"]).shape == shape
+        assert json.loads((out / f"{row['name']}.json").read_text())["command"] == task
+    if "--simulate" in args or "--missing" in args:
+        assert all(row["psnr"] is not None for row in rows)
+
+
+def test_a_mask_of_the_wrong_size_fails_that_image_only(data, tmp_path):
+    save_image(tmp_path / "mask.png", np.ones((16, 16)))
+    out = tmp_path / "out"
+    result = batch("inpaint", data / "photos" / "img0.png", data / "photos" / "img1.png",
+                   "--mask", tmp_path / "mask.png", "-o", out, "--workers", "1", "-q", *FAST)
+    assert result.exit_code == 1
+    assert statuses(out) == {"img0": "done", "img1": "failed"}
+    assert "is 16x16 but IMAGE is 20x24" in summary_of(out)["items"][1]["error"]
+
+
+# --------------------------------------------------------------------------- options
+
+
+def test_threads_are_the_threads_per_fit(data, tmp_path, monkeypatch):
+    seen = {}
+    real = deepprior.reconstruct_many
+
+    def spy(*args, **kwargs):
+        seen.update(kwargs)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(deepprior, "reconstruct_many", spy)
+    result = batch("denoise", data / "photos" / "img0.png", "-o", tmp_path / "out", "--threads",
+                   "2", "--workers", "1", "--json", *FAST, "--iters", "2", "--stop", "fixed:2")
+    assert result.exit_code == 0, result.output
+    assert seen["cpus_per_fit"] == 2 and seen["workers"] == 1
+    summary = json.loads(result.stdout)
+    assert summary["threads_per_fit"] == 2 and summary["done"] == 1
+
+
+def test_help_of_every_task(data):
+    for task in ("denoise", "inpaint", "superres", "deblur", "cs"):
+        result = batch(task, "--help")
+        assert result.exit_code == 0
+        for option in ("--workers", "--ray", "--gpus-per-fit", "--force", "--threads",
+                       "--ensemble", "--clean", "--output"):
+            assert option in result.output
+        assert "--overwrite" not in result.output
+        assert "some inputs failed" in " ".join(result.output.split())
+    assert "deepprior batch denoise photos/ -o out/" in batch("--help").output
+    assert batch("denoise", data / "photos").exit_code == 2  # -o OUTDIR is required

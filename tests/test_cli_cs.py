@@ -1,0 +1,241 @@
+"""``deepprior cs``: simulated measurements, saved measurements, and a user's own matrix and
+measurements (``--matrix``/``--measurements-file``) with their errors."""
+
+import json
+
+import numpy as np
+import pytest
+import scipy.io
+import scipy.sparse
+import torch
+from typer.testing import CliRunner
+
+from deepprior import GaussianSensing, load_image, sample_image, save_image
+from deepprior_cli.main import app
+
+runner = CliRunner()
+FAST = ["--iters", "12", "--stop", "fixed:12", "--channels", "8", "--quiet"]
+SIDE = 16  # a 16x16 image: n = 256 columns
+M = 100
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def clean_png(tmp_path):
+    path = tmp_path / "clean.png"
+    save_image(path, sample_image("camera", size=(40, 36)))
+    return path
+
+
+@pytest.fixture
+def system(tmp_path):
+    """A user's own problem: a 100 x 256 matrix, y = A x for a 16x16 image."""
+    clean = sample_image("camera", size=SIDE)
+    matrix = np.random.default_rng(1).standard_normal((M, SIDE * SIDE)) / np.sqrt(M)
+    y = matrix @ clean.reshape(-1)
+    save_image(tmp_path / "truth.png", clean)
+    return matrix, y, clean
+
+
+def invoke(*args):
+    return runner.invoke(app, ["cs", *FAST, *map(str, args)])
+
+
+def assert_one_line_error(result, message):
+    assert result.exit_code == 1, result.output
+    lines = [line for line in result.stderr.splitlines() if not line.startswith("warning: ")]
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert message in lines[0], result.stderr
+    assert "Traceback" not in result.output
+
+
+# --------------------------------------------------------------------------- simulated
+
+
+def test_cs_roundtrip_through_measurement_file(clean_png, tmp_path):
+    y_file, out, out2 = tmp_path / "y.npz", tmp_path / "cs.png", tmp_path / "cs2.png"
+    result = invoke(clean_png, "-m", 300, "--save-measurements", y_file, "-o", out)
+    assert result.exit_code == 0, result.output
+    report = json.loads(out.with_suffix(".json").read_text())
+    assert report["num_measurements"] == 300 and report["psnr"] is not None
+    result = invoke("--measurements-file", y_file, "-o", out2)
+    assert result.exit_code == 0, result.output
+    assert json.loads(out2.with_suffix(".json").read_text())["psnr"] is None  # no ground truth
+    np.testing.assert_array_equal(load_image(out2), load_image(out))  # same seed, same data
+
+
+@pytest.mark.parametrize("colour", [False, True])
+def test_saved_gaussian_matrix_through_matrix_path_gives_the_same_image(tmp_path, colour):
+    image = sample_image("astronaut" if colour else "camera", size=SIDE)
+    save_image(tmp_path / "x.png", image)
+    y_file = tmp_path / "y.npz"
+    result = invoke(tmp_path / "x.png", "-m", M, "--operator", "gaussian", "--save-measurements",
+                    y_file, "-o", tmp_path / "builtin.npy")
+    assert result.exit_code == 0, result.output
+    with np.load(y_file) as saved:
+        assert saved["matrix"].shape == (M, SIDE * SIDE)
+        operator = GaussianSensing(M, (3 if colour else 1, SIDE, SIDE), seed=0)
+        np.testing.assert_array_equal(saved["matrix"], operator.matrix.numpy())
+    result = invoke("--matrix", y_file, "--measurements-file", y_file, "-o", tmp_path / "m.npy")
+    assert result.exit_code == 0, result.output
+    # Grey: the very same float32 products. Colour: A is applied to each channel as a
+    # block-diagonal matrix, whose sums differ in the last bits; Adam amplifies that to ~2e-4.
+    np.testing.assert_allclose(np.load(tmp_path / "m.npy"), np.load(tmp_path / "builtin.npy"),
+                               atol=1e-3 if colour else 1e-5)
+
+
+def test_noise_at_0_db_snr_works(clean_png, tmp_path):
+    out = tmp_path / "n.png"
+    result = runner.invoke(app, ["cs", str(clean_png), "-m", "100", "--noise", "0", "--iters",
+                                 "20", "--channels", "8", "-q", "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    report = json.loads(out.with_suffix(".json").read_text())
+    assert report["measurement_snr_db"] == 0 and report["measurement_noise_sigma"] > 0
+
+
+def test_fast_operator_and_noise_sigma_in_measurement_units(clean_png, tmp_path):
+    out = tmp_path / "f.png"
+    result = invoke(clean_png, "-m", 400, "--operator", "fast", "--noise-sigma", 3, "-o", out)
+    assert result.exit_code == 0, result.output
+    report = json.loads(out.with_suffix(".json").read_text())
+    assert report["config"]["operator"]["kind"] == "fast"
+    assert report["measurement_noise_sigma"] == 3  # no 0-255 conversion, no cap
+
+
+# --------------------------------------------------------------------------- your own data
+
+
+def _write(folder, name, array, key=None):
+    path = folder / name
+    if name.endswith(".npy"):
+        np.save(path, array)
+    elif name.endswith(".txt"):
+        np.savetxt(path, array)
+    elif name.endswith(".mat"):
+        scipy.io.savemat(path, {key or "A": array})
+    elif scipy.sparse.issparse(array):
+        scipy.sparse.save_npz(path, array)
+    else:
+        np.savez(path, **{key or "arr": array})
+    return path
+
+
+@pytest.mark.parametrize(
+    ("matrix_file", "y_file", "sparse"),
+    [("A.npy", "y.txt", False), ("A.mat", "y.mat", False), ("A.npz", "y.npy", True),
+     ("A.mat", "y.npz", True)],
+)
+def test_own_matrix_and_measurements(system, tmp_path, matrix_file, y_file, sparse):
+    matrix, y, _ = system
+    stored = scipy.sparse.csr_matrix(matrix) if sparse else matrix
+    a_path = _write(tmp_path, matrix_file, stored)
+    y_path = _write(tmp_path, y_file, y[:, None] if y_file.endswith(".mat") else y, key="y")
+    out = tmp_path / "own.png"
+    result = invoke("--matrix", a_path, "--measurements-file", y_path, "--noise-sigma", 0.01,
+                    "--clean", tmp_path / "truth.png", "-o", out, "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["num_measurements"] == M and report["num_pixels"] == SIDE * SIDE
+    assert report["measurement_noise_sigma"] == 0.01 and report["psnr"] is not None
+    assert load_image(out).shape == (SIDE, SIDE)
+
+
+def test_discrepancy_rule_on_own_measurements_uses_noise_sigma(system, tmp_path):
+    matrix, y, _ = system
+    noisy = y + 0.3 * np.random.default_rng(2).standard_normal(y.shape)
+    a_path, y_path = _write(tmp_path, "A.npy", matrix), _write(tmp_path, "y.npy", noisy)
+    out = tmp_path / "d.png"
+    result = runner.invoke(app, ["cs", "--matrix", str(a_path), "--measurements-file",
+                                 str(y_path), "--noise-sigma", "0.3", "--stop", "discrepancy",
+                                 "--iters", "200", "--channels", "8", "-q", "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    report = json.loads(out.with_suffix(".json").read_text())
+    assert report["config"]["sigma"] == 0.3 and report["config"]["stop_resolved"] == "discrepancy"
+    assert report["num_steps"] < 200  # the noise level was reached: the rule fired
+
+
+def test_key_chooses_among_several_arrays(system, tmp_path):
+    matrix, y, _ = system
+    np.savez(tmp_path / "data.npz", first=y, second=y[::-1])
+    a_path = _write(tmp_path, "A.npy", matrix)
+    args = ("--matrix", a_path, "--measurements-file", tmp_path / "data.npz")
+    result = invoke(*args, "-o", tmp_path / "o.png")
+    assert_one_line_error(result, "several arrays ('first', 'second')")
+    assert "--key" in result.stderr
+    result = invoke(*args, "--key", "second", "-o", tmp_path / "o.png")
+    assert result.exit_code == 0, result.output
+
+
+def test_shape_for_non_square_images(tmp_path):
+    clean = sample_image("camera", size=(12, 20))
+    matrix = np.random.default_rng(0).standard_normal((80, 240))
+    a_path = _write(tmp_path, "A.npy", matrix)
+    y_path = _write(tmp_path, "y.npy", matrix @ clean.reshape(-1))
+    out = tmp_path / "o.png"
+    result = invoke("--matrix", a_path, "--measurements-file", y_path, "--shape", "12x20",
+                    "-o", out)
+    assert result.exit_code == 0, result.output
+    assert load_image(out).shape == (12, 20)
+
+
+def _bad_files(folder, matrix, y):
+    """Files for the error cases, written once."""
+    _write(folder, "A.npy", matrix)
+    _write(folder, "y.npy", y)
+    _write(folder, "y99.npy", y[:99])
+    _write(folder, "A250.npy", matrix[:, :250])
+    _write(folder, "Anan.npy", np.where(np.eye(M, SIDE * SIDE) > 0, np.nan, matrix))
+    (folder / "bad.npz").write_bytes(b"PK\x03\x04 this is not a zip archive")
+    (folder / "bad.mat").write_bytes(b"MATLAB 5.0 MAT-file" + b"\x00" * 100)
+    header = b"MATLAB 7.3 MAT-file, Platform: GLNXA64, HDF5 schema 1.00 .".ljust(116)
+    (folder / "v73.mat").write_bytes(header + bytes(8) + b"\x00\x02IM" + bytes(400))
+    (folder / "dir.npz").mkdir()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--matrix", "A.npy", "--measurements-file", "y99.npy"],
+         "has 100 rows but --measurements-file"),
+        (["--matrix", "A.npy", "--measurements-file", "y.npy", "--shape", "16x15"],
+         "has 256 columns but --shape 16x15 has 240 pixels"),
+        (["--matrix", "A250.npy", "--measurements-file", "y.npy"], "not a square image"),
+        (["--matrix", "Anan.npy", "--measurements-file", "y.npy"], "non-finite"),
+        (["--matrix", "bad.mat", "--measurements-file", "y.npy"], "not a readable MATLAB"),
+        (["--matrix", "v73.mat", "--measurements-file", "y.npy"], "v7.3 (HDF5)"),
+        (["--matrix", "bad.npz", "--measurements-file", "y.npy"], "not a readable .npz"),
+        (["--measurements-file", "bad.npz"], "not a readable .npz"),
+        (["--measurements-file", "dir.npz"], "is a directory"),
+        (["--measurements-file", "y.npy"], "holds no operator description"),
+        (["--matrix", "A.npy"], "describe given measurements"),
+        (["--matrix", "A.npy", "--measurements-file", "y.npy", "--shape", "16"], "HxW"),
+        (["--matrix", "A.npy", "--measurements-file", "y.npy", "--stop", "discrepancy"],
+         "--stop discrepancy needs the noise level of the measurements: pass --noise-sigma"),
+        (["--matrix", "A.npy", "--measurements-file", "y.npy", "--stop", "oracle"],
+         "--stop oracle needs the clean image"),
+        (["--measurements-file", "y.npy", "--noise", "20"], "--noise simulates noise"),
+        (["{img}", "-m", "100", "--noise", "10", "--noise-sigma", "1"], "not both"),
+        (["{img}", "-m", "100", "--noise-sigma", "0"], "--noise-sigma must be a noise std > 0"),
+        (["{img}", "-m", "100", "--save-measurements", "y.txt"], "must end in .npz"),
+        (["{img}", "-m", "100000"], "num_measurements"),
+        (["{img}", "-m", "100", "--clean", "{img}"], "--clean is not needed"),
+        (["{img}"], "--measurements M is required"),
+    ],
+)
+def test_errors_are_one_line_and_write_nothing(system, clean_png, tmp_path, monkeypatch, args,
+                                               message):
+    matrix, y, _ = system
+    _bad_files(tmp_path, matrix, y)
+    monkeypatch.chdir(tmp_path)
+    args = [a.replace("{img}", str(clean_png)) for a in args]
+    before = set(tmp_path.iterdir())
+    result = invoke(*args, "-o", "out.png")
+    assert_one_line_error(result, message)
+    assert set(tmp_path.iterdir()) == before
