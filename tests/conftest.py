@@ -8,7 +8,7 @@ import torch
 import deepprior
 
 
-@pytest.fixture(autouse=True, scope="session")
+@pytest.fixture(autouse=True)
 def one_torch_thread():
     """Tiny fits run fastest on one thread, and a busy machine does not slow them down by
     an order of magnitude (two threads spin against other processes)."""
@@ -37,3 +37,11 @@ def registry():
 def module_registry():
     """Networks registered by the module's tests are removed after the module."""
     yield from _saved_registry()
+
+
+@pytest.fixture
+def clean_png(tmp_path):
+    """A small clean photograph (camera, 40×36) saved as PNG."""
+    path = tmp_path / "clean.png"
+    deepprior.save_image(path, deepprior.sample_image("camera", size=(40, 36)))
+    return path

@@ -29,20 +29,6 @@ SHARED = {"--net", "--norm", "--channels", "--iters", "--lr", "--stop", "--seed"
           "--ensemble", "--threads"}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny fits run fastest on one thread (and do not fight other processes for cores)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture
-def clean_png(tmp_path):
-    path = tmp_path / "clean.png"
-    save_image(path, sample_image("camera", size=(40, 36)))
-    return path
 
 
 def files(folder):

@@ -3,7 +3,6 @@
 import json
 
 import pytest
-import torch
 from typer.testing import CliRunner
 
 from deepprior import sample_image, save_image
@@ -15,13 +14,6 @@ TINY = ["--net", "conv_generator", "--channels", "3", "--iters", "6", "--every",
 FILES = ["analysis.json", "grad_norms.png", "conditioning.png", "oscillation.png",
          "effective_rank.png", "loss.png"]
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture

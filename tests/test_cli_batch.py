@@ -13,7 +13,6 @@ import sys
 
 import numpy as np
 import pytest
-import torch
 from typer.testing import CliRunner
 
 import deepprior
@@ -34,13 +33,6 @@ FAST = ["--iters", "8", "--stop", "fixed:8", "--channels", "8"]
 SIZES = [(16, 16), (20, 24), (24, 20, 3), (32, 32), (28, 16), (16, 28, 3)]
 NAMES = [f"img{i}" for i in range(len(SIZES))]
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

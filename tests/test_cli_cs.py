@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 import scipy.io
 import scipy.sparse
-import torch
 from typer.testing import CliRunner
 
 from deepprior import GaussianSensing, load_image, sample_image, save_image
@@ -19,19 +18,6 @@ SIDE = 16  # a 16x16 image: n = 256 columns
 M = 100
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture
-def clean_png(tmp_path):
-    path = tmp_path / "clean.png"
-    save_image(path, sample_image("camera", size=(40, 36)))
-    return path
 
 
 @pytest.fixture

@@ -4,7 +4,6 @@ import json
 
 import numpy as np
 import pytest
-import torch
 from typer.testing import CliRunner
 
 from deepprior import load_image, sample_image, save_image
@@ -13,13 +12,6 @@ from deepprior_cli.main import app
 runner = CliRunner()
 FAST = ["--iters", "10", "--stop", "fixed:10", "--channels", "8", "--quiet"]
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture

@@ -30,14 +30,6 @@ SMALL = {
 }
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """These tensors are small: one thread is faster and does not fight other processes."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def build_quiet(name: str, image_shape: tuple[int, int, int], **kwargs):
     """build_net without the crop warning (tested on its own below)."""

@@ -1,0 +1,119 @@
+"""Which network by default: what a user gets from ``stop="auto"``, network against network.
+
+For each case (sample image, size, σ, seed) every network runs once with the library's
+defaults and the automatic stop — exactly ``reconstruct(noisy, net=NET, seed=SEED)`` — and the
+PSNR/SSIM of the returned image and the time to result are recorded. BM3D (given the true σ)
+is the reference. This is the evidence behind the default network of each problem kind: the
+denoising study (denoise.py) measures the best iterate of a fixed budget, this one what the
+default call returns, at the cost a user pays.
+
+Usage::
+
+    OMP_NUM_THREADS=1 python benchmarks/defaults.py --resume          # the committed run
+    python benchmarks/defaults.py --report
+    python benchmarks/defaults.py --quick --out-dir /tmp/q
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import baselines
+import harness
+
+from deepprior import add_gaussian_noise, psnr, reconstruct, sample_image, ssim
+
+#: (image, size, σ in 0-255 units, seed), most informative first.
+FULL_CASES = [
+    ("camera", 128, 25, 0), ("astronaut", 128, 25, 0), ("camera", 128, 50, 0),
+    ("camera", 128, 15, 0), ("camera", 128, 25, 1), ("astronaut", 128, 25, 1),
+    ("camera", 128, 50, 1), ("camera", 128, 15, 1),
+]
+QUICK_CASES = [("camera", 64, 25, 0)]
+NETS = ("deep_decoder", "dip")
+
+
+def _key(row: dict[str, Any]) -> list:
+    return [row["image"], row["size"], row["sigma255"], row["seed"], row["method"]]
+
+
+def run_study(args: argparse.Namespace, store: harness.Store) -> None:
+    cases = QUICK_CASES if args.quick else FULL_CASES
+    shard, shards = args.shard
+    for image, size, sigma255, seed in cases[shard::shards]:
+        clean = sample_image(image, size=size)
+        noisy = add_gaussian_noise(clean, sigma255 / 255, seed=seed)
+        for method in ("bm3d", *args.nets):
+            row = {"image": image, "size": size, "sigma255": sigma255, "seed": seed,
+                   "method": method}
+            row["key"] = _key(row)
+            if store.key(row) in store.done and not args.recompute:
+                continue
+            if method == "bm3d":
+                out = baselines.bm3d_denoise(noisy, sigma255 / 255)
+                row.update(psnr=psnr(clean, out.image.clip(0, 1)),
+                           ssim=ssim(clean, out.image.clip(0, 1)), seconds=out.seconds)
+            else:
+                options = {"max_num_iter": 40, "net_options": {"channels": 16}} \
+                    if args.quick else {}
+                start = time.perf_counter()
+                result = reconstruct(noisy, net=method, seed=seed, ground_truth=clean, **options)
+                row.update(psnr=result.psnr, ssim=result.ssim,
+                           seconds=time.perf_counter() - start, num_iter=result.num_iter,
+                           num_steps=result.num_steps, stop_reason=result.stop_reason,
+                           stop_rule=result.config["stop_resolved"],
+                           num_parameters=result.config["num_parameters"])
+            store.add(row)
+            print(f"{image} {size} σ={sigma255} seed {seed} {method}: {row['psnr']:.2f} dB, "
+                  f"{row['seconds']:.0f} s", flush=True)
+
+
+def report(payload: dict[str, Any]) -> str:
+    rows = payload["rows"]
+    cases = sorted({tuple(r["key"][:4]) for r in rows})
+    methods = [m for m in ("bm3d", *NETS) if any(r["method"] == m for r in rows)]
+    table, gains = [], []
+    for case in cases:
+        hit = {r["method"]: r for r in rows if tuple(r["key"][:4]) == case}
+        line: dict[str, Any] = {"case": f"{case[0]} {case[1]}² σ={case[2]} seed {case[3]}"}
+        for m in methods:
+            if m in hit:
+                r = hit[m]
+                line[m] = (f"{r['psnr']:.2f} ({r['seconds']:.0f} s"
+                           + (f", it {r['num_iter']})" if "num_iter" in r else ")"))
+        if "dip" in hit and "deep_decoder" in hit:
+            gains.append(hit["dip"]["psnr"] - hit["deep_decoder"]["psnr"])
+            line["DIP − DD"] = f"{gains[-1]:+.2f}"
+        table.append(line)
+    text = harness.markdown_table(table, ["case", *methods, "DIP − DD"])
+    if gains:
+        mean = statistics.fmean(gains)
+        text += (f"\n\nDIP − Deep Decoder over {len(gains)} cases: mean {mean:+.2f} dB, "
+                 f"min {min(gains):+.2f}, max {max(gains):+.2f}.")
+    return text
+
+
+def plot(payload: dict[str, Any], path: Path) -> None:
+    return None
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    harness.study_arguments(parser, name="defaults")
+    parser.add_argument("--quick", action="store_true", help="smoke run")
+    parser.add_argument("--nets", nargs="+", default=list(NETS), help="networks (DD and DIP)")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    return harness.study_main(args, name="defaults", run=run_study, plot=plot, report=report,
+                              config={"nets": args.nets})
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
