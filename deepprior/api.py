@@ -179,7 +179,7 @@ class Reconstruction:
     num_iter : int
         Iteration whose output is returned (1-based).
     num_steps : int
-        Iterations run in total.
+        Iterations run in total (over all members of an ensemble).
     stop_reason : str
         Why the fit stopped and which iterate was returned.
     history : dict[str, np.ndarray]
@@ -343,7 +343,8 @@ def reconstruct(
         uses seed ``seed + k`` and, when denoising, the ``k``-th of the 8 flips/rotations of
         the image (mapped back). Each member runs the stopping rule on its own;
         ``config["members"]`` lists their stops (and PSNR with ``ground_truth``); ``history``
-        is the first member's. Costs ``ensemble`` fits.
+        and ``num_iter`` are the first member's, ``num_steps`` and ``elapsed`` the sums. Costs
+        ``ensemble`` fits.
 
     Returns
     -------
@@ -479,7 +480,7 @@ def reconstruct(
     if ensemble > 1:
         config["members"] = _members(fits, truth)
     return Reconstruction(
-        image=image, num_iter=result.best_step, num_steps=result.num_steps,
+        image=image, num_iter=result.best_step, num_steps=sum(r.num_steps for _, r, _ in fits),
         stop_reason=result.stop_reason if ensemble == 1 else
         f"average of {len(fits)} fits; the first: {result.stop_reason}",
         history=history, elapsed=sum(r.elapsed for _, r, _ in fits),
