@@ -23,6 +23,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from deepprior import jsonable
+
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
@@ -62,18 +64,8 @@ def save_json(name: str, payload: dict[str, Any]) -> Path:
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{name}.json"
     body = {"machine": machine_info(), **payload}
-    path.write_text(json.dumps(body, indent=1, default=_default) + "\n")
+    path.write_text(json.dumps(jsonable(body), indent=1) + "\n")
     return path
-
-
-def _default(value: Any) -> Any:
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, Path):
-        return str(value)
-    raise TypeError(f"cannot serialise {type(value).__name__}")
 
 
 def markdown_table(rows: Iterable[dict[str, Any]], columns: Sequence[str]) -> str:
@@ -178,7 +170,7 @@ class Store:
         self.path = path
         # as it reads back from JSON, so that the run can be found in the file again
         run = {**machine_info(), "config": config, "pid": os.getpid()}
-        self.run = json.loads(json.dumps(run, default=_default))
+        self.run = jsonable(run)
         self.payload: dict[str, Any] = {"study": path.stem, "runs": [], "rows": []}
         with self._locked():
             if resume and path.exists():
@@ -217,5 +209,5 @@ class Store:
 
     def _write(self) -> None:
         tmp = self.path.with_suffix(f".json.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(self.payload, indent=1, default=_default) + "\n")
+        tmp.write_text(json.dumps(jsonable(self.payload), indent=1) + "\n")
         tmp.replace(self.path)

@@ -69,6 +69,7 @@ from deepprior import (
     estimate_sigma,
     gaussian_kernel,
     image_to_tensor,
+    jsonable,
     make_policy,
     motion_kernel,
     psnr_tensor,
@@ -631,14 +632,8 @@ def _full_psnr(run: Run, full: dict[str, Any]) -> np.ndarray:
 def _save(path: Path, payload: dict[str, Any], *, complete: bool) -> None:
     body = {"machine": machine_info(), "complete": complete, **payload}
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(body, indent=None, separators=(",", ":"), default=_jsonable))
+    tmp.write_text(json.dumps(jsonable(body), indent=None, separators=(",", ":")))
     tmp.replace(path)
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, np.generic):
-        return value.item()
-    raise TypeError(f"cannot serialise {type(value).__name__}")
 
 
 # --------------------------------------------------------------------------- the report
