@@ -388,18 +388,28 @@ def reconstruct(
     Fits θ to minimise ``mean((A f_θ(z) − y)²)`` with Adam (Ulyanov et al. 2018; Heckel &
     Hand 2019; Heckel & Soltanolkotabi 2020) and returns the iterate the stopping rule selects.
 
-    ===================  ============  =====  ======  ===================================
-    problem              network       iters  lr      stop ("auto")
-    ===================  ============  =====  ======  ===================================
-    denoise              deep_decoder  3,000  0.01    discrepancy (k = 64, EMA 0.99)
-    denoise              dip           3,000  0.01    discrepancy:tau=0.8 (EMA 0.99)
-    denoise              conv_decoder  3,000  0.01    holdout:fraction=0.1,patience=200
-    compressive_sensing  deep_decoder  3,000  0.005   patience (k = 128)
-    compressive_sensing  dip           3,000  0.01    patience (EMA 0.99)
-    compressive_sensing  conv_decoder  3,000  0.01    patience
-    inpainting           any           3,000  0.01    patience
-    generic              any           3,000  0.01    patience
-    ===================  ============  =====  ======  ===================================
+    ===================  ============  =====  =====  ===================================  ==========
+    problem              network       iters  lr     stop ("auto"; with σ given)          other
+    ===================  ============  =====  =====  ===================================  ==========
+    denoise              deep_decoder  3,000  0.01   discrepancy (σ estimated)            k=64, EMA
+    denoise              dip           3,000  0.01   discrepancy:tau=0.8                  EMA
+    denoise              other         3,000  0.01   holdout:fraction=0.1,patience=200
+    compressive_sensing  deep_decoder  3,000  0.005  patience                             k=128
+    compressive_sensing  other         3,000  0.01   patience                             (DIP EMA)
+    inpainting           deep_decoder  3,000  0.01   holdout:fraction=0.1,patience=300;   k=64, EMA
+                                                     discrepancy
+    inpainting           other         3,000  0.01   holdout:fraction=0.1,patience=200;
+                                                     discrepancy
+    super_resolution     any           3,000  0.01   patience
+    deblurring           any           3,000  0.01   patience
+    generic              any           3,000  0.01   holdout:fraction=0.1,patience=200
+    ===================  ============  =====  =====  ===================================  ==========
+
+    The problem kind comes from the operator: ``Identity`` → denoise, ``GaussianSensing``,
+    ``FastSensing`` and matrices with fewer rows than columns → compressive_sensing, ``Mask``
+    → inpainting, ``Downsample`` → super_resolution, ``Blur`` → deblurring, anything else →
+    generic. EMA: the returned output is the 0.99 average of the iterates (the Deep Image
+    Prior perturbs its input by 1/30 too).
 
     ``PROBLEMS[problem][net].source`` says where each row comes from; σ for the discrepancy
     rule is estimated from the noisy image when not given (denoising only).
