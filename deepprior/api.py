@@ -433,6 +433,7 @@ def reconstruct(
     op, y = _observation(array, operator, image_shape or (
         None if truth is None else tuple(truth.shape[1:])))
     check_operator(op, y)
+    description = op.describe()  # a user's describe() fails here, not after the fit
     if truth is not None and tuple(truth.shape[1:]) != op.image_shape:
         c, h, w = op.image_shape
         raise ValueError(f"ground_truth must have shape {(h, w) if c == 1 else (h, w, c)}, got "
@@ -493,7 +494,8 @@ def reconstruct(
     if truth is not None:
         history["psnr"] = result.psnr
         clean = tensor_to_image(truth)
-        scores = {"psnr": _psnr(clean, image), "ssim": _ssim(clean, image)}
+        scores = {"psnr": _psnr(clean, image),  # SSIM's 3×3 window needs 3 px per side
+                  "ssim": _ssim(clean, image) if min(image.shape[:2]) >= 3 else None}
     config = {
         "problem": problem,
         "net": net_name,
@@ -508,7 +510,7 @@ def reconstruct(
         "stop_resolved": spec if isinstance(spec, str) else None,
         "sigma": sigma,
         "seed": seed,
-        "operator": op.describe(),
+        "operator": description,
         "num_restarts": result.num_restarts,
         "final_learning_rate": result.final_learning_rate,
         "ensemble": ensemble,
