@@ -89,6 +89,7 @@ FULL_PRIOR_CASES: list[tuple[str, int, float, float | None, int]] = [
     *(("conv_decoder", 64, r, None, 1500) for r in (0.05, 0.5)),
     ("deep_decoder", 128, 0.1, None, 1000),
     ("conv_decoder", 128, 0.1, None, 1000),
+    *(("dip", 64, r, None, 1500) for r in (0.05, 0.1, 0.5)),
 ]
 
 QUICK_BASELINE_CASES = [(64, 410, None), (64, 1024, 20.0), (128, 1638, None)]

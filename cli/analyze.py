@@ -29,7 +29,6 @@ import deepprior
 from deepprior.analysis import Diagnostics
 
 from .common import (
-    DEFAULT_NET,
     EXIT_DIVERGED,
     EXIT_INTERRUPTED,
     MAX_PIXELS,
@@ -38,6 +37,7 @@ from .common import (
     Lr,
     MaxPixels,
     Net,
+    NetName,
     Overwrite,
     Quiet,
     Seed,
@@ -75,7 +75,7 @@ def analyze(
         typer.Option("--output", "-o", help="Folder for analysis.json and the plots (default: "
                      "IMAGE_analysis/ next to IMAGE, camera_analysis/ for the bundled image)."),
     ] = None,
-    net: Net = DEFAULT_NET,
+    net: Net = NetName.deep_decoder,
     norm: Annotated[
         str,
         typer.Option("--norm", help="channel, none, batch, or all (one fit per normalization)."),

@@ -41,12 +41,12 @@ FIT_PANEL = "Fitting and output options (every command)"
 
 NetName = enum.Enum("NetName", {name: name for name in deepprior.available_nets()}, type=str)
 NormName = enum.Enum("NormName", {name: name for name in deepprior.NORMS}, type=str)
-DEFAULT_NET = NetName("deep_decoder")
-
 Net = Annotated[
-    NetName,
+    NetName | None,
     typer.Option("--net", help="Network (deep_decoder: Heckel & Hand 2019; dip: Ulyanov et al. "
-                 "2018; conv_decoder: Darestani & Heckel 2021).", rich_help_panel=FIT_PANEL),
+                 "2018; conv_decoder: Darestani & Heckel 2021). Default: per problem, dip for "
+                 "denoise and cs (better, 10-15x slower on a CPU), deep_decoder for the others.",
+                 show_default=False, rich_help_panel=FIT_PANEL),
 ]
 Norm = Annotated[NormName, typer.Option("--norm", help="Normalization after each layer.",
                                         rich_help_panel=FIT_PANEL)]
@@ -135,7 +135,7 @@ ThreadsPerFit = Annotated[
 class FitOptions:
     """The options every fitting command takes, as one object."""
 
-    net: str = "deep_decoder"
+    net: str | None = None  # None: the problem kind's default (deepprior.DEFAULT_NETS)
     norm: str = "channel"
     channels: int | None = None
     iters: int | None = None
@@ -167,7 +167,7 @@ _ANNOTATIONS: dict[str, Any] = {
     "ensemble": Ensemble, "threads": Threads,
 }
 #: Defaults typer needs as enum members.
-_CLI_DEFAULTS: dict[str, Any] = {"net": DEFAULT_NET, "norm": NormName("channel")}
+_CLI_DEFAULTS: dict[str, Any] = {"net": None, "norm": NormName("channel")}
 #: ``deepprior batch TASK``: -o is a folder (required), --clean a folder, --threads per fit;
 #: --overwrite is left out (batch has --force).
 _BATCH_ANNOTATIONS: dict[str, Any] = {

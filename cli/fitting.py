@@ -118,7 +118,7 @@ def run_task(task: Task, options: FitOptions) -> None:
                       extra={role: path for role, (path, _) in task.extra_outputs.items()})
     bits, bits_note = output_bits(output, task.bits, colour=len(task.image_shape) == 3)
     if not options.silent:
-        typer.echo(f"{task.headline} with {options.net}, norm={options.norm}")
+        typer.echo(f"{task.headline} with {network(task, options)}, norm={options.norm}")
 
     with torch_threads(options.threads):
         result = deepprior.reconstruct(
@@ -162,6 +162,12 @@ def check_fit_options(options: FitOptions) -> list[str]:
     if options.lr is not None and not (math.isfinite(options.lr) and options.lr > 0):
         raise ValueError(f"--lr must be a number > 0, got {options.lr:g}")
     return stop_names(options.stop)
+
+
+def network(task: Task, options: FitOptions) -> str:
+    """The network the fit uses: ``--net``, else the problem kind's default."""
+    problem = "denoise" if task.operator is None else task.operator.problem
+    return options.net or deepprior.DEFAULT_NETS[problem]
 
 
 def fit_kwargs(options: FitOptions) -> dict[str, Any]:

@@ -11,6 +11,7 @@ need no clean image.
 from importlib.metadata import PackageNotFoundError, version
 
 from .api import (
+    DEFAULT_NETS,
     PROBLEMS,
     Defaults,
     Reconstruction,
@@ -62,6 +63,7 @@ except PackageNotFoundError:  # running from a source tree that is not installed
     __version__ = "0.2.0"
 
 __all__ = [
+    "DEFAULT_NETS",
     "NORMS",
     "PROBLEMS",
     "BatchResult",

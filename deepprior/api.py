@@ -27,6 +27,7 @@ from .operators import Identity, as_operator, check_operator
 from .stopping import Fixed, make_policy, members, parse_stop
 
 __all__ = [
+    "DEFAULT_NETS",
     "PROBLEMS",
     "Defaults",
     "Reconstruction",
@@ -149,6 +150,21 @@ PROBLEMS: dict[str, dict[str, Defaults]] = {
             "(Deep Decoder) and 0.71 dB (ConvDecoder) from the best iterate, patience 0.36 / "
             f"0.95 dB; it needs no σ and no knowledge of the operator ({_STOPPING_MD})"),
     },
+}
+
+
+#: The network ``reconstruct`` uses when ``net`` is not given, per problem kind, from what
+#: ``stop="auto"`` returns (benchmarks/results/defaults.md, denoise.json, RESULTS.md): the Deep
+#: Image Prior denoises better than the Deep Decoder (128², σ = 15-50, camera and astronaut)
+#: and recovers compressive measurements better (camera 64², m/n = 0.05-0.5, 1.5-2.6 dB) at 10-15
+#: times the time per fit on a CPU; for the other kinds the Deep Decoder, the one measured.
+DEFAULT_NETS: dict[str, str] = {
+    "denoise": "dip",
+    "compressive_sensing": "dip",
+    "inpainting": "deep_decoder",
+    "super_resolution": "deep_decoder",
+    "deblurring": "deep_decoder",
+    "generic": "deep_decoder",
 }
 
 
@@ -298,7 +314,7 @@ def reconstruct(
     operator: Any = None,
     *,
     problem: str | None = None,
-    net: str | nn.Module = "deep_decoder",
+    net: str | nn.Module | None = None,
     net_input: torch.Tensor | None = None,
     norm: str = "channel",
     max_num_iter: int | None = None,
@@ -329,10 +345,11 @@ def reconstruct(
     problem : str, optional
         The problem kind whose defaults to use (a key of :data:`PROBLEMS`); by default the
         operator's (``operator.problem``).
-    net : str or nn.Module
+    net : str, nn.Module or None
         A registered network name (:func:`deepprior.available_nets`) or a module; a module
         needs ``net_input`` or an ``input_shape`` attribute (then ``z`` is drawn uniform in
-        [0, 0.1) from ``seed``).
+        [0, 0.1) from ``seed``). None: the problem kind's default, :data:`DEFAULT_NETS` (the
+        Deep Image Prior for denoising and compressive sensing, the Deep Decoder otherwise).
     net_input : torch.Tensor, optional
         The fixed input of a module ``net``.
     norm : {"channel", "batch", "none"}
@@ -439,6 +456,7 @@ def reconstruct(
         raise ValueError(f"ground_truth must have shape {(h, w) if c == 1 else (h, w, c)}, got "
                          f"{np.shape(ground_truth)}")
     problem = check_choice("problem", problem or op.problem, tuple(PROBLEMS))
+    net = DEFAULT_NETS.get(problem, "deep_decoder") if net is None else net
     net_name = nets.canonical_name(net) if isinstance(net, str) else type(net).__name__
     defaults = problem_defaults(problem, net_name if isinstance(net, str) else "*")
     if sigma is not None:

@@ -316,12 +316,12 @@ def _check_options(kwargs: dict[str, Any]) -> dict[str, Any]:
     for key in ("sigma", "learning_rate"):
         if kwargs.get(key) is not None:
             check_float(key, kwargs[key], low=0.0, low_open=key == "learning_rate")
-    net, options = kwargs.get("net", "deep_decoder"), kwargs.get("net_options")
+    net, options = kwargs.get("net"), kwargs.get("net_options")  # None: the problem's default
     if isinstance(net, str):
         nets.canonical_name(net)
-    elif not isinstance(net, nn.Module):
+    elif net is not None and not isinstance(net, nn.Module):
         raise TypeError(f"net must be a network name or an nn.Module, got {type(net).__name__}")
-    elif options:
+    elif net is not None and options:
         raise ValueError("net_options apply to named networks; configure your module directly")
     if options is not None and not isinstance(options, Mapping):
         raise TypeError(f"net_options must be a mapping, got {type(options).__name__}")
@@ -443,9 +443,9 @@ def _truth_source(option: Any, names: set[str]) -> Callable[[str], Any]:
 
 def _registration(net: Any) -> tuple[str, Callable[..., nn.Module], dict[str, Any]] | None:
     """What a fresh worker needs to build the named network as this process does."""
-    if net is not None and not isinstance(net, str):
+    if not isinstance(net, str):  # a module, or None (a built-in default network)
         return None
-    name = nets.canonical_name(net or "deep_decoder")
+    name = nets.canonical_name(net)
     rows = {problem: row[name] for problem, row in PROBLEMS.items() if name in row}
     return name, nets._NETS[name], rows  # the registry of this package
 

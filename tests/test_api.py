@@ -20,6 +20,7 @@ from deepprior import (
 from deepprior.api import image_to_tensor, tensor_to_image
 
 SMALL = {"channels": 16}
+DD = {"net": "deep_decoder"}  # the fast network; the defaults have tests of their own
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +31,7 @@ def camera64():
 def test_denoising_gains_more_than_3db(camera64):
     noisy = add_gaussian_noise(camera64, 25 / 255, seed=0)
     result = reconstruct(noisy, max_num_iter=400, stop="fixed:400", ground_truth=camera64,
-                         net_options={"channels": 32})
+                         net_options={"channels": 32}, **DD)
     assert result.image.shape == (64, 64) and result.image.dtype == np.float32
     assert result.psnr > psnr(camera64, noisy) + 3.0
     assert result.psnr == pytest.approx(psnr(camera64, result.image))
@@ -41,16 +42,17 @@ def test_denoising_gains_more_than_3db(camera64):
 def test_same_seed_same_output_and_colour_layout():
     clean = sample_image("astronaut", size=(33, 40))
     noisy = add_gaussian_noise(clean, 0.1, seed=2)
-    run = [reconstruct(noisy, max_num_iter=10, stop="fixed:10", seed=4, net_options=SMALL)
+    run = [reconstruct(noisy, max_num_iter=10, stop="fixed:10", seed=4, net_options=SMALL, **DD)
            for _ in range(2)]
     assert run[0].image.shape == (33, 40, 3)
     np.testing.assert_array_equal(run[0].image, run[1].image)
-    other = reconstruct(noisy, max_num_iter=10, stop="fixed:10", seed=5, net_options=SMALL)
+    other = reconstruct(noisy, max_num_iter=10, stop="fixed:10", seed=5, net_options=SMALL, **DD)
     assert not np.array_equal(run[0].image, other.image)
 
 
 def test_result_reports_the_resolved_configuration(camera64):
-    result = reconstruct(camera64[:32, :32], max_num_iter=3, stop="fixed:3", net_options=SMALL)
+    result = reconstruct(camera64[:32, :32], max_num_iter=3, stop="fixed:3", net_options=SMALL,
+                         **DD)
     assert isinstance(result, Reconstruction)
     config = result.config
     assert (config["problem"], config["net"], config["stop_resolved"]) == (
@@ -65,7 +67,7 @@ def test_compressive_sensing_beats_least_squares(camera64):
     x = camera64[::2, ::2].copy()  # 32x32, n = 1024
     op = GaussianSensing(400, (1, 32, 32), seed=0)
     y = op.A(image_to_tensor(x))[0]
-    result = reconstruct(y, op, max_num_iter=300, stop="fixed:300", ground_truth=x)
+    result = reconstruct(y, op, max_num_iter=300, stop="fixed:300", ground_truth=x, **DD)
     a = op.matrix.double().numpy()
     least_norm = np.linalg.lstsq(a, y.double().numpy().reshape(-1), rcond=None)[0]
     assert result.image.shape == (32, 32)
@@ -76,23 +78,23 @@ def test_inpainting_with_a_mask(camera64):
     op = Mask((1, 64, 64), keep=0.5, seed=0)
     y = op.A(image_to_tensor(camera64))[0]
     result = reconstruct(y, op, max_num_iter=200, stop="fixed:200", ground_truth=camera64,
-                         net_options={"channels": 32})
+                         net_options={"channels": 32}, **DD)
     assert result.psnr > psnr(camera64, tensor_to_image(y[None])) + 3.0
 
 
 def test_holdout_and_oracle_rules_run(camera64):
     noisy = add_gaussian_noise(camera64[:32, :32], 0.1, seed=0)
     held = reconstruct(noisy, max_num_iter=30, stop="holdout:fraction=0.2,patience=5",
-                       net_options=SMALL)
+                       net_options=SMALL, **DD)
     assert held.num_iter <= held.num_steps <= 30
     oracle = reconstruct(noisy, max_num_iter=30, stop="oracle", ground_truth=camera64[:32, :32],
-                         net_options=SMALL)
+                         net_options=SMALL, **DD)
     assert oracle.num_iter == int(np.argmax(oracle.history["psnr"])) + 1
 
 
 def test_tensor_input_and_batch_axis(camera64):
     y = torch.from_numpy(camera64[:32, :32])
-    result = reconstruct(y, max_num_iter=2, stop="fixed:2", net_options=SMALL)
+    result = reconstruct(y, max_num_iter=2, stop="fixed:2", net_options=SMALL, **DD)
     assert result.image.shape == (32, 32)
 
 
@@ -115,23 +117,24 @@ def test_tensor_input_and_batch_axis(camera64):
 def test_invalid_arguments(kwargs, error, match):
     image = np.full((16, 16), 0.5, dtype=np.float32)
     with pytest.raises(error, match=match):
-        reconstruct(image, max_num_iter=kwargs.pop("max_num_iter", 2), **kwargs)
+        reconstruct(image, max_num_iter=kwargs.pop("max_num_iter", 2), **{**DD, **kwargs})
 
 
 def test_invalid_observations():
     with pytest.raises(ValueError, match="divide 8-bit data by 255"):
-        reconstruct(np.full((16, 16), 200.0), max_num_iter=1)
+        reconstruct(np.full((16, 16), 200.0), max_num_iter=1, **DD)
     with pytest.raises(ValueError, match="NaN or infinite"):
-        reconstruct(np.full((16, 16), np.nan), max_num_iter=1)
+        reconstruct(np.full((16, 16), np.nan), max_num_iter=1, **DD)
     with pytest.raises(TypeError, match="numpy array or torch tensor"):
-        reconstruct([[0.5, 0.5]], max_num_iter=1)
+        reconstruct([[0.5, 0.5]], max_num_iter=1, **DD)
     with pytest.raises(ValueError, match="C = 1 or 3"):
-        reconstruct(np.zeros((16, 16, 5)), max_num_iter=1)
+        reconstruct(np.zeros((16, 16, 5)), max_num_iter=1, **DD)
     op = GaussianSensing(50, (1, 16, 16), seed=0)
     with pytest.raises(ValueError, match=r"operator produces measurements of shape \(1, 50\)"):
-        reconstruct(np.zeros(49, dtype=np.float32), op, max_num_iter=1)
+        reconstruct(np.zeros(49, dtype=np.float32), op, max_num_iter=1, **DD)
     with pytest.raises(ValueError, match="pass sigma="):
-        reconstruct(np.zeros((1, 50), dtype=np.float32), op, stop="discrepancy", max_num_iter=1)
+        reconstruct(np.zeros((1, 50), dtype=np.float32), op, stop="discrepancy", max_num_iter=1,
+                    **DD)
 
 
 # --------------------------------------------------------------------------- the open engine
@@ -183,10 +186,10 @@ class OnlyForward(deepprior.LinearOperator):
 def test_any_forward_model_gives_the_built_in_result(make):
     x, op, y, matrix = _cs_problem()
     options = {"max_num_iter": 15, "stop": "fixed:15", "net_options": SMALL, "seed": 3}
-    reference = reconstruct(y, op, **options)
+    reference = reconstruct(y, op, **options, **DD)
     # a user's function or class is a "generic" problem unless told: say it is sensing
     result = reconstruct(y.reshape(-1), make(matrix), image_shape=(32, 32),
-                         problem="compressive_sensing", **options)
+                         problem="compressive_sensing", **options, **DD)
     np.testing.assert_allclose(result.image, reference.image, atol=2e-4)
 
 
@@ -205,7 +208,7 @@ def test_deepinv_like_physics_works():
             return (y @ self.M).reshape(y.shape[0], 1, 32, 32)
 
     result = reconstruct(y, Physics(), image_shape=(1, 32, 32), max_num_iter=5, stop="fixed:5",
-                         ground_truth=x, net_options=SMALL)
+                         ground_truth=x, net_options=SMALL, **DD)
     assert result.image.shape == (32, 32) and result.psnr is not None
 
 
@@ -214,7 +217,7 @@ def test_real_deepinv_physics_when_installed():
     x = sample_image("camera", size=32)
     physics = dinv.physics.CompressedSensing(m=200, img_size=(1, 32, 32), device="cpu")
     y = physics.A(image_to_tensor(x))
-    result = reconstruct(y, physics, max_num_iter=3, stop="fixed:3", net_options=SMALL)
+    result = reconstruct(y, physics, max_num_iter=3, stop="fixed:3", net_options=SMALL, **DD)
     assert result.image.shape == (32, 32)
 
 
@@ -232,7 +235,7 @@ def test_a_broken_operator_fails_at_once_naming_the_problem(adjoint, forward, ma
     operator = (forward, adjoint(m)) if adjoint else forward
     start = time.perf_counter()
     with pytest.raises(ValueError, match=match):
-        reconstruct(y, operator, image_shape=(32, 32), max_num_iter=10_000)
+        reconstruct(y, operator, image_shape=(32, 32), max_num_iter=10_000, **DD)
     assert time.perf_counter() - start < 1.0
 
 
@@ -299,21 +302,22 @@ def test_problem_kind_comes_from_the_operator_or_the_argument():
     x = sample_image("camera", size=32)
     mask = Mask((32, 32), keep=0.5, seed=0)
     y = mask.A(image_to_tensor(x))[0]
-    result = reconstruct(y, mask, max_num_iter=2, net_options=SMALL)
+    result = reconstruct(y, mask, max_num_iter=2, net_options=SMALL, **DD)
     assert result.config["problem"] == "inpainting"
     assert result.config["stop_resolved"] == deepprior.problem_defaults(
         "inpainting", "deep_decoder").stop
-    generic = reconstruct(y, mask, problem="generic", max_num_iter=2, net_options=SMALL)
+    generic = reconstruct(y, mask, problem="generic", max_num_iter=2, net_options=SMALL, **DD)
     assert generic.config["problem"] == "generic"
     with pytest.raises(ValueError, match="problem must be one of"):
-        reconstruct(y, mask, problem="segmentation", max_num_iter=2)
+        reconstruct(y, mask, problem="segmentation", max_num_iter=2, **DD)
 
 
 def test_measurement_noise_sigma_is_in_measurement_units():
     x, op, _, _ = _cs_problem()
     y, sigma = deepprior.simulate_measurements(op, x, sigma=1.5, seed=0)
     assert sigma == 1.5 and y.shape == (1, 300)
-    result = reconstruct(y, op, sigma=1.5, stop="discrepancy", max_num_iter=3, net_options=SMALL)
+    result = reconstruct(y, op, sigma=1.5, stop="discrepancy", max_num_iter=3, net_options=SMALL,
+                         **DD)
     assert result.config["sigma"] == 1.5
     _, from_snr = deepprior.simulate_measurements(op, x, snr_db=20, seed=0)
     clean, _ = deepprior.simulate_measurements(op, x)
@@ -324,8 +328,8 @@ def test_ensemble_averages_members_fitted_on_flips_and_seeds():
     clean = sample_image("astronaut", size=(24, 32))  # not square: rotations swap the sides
     noisy = add_gaussian_noise(clean, 0.1, seed=0)
     options = {"max_num_iter": 6, "stop": "fixed:6", "net_options": {"channels": 8}}
-    single = reconstruct(noisy, ground_truth=clean, **options)
-    result = reconstruct(noisy, ground_truth=clean, ensemble=3, **options)
+    single = reconstruct(noisy, ground_truth=clean, **options, **DD)
+    result = reconstruct(noisy, ground_truth=clean, ensemble=3, **options, **DD)
     members = result.config["members"]
     assert [(m["quarter_turns"], m["mirrored"]) for m in members] == [
         (0, False), (1, False), (2, False)]
@@ -333,9 +337,23 @@ def test_ensemble_averages_members_fitted_on_flips_and_seeds():
     assert result.image.shape == (24, 32, 3)
     others = [reconstruct(deepprior.tensor_to_image(torch.rot90(image_to_tensor(noisy), k,
                                                                  dims=(-2, -1))),
-                          seed=k, **options).image for k in (1, 2)]
+                          seed=k, **options, **DD).image for k in (1, 2)]
     back = [deepprior.tensor_to_image(torch.rot90(image_to_tensor(o), -k, dims=(-2, -1)))
             for k, o in zip((1, 2), others, strict=True)]
     np.testing.assert_allclose(result.image, np.mean([single.image, *back], axis=0), atol=1e-5)
     with pytest.raises(ValueError, match="ensemble needs a stopping spec"):
-        reconstruct(noisy, ensemble=2, stop=FirstLoss())
+        reconstruct(noisy, ensemble=2, stop=FirstLoss(), **DD)
+
+
+@pytest.mark.parametrize(("make", "expected"), [
+    (lambda x: (add_gaussian_noise(x, 0.1, seed=0), None), "dip"),
+    (lambda x: (GaussianSensing(300, (32, 32)).A(image_to_tensor(x))[0],
+                GaussianSensing(300, (32, 32))), "dip"),
+    (lambda x: (Mask((32, 32), keep=0.5).A(image_to_tensor(x))[0], Mask((32, 32), keep=0.5)),
+     "deep_decoder"),
+])
+def test_the_default_network_is_the_problem_kinds(make, expected):
+    observation, operator = make(sample_image("camera", size=32))
+    result = reconstruct(observation, operator, max_num_iter=1, stop="fixed:1",
+                         net_options={"channels": 4})
+    assert result.config["net"] == expected == deepprior.DEFAULT_NETS[result.config["problem"]]
