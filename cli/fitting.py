@@ -118,7 +118,14 @@ def run_task(task: Task, options: FitOptions) -> None:
                       extra={role: path for role, (path, _) in task.extra_outputs.items()})
     bits, bits_note = output_bits(output, task.bits, colour=len(task.image_shape) == 3)
     if not options.silent:
-        typer.echo(f"{task.headline} with {network(task, options)}, norm={options.norm}")
+        net = network(task, options)
+        typer.echo(f"{task.headline} with {net}, norm={options.norm}")
+        pixels = task.image_shape[0] * task.image_shape[1]
+        if net == "dip" and pixels >= 96 * 96 and deepprior.resolve_device(
+                options.device).type == "cpu":
+            note("the Deep Image Prior takes minutes at this size on a CPU (about 10 at "
+                 "128x128); --net deep_decoder is 10-15x faster and 0.2-1.7 dB lower "
+                 "(benchmarks/RESULTS.md)", options)
 
     with torch_threads(options.threads):
         result = deepprior.reconstruct(

@@ -24,7 +24,7 @@ from .api import (
 )
 from .batch import BatchResult, item_seed, reconstruct_many
 from .data import random_mask, sample_image, text_mask
-from .fit import FitState, fit
+from .fit import FitState, fit, resolve_device
 from .io import (
     ImageError,
     image_bit_depth,
@@ -111,6 +111,7 @@ __all__ = [
     "reconstruct",
     "reconstruct_many",
     "register_net",
+    "resolve_device",
     "sample_image",
     "save_image",
     "simulate_measurements",
