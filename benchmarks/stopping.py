@@ -139,6 +139,8 @@ def problems_plan() -> list[Run]:
     σ = 10, camera, Deep Decoder and ConvDecoder. Super-resolution ×2 and ×4 (bicubic
     kernel, noiseless) and deblurring (Gaussian std 1.6 px and 9 px motion at 30°, σ = 0 and
     5), camera (and astronaut for ×4 and the noisy Gaussian blur), with hold-out fits.
+    Compressive sensing at SNR 20 dB (Deep Decoder, ConvDecoder) and the Deep Image Prior in
+    compressive sensing (noiseless and 20 dB), camera 64², m = 1000.
     """
     plan: list[Run] = []
     for sigma in (0, 25):
@@ -159,6 +161,11 @@ def problems_plan() -> list[Run]:
             plan.append(_deblur("deep_decoder", "camera", sigma, 0, 3000, 64, kernel, (0.1,)))
             plan.append(_deblur("conv_decoder", "camera", sigma, 0, 1500, 64, kernel, (0.1,)))
     plan.append(_deblur("deep_decoder", "astronaut", 5, 0, 3000, 64, "gaussian:1.6", (0.1,)))
+    # compressive sensing with noise at SNR 20 dB, and the Deep Image Prior (the CS default)
+    plan.append(_cs("deep_decoder", 20.0, 0, 1500, 64, 1000, ()))
+    plan.append(_cs("conv_decoder", 20.0, 0, 1500, 64, 1000, ()))
+    for snr in (None, 20.0):
+        plan.append(_cs("dip", snr, 0, 1500, 64, 1000, ()))
     return plan
 
 
