@@ -230,7 +230,7 @@ def cs_from_files(args: argparse.Namespace, store: harness.Store) -> None:
     """``deepprior cs --matrix A.npy --measurements-file y.npy``: a user's own sensing files."""
     size, m = (32, 300) if args.quick else (64, 1000)
     row = {"problem": "cs", "image": "camera", "size": size, "setting": f"m={m} from files",
-           "sigma255": 0, "method": "deep_decoder (deepprior cs --matrix)"}
+           "sigma255": 0, "method": "deepprior cs --matrix (default network)"}
     row["key"] = _key(row)
     if store.key(row) in store.done and not args.recompute:
         return
@@ -255,7 +255,8 @@ def cs_from_files(args: argparse.Namespace, store: harness.Store) -> None:
 
         image = load_image(output)
     row.update(psnr=psnr(clean, image), ssim=ssim(clean, image), seconds=seconds,
-               num_iter=report.get("num_iter"), stop_reason=report.get("stop_reason"),
+               net=report["config"]["net"], num_iter=report.get("num_iter"),
+               stop_reason=report.get("stop_reason"),
                command=" ".join(command[:-5] if not args.quick else command))
     store.add(row)
     _log(row)
