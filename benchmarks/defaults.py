@@ -37,7 +37,7 @@ QUICK_CASES = [("camera", 64, 25, 0)]
 NETS = ("deep_decoder", "dip")
 #: Ensembles (``reconstruct(ensemble=K)``: K members on seeds and flips, averaged) run on the
 #: first two cases: the quality-per-second of averaging, network by network.
-ENSEMBLES = ("deep_decoder:4", "deep_decoder:8", "dip:2")
+ENSEMBLES = ("deep_decoder:4", "dip:2")
 
 
 def _key(row: dict[str, Any]) -> list:
