@@ -123,8 +123,8 @@ def run_task(task: Task, options: FitOptions) -> None:
         pixels = task.image_shape[0] * task.image_shape[1]
         if net == "dip" and pixels >= 96 * 96 and deepprior.resolve_device(
                 options.device).type == "cpu":
-            note("the Deep Image Prior takes minutes at this size on a CPU (about 10 at "
-                 "128x128); --net deep_decoder is 10-15x faster and 0.2-1.7 dB lower "
+            note("the Deep Image Prior takes minutes at this size on a CPU (5-17 at 128x128 "
+                 "on one core); --net deep_decoder is 9-24x faster and 0.9 dB lower on average "
                  "(benchmarks/RESULTS.md)", options)
 
     with torch_threads(options.threads):
