@@ -45,7 +45,7 @@ Net = Annotated[
     NetName | None,
     typer.Option("--net", help="Network (deep_decoder: Heckel & Hand 2019; dip: Ulyanov et al. "
                  "2018; conv_decoder: Darestani & Heckel 2021). Default: per problem, dip for "
-                 "denoise and cs (better, 10-15x slower on a CPU), deep_decoder for the others.",
+                 "denoise and cs (better, 9-24x slower on a CPU), deep_decoder for the others.",
                  show_default=False, rich_help_panel=FIT_PANEL),
 ]
 Norm = Annotated[NormName, typer.Option("--norm", help="Normalization after each layer.",
