@@ -165,7 +165,7 @@ PROBLEMS: dict[str, dict[str, Defaults]] = {
 #: ``stop="auto"`` returns (benchmarks/results/defaults.md, denoise.json, RESULTS.md): the Deep
 #: Image Prior denoises better than the Deep Decoder (128², σ = 15-50, camera and astronaut, 2
 #: seeds: +0.94 dB on average, -0.41 to +2.07) and recovers compressive measurements better
-#: (camera 64², m/n = 0.05-0.5: +1.6 to +2.8 dB), at 9-24 times the time per fit on a CPU; for
+#: (camera 64², m/n = 0.05-0.5: +2.0 to +3.0 dB), at 9-24 times the time per fit on a CPU; for
 #: the other kinds the Deep Decoder, the one measured.
 DEFAULT_NETS: dict[str, str] = {
     "denoise": "dip",
