@@ -37,7 +37,6 @@ from .common import (
     Lr,
     MaxPixels,
     Net,
-    NetName,
     Overwrite,
     Quiet,
     Seed,
@@ -75,7 +74,7 @@ def analyze(
         typer.Option("--output", "-o", help="Folder for analysis.json and the plots (default: "
                      "IMAGE_analysis/ next to IMAGE, camera_analysis/ for the bundled image)."),
     ] = None,
-    net: Net = NetName.deep_decoder,
+    net: Net = "deep_decoder",
     norm: Annotated[
         str,
         typer.Option("--norm", help="channel, none, batch, or all (one fit per normalization)."),
@@ -116,7 +115,6 @@ def analyze(
     Exit codes: 0 done, 1 error, 2 invalid command line, 3 a fit diverged, 130 Ctrl-C (the
     runs so far are written).
     """
-    net = net.value
     with error_funnel(debug):
         norms = _norms(norm)
         noise_sigma = sigma_from_cli(sigma, "--sigma")

@@ -39,13 +39,39 @@ MAX_PIXELS = 64_000_000
 
 FIT_PANEL = "Fitting and output options (every command)"
 
-NetName = enum.Enum("NetName", {name: name for name in deepprior.available_nets()}, type=str)
+def _load_plugins() -> None:
+    """Networks other packages register for the command line: entry points of the group
+    ``deepprior.nets``, each ``name = package.module:factory`` (see deepprior.register_net)."""
+    from importlib.metadata import entry_points
+
+    for entry in entry_points(group="deepprior.nets"):
+        try:
+            deepprior.register_net(entry.name, entry.load(), replace=True)
+        except Exception as exc:  # a broken plugin must not break the command
+            warnings.warn(f"network plugin {entry.name!r} ({entry.value}) was not loaded: "
+                          f"{exc}", UserWarning, stacklevel=1)
+
+
+_load_plugins()
+
+
+def _check_net(value: str | None) -> str | None:
+    """--net: a network registered now (built-in, plugin, or registered by the caller)."""
+    if value is not None and value not in deepprior.available_nets() and value != "skip":
+        raise typer.BadParameter(f"{value!r} is not one of "
+                                 f"{', '.join(map(repr, deepprior.available_nets()))}")
+    return value
+
+
 NormName = enum.Enum("NormName", {name: name for name in deepprior.NORMS}, type=str)
 Net = Annotated[
-    NetName | None,
-    typer.Option("--net", help="Network (deep_decoder: Heckel & Hand 2019; dip: Ulyanov et al. "
-                 "2018; conv_decoder: Darestani & Heckel 2021). Default: per problem, dip for "
-                 "denoise and cs (better, 9-24x slower on a CPU), deep_decoder for the others.",
+    str | None,
+    typer.Option("--net", callback=_check_net, metavar="NET",
+                 help=f"Network: {', '.join(deepprior.available_nets())}, or one registered "
+                 "with deepprior.register_net or by a package's 'deepprior.nets' entry point "
+                 "(deep_decoder: Heckel & Hand 2019; dip: Ulyanov et al. 2018; conv_decoder: "
+                 "Darestani & Heckel 2021). Default: per problem, dip for denoise and cs "
+                 "(better, 9-24x slower on a CPU), deep_decoder for the others.",
                  show_default=False, rich_help_panel=FIT_PANEL),
 ]
 Norm = Annotated[NormName, typer.Option("--norm", help="Normalization after each layer.",

@@ -388,3 +388,32 @@ def test_16_bit_colour_input_png_output_says_what_it_did(tmp_path):
     result = runner.invoke(app, ["denoise", str(source), "-o", str(tmp_path / "t.tif"), *FAST])
     assert result.exit_code == 0, result.output
     assert image_bit_depth(tmp_path / "t.tif") == 16
+
+
+def test_a_registered_network_is_usable_from_the_command_line(registry, clean_png, tmp_path):
+    from deepprior.nets import DeepDecoder
+
+    deepprior.register_net("tiny_cli_decoder",
+                           lambda shape, norm="channel": DeepDecoder(shape, norm=norm, channels=4))
+    out = tmp_path / "o.png"
+    result = runner.invoke(app, ["denoise", str(clean_png), "--net", "tiny_cli_decoder",
+                                 "--add-noise", "25", "--iters", "3", "-q", "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    assert json.loads(out.with_suffix(".json").read_text())["config"]["net"] == "tiny_cli_decoder"
+
+
+def test_network_plugins_come_from_entry_points(registry, monkeypatch):
+    import importlib.metadata
+
+    import deepprior_cli.common as common
+    from deepprior.nets import DeepDecoder
+
+    class Entry:
+        name, value = "plugin_decoder", "package.module:factory"
+
+        def load(self):
+            return DeepDecoder
+
+    monkeypatch.setattr(importlib.metadata, "entry_points", lambda group: [Entry()])
+    common._load_plugins()
+    assert "plugin_decoder" in deepprior.available_nets()
