@@ -751,16 +751,23 @@ class _LocalPool:
 
 
 def _terminate(executor: cf.ProcessPoolExecutor) -> None:
-    """Stop a pool now, killing the fits it runs."""
+    """Stop a pool now, killing the fits it runs; return once its workers are reaped.
+
+    The pool's own thread reaps the workers it sees die; it is joined too, so that no worker
+    it reaped still reads as alive here (two threads waiting on one child race for its status).
+    """
+    processes = list((getattr(executor, "_processes", None) or {}).values())
+    thread = getattr(executor, "_executor_manager_thread", None)
     terminate = getattr(executor, "terminate_workers", None)  # Python >= 3.14
     if terminate is not None:
         terminate()
-        return
-    processes = list((getattr(executor, "_processes", None) or {}).values())
+    else:
+        for process in processes:
+            if process.is_alive():
+                process.terminate()
     executor.shutdown(wait=False, cancel_futures=True)
-    for process in processes:
-        if process.is_alive():
-            process.terminate()
+    if thread is not None:
+        thread.join(timeout=10)
     for process in processes:
         process.join(timeout=10)
 
