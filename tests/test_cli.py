@@ -14,6 +14,7 @@ import pytest
 import tifffile
 import torch
 import typer
+from cli_asserts import assert_one_line_error
 from typer.testing import CliRunner
 
 import deepprior
@@ -35,13 +36,6 @@ def files(folder):
     return sorted(p.name for p in folder.iterdir())
 
 
-def assert_one_line_error(result, message, code=1):
-    """Exit code, and one line ``error: ...`` on stderr (besides the library's warnings)."""
-    assert result.exit_code == code, result.output
-    lines = [line for line in result.stderr.splitlines() if not line.startswith("warning: ")]
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    assert message in lines[0], result.stderr
-    assert "Traceback" not in result.output
 
 
 # --------------------------------------------------------------------------- help, options

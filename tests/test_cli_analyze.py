@@ -3,6 +3,7 @@
 import json
 
 import pytest
+from cli_asserts import assert_one_line_error
 from typer.testing import CliRunner
 
 from deepprior import sample_image, save_image
@@ -89,10 +90,7 @@ def test_existing_outputs_are_kept_without_overwrite(image_png, tmp_path):
 def test_errors_are_one_line(extra, message, tmp_path):
     extra = [e.replace("{missing}", str(tmp_path / "missing.png")) for e in extra]
     result = runner.invoke(app, ["analyze", "-o", str(tmp_path / "o"), *extra])
-    assert result.exit_code == 1
-    assert result.stderr.startswith("error: ") and message in result.stderr
-    assert len(result.stderr.strip().splitlines()) == 1
-    assert "Traceback" not in result.output
+    assert_one_line_error(result, message)
 
 
 def test_default_output_folder_next_to_the_image(image_png):

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import scipy.io
 import scipy.sparse
+from cli_asserts import assert_one_line_error
 from typer.testing import CliRunner
 
 from deepprior import GaussianSensing, load_image, sample_image, save_image
@@ -34,12 +35,6 @@ def invoke(*args):
     return runner.invoke(app, ["cs", *FAST, *map(str, args)])
 
 
-def assert_one_line_error(result, message):
-    assert result.exit_code == 1, result.output
-    lines = [line for line in result.stderr.splitlines() if not line.startswith("warning: ")]
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    assert message in lines[0], result.stderr
-    assert "Traceback" not in result.output
 
 
 # --------------------------------------------------------------------------- simulated

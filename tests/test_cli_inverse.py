@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import pytest
+from cli_asserts import assert_one_line_error
 from typer.testing import CliRunner
 
 from deepprior import load_image, sample_image, save_image
@@ -30,12 +31,6 @@ def report_of(out):
     return json.loads(out.with_suffix(".json").read_text())
 
 
-def assert_one_line_error(result, message):
-    assert result.exit_code == 1, result.output
-    lines = [line for line in result.stderr.splitlines() if not line.startswith("warning: ")]
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    assert message in lines[0], result.stderr
-    assert "Traceback" not in result.output
 
 
 # --------------------------------------------------------------------------- inpaint
