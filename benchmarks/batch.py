@@ -1,8 +1,10 @@
 """Batch throughput: images per minute for many independent fits on one machine.
 
 Every arm denoises the same noisy crops (128², camera and astronaut from
-:func:`deepprior.sample_image`, σ = 25/255) with the default Deep Decoder and a fixed budget
-(``stop="fixed:N"``), each fit with one torch thread and the seed ``item_seed(0, name)``:
+:func:`deepprior.sample_image`, σ = 25/255) with the Deep Decoder (``net="deep_decoder"``, its
+defaults) and a fixed budget (``stop="fixed:N"``), each fit with one torch thread and the seed
+``item_seed(0, name)``. The default network for denoising, DIP, takes about ten times as long
+per fit, which makes the per-task overhead matter even less.
 
 (a) **shell loop**: one ``python -c`` process per image, one after the other, as a user without
     :func:`deepprior.reconstruct_many` would script it (each pays for starting Python and
@@ -21,11 +23,16 @@ is the median of the results' ``seconds``; the rest is overhead (scheduling, sen
 collecting the result). Start-up is excluded: the workers start, and run their first, slower
 fit, before the ``k``-th result.
 
+The **memory per fit** (what sets the fits per GPU) is measured on the CPU as a proxy: in a
+fresh process per case, the peak resident memory of a 5-iteration fit above that of the same
+process after importing torch and deepprior and running one tiny fit.
+
 Usage::
 
     python benchmarks/batch.py                  # 8 images, 300 iterations
     python benchmarks/batch.py --iters 1000     # another budget
     python benchmarks/batch.py --quick --out-dir /tmp/q   # 2 images, 20 iterations
+    python benchmarks/batch.py --only memory    # only the memory per fit, into batch.json
 """
 
 from __future__ import annotations
@@ -52,7 +59,7 @@ from deepprior import add_gaussian_noise, item_seed, reconstruct_many, sample_im
 SIGMA = 25 / 255
 SIZE = 128
 CORNERS = ((64, 64), (64, 320), (320, 64), (320, 320))  # crops of the 512² originals
-TINY = {"max_num_iter": 1, "stop": "fixed:1", "net_options": {"channels": 4}}
+TINY = {"net": "deep_decoder", "max_num_iter": 1, "stop": "fixed:1", "net_options": {"channels": 4}}
 
 # One image per process: what a shell loop over files runs.
 SHELL_FIT = """
@@ -60,8 +67,8 @@ import sys, numpy as np, torch
 torch.set_num_threads(1)
 from deepprior import reconstruct
 iters = int(sys.argv[3])
-result = reconstruct(np.load(sys.argv[1]), max_num_iter=iters, stop=f"fixed:{iters}",
-                     seed=int(sys.argv[4]), device="cpu")
+result = reconstruct(np.load(sys.argv[1]), net="deep_decoder", max_num_iter=iters,
+                     stop=f"fixed:{iters}", seed=int(sys.argv[4]), device="cpu")
 np.save(sys.argv[2], result.image)
 print(result.elapsed)
 """
@@ -77,9 +84,37 @@ def crops(count: int) -> dict[str, np.ndarray]:
         images[f"{name}{index // 2}"] = add_gaussian_noise(clean, SIGMA, seed=index)
     return images
 
+# Peak resident memory of one fit above the imported library's.
+MEMORY_FIT = """
+import resource, sys, numpy as np, torch
+torch.set_num_threads(1)
+from deepprior import add_gaussian_noise, reconstruct, sample_image
+def peak(): return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+reconstruct(np.full((16, 16), 0.5, np.float32), net=sys.argv[1], max_num_iter=1, stop="fixed:1")
+before = peak()
+noisy = add_gaussian_noise(sample_image("camera", size=int(sys.argv[2])), 0.1, seed=0)
+reconstruct(noisy, net=sys.argv[1], max_num_iter=5, stop="fixed:5", device="cpu")
+print(before, peak())
+"""
+MEMORY_CASES = (("deep_decoder", 128), ("deep_decoder", 256), ("dip", 128), ("dip", 256))
+
+
+def memory(cases=MEMORY_CASES) -> list[dict[str, Any]]:
+    """Peak memory of one CPU fit per (network, size), each in a fresh process."""
+    rows = []
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    for net, size in cases:
+        done = subprocess.run([sys.executable, "-c", MEMORY_FIT, net, str(size)],
+                              capture_output=True, text=True, env=env, check=True)
+        before, peak = map(float, done.stdout.split()[-2:])
+        rows.append({"net": net, "size": size, "library_mib": before,
+                     "fit_mib": peak - before})
+    return rows
+
 
 def fit_options(iters: int) -> dict[str, Any]:
-    return {"max_num_iter": iters, "stop": f"fixed:{iters}", "device": "cpu"}
+    return {"net": "deep_decoder", "max_num_iter": iters, "stop": f"fixed:{iters}",
+            "device": "cpu"}
 
 
 def shell_loop(images: dict[str, np.ndarray], iters: int) -> tuple[dict[str, Any], dict]:
@@ -176,6 +211,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         rows.append(ray_row)
         outputs["ray"] = ray_outputs
         costs.append(ray_cost)
+    print("... memory", file=sys.stderr, flush=True)
+    mem = memory((("deep_decoder", 64),) if args.quick else MEMORY_CASES)
     for row, label in zip(rows, outputs, strict=True):
         row["images_per_minute"] = 60 * count / row["seconds"]
         row["max_abs_diff_to_shell_loop"] = max(
@@ -187,7 +224,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return {"config": {"images": count, "size": SIZE, "sigma": SIGMA, "iters": iters,
                        "net": "deep_decoder (defaults)", "torch_threads_per_fit": 1,
                        "overhead_tasks": tasks, "quick": args.quick, **ray_info},
-            "rows": rows, "overhead": costs}
+            "rows": rows, "overhead": costs, "memory": mem}
 
 
 def report(payload: dict[str, Any]) -> str:
@@ -201,6 +238,11 @@ def report(payload: dict[str, Any]) -> str:
     lines.append(harness.markdown_table(payload["overhead"], [
         "engine", "tasks", "fits_at_once", "slot_ms_per_task", "fit_ms",
         "overhead_ms_per_task"]))
+    if payload.get("memory"):
+        lines += ["", "Memory per fit (CPU, peak resident above the imported library, MiB):",
+                  ""]
+        lines.append(harness.markdown_table(payload["memory"],
+                                            ["net", "size", "library_mib", "fit_mib"]))
     return "\n".join(lines)
 
 
@@ -214,8 +256,16 @@ def main(argv: list[str] | None = None) -> int:
                         help="smoke run: 2 images, 20 iterations, 10 tiny tasks")
     parser.add_argument("--out-dir", type=Path, default=harness.RESULTS,
                         help="where batch.json and batch.md go (benchmarks/results)")
+    parser.add_argument("--only", choices=("all", "memory"), default="all",
+                        help="'memory': measure only the memory per fit and replace it in "
+                             "the existing batch.json")
     args = parser.parse_args(argv)
-    payload = run(args)
+    if args.only == "memory":
+        payload = json.loads((args.out_dir / "batch.json").read_text())  # keeps its machine
+        payload["memory"] = memory()
+        payload["memory_machine"] = harness.machine_info()
+    else:
+        payload = run(args)
     harness.RESULTS = args.out_dir  # save_json writes into harness.RESULTS
     path = harness.save_json("batch", payload)
     table = report(json.loads(path.read_text()))
