@@ -162,7 +162,7 @@ PROBLEMS: dict[str, dict[str, Defaults]] = {
 
 
 #: The network ``reconstruct`` uses when ``net`` is not given, per problem kind, from what
-#: ``stop="auto"`` returns (benchmarks/results/defaults.md, denoise.json, RESULTS.md): the Deep
+#: ``stop="auto"`` returns (benchmarks/results/defaults.json, cs.json, RESULTS.md §5): the Deep
 #: Image Prior denoises better than the Deep Decoder (128², σ = 15-50, camera and astronaut, 2
 #: seeds: +0.94 dB on average, -0.41 to +2.07) and recovers compressive measurements better
 #: (camera 64², m/n = 0.05-0.5: +2.0 to +3.0 dB), at 9-24 times the time per fit on a CPU; for
