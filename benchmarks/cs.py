@@ -83,14 +83,21 @@ FULL_PRIOR_CASES: list[tuple[str, int, float, float | None, int]] = [
     ("conv_decoder", 64, 0.1, None, 1500),
     ("deep_decoder", 128, 0.25, None, 1000),
     ("conv_decoder", 128, 0.25, None, 1000),
-    ("dip", 64, 0.25, None, 1500),
+    ("dip", 64, 0.25, None, 3000),
     *(("deep_decoder", 64, r, 20.0, 1500) for r in (0.05, 0.1, 0.5)),
     *(("deep_decoder", 64, r, 40.0, 1500) for r in (0.05, 0.1, 0.5)),
     *(("conv_decoder", 64, r, None, 1500) for r in (0.05, 0.5)),
     ("deep_decoder", 128, 0.1, None, 1000),
     ("conv_decoder", 128, 0.1, None, 1000),
-    *(("dip", 64, r, None, 1500) for r in (0.05, 0.1, 0.5)),
+    # The Deep Image Prior, the default network, with its default budget of 3,000 iterations.
+    *(("dip", 64, r, None, 3000) for r in (0.05, 0.1, 0.5)),
+    *(("dip", 64, 0.25, snr, 3000) for snr in (20.0, 40.0)),
+    # Does the default budget reach the plateau? DIP at twice the budget (rows keyed with it).
+    *(("dip", 64, r, None, 6000) for r in (0.5, 0.25)),
+    *(("dip", 64, 0.25, snr, 6000) for snr in (20.0, 40.0)),
 ]
+#: Budgets that are not a network's standard row in the tables above (their key carries it).
+EXTRA_BUDGETS = {("dip", 6000)}
 
 QUICK_BASELINE_CASES = [(64, 410, None), (64, 1024, 20.0), (128, 1638, None)]
 QUICK_PRIOR_CASES = [("deep_decoder", 64, 0.25, None, 40), ("conv_decoder", 128, 0.1, None, 10)]
@@ -146,10 +153,11 @@ def run_baseline(
     return row
 
 
-def _case_row(size: int, m: int, snr: float | None, method: str) -> dict[str, Any]:
+def _case_row(size: int, m: int, snr: float | None, method: str,
+              budget: int | None = None) -> dict[str, Any]:
     row = {"size": size, "m": m, "ratio": m / (size * size), "snr": snr, "method": method,
            "operator": "gaussian" if size <= 64 else "fast"}
-    row["key"] = [size, m, snr, method]
+    row["key"] = [size, m, snr, method] + ([budget] if (method, budget) in EXTRA_BUDGETS else [])
     return row
 
 
@@ -173,7 +181,7 @@ def run_study(args: argparse.Namespace, store: harness.Store) -> None:
         fits = 0
         for net, size, ratio, snr, budget in prior_cases[shard::shards]:
             m = round(ratio * size * size)
-            row = _case_row(size, m, snr, net)
+            row = _case_row(size, m, snr, net, budget)
             if store.key(row) in store.done and not args.recompute:
                 continue
             if fits >= args.max_fits:
@@ -260,7 +268,8 @@ def prior_table(rows: list[dict[str, Any]]) -> str:
                "fit time"]
     table = []
     for r in sorted((r for r in rows if "psnr_oracle" in r),
-                    key=lambda r: (r["method"], r["size"], r["snr"] or 0, r["m"])):
+                    key=lambda r: (r["method"], r["size"], r["snr"] or 0, r["m"],
+                                   r["max_num_iter"])):
         table.append({
             "net": LABELS[r["method"]], "size": f"{r['size']}²", "operator": r["operator"],
             "m/n": f"{r['ratio']:.3g}", "noise": _snr_text(r["snr"]),
@@ -333,7 +342,8 @@ def plot(payload: dict[str, Any], path: Path) -> Path | None:
     """
     from matplotlib.figure import Figure
 
-    rows = [r for r in payload["rows"] if r["m"] not in REFERENCE_TV or r["size"] != 64]
+    rows = [r for r in payload["rows"]
+            if (r["m"] not in REFERENCE_TV or r["size"] != 64) and len(r["key"]) == 4]
     sizes = sorted({r["size"] for r in rows})
     if not rows:
         return None
