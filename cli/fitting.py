@@ -120,12 +120,17 @@ def run_task(task: Task, options: FitOptions) -> None:
     if not options.silent:
         net = network(task, options)
         typer.echo(f"{task.headline} with {net}, norm={options.norm}")
-        pixels = task.image_shape[0] * task.image_shape[1]
-        if net == "dip" and pixels >= 96 * 96 and deepprior.resolve_device(
-                options.device).type == "cpu":
-            note("the Deep Image Prior takes minutes at this size on a CPU (5-17 at 128x128 "
-                 "on one core); --net deep_decoder is 9-24x faster and 0.9 dB lower on average "
-                 "(benchmarks/RESULTS.md)", options)
+        if net == "dip" and deepprior.resolve_device(options.device).type == "cpu":
+            problem = ("denoise" if task.operator is None
+                       else getattr(task.operator, "problem", "generic"))
+            iters = options.iters or deepprior.problem_defaults(problem, "dip").max_num_iter
+            pixels = task.image_shape[0] * task.image_shape[1]
+            minutes = iters * DIP_CPU_SECONDS_PER_PIXEL * pixels / 60
+            if minutes >= 1:
+                note(f"the Deep Image Prior runs up to {iters:,} iterations, about "
+                     f"{minutes:.0f} min on one CPU core at this size (fewer when it stops "
+                     "early); --net deep_decoder is 9-24x faster and returns less "
+                     "(benchmarks/RESULTS.md §2, §5)", options)
 
     with torch_threads(options.threads):
         result = deepprior.reconstruct(
@@ -292,6 +297,10 @@ def clean_image(task: Task, path: Path | None, options: FitOptions) -> np.ndarra
 
 
 #: How the user can give the clean image, in the --stop oracle error.
+#: One Deep Image Prior iteration on one CPU core, per pixel: 0.52 s at 128², 2.26 s at 256²
+#: (benchmarks/RESULTS.md §3), 0.12-0.20 s at 64² (§2).
+DIP_CPU_SECONDS_PER_PIXEL = 3.3e-5
+
 ORACLE_HINT = ("simulate the corruption from a clean IMAGE (denoise --add-noise, superres/deblur "
                "--simulate, cs IMAGE, inpaint without --mask) or pass it with --clean CLEAN")
 
