@@ -164,7 +164,7 @@ def problems_plan() -> list[Run]:
     # compressive sensing with noise at SNR 20 dB, and the Deep Image Prior (the CS default)
     plan.append(_cs("deep_decoder", 20.0, 0, 1500, 64, 1000, ()))
     plan.append(_cs("conv_decoder", 20.0, 0, 1500, 64, 1000, ()))
-    for snr in (None, 20.0):
+    for snr in (None, 20.0, 30.0):
         plan.append(_cs("dip", snr, 0, 1500, 64, 1000, ()))
     return plan
 
@@ -245,6 +245,10 @@ DISCREPANCY_GRID = (
 CS_RULES = (
     "patience", "patience:200", "patience:1000", "patience:min_delta=0.001",
     "wmv", "wmv:patience=300", "wmv:window=50,patience=500", "emv", "discrepancy",
+    # a τ grid, added for the Deep Image Prior (whose τ = 1 stop came far too early); its CS
+    # fits were re-run for it, the other networks' CS fits predate it
+    "discrepancy:tau=0.9", "discrepancy:tau=0.8", "discrepancy:tau=0.7", "discrepancy:tau=0.6",
+    "discrepancy:tau=0.5",
 )
 #: Rules shown the output from the unperturbed input instead of the average the Deep Image Prior
 #: returns (the library shows WMV and EMV the average).

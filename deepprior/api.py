@@ -107,12 +107,13 @@ PROBLEMS: dict[str, dict[str, Defaults]] = {
             source="Heckel & Soltanolkotabi 2020 (Adam lr 0.005, run to convergence); patience: "
             f"0.04 dB mean gap on camera 64² m = 1000 ({_STOPPING_MD})"),
         "dip": Defaults(
-            6000, 0.01, **_DIP,
+            6000, 0.01, stop_with_sigma="discrepancy:tau=0.6", **_DIP,
             source="Ulyanov et al. 2018 settings; 6,000 iterations: camera 64², the best "
             "iterate is the last at 3,000, and 6,000 gain 1.4 / 2.6 dB at m/n = 0.25 / 0.5 "
             "noiseless and 1.0 dB at SNR 40 dB, lose 0.65 dB at SNR 20 dB (benchmarks/results/"
-            "cs.json); patience 0.13 dB from the best iterate noiseless, 1.13 dB at SNR 20 dB, "
-            f"where the discrepancy rule stops far too early (3.38 dB; τ = 1) ({_STOPPING_MD})"),
+            "cs.json); patience 0.13 dB from the best iterate noiseless, 1.13 / 0.03 dB at SNR "
+            "20 / 30 dB; with σ given, discrepancy τ = 0.6 0.15 / 0.04 dB (τ = 1: 3.38 / 0.75 "
+            f"dB, the returned average lags net(z)) ({_STOPPING_MD})"),
         "conv_decoder": Defaults(
             3000, 0.01, stop_with_sigma="discrepancy",
             source=f"Darestani & Heckel 2021 (lr 0.01); patience: 0.42 dB mean gap; with noise "
@@ -424,7 +425,7 @@ def reconstruct(
     denoise              dip           3,000  0.01   discrepancy:tau=0.8                  EMA
     denoise              other         3,000  0.01   holdout:fraction=0.1,patience=200
     compressive_sensing  deep_decoder  3,000  0.005  patience                             k=128
-    compressive_sensing  dip           6,000  0.01   patience                             EMA
+    compressive_sensing  dip           6,000  0.01   patience; discrepancy:tau=0.6        EMA
     compressive_sensing  other         3,000  0.01   patience; discrepancy
     inpainting           deep_decoder  3,000  0.01   holdout:fraction=0.1,patience=300;   k=64, EMA
                                                      discrepancy
