@@ -121,9 +121,8 @@ def run_task(task: Task, options: FitOptions) -> None:
         net = network(task, options)
         typer.echo(f"{task.headline} with {net}, norm={options.norm}")
         if net == "dip" and deepprior.resolve_device(options.device).type == "cpu":
-            problem = ("denoise" if task.operator is None
-                       else getattr(task.operator, "problem", "generic"))
-            iters = options.iters or deepprior.problem_defaults(problem, "dip").max_num_iter
+            iters = (options.iters
+                     or deepprior.problem_defaults(problem_of(task), "dip").max_num_iter)
             pixels = task.image_shape[0] * task.image_shape[1]
             minutes = iters * DIP_CPU_SECONDS_PER_PIXEL * pixels / 60
             if minutes >= 1:
@@ -176,10 +175,14 @@ def check_fit_options(options: FitOptions) -> list[str]:
     return stop_names(options.stop)
 
 
+def problem_of(task: Task) -> str:
+    """The problem kind of a task (a key of deepprior.PROBLEMS)."""
+    return "denoise" if task.operator is None else task.operator.problem
+
+
 def network(task: Task, options: FitOptions) -> str:
     """The network the fit uses: ``--net``, else the problem kind's default."""
-    problem = "denoise" if task.operator is None else task.operator.problem
-    return options.net or deepprior.DEFAULT_NETS[problem]
+    return options.net or deepprior.DEFAULT_NETS[problem_of(task)]
 
 
 def fit_kwargs(options: FitOptions) -> dict[str, Any]:
@@ -296,11 +299,11 @@ def clean_image(task: Task, path: Path | None, options: FitOptions) -> np.ndarra
     return clean
 
 
-#: How the user can give the clean image, in the --stop oracle error.
 #: One Deep Image Prior iteration on one CPU core, per pixel: 0.52 s at 128², 2.26 s at 256²
 #: (benchmarks/RESULTS.md §3), 0.12-0.20 s at 64² (§2).
 DIP_CPU_SECONDS_PER_PIXEL = 3.3e-5
 
+#: How the user can give the clean image, in the --stop oracle error.
 ORACLE_HINT = ("simulate the corruption from a clean IMAGE (denoise --add-noise, superres/deblur "
                "--simulate, cs IMAGE, inpaint without --mask) or pass it with --clean CLEAN")
 
