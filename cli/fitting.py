@@ -197,6 +197,7 @@ def fit_kwargs(options: FitOptions) -> dict[str, Any]:
         "device": options.device,
         "net_options": {"channels": options.channels} if options.channels else None,
         "ensemble": options.ensemble,
+        "precision": options.precision,
     }
 
 

@@ -24,7 +24,7 @@ from .api import (
 )
 from .batch import BatchResult, item_seed, reconstruct_many
 from .data import random_mask, sample_image, text_mask
-from .fit import FitState, fit, resolve_device
+from .fit import PRECISIONS, FitState, fit, resolve_device
 from .io import (
     ImageError,
     image_bit_depth,
@@ -73,6 +73,7 @@ __all__ = [
     "FastSensing",
     "FirstOf",
     "FitState",
+    "PRECISIONS",
     "FunctionOperator",
     "GaussianSensing",
     "Identity",

@@ -19,7 +19,7 @@ from torch import nn
 
 from . import nets
 from .checks import as_array, check_choice, check_float, check_int
-from .fit import FitState, fit, resolve_device
+from .fit import PRECISIONS, FitState, fit, resolve_device
 from .metrics import psnr as _psnr
 from .metrics import ssim as _ssim
 from .noise import estimate_sigma
@@ -342,6 +342,7 @@ def reconstruct(
     callback: Callable[[FitState], bool | None] | None = None,
     net_options: Mapping[str, Any] | None = None,
     ensemble: int = 1,
+    precision: str = "fp32",
 ) -> Reconstruction:
     """Reconstruct an image from one corrupted observation with an untrained network.
 
@@ -401,6 +402,10 @@ def reconstruct(
         ``config["members"]`` lists their stops (and PSNR with ``ground_truth``); ``history``
         and ``num_iter`` are the first member's, ``num_steps`` and ``elapsed`` the sums. Costs
         ``ensemble`` fits.
+    precision : {"fp32", "bf16"}
+        ``"bf16"``: the network runs in bfloat16 mixed precision (``torch.autocast``; weights,
+        loss and the image stay float32) — faster where the hardware has bfloat16 units, see
+        :func:`deepprior.fit.fit`.
 
     Returns
     -------
@@ -489,6 +494,7 @@ def reconstruct(
                              "of the measurement noise) or choose another stopping rule")
         sigma = estimate_sigma(array)
     ensemble = check_int("ensemble", ensemble, minimum=1)
+    precision = check_choice("precision", precision, PRECISIONS)
     if ensemble > 1 and not isinstance(spec, str):
         raise ValueError("an ensemble needs a stopping spec such as 'auto': a policy object "
                          "serves one fit")
@@ -514,7 +520,7 @@ def reconstruct(
             module, z, fit_y, fit_op, policy=policy, max_num_iter=max_num_iter,
             learning_rate=learning_rate, reg_noise_std=defaults.reg_noise_std, ema=defaults.ema,
             ground_truth=truth_k, device=torch_device, seed=seed + k, progress=progress,
-            callback=callback,
+            callback=callback, precision=precision,
         )
         fits.append((turn, result, _turn(result.output, turn, inverse=True)))
         if result.stop_reason.startswith("interrupted"):
@@ -546,6 +552,7 @@ def reconstruct(
         "num_restarts": result.num_restarts,
         "final_learning_rate": result.final_learning_rate,
         "ensemble": ensemble,
+        "precision": precision,
     }
     if ensemble > 1:
         config["members"] = _members(fits, truth)

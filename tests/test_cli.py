@@ -27,7 +27,7 @@ FAST = ["--iters", "15", "--stop", "fixed:15", "--channels", "8", "--quiet"]
 FITTING_COMMANDS = ("denoise", "cs", "inpaint", "superres", "deblur")
 SHARED = {"--net", "--norm", "--channels", "--iters", "--lr", "--stop", "--seed", "--device",
           "--output", "--overwrite", "--quiet", "--json", "--debug", "--max-pixels", "--clean",
-          "--ensemble", "--threads"}
+          "--ensemble", "--threads", "--precision"}
 
 
 
@@ -120,6 +120,16 @@ def test_ensemble_averages_k_fits_and_the_report_lists_them(clean_png, tmp_path)
     assert [m["quarter_turns"] for m in members] == [0, 1, 2]  # denoising: rotated copies
     assert all(m["num_iter"] == 5 and m["psnr"] is not None for m in members)
     assert report["stop_reason"].startswith("average of 3 fits")
+
+
+def test_precision_reaches_the_fit_and_the_report(clean_png, tmp_path):
+    out = tmp_path / "b.png"
+    result = runner.invoke(app, ["denoise", str(clean_png), "--add-noise", "25", "--precision",
+                                 "bf16", "-o", str(out), *FAST])
+    assert result.exit_code == 0, result.output
+    assert json.loads(out.with_suffix(".json").read_text())["config"]["precision"] == "bf16"
+    result = runner.invoke(app, ["denoise", str(clean_png), "--precision", "fp16", *FAST])
+    assert result.exit_code == 2 and "fp16" in result.output
 
 
 def test_threads_are_set_for_the_fit_and_restored(clean_png, tmp_path, monkeypatch):

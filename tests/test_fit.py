@@ -196,3 +196,35 @@ def test_a_callback_needs_every_iteration():
     with pytest.raises(ValueError, match="callback needs sync_every=1"):
         fit(PixelNet(op.image_shape), z, noisy, op, policy=Fixed(3), max_num_iter=3,
             sync_every=4, callback=lambda state: None, device="cpu")
+
+
+def test_bf16_runs_the_network_in_bfloat16_and_keeps_float32_outside():
+    clean, _, op, _ = _problem(shape=(1, 16, 16))
+    seen = []
+
+    class ConvNet(nn.Module):  # a convolution autocast turns to bfloat16
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(4, 1, 3, padding=1)
+
+        def forward(self, z):
+            out = self.conv(z)
+            seen.append(out.dtype)
+            return torch.sigmoid(out)
+
+    z = torch.rand(1, 4, 16, 16, generator=torch.Generator().manual_seed(0))
+    runs = {p: fit(ConvNet(), z, clean, op, policy=Fixed(60), max_num_iter=60,
+                   learning_rate=0.05, ground_truth=clean, device="cpu", precision=p)
+            for p in ("fp32", "bf16")}
+    assert seen[0] == torch.float32 and seen[-1] == torch.bfloat16
+    for run in runs.values():
+        assert run.output.dtype == torch.float32 and np.isfinite(run.loss).all()
+        assert run.loss[-1] < 0.8 * run.loss[0]  # it learns
+    assert abs(runs["bf16"].psnr[-1] - runs["fp32"].psnr[-1]) < 1.0  # the same fit, rounded
+
+
+def test_an_unknown_precision_is_refused_before_fitting():
+    _, noisy, op, z = _problem()
+    with pytest.raises(ValueError, match="precision must be one of fp32, bf16"):
+        fit(PixelNet(op.image_shape), z, noisy, op, policy=Fixed(3), max_num_iter=3,
+            precision="fp16", device="cpu")

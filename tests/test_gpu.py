@@ -51,6 +51,15 @@ def test_every_kind_of_operator_runs_on_cuda(camera, operator):
     assert np.isfinite(result.image).all() and result.device.startswith("cuda")
 
 
+def test_bf16_on_cuda_fits_like_fp32(camera):
+    noisy = deepprior.add_gaussian_noise(camera, 0.1, seed=0)
+    runs = {p: deepprior.reconstruct(noisy, net="dip", stop="fixed:100", device="cuda",
+                                     ground_truth=camera, net_options=SMALL, precision=p)
+            for p in ("fp32", "bf16")}
+    assert runs["bf16"].image.dtype == np.float32
+    assert abs(runs["bf16"].psnr - runs["fp32"].psnr) < 0.5
+
+
 def test_stopping_rules_read_late_on_cuda_return_the_same_iterate(camera):
     noisy = deepprior.add_gaussian_noise(camera, 0.1, seed=0)
     options = {"stop": "holdout:patience=20", "max_num_iter": 200, "net_options": SMALL,
