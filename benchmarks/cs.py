@@ -18,7 +18,9 @@ Methods
   best PSNR against the clean image kept: **oracle-tuned**, an upper bound for these methods.
 - deepprior networks for a fixed budget of iterations; reported: the last iterate, the
   best-PSNR iterate of the run (oracle) and the iterate the automatic rule (``stop="auto"``,
-  evaluated alongside the same fit) would have returned.
+  evaluated alongside the same fit) would have returned; with noisy measurements also the
+  iterate of the network's rule for a known σ (``reconstruct(..., sigma=σ)``, the true noise
+  std), from the same fit.
 
 Usage::
 
@@ -188,10 +190,11 @@ def run_study(args: argparse.Namespace, store: harness.Store) -> None:
                 print(f"--max-fits {args.max_fits} reached; stopping", flush=True)
                 break
             fits += 1
-            clean, operator, y, _ = make_case(size, m, snr, args.seed)
+            clean, operator, y, noise_std = make_case(size, m, snr, args.seed)
             options = QUICK_NET_OPTIONS if args.quick else None
             row.update(run_prior(y[0].numpy(), clean, net=net, operator=operator,
-                                 max_num_iter=budget, seed=args.seed, net_options=options))
+                                 max_num_iter=budget, seed=args.seed, net_options=options,
+                                 sigma=noise_std if snr is not None else None))
             store.add(row)
             _log(row)
 
@@ -264,8 +267,8 @@ def reference_table(rows: list[dict[str, Any]]) -> str:
 def prior_table(rows: list[dict[str, Any]]) -> str:
     """The deepprior rows in detail."""
     columns = ["net", "size", "operator", "m/n", "noise", "params", "budget", "PSNR last",
-               "best it.", "PSNR best", "auto rule", "auto it.", "PSNR auto", "s/it", "CPU s/it",
-               "fit time"]
+               "best it.", "PSNR best", "auto rule", "auto it.", "PSNR auto",
+               "σ given: rule, it., PSNR", "s/it", "CPU s/it", "fit time"]
     table = []
     for r in sorted((r for r in rows if "psnr_oracle" in r),
                     key=lambda r: (r["method"], r["size"], r["snr"] or 0, r["m"],
@@ -277,6 +280,9 @@ def prior_table(rows: list[dict[str, Any]]) -> str:
             "PSNR last": _fmt(r["psnr_final"]), "best it.": r["oracle_step"],
             "PSNR best": _fmt(r["psnr_oracle"]), "auto rule": r["auto_rule"],
             "auto it.": r["auto_step"], "PSNR auto": _fmt(r["psnr_auto"]),
+            "σ given: rule, it., PSNR": (
+                f"{r['auto_sigma_rule']}, {r['auto_sigma_step']}, {r['psnr_auto_sigma']:.2f}"
+                if "psnr_auto_sigma" in r else ""),
             "s/it": _fmt(r["seconds_per_iter"], 3),
             "CPU s/it": _fmt(r.get("cpu_seconds_per_iter"), 3),
             "fit time": f"{r['seconds_total']:.0f} s",

@@ -35,9 +35,12 @@ FULL_CASES = [
 ]
 QUICK_CASES = [("camera", 64, 25, 0)]
 NETS = ("deep_decoder", "dip")
-#: Ensembles (``reconstruct(ensemble=K)``: K members on seeds and flips, averaged) run on the
-#: first two cases: the quality-per-second of averaging, network by network.
-ENSEMBLES = ("deep_decoder:4", "dip:2")
+#: Variants ``NET[:K][@PRECISION]`` run on the σ = 25 cases (both images, both seeds):
+#: ensembles (``reconstruct(ensemble=K)``: K members on seeds and flips, averaged; member 0 is
+#: the single fit, and each row lists its members), the quality-per-second of averaging; and
+#: bfloat16 mixed precision (``reconstruct(precision="bf16")``), its PSNR cost.
+VARIANTS = ("deep_decoder:4", "dip:2", "dip@bf16")
+VARIANT_SIGMAS = (25,)
 
 
 def _key(row: dict[str, Any]) -> list:
@@ -50,8 +53,8 @@ def run_study(args: argparse.Namespace, store: harness.Store) -> None:
     for image, size, sigma255, seed in cases[shard::shards]:
         clean = sample_image(image, size=size)
         noisy = add_gaussian_noise(clean, sigma255 / 255, seed=seed)
-        ensembles = args.ensembles if (image, size, sigma255, seed) in cases[:2] else []
-        for method in ("bm3d", *args.nets, *ensembles):
+        variants = args.variants if sigma255 in VARIANT_SIGMAS or args.quick else []
+        for method in ("bm3d", *args.nets, *variants):
             row = {"image": image, "size": size, "sigma255": sigma255, "seed": seed,
                    "method": method}
             row["key"] = _key(row)
@@ -64,15 +67,19 @@ def run_study(args: argparse.Namespace, store: harness.Store) -> None:
             else:
                 options = {"max_num_iter": 40, "net_options": {"channels": 16}} \
                     if args.quick else {}
-                net, _, members = method.partition(":")
+                name, _, precision = method.partition("@")
+                net, _, members = name.partition(":")
                 start = time.perf_counter()
                 result = reconstruct(noisy, net=net, seed=seed, ground_truth=clean,
-                                     ensemble=int(members or 1), **options)
+                                     ensemble=int(members or 1),
+                                     precision=precision or "fp32", **options)
                 row.update(psnr=result.psnr, ssim=result.ssim,
                            seconds=time.perf_counter() - start, num_iter=result.num_iter,
                            num_steps=result.num_steps, stop_reason=result.stop_reason,
                            stop_rule=result.config["stop_resolved"],
                            num_parameters=result.config["num_parameters"])
+                if "members" in result.config:
+                    row["members"] = result.config["members"]
             store.add(row)
             print(f"{image} {size} σ={sigma255} seed {seed} {method}: {row['psnr']:.2f} dB, "
                   f"{row['seconds']:.0f} s", flush=True)
@@ -112,8 +119,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     harness.study_arguments(parser, name="defaults")
     parser.add_argument("--quick", action="store_true", help="smoke run")
     parser.add_argument("--nets", nargs="+", default=list(NETS), help="networks (DD and DIP)")
-    parser.add_argument("--ensembles", nargs="*", default=list(ENSEMBLES),
-                        help="NET:K ensembles on the first two cases")
+    parser.add_argument("--variants", nargs="*", default=list(VARIANTS),
+                        help="NET[:K][@PRECISION] variants on the σ = 25 cases")
     return parser.parse_args(argv)
 
 

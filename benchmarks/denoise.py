@@ -194,6 +194,7 @@ def run_prior(
     operator: Any = None,
     seed: int = 0,
     net_options: dict[str, Any] | None = None,
+    sigma: float | None = None,
 ) -> dict[str, Any]:
     """Fit one deepprior network once; report the automatic stop, the oracle and the last iterate.
 
@@ -213,6 +214,10 @@ def run_prior(
         Seed of the network and input.
     net_options : dict or None
         Passed to ``reconstruct``.
+    sigma : float or None
+        The true noise std of the measurements. When given and the problem has a rule for a
+        known σ (``Defaults.stop_with_sigma``), that rule is shadowed too (``*_auto_sigma``
+        columns): what ``reconstruct(..., sigma=σ)`` returns, from the same fit.
 
     Returns
     -------
@@ -234,7 +239,11 @@ def run_prior(
     spec, policy = auto_policy(
         problem, net, operator=fit_operator, y=y, noisy=observation if operator is None else None
     )
-    shadow = Shadow({"auto": policy} if policy is not None else {})
+    rules = {"auto": policy} if policy is not None else {}
+    sigma_spec = problem_defaults(problem, net).stop_with_sigma if sigma is not None else None
+    if sigma_spec is not None:
+        rules["auto_sigma"] = make_policy(sigma_spec, operator=fit_operator, y=y, sigma=sigma)[0]
+    shadow = Shadow(rules)
     keeper = _Keeper(gt, shadow)
     cpu_start = time.process_time()
     result = reconstruct(
@@ -277,7 +286,18 @@ def run_prior(
             ssim_auto=_ssim_of(clean, image),
             auto_seconds=stop_step * per_iter,
         )
-    else:
+    if sigma_spec is not None:
+        chosen = shadow.chosen["auto_sigma"]
+        stop_step = keeper.fired_at.get("auto_sigma", result.num_steps)
+        row.update(
+            auto_sigma_rule=sigma_spec,
+            auto_sigma_step=chosen,
+            auto_sigma_stop_step=stop_step,
+            auto_sigma_reason=shadow.reasons["auto_sigma"],
+            psnr_auto_sigma=_psnr_of(clean, keeper.kept["auto_sigma"].get(chosen)),
+            auto_sigma_seconds=stop_step * per_iter,
+        )
+    if policy is None:
         auto = reconstruct(
             observation, operator, net=net, max_num_iter=max_num_iter, stop="auto",
             ground_truth=clean, seed=seed, net_options=net_options,

@@ -1,25 +1,42 @@
-"""Speed variants of the Deep Decoder step, measured side by side in one run (issue: a fitting
-engine at the hardware's limit). Each variant is timed on the same image, one torch thread,
+"""Speed variants of a fitting step, measured side by side in one run (issue: a fitting engine
+at the hardware's limit). Each variant is timed on the same image, one torch thread,
 alternating, repeated; ratios to the baseline are what to read (the machine is shared).
 
-- ``baseline``: the library's Deep Decoder, Adam step, as ``fit`` runs it;
+Every network (Deep Decoder, Deep Image Prior, ConvDecoder):
+
+- ``baseline``: the library's network, Adam step, as ``fit`` runs it;
+- ``bf16 autocast``: the forward pass under ``torch.autocast`` with bfloat16, as
+  ``fit(precision="bf16")`` runs it (the backward follows the forward's types).
+
+The Deep Decoder also:
+
 - ``channels_last``: the network and input in channels-last memory format;
 - ``var_mean norm``: channel normalization written as ``var_mean`` + one fused affine
   (``addcmul``) instead of ``F.instance_norm``;
+- ``torch.compile``: the network compiled by TorchInductor (default mode; on the CPU it emits
+  C++ for the pointwise and reduction kernels); the first compilation's time, with an empty
+  compile cache as on a user's first run, is reported apart (``compile s``), the steps after
+  it are timed like the others;
 - ``K fits (vmap)``: K = 2, 4, 8 networks stacked with ``torch.func.stack_module_state`` and
   run with ``vmap`` in one step (one Adam over the stacked weights), time per step against K
-  times the baseline.
+  times the baseline;
+- ``K fits (stacked)``: the same K networks written out as one batch of K images: every 1×1
+  convolution one ``bmm`` over the K weight matrices, upsampling and ReLU on the batch, channel
+  norm one ``instance_norm`` over K·k channels (outputs equal to the K separate nets).
 
 Usage::
 
     OMP_NUM_THREADS=1 python benchmarks/speed_variants.py [--sizes 64 128] [--steps 40]
+        [--nets deep_decoder dip conv_decoder]
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import os
 import statistics
+import tempfile
 import time
 
 import harness
@@ -60,12 +77,65 @@ def _time(step, steps: int) -> float:
     return (time.perf_counter() - start) / steps
 
 
-def _single(net, z, y):
+def _single(net, z, y, bf16: bool = False):
     opt = torch.optim.Adam(net.parameters(), lr=0.01)
 
     def step():
         opt.zero_grad(set_to_none=True)
-        torch.mean((net(z) - y) ** 2).backward()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):  # as fit(precision=)
+            out = net(z).float()
+        torch.mean((out - y) ** 2).backward()
+        opt.step()
+    return step
+
+
+def _compiled(net, z, y, record: dict):
+    compiled = torch.compile(net)
+    step = _single(compiled, z, y)
+    start = time.perf_counter()
+    step()  # compiles forward and backward
+    record.setdefault("compile", []).append(time.perf_counter() - start)
+    return step
+
+
+def _bmm_stacked(size: int, k: int, y):
+    """K Deep Decoders as one batch: per-member 1×1 weights in a bmm, one norm call."""
+    built, inputs = zip(*(build_net("deep_decoder", (1, size, size), seed=s) for s in range(k)),
+                        strict=True)
+    zs = torch.cat(inputs)
+    convs = [[m for m in net.modules() if isinstance(m, torch.nn.Conv2d)] for net in built]
+    norms = [[m for m in net.modules() if type(m).__name__ == "ChannelNorm"] for net in built]
+    weights = [torch.nn.Parameter(torch.stack([c[i].weight[:, :, 0, 0].detach() for c in convs]))
+               for i in range(len(convs[0]))]
+    gains = [torch.nn.Parameter(torch.cat([n[i].weight.detach() for n in norms]))
+             for i in range(len(norms[0]))]
+    shifts = [torch.nn.Parameter(torch.cat([n[i].bias.detach() for n in norms]))
+              for i in range(len(norms[0]))]
+    last = len(gains) - 1
+
+    def conv(w, x):
+        return torch.bmm(w, x.flatten(2)).unflatten(2, x.shape[2:])
+
+    def forward():
+        x = zs
+        for i, (w, g, b) in enumerate(zip(weights, gains, shifts, strict=False)):
+            x = conv(w, x)
+            if i < last:
+                x = torch.nn.functional.interpolate(x, scale_factor=2, mode="bilinear",
+                                                    align_corners=False)
+            x = torch.relu(x)
+            x = torch.nn.functional.instance_norm(x.flatten(0, 1)[None], weight=g, bias=b,
+                                                  eps=1e-5).view_as(x)
+        return torch.sigmoid(conv(weights[-1], x))
+
+    with torch.no_grad():  # the stacked form computes what the K nets compute
+        reference = torch.cat([net(zs[i:i + 1]) for i, net in enumerate(built)])
+        assert torch.allclose(forward(), reference, atol=1e-5)
+    opt = torch.optim.Adam([*weights, *gains, *shifts], lr=0.01)
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        torch.mean((forward() - y) ** 2, dim=(1, 2, 3)).sum().backward()
         opt.step()
     return step
 
@@ -91,38 +161,59 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sizes", type=int, nargs="+", default=[64, 128])
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--nets", nargs="+", default=["deep_decoder", "dip", "conv_decoder"],
+                        help="networks (the Deep Decoder gets every variant, the others bf16; "
+                             "they run a quarter of --steps)")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="inductor-")  # cold cache
     rows = []
-    for size in args.sizes:
-        net, z = build_net("deep_decoder", (1, size, size), seed=0)
+    for net_name, size in [(n, s) for s in args.sizes for n in args.nets]:
+        net, z = build_net(net_name, (1, size, size), seed=0)
         y = torch.rand(1, 1, size, size, generator=torch.Generator().manual_seed(0))
+        compile_seconds: dict[str, list[float]] = {}
         variants = {
             "baseline": lambda net=net, z=z, y=y: _single(copy.deepcopy(net), z, y),
-            "channels_last": lambda net=net, z=z, y=y: _single(
-                copy.deepcopy(net).to(memory_format=torch.channels_last),
-                z.to(memory_format=torch.channels_last), y),
-            "var_mean norm": lambda net=net, z=z, y=y: _single(_swap_norms(net), z, y),
-            **{f"K={k} fits (vmap)": (lambda k=k, size=size, y=y: _stacked(size, k, y))
-               for k in (2, 4, 8)},
+            "bf16 autocast": lambda net=net, z=z, y=y: _single(copy.deepcopy(net), z, y, True),
         }
+        if net_name == "deep_decoder":
+            variants |= _decoder_variants(net, z, y, size, compile_seconds)
+        steps = args.steps if net_name == "deep_decoder" else max(5, args.steps // 4)
         times: dict[str, list[float]] = {name: [] for name in variants}
         for _ in range(args.repeats):  # alternate, so that load changes hit every variant
             for name, make in variants.items():
-                times[name].append(_time(make(), args.steps))
+                times[name].append(_time(make(), steps))
         base = statistics.median(times["baseline"])
         for name, values in times.items():
             k = int(name.split("=")[1].split()[0]) if name.startswith("K=") else 1
             seconds = statistics.median(values)
-            rows.append({"size": size, "variant": name, "s/step": round(seconds, 5),
-                         "vs baseline": round(seconds / base, 2),
-                         "per fit vs baseline": round(seconds / k / base, 2)})
+            rows.append({"net": net_name, "size": size, "variant": name,
+                         "s/step": round(seconds, 5), "vs baseline": round(seconds / base, 2),
+                         "per fit vs baseline": round(seconds / k / base, 2),
+                         "compile s": round(compile_seconds["compile"][0], 1)
+                         if name == "torch.compile" else ""})
             print(rows[-1], flush=True)
     path = harness.save_json("speed_variants", {"rows": rows, "steps": args.steps,
                                                 "repeats": args.repeats})
     print(harness.markdown_table(rows, list(rows[0])))
     print(f"wrote {path}")
     return 0
+
+
+def _decoder_variants(net, z, y, size: int, compile_seconds: dict) -> dict:
+    """The Deep Decoder's own variants (layout, norm, compilation, K fits at once)."""
+    return {
+            "channels_last": lambda net=net, z=z, y=y: _single(
+                copy.deepcopy(net).to(memory_format=torch.channels_last),
+                z.to(memory_format=torch.channels_last), y),
+            "var_mean norm": lambda net=net, z=z, y=y: _single(_swap_norms(net), z, y),
+            "torch.compile": lambda net=net, z=z, y=y, seconds=compile_seconds: _compiled(
+                copy.deepcopy(net), z, y, seconds),
+            **{f"K={k} fits (vmap)": (lambda k=k, size=size, y=y: _stacked(size, k, y))
+               for k in (2, 4, 8)},
+            **{f"K={k} fits (stacked)": (lambda k=k, size=size, y=y: _bmm_stacked(size, k, y))
+               for k in (2, 4, 8)},
+    }
 
 
 if __name__ == "__main__":
