@@ -3,8 +3,10 @@ how many fits one GPU runs at once. Part of ``benchmarks/gpu_check.sh``; needs a
 
 - **seconds per iteration** of ``reconstruct`` (fixed budget, after a warm-up fit) for the Deep
   Decoder, DIP and ConvDecoder at 128², 256² and 512², with the losses read to the host once per
-  8 iterations (the default on a GPU) and every iteration (what a callback forces);
-- **time to result** of the Deep Decoder on camera 256², σ = 25, automatic stop;
+  8 iterations (the default on a GPU) and every iteration (what a callback forces), and with
+  ``precision="bf16"``;
+- **time to result** of the Deep Decoder and DIP on camera 256², σ = 25, automatic stop, in
+  float32 and bfloat16 (with the PSNR of each);
 - **fits at once**: images per minute of :func:`deepprior.reconstruct_many` on 8 crops at 128²
   with 1, 2, 4 and 8 fits sharing the GPU (``gpus_per_fit`` = 1, 1/2, 1/4, 1/8).
 
@@ -29,11 +31,13 @@ SIZES = (128, 256, 512)
 NETS = ("deep_decoder", "dip", "conv_decoder")
 
 
-def per_iteration(net: str, size: int, iters: int, every_step: bool) -> float:
+def per_iteration(net: str, size: int, iters: int, every_step: bool,
+                  precision: str = "fp32") -> float:
     image = deepprior.sample_image("camera", size=size)
     noisy = deepprior.add_gaussian_noise(image, 25 / 255, seed=0)
     callback = (lambda state: None) if every_step else None  # a callback syncs every step
-    options = {"net": net, "stop": f"fixed:{iters}", "device": "cuda", "callback": callback}
+    options = {"net": net, "stop": f"fixed:{iters}", "device": "cuda", "callback": callback,
+               "precision": precision}
     deepprior.reconstruct(noisy, **{**options, "stop": "fixed:5"})  # warm-up (cuDNN, caches)
     torch.cuda.synchronize()
     result = deepprior.reconstruct(noisy, **options)
@@ -67,15 +71,21 @@ def main(argv: list[str] | None = None) -> int:
         for size in SIZES[:1] if args.quick else SIZES:
             batched = per_iteration(net, size, iters, every_step=False)
             synced = per_iteration(net, size, iters, every_step=True)
+            bf16 = per_iteration(net, size, iters, every_step=False, precision="bf16")
             rows.append({"network": net, "size": size, "s/it (sync every 8)": batched,
-                         "s/it (sync every step)": synced, "sync cost": synced / batched})
+                         "s/it (sync every step)": synced, "sync cost": synced / batched,
+                         "s/it bf16": bf16, "bf16 speed-up": batched / bf16})
             print(rows[-1], flush=True)
     camera = deepprior.sample_image("camera", size=256)
     noisy = deepprior.add_gaussian_noise(camera, 25 / 255, seed=0)
-    auto = deepprior.reconstruct(noisy, device="cuda", ground_truth=camera)
-    to_result = {"seconds": auto.elapsed, "iterations": auto.num_steps, "psnr": auto.psnr,
-                 "stop_reason": auto.stop_reason}
-    print(to_result, flush=True)
+    to_result = []
+    for net, precision in [(n, p) for n in NETS[:2] for p in deepprior.PRECISIONS]:
+        auto = deepprior.reconstruct(noisy, net=net, device="cuda", ground_truth=camera,
+                                     precision=precision)
+        to_result.append({"network": net, "precision": precision, "seconds": auto.elapsed,
+                          "iterations": auto.num_steps, "psnr": auto.psnr,
+                          "stop_reason": auto.stop_reason})
+        print(to_result[-1], flush=True)
     at_once = [fits_at_once(k, 30 if args.quick else 300) for k in (1, 2, 4, 8)]
     for row in at_once:
         print(row, flush=True)
