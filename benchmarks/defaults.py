@@ -10,6 +10,8 @@ default call returns, at the cost a user pays.
 Usage::
 
     OMP_NUM_THREADS=1 python benchmarks/defaults.py --resume          # the committed run
+    OMP_NUM_THREADS=1 python benchmarks/defaults.py --resume --calibration --nets dip \
+        --variants dip+tv=0.25 dip+tv=0.5 dip+tv=1                     # the TV factor, 64²
     python benchmarks/defaults.py --report
     python benchmarks/defaults.py --quick --out-dir /tmp/q
 """
@@ -25,7 +27,7 @@ from typing import Any
 import baselines
 import harness
 
-from deepprior import add_gaussian_noise, psnr, reconstruct, sample_image, ssim
+from deepprior import add_gaussian_noise, estimate_sigma, psnr, reconstruct, sample_image, ssim
 
 #: (image, size, σ in 0-255 units, seed), most informative first.
 FULL_CASES = [
@@ -35,12 +37,17 @@ FULL_CASES = [
 ]
 QUICK_CASES = [("camera", 64, 25, 0)]
 NETS = ("deep_decoder", "dip")
-#: Variants ``NET[:K][@PRECISION]`` run on the σ = 25 cases (both images, both seeds):
-#: ensembles (``reconstruct(ensemble=K)``: K members on seeds and flips, averaged; member 0 is
-#: the single fit, and each row lists its members), the quality-per-second of averaging; and
-#: bfloat16 mixed precision (``reconstruct(precision="bf16")``), its PSNR cost.
+#: Variants ``NET[:K][@PRECISION][+tv[=C]]`` run on the σ = 25 cases (both images, both
+#: seeds): ensembles (``reconstruct(ensemble=K)``: K members on seeds and flips, averaged;
+#: member 0 is the single fit, and each row lists its members), the quality-per-second of
+#: averaging; bfloat16 mixed precision (``reconstruct(precision="bf16")``), its PSNR cost; and
+#: a TV penalty (``regularizer="tv"``; ``=C``: weight C·σ̂ instead of the library's factor).
 VARIANTS = ("deep_decoder:4", "dip:2", "dip@bf16")
 VARIANT_SIGMAS = (25,)
+#: ``--calibration``: 64² cases, every variant on every case — where a factor is chosen
+#: (the TV weight per σ) before it is confirmed at 128².
+CALIBRATION_CASES = [("camera", 64, 25, 0), ("astronaut", 64, 25, 0), ("camera", 64, 50, 0),
+                     ("camera", 64, 15, 0)]
 
 
 def _key(row: dict[str, Any]) -> list:
@@ -48,12 +55,13 @@ def _key(row: dict[str, Any]) -> list:
 
 
 def run_study(args: argparse.Namespace, store: harness.Store) -> None:
-    cases = QUICK_CASES if args.quick else FULL_CASES
+    cases = QUICK_CASES if args.quick else CALIBRATION_CASES if args.calibration \
+        else FULL_CASES
     shard, shards = args.shard
     for image, size, sigma255, seed in cases[shard::shards]:
         clean = sample_image(image, size=size)
         noisy = add_gaussian_noise(clean, sigma255 / 255, seed=seed)
-        variants = args.variants if sigma255 in VARIANT_SIGMAS or args.quick else []
+        variants = args.variants if sigma255 in VARIANT_SIGMAS or cases != FULL_CASES else []
         for method in ("bm3d", *args.nets, *variants):
             row = {"image": image, "size": size, "sigma255": sigma255, "seed": seed,
                    "method": method}
@@ -67,17 +75,21 @@ def run_study(args: argparse.Namespace, store: harness.Store) -> None:
             else:
                 options = {"max_num_iter": 40, "net_options": {"channels": 16}} \
                     if args.quick else {}
-                name, _, precision = method.partition("@")
+                name, _, tv = method.partition("+tv")
+                name, _, precision = name.partition("@")
                 net, _, members = name.partition(":")
+                if tv:  # "+tv=C": weight C·σ̂, what the library's factor C would give
+                    options["regularizer_weight"] = float(tv[1:]) * estimate_sigma(noisy)
                 start = time.perf_counter()
                 result = reconstruct(noisy, net=net, seed=seed, ground_truth=clean,
-                                     ensemble=int(members or 1),
-                                     precision=precision or "fp32", **options)
+                                     ensemble=int(members or 1), precision=precision or "fp32",
+                                     regularizer="tv" if "+tv" in method else None, **options)
                 row.update(psnr=result.psnr, ssim=result.ssim,
                            seconds=time.perf_counter() - start, num_iter=result.num_iter,
                            num_steps=result.num_steps, stop_reason=result.stop_reason,
                            stop_rule=result.config["stop_resolved"],
-                           num_parameters=result.config["num_parameters"])
+                           num_parameters=result.config["num_parameters"],
+                           regularizer_weight=result.config["regularizer_weight"])
                 if "members" in result.config:
                     row["members"] = result.config["members"]
             store.add(row)
@@ -120,7 +132,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="smoke run")
     parser.add_argument("--nets", nargs="+", default=list(NETS), help="networks (DD and DIP)")
     parser.add_argument("--variants", nargs="*", default=list(VARIANTS),
-                        help="NET[:K][@PRECISION] variants on the σ = 25 cases")
+                        help="NET[:K][@PRECISION][+tv[=C]] variants on the σ = 25 cases")
+    parser.add_argument("--calibration", action="store_true",
+                        help="the 64² calibration cases, every variant on each")
     return parser.parse_args(argv)
 
 

@@ -45,6 +45,7 @@ from .fitting import (
     Builder,
     Task,
     check_fit_options,
+    check_regularizer,
     check_stop,
     clean_image,
     fit_kwargs,
@@ -311,6 +312,7 @@ def _prepare(item: _Item, build: Builder, names: list[str], options: FitOptions,
         raise ValueError(f"--clean is not needed: {task.clean_from}")
     check_stop(task, names if options.clean is None else [n for n in names if n != "oracle"],
                task.clean, oracle_hint=BATCH_ORACLE_HINT)
+    check_regularizer(task, options)
     try:
         clean_path = _clean_path(row.name, cleans, options)
         if "oracle" in names and clean_path is None and task.clean is None:
@@ -576,7 +578,7 @@ def _finish_summary(command: str, items: list[_Item], outdir: Path, options: Fit
         "seed": options.seed,
         "fit_options": {key: getattr(options, key) for key in (
             "net", "norm", "channels", "iters", "lr", "stop", "device", "ensemble",
-            "precision")},
+            "precision", "regularizer", "regularizer_weight")},
         "items": [asdict(row) for row in rows],
     }
     summary = deepprior.jsonable(summary)

@@ -76,6 +76,19 @@ Net = Annotated[
 ]
 Norm = Annotated[NormName, typer.Option("--norm", help="Normalization after each layer.",
                                         rich_help_panel=FIT_PANEL)]
+RegularizerName = enum.Enum("RegularizerName", {name: name for name in ("auto", "tv", "none")},
+                            type=str)
+Regularizer = Annotated[
+    RegularizerName, typer.Option("--regularizer", help="A penalty added to the loss: tv "
+                                  "(total variation), none, or auto (the network's default "
+                                  "for the task: tv for dip when denoising).",
+                                  rich_help_panel=FIT_PANEL)
+]
+RegularizerWeight = Annotated[
+    float | None, typer.Option("--regularizer-weight", min=0.0, metavar="W", help="Its weight "
+                               "(default when denoising: proportional to the noise level).",
+                               rich_help_panel=FIT_PANEL)
+]
 PrecisionName = enum.Enum("PrecisionName", {name: name for name in deepprior.PRECISIONS},
                           type=str)
 Precision = Annotated[
@@ -186,6 +199,8 @@ class FitOptions:
     ensemble: int = 1
     threads: int | None = None
     precision: str = "fp32"
+    regularizer: str = "auto"
+    regularizer_weight: float | None = None
 
     @property
     def silent(self) -> bool:
@@ -199,10 +214,12 @@ _ANNOTATIONS: dict[str, Any] = {
     "seed": Seed, "device": Device, "output": Output, "overwrite": Overwrite, "quiet": Quiet,
     "json": JsonOut, "debug": Debug, "max_pixels": MaxPixels, "clean": Clean,
     "ensemble": Ensemble, "threads": Threads, "precision": Precision,
+    "regularizer": Regularizer, "regularizer_weight": RegularizerWeight,
 }
 #: Defaults typer needs as enum members.
 _CLI_DEFAULTS: dict[str, Any] = {"net": None, "norm": NormName("channel"),
-                                 "precision": PrecisionName("fp32")}
+                                 "precision": PrecisionName("fp32"),
+                                 "regularizer": RegularizerName("auto")}
 #: ``deepprior batch TASK``: -o is a folder (required), --clean a folder, --threads per fit;
 #: --overwrite is left out (batch has --force).
 _BATCH_ANNOTATIONS: dict[str, Any] = {

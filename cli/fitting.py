@@ -112,6 +112,7 @@ def run_task(task: Task, options: FitOptions) -> None:
     names = check_fit_options(options)
     clean = clean_image(task, options.clean, options)
     check_stop(task, names, clean)
+    check_regularizer(task, options)
     output = options.output or task.default_output
     outputs = Outputs(output, overwrite=options.overwrite,
                       inputs=(*task.inputs, options.clean),
@@ -198,6 +199,8 @@ def fit_kwargs(options: FitOptions) -> dict[str, Any]:
         "net_options": {"channels": options.channels} if options.channels else None,
         "ensemble": options.ensemble,
         "precision": options.precision,
+        "regularizer": None if options.regularizer == "none" else options.regularizer,
+        "regularizer_weight": options.regularizer_weight,
     }
 
 
@@ -317,6 +320,15 @@ def check_stop(task: Task, names: list[str], clean: np.ndarray | None, *,
     if "discrepancy" in names and task.sigma is None and task.operator is not None:
         raise ValueError(f"--stop discrepancy needs the noise level of the measurements: pass "
                          f"{task.sigma_option}, or choose another --stop")
+
+
+def check_regularizer(task: Task, options: FitOptions) -> None:
+    """``--regularizer tv`` without a weight has one only when denoising."""
+    if (options.regularizer == "tv" and options.regularizer_weight is None
+            and problem_of(task) != "denoise"):
+        raise ValueError(f"--regularizer tv needs --regularizer-weight W for "
+                         f"{problem_of(task).replace('_', ' ')}: the automatic weight, "
+                         "proportional to the noise level, is set for denoising only")
 
 
 def output_bits(path: Path, input_bits: int, *, colour: bool) -> tuple[int, str | None]:

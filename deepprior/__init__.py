@@ -34,7 +34,7 @@ from .io import (
     save_image,
     write_atomic,
 )
-from .metrics import mse, psnr, psnr_tensor, ssim
+from .metrics import mse, psnr, psnr_tensor, ssim, total_variation
 from .nets import NORMS, available_nets, build_net
 from .noise import add_gaussian_noise, estimate_sigma
 from .operators import (
@@ -65,6 +65,7 @@ except PackageNotFoundError:  # running from a source tree that is not installed
 __all__ = [
     "DEFAULT_NETS",
     "NORMS",
+    "PRECISIONS",
     "PROBLEMS",
     "BatchResult",
     "Blur",
@@ -73,7 +74,6 @@ __all__ = [
     "FastSensing",
     "FirstOf",
     "FitState",
-    "PRECISIONS",
     "FunctionOperator",
     "GaussianSensing",
     "Identity",
@@ -119,5 +119,6 @@ __all__ = [
     "ssim",
     "tensor_to_image",
     "text_mask",
+    "total_variation",
     "write_atomic",
 ]

@@ -22,6 +22,7 @@ from .checks import as_array, check_choice, check_float, check_int
 from .fit import PRECISIONS, FitState, fit, resolve_device
 from .metrics import psnr as _psnr
 from .metrics import ssim as _ssim
+from .metrics import total_variation
 from .noise import estimate_sigma
 from .operators import Identity, as_operator, check_operator
 from .stopping import Fixed, make_policy, members, parse_stop
@@ -58,6 +59,8 @@ class Defaults:
         Decay of the output average returned (None: the raw outputs).
     net_options : mapping
         Network options (e.g. ``{"channels": 128}``).
+    regularizer : str or None
+        The penalty ``regularizer="auto"`` adds (``"tv"``, with its automatic weight), or None.
     source : str
         Where the values come from (paper, or the benchmark that measured them).
     """
@@ -69,6 +72,7 @@ class Defaults:
     reg_noise_std: float = 0.0
     ema: float | None = None
     net_options: Mapping[str, Any] = field(default_factory=dict)
+    regularizer: str | None = None
     source: str = ""
 
     def auto_stop(self, sigma_known: bool) -> str:
@@ -343,6 +347,8 @@ def reconstruct(
     net_options: Mapping[str, Any] | None = None,
     ensemble: int = 1,
     precision: str = "fp32",
+    regularizer: str | Callable[[torch.Tensor], torch.Tensor] | None = "auto",
+    regularizer_weight: float | None = None,
 ) -> Reconstruction:
     """Reconstruct an image from one corrupted observation with an untrained network.
 
@@ -406,6 +412,17 @@ def reconstruct(
         ``"bf16"``: the network runs in bfloat16 mixed precision (``torch.autocast``; weights,
         loss and the image stay float32) — faster where the hardware has bfloat16 units, see
         :func:`deepprior.fit.fit`.
+    regularizer : "auto", "tv", callable or None
+        An explicit penalty on the network output added to the loss, ``λ · R(x)``: ``"tv"``,
+        the isotropic total variation per pixel (:func:`deepprior.total_variation`; DIP-TV,
+        Liu et al. 2019), or a function of the image ``(1, C, H, W)`` returning a
+        differentiable scalar (probed once before the fit). ``"auto"``: the problem kind's and
+        network's default (``Defaults.regularizer``, see the table); None: no penalty.
+    regularizer_weight : float, optional
+        λ. For ``"tv"`` when denoising it defaults to ``TV_WEIGHT_PER_SIGMA · σ`` with σ the
+        noise level (given, or estimated from the image): the weight follows the noise, no clean
+        image involved (benchmarks/RESULTS.md §5 measured the factor); other problems need it
+        given. A function's weight defaults to 1.
 
     Returns
     -------
@@ -495,6 +512,10 @@ def reconstruct(
         sigma = estimate_sigma(array)
     ensemble = check_int("ensemble", ensemble, minimum=1)
     precision = check_choice("precision", precision, PRECISIONS)
+    if isinstance(regularizer, str) and regularizer == "auto":
+        regularizer = defaults.regularizer
+    penalty, regularizer_weight = _penalty(regularizer, regularizer_weight, problem=problem,
+                                           sigma=sigma, array=array, image_shape=op.image_shape)
     if ensemble > 1 and not isinstance(spec, str):
         raise ValueError("an ensemble needs a stopping spec such as 'auto': a policy object "
                          "serves one fit")
@@ -520,7 +541,7 @@ def reconstruct(
             module, z, fit_y, fit_op, policy=policy, max_num_iter=max_num_iter,
             learning_rate=learning_rate, reg_noise_std=defaults.reg_noise_std, ema=defaults.ema,
             ground_truth=truth_k, device=torch_device, seed=seed + k, progress=progress,
-            callback=callback, precision=precision,
+            callback=callback, precision=precision, penalty=penalty,
         )
         fits.append((turn, result, _turn(result.output, turn, inverse=True)))
         if result.stop_reason.startswith("interrupted"):
@@ -553,6 +574,9 @@ def reconstruct(
         "final_learning_rate": result.final_learning_rate,
         "ensemble": ensemble,
         "precision": precision,
+        "regularizer": regularizer if regularizer is None or isinstance(regularizer, str)
+        else getattr(regularizer, "__name__", type(regularizer).__name__),
+        "regularizer_weight": regularizer_weight,
     }
     if ensemble > 1:
         config["members"] = _members(fits, truth)
@@ -563,6 +587,52 @@ def reconstruct(
         history=history, elapsed=sum(r.elapsed for _, r, _ in fits),
         device=str(torch_device), config=config, **scores,
     )
+
+
+#: The named penalties of ``reconstruct(regularizer=...)``.
+REGULARIZERS = {"tv": total_variation}
+#: ``regularizer="tv"`` when denoising: λ = this · σ (σ on the [0, 1] scale). Total variation's
+#: own best weight grows in proportion to σ (scikit-image's TV denoiser, oracle weight 0.72-0.81
+#: σ at σ = 15-50, benchmarks/results/denoise.json). For DIP + TV, 64², σ = 25, factors 0.25 /
+#: 0.5 / 1 against none: camera 28.40 / 28.83 / 28.64 vs 27.83 dB, astronaut 27.08 / 27.06 /
+#: 26.28 vs 27.02; σ = 50 camera 24.35 / 24.37 vs 23.90 (``benchmarks/defaults.py
+#: --calibration``, RESULTS.md §5).
+TV_WEIGHT_PER_SIGMA = 0.5
+
+
+def _penalty(regularizer: Any, weight: float | None, *, problem: str, sigma: float | None,
+             array: np.ndarray, image_shape: tuple[int, ...]):
+    """The fit's ``penalty(output)`` and its weight λ (None, None without a regularizer)."""
+    if regularizer is None:
+        if weight is not None:
+            raise ValueError("regularizer_weight needs a regularizer, e.g. regularizer='tv'")
+        return None, None
+    if isinstance(regularizer, str):
+        function = REGULARIZERS[check_choice("regularizer", regularizer,
+                                             ("auto", *REGULARIZERS))]
+        if weight is None:
+            if problem != "denoise":
+                raise ValueError(f"regularizer={regularizer!r} needs regularizer_weight=... for "
+                                 f"{problem}: its automatic weight is measured on denoising")
+            weight = TV_WEIGHT_PER_SIGMA * (estimate_sigma(array) if sigma is None else sigma)
+    elif callable(regularizer):
+        function, weight = regularizer, 1.0 if weight is None else weight
+        probe = torch.full((1, *image_shape), 0.5, requires_grad=True)
+        value = function(probe)
+        if not (isinstance(value, torch.Tensor) and value.ndim == 0 and value.requires_grad
+                and torch.isfinite(value)):
+            raise ValueError("a regularizer function must return a finite scalar tensor that "
+                             f"depends on the image; on a grey image of shape "
+                             f"{tuple(probe.shape)} it returned {value!r}")
+    else:
+        raise TypeError(f"regularizer must be 'auto', 'tv', a function or None, got "
+                        f"{regularizer!r}")
+    weight = check_float("regularizer_weight", weight, low=0.0)
+
+    def penalty(output: torch.Tensor) -> torch.Tensor:
+        return weight * function(output)
+
+    return penalty, weight
 
 
 #: The eight flips/rotations of an image: (quarter turns, mirror first).

@@ -195,6 +195,7 @@ def fit(
     snapshot_every: int = 50,
     sync_every: int | None = None,
     precision: str = "fp32",
+    penalty: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> FitResult:
     """Fit ``net(z)`` to the observation ``y`` through ``operator`` until ``policy`` stops.
 
@@ -254,6 +255,9 @@ def fit(
         has bfloat16 matrix units (recent Xeon CPUs with AMX, Ampere and later GPUs) and for
         networks dominated by 3×3 convolutions (the Deep Image Prior); benchmarks/RESULTS.md
         gives its speed and PSNR cost.
+    penalty : callable or None
+        A scalar function of the network output added to the loss (explicit regularisation,
+        e.g. ``λ · total_variation``); the stopping rules see the total loss.
 
     Returns
     -------
@@ -261,10 +265,11 @@ def fit(
 
     Notes
     -----
-    Minimises ``mean((A f_θ(z) − y)²)`` over θ with Adam. The loss (stacked with the PSNR when
-    a ground truth is tracked) is read from the device once per ``sync_every`` iterations;
-    rules that measure the output (discrepancy, hold-out, WMV, oracle) read one more scalar
-    each when they learn of an iteration. The kept iterates stay on the device.
+    Minimises ``mean((A f_θ(z) − y)²)`` (plus ``penalty(f_θ(z))``) over θ with Adam. The loss
+    (stacked with the PSNR when a ground truth is tracked) is read from the device once per
+    ``sync_every`` iterations; rules that measure the output (discrepancy, hold-out, WMV,
+    oracle) read one more scalar each when they learn of an iteration. The kept iterates stay
+    on the device.
     """
     if max_num_iter < 1:
         raise ValueError(f"max_num_iter must be >= 1, got {max_num_iter}")
@@ -311,6 +316,8 @@ def fit(
             with autocast:
                 out = net(net_input).float()
             loss = torch.mean((operator.A(out) - y) ** 2)
+            if penalty is not None:
+                loss = loss + penalty(out)
             loss.backward()
 
             out = out.detach()

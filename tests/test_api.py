@@ -357,3 +357,46 @@ def test_the_default_network_is_the_problem_kinds(make, expected):
     result = reconstruct(observation, operator, max_num_iter=1, stop="fixed:1",
                          net_options={"channels": 4})
     assert result.config["net"] == expected == deepprior.DEFAULT_NETS[result.config["problem"]]
+
+
+def test_a_tv_penalty_weighted_by_the_noise_level_smooths_the_output():
+    clean = sample_image("camera", size=32)
+    noisy = add_gaussian_noise(clean, 0.1, seed=0)
+    options = {"max_num_iter": 100, "stop": "fixed:100", "net_options": {"channels": 16}, **DD}
+    plain = reconstruct(noisy, **options)
+    auto = reconstruct(noisy, regularizer="tv", sigma=0.1, **options)
+    assert auto.config["regularizer"] == "tv"
+    assert auto.config["regularizer_weight"] == pytest.approx(
+        deepprior.api.TV_WEIGHT_PER_SIGMA * 0.1)
+    heavy = reconstruct(noisy, regularizer="tv", regularizer_weight=1.0, **options)
+    tv = {name: float(deepprior.total_variation(image_to_tensor(r.image)))
+          for name, r in (("plain", plain), ("heavy", heavy))}
+    assert tv["heavy"] < 0.8 * tv["plain"]  # measured: 0.019 against 0.028
+
+
+def test_a_users_regularizer_function_and_every_refusal():
+    clean = sample_image("camera", size=32)
+    noisy = add_gaussian_noise(clean, 0.1, seed=0)
+    options = {"max_num_iter": 3, "stop": "fixed:3", "net_options": {"channels": 4}, **DD}
+
+    def l1(image):
+        return image.abs().mean()
+
+    result = reconstruct(noisy, regularizer=l1, regularizer_weight=0.5, **options)
+    assert result.config["regularizer"] == "l1" and result.config["regularizer_weight"] == 0.5
+    with pytest.raises(ValueError, match="regularizer must be one of auto, tv"):
+        reconstruct(noisy, regularizer="l2", **options)
+    with pytest.raises(TypeError, match="regularizer must be 'auto', 'tv', a function or None"):
+        reconstruct(noisy, regularizer=3, **options)
+    with pytest.raises(ValueError, match="regularizer_weight needs a regularizer"):
+        reconstruct(noisy, regularizer_weight=0.1, **options)
+    with pytest.raises(ValueError, match="finite scalar tensor that depends on the image"):
+        reconstruct(noisy, regularizer=lambda image: torch.tensor(1.0), **options)
+    with pytest.raises(ValueError, match="regularizer_weight must satisfy 0 <="):
+        reconstruct(noisy, regularizer="tv", regularizer_weight=-1.0, **options)
+    op = GaussianSensing(300, (32, 32))
+    y = op.A(image_to_tensor(clean))[0]
+    with pytest.raises(ValueError, match="needs regularizer_weight=... for compressive_sensing"):
+        reconstruct(y, op, regularizer="tv", **options)
+    cs = reconstruct(y, op, regularizer="tv", regularizer_weight=1e-3, **options)
+    assert cs.config["regularizer_weight"] == 1e-3

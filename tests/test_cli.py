@@ -27,7 +27,7 @@ FAST = ["--iters", "15", "--stop", "fixed:15", "--channels", "8", "--quiet"]
 FITTING_COMMANDS = ("denoise", "cs", "inpaint", "superres", "deblur")
 SHARED = {"--net", "--norm", "--channels", "--iters", "--lr", "--stop", "--seed", "--device",
           "--output", "--overwrite", "--quiet", "--json", "--debug", "--max-pixels", "--clean",
-          "--ensemble", "--threads", "--precision"}
+          "--ensemble", "--threads", "--precision", "--regularizer", "--regularizer-weight"}
 
 
 
@@ -130,6 +130,23 @@ def test_precision_reaches_the_fit_and_the_report(clean_png, tmp_path):
     assert json.loads(out.with_suffix(".json").read_text())["config"]["precision"] == "bf16"
     result = runner.invoke(app, ["denoise", str(clean_png), "--precision", "fp16", *FAST])
     assert result.exit_code == 2 and "fp16" in result.output
+
+
+def test_regularizer_options_reach_the_fit_and_errors_are_one_line(clean_png, tmp_path):
+    out = tmp_path / "tv.png"
+    result = runner.invoke(app, ["denoise", str(clean_png), "--add-noise", "25", "--regularizer",
+                                 "tv", "--regularizer-weight", "0.05", "-o", str(out), *FAST])
+    assert result.exit_code == 0, result.output
+    config = json.loads(out.with_suffix(".json").read_text())["config"]
+    assert config["regularizer"] == "tv" and config["regularizer_weight"] == 0.05
+    result = runner.invoke(app, ["denoise", str(clean_png), "--add-noise", "25", "--regularizer",
+                                 "none", "-o", str(tmp_path / "none.png"), *FAST])
+    assert result.exit_code == 0, result.output
+    config = json.loads((tmp_path / "none.json").read_text())["config"]
+    assert config["regularizer"] is None and config["regularizer_weight"] is None
+    result = runner.invoke(app, ["deblur", str(clean_png), "--simulate", "--kernel",
+                                 "gaussian:1", "--regularizer", "tv", *FAST])
+    assert_one_line_error(result, "--regularizer tv needs --regularizer-weight W for deblurring")
 
 
 def test_threads_are_set_for_the_fit_and_restored(clean_png, tmp_path, monkeypatch):

@@ -399,3 +399,12 @@ def test_help_of_every_task(data):
         assert "some inputs failed" in " ".join(result.output.split())
     assert "deepprior batch denoise photos/ -o out/" in batch("--help").output
     assert batch("denoise", data / "photos").exit_code == 2  # -o OUTDIR is required
+
+
+def test_a_tv_penalty_without_its_weight_outside_denoising_fails_before_any_fit(data, tmp_path):
+    result = batch("deblur", data / "photos", "-o", tmp_path / "out", "--kernel", "gaussian:1",
+                   "--regularizer", "tv", *FAST)
+    assert result.exit_code == 1, result.output
+    lines = [line for line in result.stderr.splitlines() if not line.startswith("warning: ")]
+    assert len(lines) == 1 and "--regularizer tv needs --regularizer-weight W" in lines[0]
+    assert not (tmp_path / "out").exists()

@@ -228,3 +228,12 @@ def test_an_unknown_precision_is_refused_before_fitting():
     with pytest.raises(ValueError, match="precision must be one of fp32, bf16"):
         fit(PixelNet(op.image_shape), z, noisy, op, policy=Fixed(3), max_num_iter=3,
             precision="fp16", device="cpu")
+
+
+def test_a_penalty_is_added_to_the_loss():
+    _, noisy, op, z = _problem()
+    runs = [fit(PixelNet(op.image_shape), z, noisy, op, policy=Fixed(5), max_num_iter=5,
+                device="cpu", penalty=penalty)
+            for penalty in (None, lambda out: 0.0 * out.sum() + 1.0)]
+    np.testing.assert_allclose(runs[1].loss, runs[0].loss + 1.0, rtol=1e-6)  # a constant: the
+    # same gradients, so the same trajectory

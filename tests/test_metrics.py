@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from deepprior.metrics import mse, psnr, psnr_tensor, ssim
+from deepprior.metrics import mse, psnr, psnr_tensor, ssim, total_variation
 
 
 def test_psnr_known_value_and_identity():
@@ -34,3 +34,15 @@ def test_shape_mismatch_and_tiny_images():
         psnr(np.zeros((4, 4)), np.zeros((4, 5)))
     with pytest.raises(ValueError, match="at least 3x3"):
         ssim(np.zeros((2, 2)), np.zeros((2, 2)))
+
+
+def test_total_variation_counts_edges_and_stays_differentiable_on_flat_images():
+    flat = torch.full((1, 1, 8, 8), 0.3, requires_grad=True)
+    value = total_variation(flat)
+    assert float(value.detach()) == pytest.approx(1e-4)  # sqrt(ε) per pixel
+    value.backward()
+    assert torch.isfinite(flat.grad).all() and float(flat.grad.abs().max()) == 0.0
+    step = torch.zeros(1, 1, 8, 8)
+    step[..., 4:] = 1.0  # one vertical edge of height 1 along 8 rows: 8 of 64 pixels
+    assert float(total_variation(step)) == pytest.approx(8 / 64, abs=1e-3)
+    assert float(total_variation(step.transpose(-1, -2))) == pytest.approx(8 / 64, abs=1e-3)
