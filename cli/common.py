@@ -76,13 +76,12 @@ Net = Annotated[
 ]
 Norm = Annotated[NormName, typer.Option("--norm", help="Normalization after each layer.",
                                         rich_help_panel=FIT_PANEL)]
-RegularizerName = enum.Enum("RegularizerName", {name: name for name in ("auto", "tv", "none")},
+RegularizerName = enum.Enum("RegularizerName", {name: name for name in ("none", "tv")},
                             type=str)
 Regularizer = Annotated[
     RegularizerName, typer.Option("--regularizer", help="A penalty added to the loss: tv "
-                                  "(total variation), none, or auto (the network's default "
-                                  "for the task: tv for dip when denoising).",
-                                  rich_help_panel=FIT_PANEL)
+                                  "(total variation; helps piecewise-smooth images, see the "
+                                  "README) or none.", rich_help_panel=FIT_PANEL)
 ]
 RegularizerWeight = Annotated[
     float | None, typer.Option("--regularizer-weight", min=0.0, metavar="W", help="Its weight "
@@ -199,7 +198,7 @@ class FitOptions:
     ensemble: int = 1
     threads: int | None = None
     precision: str = "fp32"
-    regularizer: str = "auto"
+    regularizer: str = "none"
     regularizer_weight: float | None = None
 
     @property
@@ -219,7 +218,7 @@ _ANNOTATIONS: dict[str, Any] = {
 #: Defaults typer needs as enum members.
 _CLI_DEFAULTS: dict[str, Any] = {"net": None, "norm": NormName("channel"),
                                  "precision": PrecisionName("fp32"),
-                                 "regularizer": RegularizerName("auto")}
+                                 "regularizer": RegularizerName("none")}
 #: ``deepprior batch TASK``: -o is a folder (required), --clean a folder, --threads per fit;
 #: --overwrite is left out (batch has --force).
 _BATCH_ANNOTATIONS: dict[str, Any] = {

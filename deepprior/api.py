@@ -59,8 +59,6 @@ class Defaults:
         Decay of the output average returned (None: the raw outputs).
     net_options : mapping
         Network options (e.g. ``{"channels": 128}``).
-    regularizer : str or None
-        The penalty ``regularizer="auto"`` adds (``"tv"``, with its automatic weight), or None.
     source : str
         Where the values come from (paper, or the benchmark that measured them).
     """
@@ -72,7 +70,6 @@ class Defaults:
     reg_noise_std: float = 0.0
     ema: float | None = None
     net_options: Mapping[str, Any] = field(default_factory=dict)
-    regularizer: str | None = None
     source: str = ""
 
     def auto_stop(self, sigma_known: bool) -> str:
@@ -347,7 +344,7 @@ def reconstruct(
     net_options: Mapping[str, Any] | None = None,
     ensemble: int = 1,
     precision: str = "fp32",
-    regularizer: str | Callable[[torch.Tensor], torch.Tensor] | None = "auto",
+    regularizer: str | Callable[[torch.Tensor], torch.Tensor] | None = None,
     regularizer_weight: float | None = None,
 ) -> Reconstruction:
     """Reconstruct an image from one corrupted observation with an untrained network.
@@ -412,12 +409,13 @@ def reconstruct(
         ``"bf16"``: the network runs in bfloat16 mixed precision (``torch.autocast``; weights,
         loss and the image stay float32) — faster where the hardware has bfloat16 units, see
         :func:`deepprior.fit.fit`.
-    regularizer : "auto", "tv", callable or None
+    regularizer : "tv", callable or None
         An explicit penalty on the network output added to the loss, ``λ · R(x)``: ``"tv"``,
         the isotropic total variation per pixel (:func:`deepprior.total_variation`; DIP-TV,
         Liu et al. 2019), or a function of the image ``(1, C, H, W)`` returning a
-        differentiable scalar (probed once before the fit). ``"auto"``: the problem kind's and
-        network's default (``Defaults.regularizer``, see the table); None: no penalty.
+        differentiable scalar (probed once before the fit). None (default): no penalty. TV
+        helps piecewise-smooth images and costs a little on textured ones (DIP, 128², σ = 25:
+        camera +1.44 / +0.69 dB, astronaut −0.32 / −0.26 dB; benchmarks/RESULTS.md §5).
     regularizer_weight : float, optional
         λ. For ``"tv"`` when denoising it defaults to ``TV_WEIGHT_PER_SIGMA · σ`` with σ the
         noise level (given, or estimated from the image): the weight follows the noise, no clean
@@ -512,8 +510,6 @@ def reconstruct(
         sigma = estimate_sigma(array)
     ensemble = check_int("ensemble", ensemble, minimum=1)
     precision = check_choice("precision", precision, PRECISIONS)
-    if isinstance(regularizer, str) and regularizer == "auto":
-        regularizer = defaults.regularizer
     penalty, regularizer_weight = _penalty(regularizer, regularizer_weight, problem=problem,
                                            sigma=sigma, array=array, image_shape=op.image_shape)
     if ensemble > 1 and not isinstance(spec, str):
@@ -608,8 +604,7 @@ def _penalty(regularizer: Any, weight: float | None, *, problem: str, sigma: flo
             raise ValueError("regularizer_weight needs a regularizer, e.g. regularizer='tv'")
         return None, None
     if isinstance(regularizer, str):
-        function = REGULARIZERS[check_choice("regularizer", regularizer,
-                                             ("auto", *REGULARIZERS))]
+        function = REGULARIZERS[check_choice("regularizer", regularizer, tuple(REGULARIZERS))]
         if weight is None:
             if problem != "denoise":
                 raise ValueError(f"regularizer={regularizer!r} needs regularizer_weight=... for "
@@ -625,8 +620,7 @@ def _penalty(regularizer: Any, weight: float | None, *, problem: str, sigma: flo
                              f"depends on the image; on a grey image of shape "
                              f"{tuple(probe.shape)} it returned {value!r}")
     else:
-        raise TypeError(f"regularizer must be 'auto', 'tv', a function or None, got "
-                        f"{regularizer!r}")
+        raise TypeError(f"regularizer must be 'tv', a function or None, got {regularizer!r}")
     weight = check_float("regularizer_weight", weight, low=0.0)
 
     def penalty(output: torch.Tensor) -> torch.Tensor:
