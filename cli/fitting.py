@@ -126,11 +126,15 @@ def run_task(task: Task, options: FitOptions) -> None:
                      or deepprior.problem_defaults(problem_of(task), "dip").max_num_iter)
             pixels = task.image_shape[0] * task.image_shape[1]
             minutes = iters * DIP_CPU_SECONDS_PER_PIXEL * pixels / 60
+            if options.precision == "bf16":
+                minutes /= DIP_BF16_SPEEDUP
             if minutes >= 1:
+                faster = ("; --precision bf16 is about 1.5x faster on this CPU"
+                          if options.precision == "fp32" and cpu_has_bf16_units() else "")
                 note(f"the Deep Image Prior runs up to {iters:,} iterations, about "
                      f"{minutes:.0f} min on one CPU core at this size (fewer when it stops "
                      "early); --net deep_decoder is 9-24x faster and returns less "
-                     "(benchmarks/RESULTS.md §2, §5)", options)
+                     f"(benchmarks/RESULTS.md §2, §5){faster}", options)
 
     with torch_threads(options.threads):
         result = deepprior.reconstruct(
@@ -306,6 +310,19 @@ def clean_image(task: Task, path: Path | None, options: FitOptions) -> np.ndarra
 #: One Deep Image Prior iteration on one CPU core, per pixel: 0.52 s at 128², 2.26 s at 256²
 #: (benchmarks/RESULTS.md §3), 0.12-0.20 s at 64² (§2).
 DIP_CPU_SECONDS_PER_PIXEL = 3.3e-5
+
+#: DIP's speed-up from bfloat16 on a CPU with AMX (RESULTS.md §3: 1.5-1.9x per iteration).
+DIP_BF16_SPEEDUP = 1.5
+
+
+def cpu_has_bf16_units() -> bool:
+    """Whether this CPU multiplies bfloat16 in hardware (AMX or AVX-512 BF16; Linux only)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text(errors="replace")
+    except OSError:
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
 
 #: How the user can give the clean image, in the --stop oracle error.
 ORACLE_HINT = ("simulate the corruption from a clean IMAGE (denoise --add-noise, superres/deblur "

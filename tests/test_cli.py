@@ -149,6 +149,23 @@ def test_regularizer_options_reach_the_fit_and_errors_are_one_line(clean_png, tm
     assert_one_line_error(result, "--regularizer tv needs --regularizer-weight W for deblurring")
 
 
+@pytest.mark.parametrize(("precision", "bf16_units", "minutes", "hint"), [
+    ("fp32", True, 18, True), ("fp32", False, 18, False), ("bf16", True, 12, False)])
+def test_the_dip_cost_note_gives_minutes_and_the_bf16_hint(clean_png, monkeypatch, precision,
+                                                          bf16_units, minutes, hint):
+    import deepprior_cli.fitting as fitting
+
+    monkeypatch.setattr(fitting, "DIP_CPU_SECONDS_PER_PIXEL", 18 * 60 / (2 * 40 * 36))
+    monkeypatch.setattr(fitting, "cpu_has_bf16_units", lambda: bf16_units)
+    result = runner.invoke(app, ["denoise", str(clean_png), "--add-noise", "25", "--net", "dip",
+                                 "--iters", "2", "--stop", "fixed:2", "--channels", "4",
+                                 "--device", "cpu", "--precision", precision,
+                                 "-o", str(clean_png.with_name("d.png"))])
+    assert result.exit_code == 0, result.output
+    assert f"about {minutes} min on one CPU core" in result.stderr
+    assert ("--precision bf16 is about 1.5x faster" in result.stderr) == hint
+
+
 def test_threads_are_set_for_the_fit_and_restored(clean_png, tmp_path, monkeypatch):
     seen = []
     real = deepprior.reconstruct
