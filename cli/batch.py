@@ -7,7 +7,6 @@ command that apply to a whole batch, and builds every input with that command's 
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Callable
 from typing import Annotated, Any
 
@@ -18,10 +17,10 @@ from . import denoise as denoise_command
 from . import inpaint as inpaint_command
 from . import restore
 from .batching import MEASUREMENT_INPUTS, EngineOptions, run_batch
-from .common import FitOptions, batch_fit_options, error_funnel, option_group
+from .common import FitOptions, batch_fit_options, choices_enum, error_funnel, option_group
 
 ENGINE_PANEL = "Engine and outputs (every batch task)"
-ExtName = enum.Enum("ExtName", {ext: ext for ext in ("png", "tif", "jpg", "npy")}, type=str)
+ExtName = choices_enum("ExtName", ("png", "tif", "jpg", "npy"))
 
 Inputs = Annotated[
     list[str],

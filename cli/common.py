@@ -63,7 +63,12 @@ def _check_net(value: str | None) -> str | None:
     return value
 
 
-NormName = enum.Enum("NormName", {name: name for name in deepprior.NORMS}, type=str)
+def choices_enum(name: str, values) -> type[enum.Enum]:
+    """A string enum of the values, as typer shows choices."""
+    return enum.Enum(name, {value: value for value in values}, type=str)
+
+
+NormName = choices_enum("NormName", deepprior.NORMS)
 Net = Annotated[
     str | None,
     typer.Option("--net", callback=_check_net, metavar="NET",
@@ -76,8 +81,7 @@ Net = Annotated[
 ]
 Norm = Annotated[NormName, typer.Option("--norm", help="Normalization after each layer.",
                                         rich_help_panel=FIT_PANEL)]
-RegularizerName = enum.Enum("RegularizerName", {name: name for name in ("none", "tv")},
-                            type=str)
+RegularizerName = choices_enum("RegularizerName", ("none", "tv"))
 Regularizer = Annotated[
     RegularizerName, typer.Option("--regularizer", help="A penalty added to the loss: tv "
                                   "(total variation; helps piecewise-smooth images, see the "
@@ -88,8 +92,7 @@ RegularizerWeight = Annotated[
                                "(default when denoising: proportional to the noise level).",
                                rich_help_panel=FIT_PANEL)
 ]
-PrecisionName = enum.Enum("PrecisionName", {name: name for name in deepprior.PRECISIONS},
-                          type=str)
+PrecisionName = choices_enum("PrecisionName", deepprior.PRECISIONS)
 Precision = Annotated[
     PrecisionName, typer.Option("--precision", help="bf16: the network in bfloat16 mixed "
                                 "precision (faster on CPUs with AMX and recent GPUs, above all "

@@ -7,7 +7,6 @@ they run a demo on the bundled camera image (``--simulate`` implied).
 
 from __future__ import annotations
 
-import enum
 import math
 import re
 from pathlib import Path
@@ -21,6 +20,7 @@ import deepprior
 from .common import (
     FitOptions,
     check_size,
+    choices_enum,
     epilog,
     error_funnel,
     fit_options,
@@ -47,7 +47,7 @@ AddNoise = Annotated[
 ]
 UNITS = "Units: --noise-sigma and --add-noise are stds in 0-255 units."
 
-KernelName = enum.Enum("KernelName", {k: k for k in ("bicubic", "box", "gaussian")}, type=str)
+KernelName = choices_enum("KernelName", ("bicubic", "box", "gaussian"))
 BICUBIC = KernelName("bicubic")
 
 SUPERRES_EPILOG = epilog(
