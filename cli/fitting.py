@@ -311,7 +311,8 @@ def clean_image(task: Task, path: Path | None, options: FitOptions) -> np.ndarra
 #: (benchmarks/RESULTS.md §3), 0.12-0.20 s at 64² (§2).
 DIP_CPU_SECONDS_PER_PIXEL = 3.3e-5
 
-#: DIP's speed-up from bfloat16 on a CPU with AMX (RESULTS.md §3: 1.5-1.9x per iteration).
+#: DIP's speed-up from bfloat16 on a CPU with AMX (RESULTS.md §3: 1.54x / 1.59x per step at
+#: 64² / 128²; §5: 1.53x / 1.57x the time of the whole denoising fit).
 DIP_BF16_SPEEDUP = 1.5
 
 

@@ -19,7 +19,7 @@ from torch import nn
 
 from . import nets
 from .checks import as_array, check_choice, check_float, check_int
-from .fit import PRECISIONS, FitState, fit, resolve_device
+from .fit import FitState, fit, resolve_device
 from .metrics import psnr as _psnr
 from .metrics import ssim as _ssim
 from .metrics import total_variation
@@ -509,7 +509,6 @@ def reconstruct(
                              "of the measurement noise) or choose another stopping rule")
         sigma = estimate_sigma(array)
     ensemble = check_int("ensemble", ensemble, minimum=1)
-    precision = check_choice("precision", precision, PRECISIONS)
     penalty, regularizer_weight = _penalty(regularizer, regularizer_weight, problem=problem,
                                            sigma=sigma, array=array, image_shape=op.image_shape)
     if ensemble > 1 and not isinstance(spec, str):

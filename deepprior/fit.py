@@ -57,7 +57,8 @@ class FitState:
     optimizer: torch.optim.Optimizer
 
     def loss_fn(self, out: torch.Tensor) -> torch.Tensor:
-        """The fit's loss as a function of the network output, ``mean((A·out − y)²)``."""
+        """The fit's data term as a function of the network output, ``mean((A·out − y)²)``
+        (without a ``penalty``)."""
         return torch.mean((self.operator.A(out) - self.y) ** 2)
 
 
@@ -275,7 +276,14 @@ def fit(
         raise ValueError(f"max_num_iter must be >= 1, got {max_num_iter}")
     check_choice("precision", precision, PRECISIONS)
     device = resolve_device(device)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+    def forward(net_input: torch.Tensor) -> torch.Tensor:
+        """The network in the chosen precision; its output in float32 either way."""
+        if precision == "fp32":
+            return net(net_input)
+        with torch.autocast(device.type, dtype=torch.bfloat16):
+            return net(net_input).float()
+
     net = net.to(device).train()
     operator = operator.to(device)
     z = z.to(device)
@@ -313,8 +321,7 @@ def fit(
             if reg_noise_std > 0:
                 noise = torch.randn(z.shape, generator=generator, device=device, dtype=z.dtype)
                 net_input = z + reg_noise_std * noise
-            with autocast:
-                out = net(net_input).float()
+            out = forward(net_input)
             loss = torch.mean((operator.A(out) - y) ** 2)
             if penalty is not None:
                 loss = loss + penalty(out)
@@ -324,8 +331,8 @@ def fit(
             candidate = out if ema is None or average is None else average.lerp(out, 1 - ema)
             seen = candidate
             if wants_clean:
-                with torch.no_grad(), autocast:
-                    seen = net(z).float()
+                with torch.no_grad():
+                    seen = forward(z)
             scalars = [loss.detach()]
             if gt is not None:
                 scalars.append(psnr_tensor(gt, candidate))
@@ -397,8 +404,8 @@ def fit(
     if best_step in kept:
         output = kept[best_step]
     else:  # nothing accepted yet (interrupted or diverged at once): the current output
-        with torch.no_grad(), autocast:
-            output = net(z).float()
+        with torch.no_grad():
+            output = forward(z)
         best_step = 0
     return FitResult(
         output=output.detach().cpu(),
