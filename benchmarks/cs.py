@@ -49,6 +49,7 @@ from deepprior import (
     GaussianSensing,
     LinearOperator,
     psnr,
+    reconstruct,
     sample_image,
     simulate_measurements,
     ssim,
@@ -100,6 +101,13 @@ FULL_PRIOR_CASES: list[tuple[str, int, float, float | None, int]] = [
 ]
 #: Budgets that are not a network's standard row in the tables above (their key carries it).
 EXTRA_BUDGETS = {("dip", 6000)}
+#: Other σ-free stopping rules, each a fit of its own — a hold-out rule fits other data than the
+#: shadowed run — at the network's default budget: (net, size, ratio, SNR, stop), what
+#: ``reconstruct(y, A, stop=STOP)`` (``deepprior cs --stop STOP``) returns. Keyed with the stop.
+RULE_CASES: list[tuple[str, int, float, float | None, str]] = [
+    ("dip", 64, 0.25, snr, "holdout:fraction=0.1,patience=200") for snr in (20.0, 40.0, None)
+]
+QUICK_RULE_CASES = [("deep_decoder", 64, 0.25, 20.0, "holdout:fraction=0.1,patience=5")]
 
 QUICK_BASELINE_CASES = [(64, 410, None), (64, 1024, 20.0), (128, 1638, None)]
 QUICK_PRIOR_CASES = [("deep_decoder", 64, 0.25, None, 40), ("conv_decoder", 128, 0.1, None, 10)]
@@ -197,6 +205,22 @@ def run_study(args: argparse.Namespace, store: harness.Store) -> None:
                                  sigma=noise_std if snr is not None else None))
             store.add(row)
             _log(row)
+        for net, size, ratio, snr, stop in (QUICK_RULE_CASES if args.quick
+                                            else RULE_CASES)[shard::shards]:
+            m = round(ratio * size * size)
+            row = {**_case_row(size, m, snr, net), "stop": stop}
+            row["key"] = [size, m, snr, net, stop]
+            if store.key(row) in store.done and not args.recompute:
+                continue
+            clean, operator, y, _ = make_case(size, m, snr, args.seed)
+            quick = {"max_num_iter": 40, "net_options": QUICK_NET_OPTIONS} if args.quick else {}
+            result = reconstruct(y[0].numpy(), operator, net=net, stop=stop, seed=args.seed,
+                                 ground_truth=clean, **quick)
+            row.update(psnr=result.psnr, ssim=result.ssim, num_iter=result.num_iter,
+                       num_steps=result.num_steps, seconds=result.elapsed,
+                       stop_reason=result.stop_reason)
+            store.add(row)
+            _log(row)
 
 
 def _snr_text(snr: float | None) -> str:
@@ -290,6 +314,28 @@ def prior_table(rows: list[dict[str, Any]]) -> str:
     return harness.markdown_table(table, columns)
 
 
+def rule_table(rows: list[dict[str, Any]]) -> str:
+    """The RULE_CASES rows beside oracle-tuned TV and the default rule's iterate."""
+    index = {tuple(r["key"]): r for r in rows}
+    table = []
+    for r in (r for r in rows if "stop" in r):
+        tv = index.get((r["size"], r["m"], r["snr"], "tv_fista"))
+        auto = [d for d in rows if d["method"] == r["method"] and d["size"] == r["size"]
+                and d["m"] == r["m"] and d["snr"] == r["snr"] and "psnr_auto" in d]
+        default = max(auto, key=lambda d: d["max_num_iter"]) if auto else None
+        table.append({
+            "net": LABELS[r["method"]], "size": f"{r['size']}²", "m/n": f"{r['ratio']:.3g}",
+            "noise": _snr_text(r["snr"]), "stop": r["stop"], "PSNR": _fmt(r["psnr"]),
+            "returned it.": r["num_iter"], "steps": r["num_steps"],
+            "time": f"{r['seconds']:.0f} s", "TV (oracle λ)": _fmt(tv["psnr"]) if tv else "",
+            "default rule (budget)": (f"{default['psnr_auto']:.2f} ({default['max_num_iter']:,})"
+                                      if default else ""),
+        })
+    return harness.markdown_table(table, ["net", "size", "m/n", "noise", "stop", "PSNR",
+                                          "returned it.", "steps", "time", "TV (oracle λ)",
+                                          "default rule (budget)"])
+
+
 def baseline_detail(rows: list[dict[str, Any]]) -> str:
     """λ chosen and seconds of one solve for the oracle-tuned baselines."""
     columns = ["size", "m/n", "noise", "TV λ", "TV s", "wavelet λ", "wavelet s", "LS s"]
@@ -335,6 +381,9 @@ def report(payload: dict[str, Any]) -> str:
                       quality_table(rows, size, snr)]
     if any(r["m"] in REFERENCE_TV and r["size"] == 64 for r in rows):
         parts += ["\nReference check (camera 64², Gaussian, noiseless):\n", reference_table(rows)]
+    if any("stop" in r for r in rows):
+        parts += ["\nOther σ-free rules, each its own fit (`reconstruct(y, A, stop=...)`):\n",
+                  rule_table(rows)]
     parts += ["\ndeepprior rows:\n", prior_table(rows),
               "\nOracle-tuned baselines: chosen λ (\"edge\" = at the end of the grid) and seconds "
               "of one solve at that λ:\n", baseline_detail(rows)]

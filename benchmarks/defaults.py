@@ -37,11 +37,12 @@ FULL_CASES = [
 ]
 QUICK_CASES = [("camera", 64, 25, 0)]
 NETS = ("deep_decoder", "dip")
-#: Variants ``NET[:K][@PRECISION][+tv[=C]]`` run on the σ = 25 cases (both images, both
+#: Variants ``NET[:K][@PRECISION][+tv[=C]|+auto[=C]]`` run on the σ = 25 cases (both images, both
 #: seeds): ensembles (``reconstruct(ensemble=K)``: K members on seeds and flips, averaged;
 #: member 0 is the single fit, and each row lists its members), the quality-per-second of
 #: averaging; bfloat16 mixed precision (``reconstruct(precision="bf16")``), its PSNR cost; and
-#: a TV penalty (``regularizer="tv"``; ``=C``: weight C·σ̂ instead of the library's factor).
+#: a TV penalty (``regularizer="tv"``; ``=C``: weight C·σ̂ instead of the library's factor);
+#: ``+auto``: TV or none chosen on held-out pixels (``regularizer="auto"``).
 VARIANTS = ("deep_decoder:4", "dip:2", "dip@bf16")
 VARIANT_SIGMAS = (25,)
 #: ``--calibration``: 64² cases, every variant on every case — where a factor is chosen
@@ -75,23 +76,25 @@ def run_study(args: argparse.Namespace, store: harness.Store) -> None:
             else:
                 options = {"max_num_iter": 40, "net_options": {"channels": 16}} \
                     if args.quick else {}
-                name, _, tv = method.partition("+tv")
+                name, _, regularizer = method.partition("+")
+                regularizer, _, factor = regularizer.partition("=")
                 name, _, precision = name.partition("@")
                 net, _, members = name.partition(":")
-                if tv:  # "+tv=C": weight C·σ̂, what the library's factor C would give
-                    options["regularizer_weight"] = float(tv[1:]) * estimate_sigma(noisy)
+                if factor:  # "+tv=C": weight C·σ̂, what the library's factor C would give
+                    options["regularizer_weight"] = float(factor) * estimate_sigma(noisy)
                 start = time.perf_counter()
                 result = reconstruct(noisy, net=net, seed=seed, ground_truth=clean,
                                      ensemble=int(members or 1), precision=precision or "fp32",
-                                     regularizer="tv" if "+tv" in method else None, **options)
+                                     regularizer=regularizer or None, **options)
                 row.update(psnr=result.psnr, ssim=result.ssim,
                            seconds=time.perf_counter() - start, num_iter=result.num_iter,
                            num_steps=result.num_steps, stop_reason=result.stop_reason,
                            stop_rule=result.config["stop_resolved"],
                            num_parameters=result.config["num_parameters"],
                            regularizer_weight=result.config["regularizer_weight"])
-                if "members" in result.config:
-                    row["members"] = result.config["members"]
+                for key in ("members", "regularizer_choice"):
+                    if key in result.config:
+                        row[key] = result.config[key]
             store.add(row)
             print(f"{image} {size} σ={sigma255} seed {seed} {method}: {row['psnr']:.2f} dB, "
                   f"{row['seconds']:.0f} s", flush=True)
@@ -132,7 +135,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="smoke run")
     parser.add_argument("--nets", nargs="+", default=list(NETS), help="networks (DD and DIP)")
     parser.add_argument("--variants", nargs="*", default=list(VARIANTS),
-                        help="NET[:K][@PRECISION][+tv[=C]] variants on the σ = 25 cases")
+                        help="NET[:K][@PRECISION][+tv[=C]|+auto[=C]] variants on the σ = 25 "
+                        "cases")
     parser.add_argument("--calibration", action="store_true",
                         help="the 64² calibration cases, every variant on each")
     return parser.parse_args(argv)

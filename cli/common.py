@@ -81,11 +81,13 @@ Net = Annotated[
 ]
 Norm = Annotated[NormName, typer.Option("--norm", help="Normalization after each layer.",
                                         rich_help_panel=FIT_PANEL)]
-RegularizerName = choices_enum("RegularizerName", ("none", "tv"))
+RegularizerName = choices_enum("RegularizerName", ("none", "tv", "auto"))
 Regularizer = Annotated[
     RegularizerName, typer.Option("--regularizer", help="A penalty added to the loss: tv "
                                   "(total variation; helps piecewise-smooth images, see the "
-                                  "README) or none.", rich_help_panel=FIT_PANEL)
+                                  "README), auto (tv or none, whichever predicts 10% held-out "
+                                  "pixels/measurements better: two fits) or none.",
+                                  rich_help_panel=FIT_PANEL)
 ]
 RegularizerWeight = Annotated[
     float | None, typer.Option("--regularizer-weight", min=0.0, metavar="W", help="Its weight "

@@ -159,9 +159,13 @@ def run_task(task: Task, options: FitOptions) -> None:
         typer.echo(json.dumps(deepprior.jsonable(report), indent=2))
     elif not options.quiet:
         typer.echo((task.summary or default_summary)(result, report) + ensemble_note(result))
+        config = result.config if isinstance(result.config, dict) else {}
+        choice = config.get("regularizer_choice", [])
+        if choice:
+            typer.echo(choice_line(choice))
         typer.echo(f"stopped: {result.stop_reason}")
-        fits = len(result.config.get("members", ())) if isinstance(result.config, dict) else 0
-        steps = (f"{fits} fits ({result.num_steps} iterations in the first)" if fits
+        fits = len(config.get("members", [None])) + len(choice)
+        steps = (f"{fits} fits, {result.num_steps} iterations in all" if fits > 1
                  else f"{result.num_steps} iterations")
         typer.echo(f"time: {result.elapsed:.1f} s for {steps} on {result.device}")
         typer.echo(f"wrote {outputs.names()}")
@@ -244,6 +248,16 @@ def default_summary(result, report: dict[str, Any]) -> str:
     if result.psnr is None:
         return f"returned iteration {result.num_iter}"
     return f"PSNR {result.psnr:.2f} dB, SSIM {result.ssim:.3f}, iteration {result.num_iter}"
+
+
+def choice_line(choice: list[dict[str, Any]]) -> str:
+    """Which regularizer weight the held-out pixels/measurements chose, and the losses."""
+    def name(row):
+        return "none" if row["weight"] == 0 else f"λ = {row['weight']:.4g}"
+    chosen = next(row for row in choice if row["chosen"])
+    losses = ", ".join(f"{name(row)} {row['holdout_loss']:.4g}" for row in choice)
+    return (f"regularizer: {name(chosen)}, the lowest held-out loss ({losses}), then fitted to "
+            "all the data")
 
 
 def ensemble_note(result) -> str:
@@ -341,10 +355,10 @@ def check_stop(task: Task, names: list[str], clean: np.ndarray | None, *,
 
 
 def check_regularizer(task: Task, options: FitOptions) -> None:
-    """``--regularizer tv`` without a weight has one only when denoising."""
-    if (options.regularizer == "tv" and options.regularizer_weight is None
+    """``--regularizer tv|auto`` without a weight has one only when denoising."""
+    if (options.regularizer != "none" and options.regularizer_weight is None
             and problem_of(task) != "denoise"):
-        raise ValueError(f"--regularizer tv needs --regularizer-weight W for "
+        raise ValueError(f"--regularizer {options.regularizer} needs --regularizer-weight W for "
                          f"{problem_of(task).replace('_', ' ')}: the automatic weight, "
                          "proportional to the noise level, is set for denoising only")
 

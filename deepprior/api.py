@@ -25,7 +25,15 @@ from .metrics import ssim as _ssim
 from .metrics import total_variation
 from .noise import estimate_sigma
 from .operators import Identity, as_operator, check_operator
-from .stopping import Fixed, make_policy, members, parse_stop
+from .stopping import (
+    HOLDOUT_FRACTION,
+    Fixed,
+    make_policy,
+    members,
+    parse_stop,
+    residual,
+    split_measurements,
+)
 
 __all__ = [
     "DEFAULT_NETS",
@@ -409,18 +417,26 @@ def reconstruct(
         ``"bf16"``: the network runs in bfloat16 mixed precision (``torch.autocast``; weights,
         loss and the image stay float32) — faster where the hardware has bfloat16 units, see
         :func:`deepprior.fit.fit`.
-    regularizer : "tv", callable or None
+    regularizer : "tv", "auto", callable or None
         An explicit penalty on the network output added to the loss, ``λ · R(x)``: ``"tv"``,
         the isotropic total variation per pixel (:func:`deepprior.total_variation`; DIP-TV,
         Liu et al. 2019), or a function of the image ``(1, C, H, W)`` returning a
-        differentiable scalar (probed once before the fit). None (default): no penalty. TV
-        helps piecewise-smooth images and costs a little on textured ones (DIP, 128², σ = 25:
-        camera +1.44 / +0.69 dB, astronaut −0.32 / −0.26 dB; benchmarks/RESULTS.md §5).
-    regularizer_weight : float, optional
-        λ. For ``"tv"`` when denoising it defaults to ``TV_WEIGHT_PER_SIGMA · σ`` with σ the
-        noise level (given, or estimated from the image): the weight follows the noise, no clean
-        image involved (benchmarks/RESULTS.md §5 measured the factor); other problems need it
-        given. A function's weight defaults to 1.
+        differentiable scalar (probed once before the fit). ``"auto"``: TV or none, whichever
+        predicts held-out data better (below). None (default): no penalty. TV helps
+        piecewise-smooth images and costs a little on textured ones (DIP, 128², σ = 25: camera
+        +1.44 / +0.69 dB, astronaut −0.32 / −0.26 dB; benchmarks/RESULTS.md §5).
+    regularizer_weight : float or sequence of floats, optional
+        λ. For ``"tv"`` and ``"auto"`` when denoising it defaults to ``TV_WEIGHT_PER_SIGMA · σ``
+        with σ the noise level (given, or estimated from the image): the weight follows the
+        noise, no clean image involved (benchmarks/RESULTS.md §5 measured the factor); other
+        problems need it given. A function's weight defaults to 1. **Several weights** (a
+        sequence; ``"auto"`` adds 0, i.e. no penalty) are chosen between on held-out data, no
+        clean image needed: a seeded 10% of the measurements (pixels, when denoising) is set
+        aside, the network is fitted to the rest once per weight (same seed, same stopping
+        rule), and the weight whose returned image predicts the held-out share best is then
+        fitted to all the data — the fit returned, the same as passing that weight alone.
+        ``config["regularizer_choice"]`` lists each weight's held-out loss and stop. Costs one
+        fit per weight, plus the final fit(s).
 
     Returns
     -------
@@ -509,39 +525,60 @@ def reconstruct(
                              "of the measurement noise) or choose another stopping rule")
         sigma = estimate_sigma(array)
     ensemble = check_int("ensemble", ensemble, minimum=1)
-    penalty, regularizer_weight = _penalty(regularizer, regularizer_weight, problem=problem,
-                                           sigma=sigma, array=array, image_shape=op.image_shape)
-    if ensemble > 1 and not isinstance(spec, str):
-        raise ValueError("an ensemble needs a stopping spec such as 'auto': a policy object "
-                         "serves one fit")
+    candidates = _penalties(regularizer, regularizer_weight, problem=problem, sigma=sigma,
+                            array=array, image_shape=op.image_shape)
+    if not isinstance(spec, str) and (ensemble > 1 or len(candidates) > 1):
+        raise ValueError(f"{'an ensemble' if ensemble > 1 else 'choosing the regularizer weight'}"
+                         " needs a stopping spec such as 'auto': a policy object serves one fit")
     if ensemble > 1 and not isinstance(net, str):
         raise ValueError("an ensemble needs a network name (each member is built from its seed)")
     options = {**defaults.net_options, **(net_options or {})} if isinstance(net, str) \
         else net_options
-    flips = problem == "denoise" and isinstance(op, Identity) and ensemble > 1
-    fits = []
-    for k in range(ensemble):  # member k: seed + k and, when denoising, the k-th flip/rotation
-        turn = _DIHEDRAL[k % 8] if flips else _DIHEDRAL[0]
-        y_k, truth_k = _turn(y, turn), None if truth is None else _turn(truth, turn)
-        op_k = Identity(tuple(y_k.shape[1:])) if flips else op
-        policy, fit_op, fit_y = make_policy(spec, operator=op_k, y=y_k, sigma=sigma,
-                                            ground_truth=truth_k, seed=seed + k)
-        if k == 0:
-            fixed = [p.num_iter for p in members(policy) if isinstance(p, Fixed)]
-            if max_num_iter is None:  # "fixed:N" alone sets the budget
-                max_num_iter = max([defaults.max_num_iter, *fixed])
-            max_num_iter = check_int("max_num_iter", max_num_iter, minimum=1)
-        module, z, _ = _network(net, net_input, op_k.image_shape, norm, seed + k, options)
-        result = fit(
-            module, z, fit_y, fit_op, policy=policy, max_num_iter=max_num_iter,
+    policy = make_policy(spec, operator=op, y=y, sigma=sigma, ground_truth=truth, seed=seed)[0]
+    if max_num_iter is None:  # "fixed:N" alone sets the budget
+        max_num_iter = max([defaults.max_num_iter,
+                            *(p.num_iter for p in members(policy) if isinstance(p, Fixed))])
+    max_num_iter = check_int("max_num_iter", max_num_iter, minimum=1)
+
+    def fit_member(k: int, fit_op: Any, fit_y: torch.Tensor, truth_k: torch.Tensor | None,
+                   penalty: Callable[[torch.Tensor], torch.Tensor] | None):
+        """Fit member ``k`` (its seed) to ``fit_y = fit_op(x)``: the module and the FitResult."""
+        module, z, _ = _network(net, net_input, fit_op.image_shape, norm, seed + k, options)
+        member_policy, fit_op, fit_y = make_policy(spec, operator=fit_op, y=fit_y, sigma=sigma,
+                                                   ground_truth=truth_k, seed=seed + k)
+        return module, fit(
+            module, z, fit_y, fit_op, policy=member_policy, max_num_iter=max_num_iter,
             learning_rate=learning_rate, reg_noise_std=defaults.reg_noise_std, ema=defaults.ema,
             ground_truth=truth_k, device=torch_device, seed=seed + k, progress=progress,
             callback=callback, precision=precision, penalty=penalty,
         )
+
+    choice, trials, fits = [], [], []
+    penalty, regularizer_weight = candidates[0]
+    if len(candidates) > 1:  # each weight fitted without the held-out share, the best refitted
+        kept_op, kept_y, held_op, held_y = split_measurements(op, y, HOLDOUT_FRACTION, seed)
+        for candidate, weight in candidates:
+            module, trial = fit_member(0, kept_op, kept_y, truth, candidate)
+            loss = residual(held_op, held_y, trial.output.to(torch_device)) / held_y.numel()
+            trials.append(trial)
+            choice.append(_choice_row(weight, loss, trial, truth))
+            if trial.stop_reason.startswith("interrupted"):  # return what the user stopped
+                fits.append((_DIHEDRAL[0], trial, trial.output))
+                break
+        best = min(range(len(choice)), key=lambda i: choice[i]["holdout_loss"])
+        choice[best]["chosen"] = True
+        penalty, regularizer_weight = candidates[best]
+    flips = problem == "denoise" and isinstance(op, Identity) and ensemble > 1
+    for k in range(0 if fits else ensemble):  # member k: seed + k and, when denoising, the
+        turn = _DIHEDRAL[k % 8] if flips else _DIHEDRAL[0]  # k-th flip/rotation
+        y_k, truth_k = _turn(y, turn), None if truth is None else _turn(truth, turn)
+        op_k = Identity(tuple(y_k.shape[1:])) if flips else op
+        module, result = fit_member(k, op_k, y_k, truth_k, penalty)
         fits.append((turn, result, _turn(result.output, turn, inverse=True)))
         if result.stop_reason.startswith("interrupted"):
             break
     result = fits[0][1]
+    runs = [*trials, *(r for _, r, _ in fits if all(r is not t for t in trials))]  # time paid
     image = tensor_to_image(torch.stack([out for _, _, out in fits]).mean(0).clamp(0, 1))
     history = {"loss": result.loss}
     scores: dict[str, float | None] = {"psnr": None, "ssim": None}
@@ -573,13 +610,16 @@ def reconstruct(
         else getattr(regularizer, "__name__", type(regularizer).__name__),
         "regularizer_weight": regularizer_weight,
     }
+    if choice:
+        config["regularizer_choice"] = choice
     if ensemble > 1:
         config["members"] = _members(fits, truth)
     return Reconstruction(
-        image=image, num_iter=result.best_step, num_steps=sum(r.num_steps for _, r, _ in fits),
+        image=image, num_iter=result.best_step,
+        num_steps=sum(r.num_steps for r in runs),
         stop_reason=result.stop_reason if ensemble == 1 else
         f"average of {len(fits)} fits; the first: {result.stop_reason}",
-        history=history, elapsed=sum(r.elapsed for _, r, _ in fits),
+        history=history, elapsed=sum(r.elapsed for r in runs),
         device=str(torch_device), config=config, **scores,
     )
 
@@ -595,22 +635,28 @@ REGULARIZERS = {"tv": total_variation}
 TV_WEIGHT_PER_SIGMA = 0.5
 
 
-def _penalty(regularizer: Any, weight: float | None, *, problem: str, sigma: float | None,
-             array: np.ndarray, image_shape: tuple[int, ...]):
-    """The fit's ``penalty(output)`` and its weight λ (None, None without a regularizer)."""
+def _penalties(regularizer: Any, weight: Any, *, problem: str, sigma: float | None,
+               array: np.ndarray, image_shape: tuple[int, ...]) -> list[tuple[Any, Any]]:
+    """The candidate ``(penalty(output) or None, λ)`` pairs: one, or several to choose from.
+
+    ``regularizer="auto"``: TV or nothing, i.e. the weights 0 and ``regularizer_weight`` (one
+    or several; when denoising by default ``TV_WEIGHT_PER_SIGMA · σ``). A sequence of weights
+    with ``"tv"`` or a function: each weight is a candidate. Weight 0 fits without a penalty.
+    """
     if regularizer is None:
         if weight is not None:
             raise ValueError("regularizer_weight needs a regularizer, e.g. regularizer='tv'")
-        return None, None
+        return [(None, None)]
     if isinstance(regularizer, str):
-        function = REGULARIZERS[check_choice("regularizer", regularizer, tuple(REGULARIZERS))]
+        name = check_choice("regularizer", regularizer, ("auto", *REGULARIZERS))
+        function = REGULARIZERS["tv" if name == "auto" else name]
         if weight is None:
             if problem != "denoise":
                 raise ValueError(f"regularizer={regularizer!r} needs regularizer_weight=... for "
                                  f"{problem}: its automatic weight is measured on denoising")
             weight = TV_WEIGHT_PER_SIGMA * (estimate_sigma(array) if sigma is None else sigma)
     elif callable(regularizer):
-        function, weight = regularizer, 1.0 if weight is None else weight
+        name, function, weight = None, regularizer, 1.0 if weight is None else weight
         probe = torch.full((1, *image_shape), 0.5, requires_grad=True)
         value = function(probe)
         if not (isinstance(value, torch.Tensor) and value.ndim == 0 and value.requires_grad
@@ -619,13 +665,29 @@ def _penalty(regularizer: Any, weight: float | None, *, problem: str, sigma: flo
                              f"depends on the image; on a grey image of shape "
                              f"{tuple(probe.shape)} it returned {value!r}")
     else:
-        raise TypeError(f"regularizer must be 'tv', a function or None, got {regularizer!r}")
-    weight = check_float("regularizer_weight", weight, low=0.0)
+        raise TypeError(f"regularizer must be 'tv', 'auto', a function or None, got "
+                        f"{regularizer!r}")
+    several = isinstance(weight, (list, tuple, np.ndarray))
+    weights = [check_float("regularizer_weight", w, low=0.0)
+               for w in ((0.0,) if name == "auto" else ()) + tuple(weight if several else [weight])]
+    if not weights or len(set(weights)) < len(weights):
+        raise ValueError(f"regularizer_weight: give distinct weights to choose from, got "
+                         f"{weight!r}{' (auto adds 0)' if name == 'auto' else ''}")
 
-    def penalty(output: torch.Tensor) -> torch.Tensor:
-        return weight * function(output)
+    def penalty(w: float) -> Callable[[torch.Tensor], torch.Tensor] | None:
+        return None if w == 0 else lambda output: w * function(output)
 
-    return penalty, weight
+    return [(penalty(w), w) for w in weights]
+
+
+def _choice_row(weight: float, loss: float, result: Any, truth: torch.Tensor | None):
+    """One candidate weight of a held-out choice: its held-out loss, stop and (truth) PSNR."""
+    row = {"weight": weight, "holdout_loss": loss, "chosen": False, "num_iter": result.best_step,
+           "num_steps": result.num_steps, "stop_reason": result.stop_reason,
+           "elapsed": result.elapsed}
+    if truth is not None:
+        row["psnr"] = _psnr(tensor_to_image(truth), tensor_to_image(result.output.clamp(0, 1)))
+    return row
 
 
 #: The eight flips/rotations of an image: (quarter turns, mirror first).

@@ -355,7 +355,7 @@ class EMV(_VarianceRule):
         return self._track(step, variance, "exponential moving variance")
 
 
-def _residual(operator: Any, y: Tensor, output: Tensor) -> float:
+def residual(operator: Any, y: Tensor, output: Tensor) -> float:
     """‖operator.A(output) − y‖², accumulated in float64 (float32 on MPS)."""
     acc = _acc(output.device)
     difference = (operator.A(output).to(acc) - y.to(output.device, acc)).reshape(-1)
@@ -390,11 +390,11 @@ class Discrepancy(Rule):
         self.smoothed_residual: float | None = None
 
     def _update(self, step: int, loss: float, output: Tensor) -> bool:
-        residual = _residual(self.operator, self.y, output)
+        value = residual(self.operator, self.y, output)
         previous = self.smoothed_residual
         s = self.smoothing
-        self.smoothed_residual = residual if previous is None else s * previous + (1 - s) * residual
-        self._min.update(step, residual)
+        self.smoothed_residual = value if previous is None else s * previous + (1 - s) * value
+        self._min.update(step, value)
         if self.smoothed_residual <= self.level:
             self.best_step = step
             self.reason = (f"residual ‖y − A f‖² = {self.smoothed_residual:.4g} (smoothed) "
@@ -435,7 +435,7 @@ class Holdout(Rule):
         self.last_loss: float | None = None
 
     def _update(self, step: int, loss: float, output: Tensor) -> bool:
-        self.last_loss = _residual(self.operator, self.y, output) / self.y.numel()
+        self.last_loss = residual(self.operator, self.y, output) / self.y.numel()
         self._min.update(step, self.last_loss)
         self.best_step = self._min.step
         if self._min.exhausted(step):
@@ -682,7 +682,8 @@ def make_policy(
     if holdouts:
         fraction = check_float("fraction", holdouts[0].get("fraction", HOLDOUT_FRACTION),
                                low=0, high=1, low_open=True, high_open=True)
-        fit_op, fit_y, held["operator"], held["y"] = _split(operator, y, fraction, seed)
+        fit_op, fit_y, held["operator"], held["y"] = split_measurements(operator, y, fraction,
+                                                                        seed)
         context.update(operator=fit_op, y=fit_y)
     policies = []
     for name, params in rules:
@@ -704,7 +705,7 @@ def make_policy(
     return policy, context["operator"], context["y"]
 
 
-def _split(operator: Any, y: Tensor, fraction: float, seed: int):
+def split_measurements(operator: Any, y: Tensor, fraction: float, seed: int):
     """Hold out a random ``fraction`` of the measurements (seeded by ``seed + 1``)."""
     if operator is None or y is None:
         raise ValueError(f"stopping rule 'holdout' needs {CONTEXT['operator']} and {CONTEXT['y']}")

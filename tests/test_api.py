@@ -384,9 +384,9 @@ def test_a_users_regularizer_function_and_every_refusal():
 
     result = reconstruct(noisy, regularizer=l1, regularizer_weight=0.5, **options)
     assert result.config["regularizer"] == "l1" and result.config["regularizer_weight"] == 0.5
-    with pytest.raises(ValueError, match="regularizer must be one of tv"):
+    with pytest.raises(ValueError, match="regularizer must be one of auto, tv"):
         reconstruct(noisy, regularizer="l2", **options)
-    with pytest.raises(TypeError, match="regularizer must be 'tv', a function or None"):
+    with pytest.raises(TypeError, match="regularizer must be 'tv', 'auto', a function or None"):
         reconstruct(noisy, regularizer=3, **options)
     with pytest.raises(ValueError, match="regularizer_weight needs a regularizer"):
         reconstruct(noisy, regularizer_weight=0.1, **options)
@@ -400,3 +400,37 @@ def test_a_users_regularizer_function_and_every_refusal():
         reconstruct(y, op, regularizer="tv", **options)
     cs = reconstruct(y, op, regularizer="tv", regularizer_weight=1e-3, **options)
     assert cs.config["regularizer_weight"] == 1e-3
+    with pytest.raises(ValueError, match="needs regularizer_weight=... for compressive_sensing"):
+        reconstruct(y, op, regularizer="auto", **options)
+    with pytest.raises(ValueError, match="give distinct weights"):
+        reconstruct(noisy, regularizer="auto", regularizer_weight=[0.0, 0.1], **options)
+    with pytest.raises(ValueError, match="give distinct weights"):
+        reconstruct(noisy, regularizer="tv", regularizer_weight=[], **options)
+    with pytest.raises(ValueError, match="choosing the regularizer weight needs a stopping spec"):
+        reconstruct(noisy, regularizer="auto", stop=deepprior.stopping.Fixed(3),
+                    **{k: v for k, v in options.items() if k != "stop"})
+
+
+def test_auto_regularizer_refits_the_weight_that_predicts_held_out_pixels_best():
+    clean = sample_image("camera", size=32)
+    noisy = add_gaussian_noise(clean, 0.1, seed=0)
+    options = {"max_num_iter": 60, "stop": "fixed:60", "net_options": {"channels": 16}, **DD}
+    # TV at λ = 1 flattens the image: it cannot predict the held-out pixels, no penalty can
+    result = reconstruct(noisy, regularizer="auto", regularizer_weight=1.0, ground_truth=clean,
+                         **options)
+    choice = result.config["regularizer_choice"]
+    assert [row["weight"] for row in choice] == [0.0, 1.0]
+    assert [row["chosen"] for row in choice] == [True, False]
+    assert choice[0]["holdout_loss"] < choice[1]["holdout_loss"]
+    assert choice[0]["psnr"] > choice[1]["psnr"]
+    assert result.config["regularizer_weight"] == 0.0 and result.num_steps == 3 * 60
+    # the chosen weight is then fitted to all the pixels: the fit without a regularizer
+    plain = reconstruct(noisy, ground_truth=clean, **options)
+    assert np.array_equal(result.image, plain.image) and result.psnr == plain.psnr
+    # a denoising default: the candidates are none and TV at TV_WEIGHT_PER_SIGMA · σ
+    default = reconstruct(noisy, regularizer="auto", sigma=0.1, ensemble=2, **options)
+    weights = [row["weight"] for row in default.config["regularizer_choice"]]
+    assert weights == pytest.approx([0.0, deepprior.api.TV_WEIGHT_PER_SIGMA * 0.1])
+    members = default.config["members"]
+    assert len(members) == 2 and default.num_steps == 4 * 60  # two candidates, two members
+    assert default.config["regularizer_weight"] in weights

@@ -156,6 +156,9 @@ def test_cs_quick(tmp_path):
     methods = {r["method"] for r in payload["rows"]}
     assert {"least_squares", "tv_fista", "wavelet_fista", "deep_decoder"} <= methods
     assert "TV (oracle λ)" in done.stdout
+    rule = next(r for r in payload["rows"] if "stop" in r)  # a hold-out rule: its own fit
+    assert rule["key"][-1] == rule["stop"] and 0 < rule["num_iter"] <= rule["num_steps"] <= 40
+    assert "Other σ-free rules" in done.stdout and rule["stop"] in done.stdout
 
 
 def test_speed_quick(tmp_path):

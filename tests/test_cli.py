@@ -147,6 +147,22 @@ def test_regularizer_options_reach_the_fit_and_errors_are_one_line(clean_png, tm
     result = runner.invoke(app, ["deblur", str(clean_png), "--simulate", "--kernel",
                                  "gaussian:1", "--regularizer", "tv", *FAST])
     assert_one_line_error(result, "--regularizer tv needs --regularizer-weight W for deblurring")
+    result = runner.invoke(app, ["deblur", str(clean_png), "--simulate", "--kernel",
+                                 "gaussian:1", "--regularizer", "auto", *FAST])
+    assert_one_line_error(result, "--regularizer auto needs --regularizer-weight W for deblurring")
+
+
+def test_auto_regularizer_reports_its_choice(clean_png, tmp_path):
+    out = tmp_path / "auto.png"
+    result = runner.invoke(app, ["denoise", str(clean_png), "--add-noise", "25", "--regularizer",
+                                 "auto", "-o", str(out), *FAST[:-1]])  # not --quiet
+    assert result.exit_code == 0, result.output
+    config = json.loads(out.with_suffix(".json").read_text())["config"]
+    choice = config["regularizer_choice"]
+    assert config["regularizer"] == "auto" and [row["weight"] for row in choice][0] == 0.0
+    assert sum(row["chosen"] for row in choice) == 1
+    assert "regularizer: " in result.output and "the lowest held-out loss (none " in result.output
+    assert "3 fits, 45 iterations in all" in result.output  # two candidates, the refit
 
 
 @pytest.mark.parametrize(("precision", "bf16_units", "minutes", "hint"), [
