@@ -164,7 +164,7 @@ def run_task(task: Task, options: FitOptions) -> None:
         if choice:
             typer.echo(choice_line(choice))
         typer.echo(f"stopped: {result.stop_reason}")
-        fits = len(config.get("members", [None])) + len(choice)
+        fits = len(config.get("members", [None])) + max(len(choice) - 1, 0)  # member 0: a trial
         steps = (f"{fits} fits, {result.num_steps} iterations in all" if fits > 1
                  else f"{result.num_steps} iterations")
         typer.echo(f"time: {result.elapsed:.1f} s for {steps} on {result.device}")
@@ -256,8 +256,8 @@ def choice_line(choice: list[dict[str, Any]]) -> str:
         return "none" if row["weight"] == 0 else f"λ = {row['weight']:.4g}"
     chosen = next(row for row in choice if row["chosen"])
     losses = ", ".join(f"{name(row)} {row['holdout_loss']:.4g}" for row in choice)
-    return (f"regularizer: {name(chosen)}, the lowest held-out loss ({losses}), then fitted to "
-            "all the data")
+    return (f"regularizer: {name(chosen)}, the lowest held-out loss ({losses}); its fit "
+            "averaged with a fit to all the data")
 
 
 def ensemble_note(result) -> str:

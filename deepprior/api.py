@@ -412,7 +412,8 @@ def reconstruct(
         the image (mapped back). Each member runs the stopping rule on its own;
         ``config["members"]`` lists their stops (and PSNR with ``ground_truth``); ``history``
         and ``num_iter`` are the first member's, ``num_steps`` and ``elapsed`` the sums. Costs
-        ``ensemble`` fits.
+        ``ensemble`` fits. With several regularizer weights to choose from, the chosen weight's
+        held-out fit (already paid for) is averaged in as one more member, member 0.
     precision : {"fp32", "bf16"}
         ``"bf16"``: the network runs in bfloat16 mixed precision (``torch.autocast``; weights,
         loss and the image stay float32) — faster where the hardware has bfloat16 units, see
@@ -433,10 +434,11 @@ def reconstruct(
         sequence; ``"auto"`` adds 0, i.e. no penalty) are chosen between on held-out data, no
         clean image needed: a seeded 10% of the measurements (pixels, when denoising) is set
         aside, the network is fitted to the rest once per weight (same seed, same stopping
-        rule), and the weight whose returned image predicts the held-out share best is then
-        fitted to all the data — the fit returned, the same as passing that weight alone.
-        ``config["regularizer_choice"]`` lists each weight's held-out loss and stop. Costs one
-        fit per weight, plus the final fit(s).
+        rule), and the weight whose returned image predicts the held-out share best wins. Its
+        fit becomes ensemble member 0, and ``ensemble`` more members fit all the data with that
+        weight (member k: seed + k and, when denoising, the k-th flip/rotation); the image is
+        their average. ``config["regularizer_choice"]`` lists each weight's held-out loss and
+        stop, ``config["members"]`` the members. Costs one fit per weight plus ``ensemble``.
 
     Returns
     -------
@@ -555,7 +557,7 @@ def reconstruct(
 
     choice, trials, fits = [], [], []
     penalty, regularizer_weight = candidates[0]
-    if len(candidates) > 1:  # each weight fitted without the held-out share, the best refitted
+    if len(candidates) > 1:  # each weight fitted without the held-out share: member 0
         kept_op, kept_y, held_op, held_y = split_measurements(op, y, HOLDOUT_FRACTION, seed)
         for candidate, weight in candidates:
             module, trial = fit_member(0, kept_op, kept_y, truth, candidate)
@@ -563,13 +565,15 @@ def reconstruct(
             trials.append(trial)
             choice.append(_choice_row(weight, loss, trial, truth))
             if trial.stop_reason.startswith("interrupted"):  # return what the user stopped
-                fits.append((_DIHEDRAL[0], trial, trial.output))
                 break
         best = min(range(len(choice)), key=lambda i: choice[i]["holdout_loss"])
         choice[best]["chosen"] = True
         penalty, regularizer_weight = candidates[best]
-    flips = problem == "denoise" and isinstance(op, Identity) and ensemble > 1
-    for k in range(0 if fits else ensemble):  # member k: seed + k and, when denoising, the
+        fits.append((_DIHEDRAL[0], trials[best], trials[best].output))
+    ks = range(1, ensemble + 1) if fits else range(ensemble)
+    flips = problem == "denoise" and isinstance(op, Identity) and len(ks) + len(fits) > 1
+    interrupted = trials and trials[-1].stop_reason.startswith("interrupted")
+    for k in [] if interrupted else ks:  # member k: seed + k and, when denoising, the
         turn = _DIHEDRAL[k % 8] if flips else _DIHEDRAL[0]  # k-th flip/rotation
         y_k, truth_k = _turn(y, turn), None if truth is None else _turn(truth, turn)
         op_k = Identity(tuple(y_k.shape[1:])) if flips else op
@@ -612,12 +616,12 @@ def reconstruct(
     }
     if choice:
         config["regularizer_choice"] = choice
-    if ensemble > 1:
+    if len(fits) > 1:
         config["members"] = _members(fits, truth)
     return Reconstruction(
         image=image, num_iter=result.best_step,
         num_steps=sum(r.num_steps for r in runs),
-        stop_reason=result.stop_reason if ensemble == 1 else
+        stop_reason=result.stop_reason if len(fits) == 1 else
         f"average of {len(fits)} fits; the first: {result.stop_reason}",
         history=history, elapsed=sum(r.elapsed for r in runs),
         device=str(torch_device), config=config, **scores,

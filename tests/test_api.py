@@ -411,7 +411,7 @@ def test_a_users_regularizer_function_and_every_refusal():
                     **{k: v for k, v in options.items() if k != "stop"})
 
 
-def test_auto_regularizer_refits_the_weight_that_predicts_held_out_pixels_best():
+def test_auto_regularizer_averages_the_held_out_winner_with_a_fit_to_all_pixels():
     clean = sample_image("camera", size=32)
     noisy = add_gaussian_noise(clean, 0.1, seed=0)
     options = {"max_num_iter": 60, "stop": "fixed:60", "net_options": {"channels": 16}, **DD}
@@ -424,13 +424,17 @@ def test_auto_regularizer_refits_the_weight_that_predicts_held_out_pixels_best()
     assert choice[0]["holdout_loss"] < choice[1]["holdout_loss"]
     assert choice[0]["psnr"] > choice[1]["psnr"]
     assert result.config["regularizer_weight"] == 0.0 and result.num_steps == 3 * 60
-    # the chosen weight is then fitted to all the pixels: the fit without a regularizer
-    plain = reconstruct(noisy, ground_truth=clean, **options)
-    assert np.array_equal(result.image, plain.image) and result.psnr == plain.psnr
+    # the chosen weight's held-out fit is member 0; member 1 fits all the pixels with that
+    # weight, exactly as member 1 of an ensemble without a regularizer
+    members = result.config["members"]
+    assert len(members) == 2 and members[0]["psnr"] == choice[0]["psnr"]
+    plain = reconstruct(noisy, ground_truth=clean, ensemble=2, **options)
+    assert members[1] == {**plain.config["members"][1], "elapsed": members[1]["elapsed"]}
+    assert members[1]["psnr"] > choice[0]["psnr"]  # all the pixels: a better fit
     # a denoising default: the candidates are none and TV at TV_WEIGHT_PER_SIGMA · σ
     default = reconstruct(noisy, regularizer="auto", sigma=0.1, ensemble=2, **options)
     weights = [row["weight"] for row in default.config["regularizer_choice"]]
     assert weights == pytest.approx([0.0, deepprior.api.TV_WEIGHT_PER_SIGMA * 0.1])
     members = default.config["members"]
-    assert len(members) == 2 and default.num_steps == 4 * 60  # two candidates, two members
+    assert len(members) == 3 and default.num_steps == 4 * 60  # two candidates, two more
     assert default.config["regularizer_weight"] in weights

@@ -112,7 +112,7 @@ def test_ensemble_averages_k_fits_and_the_report_lists_them(clean_png, tmp_path)
     assert result.exit_code == 0, result.output
     summary = next(line for line in result.stdout.splitlines() if line.startswith("PSNR"))
     assert summary.endswith("iteration 5, average of 3 fits")
-    assert "time: " in result.stdout and " for 3 fits " in result.stdout
+    assert "time: " in result.stdout and " for 3 fits, 15 iterations in all " in result.stdout
     report = json.loads(out.with_suffix(".json").read_text())
     assert report["config"]["ensemble"] == 3
     members = report["config"]["members"]
@@ -162,7 +162,8 @@ def test_auto_regularizer_reports_its_choice(clean_png, tmp_path):
     assert config["regularizer"] == "auto" and [row["weight"] for row in choice][0] == 0.0
     assert sum(row["chosen"] for row in choice) == 1
     assert "regularizer: " in result.output and "the lowest held-out loss (none " in result.output
-    assert "3 fits, 45 iterations in all" in result.output  # two candidates, the refit
+    assert "3 fits, 45 iterations in all" in result.output  # two candidates, one more
+    assert len(config["members"]) == 2
 
 
 @pytest.mark.parametrize(("precision", "bf16_units", "minutes", "hint"), [
