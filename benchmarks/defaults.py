@@ -42,8 +42,9 @@ NETS = ("deep_decoder", "dip")
 #: member 0 is the single fit, and each row lists its members), the quality-per-second of
 #: averaging; bfloat16 mixed precision (``reconstruct(precision="bf16")``), its PSNR cost; and
 #: a TV penalty (``regularizer="tv"``; ``=C``: weight C·σ̂ instead of the library's factor);
-#: ``+auto``: TV or none chosen on held-out pixels (``regularizer="auto"``).
-VARIANTS = ("deep_decoder:4", "dip:2", "dip@bf16")
+#: ``+auto``: TV or none chosen on held-out pixels, the winner's held-out fit averaged with a
+#: fit of all the pixels (``regularizer="auto"``).
+VARIANTS = ("deep_decoder:4", "dip:2", "dip@bf16", "dip@bf16+auto")
 VARIANT_SIGMAS = (25,)
 #: ``--calibration``: 64² cases, every variant on every case — where a factor is chosen
 #: (the TV weight per σ) before it is confirmed at 128².
