@@ -86,7 +86,8 @@ Regularizer = Annotated[
     RegularizerName, typer.Option("--regularizer", help="A penalty added to the loss: tv "
                                   "(total variation; helps piecewise-smooth images, see the "
                                   "README), auto (tv or none, whichever predicts 10% held-out "
-                                  "pixels/measurements better: two fits) or none.",
+                                  "pixels/measurements better, averaged with a fit to all "
+                                  "the data: three fits) or none.",
                                   rich_help_panel=FIT_PANEL)
 ]
 RegularizerWeight = Annotated[

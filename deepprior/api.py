@@ -582,7 +582,7 @@ def reconstruct(
         if result.stop_reason.startswith("interrupted"):
             break
     result = fits[0][1]
-    runs = [*trials, *(r for _, r, _ in fits if all(r is not t for t in trials))]  # time paid
+    runs = [*trials, *(r for _, r, _ in fits[1 if trials else 0:])]  # fits[0]: a trial
     image = tensor_to_image(torch.stack([out for _, _, out in fits]).mean(0).clamp(0, 1))
     history = {"loss": result.loss}
     scores: dict[str, float | None] = {"psnr": None, "ssim": None}
@@ -684,13 +684,18 @@ def _penalties(regularizer: Any, weight: Any, *, problem: str, sigma: float | No
     return [(penalty(w), w) for w in weights]
 
 
+def _output_psnr(truth: torch.Tensor, output: torch.Tensor) -> float:
+    """PSNR of one fit's output (clipped to [0, 1]) against the clean image."""
+    return _psnr(tensor_to_image(truth), tensor_to_image(output.clamp(0, 1)))
+
+
 def _choice_row(weight: float, loss: float, result: Any, truth: torch.Tensor | None):
     """One candidate weight of a held-out choice: its held-out loss, stop and (truth) PSNR."""
     row = {"weight": weight, "holdout_loss": loss, "chosen": False, "num_iter": result.best_step,
            "num_steps": result.num_steps, "stop_reason": result.stop_reason,
            "elapsed": result.elapsed}
     if truth is not None:
-        row["psnr"] = _psnr(tensor_to_image(truth), tensor_to_image(result.output.clamp(0, 1)))
+        row["psnr"] = _output_psnr(truth, result.output)
     return row
 
 
@@ -716,7 +721,7 @@ def _members(fits: list, truth: torch.Tensor | None) -> list[dict[str, Any]]:
                "num_iter": result.best_step, "num_steps": result.num_steps,
                "stop_reason": result.stop_reason, "elapsed": result.elapsed}
         if truth is not None:
-            row["psnr"] = _psnr(tensor_to_image(truth), tensor_to_image(output.clamp(0, 1)))
+            row["psnr"] = _output_psnr(truth, output)
         rows.append(row)
     return rows
 
