@@ -12,6 +12,8 @@ Usage::
     OMP_NUM_THREADS=1 python benchmarks/defaults.py --resume          # the committed run
     OMP_NUM_THREADS=1 python benchmarks/defaults.py --resume --calibration --nets dip \
         --variants dip+tv=0.25 dip+tv=0.5 dip+tv=1                     # the TV factor, 64²
+    OMP_NUM_THREADS=1 python benchmarks/defaults.py --resume --nets dip \
+        --variants dip@bf16+auto --variant-sigmas 15 50 --shard 3/4    # auto at σ = 15, 50
     python benchmarks/defaults.py --report
     python benchmarks/defaults.py --quick --out-dir /tmp/q
 """
@@ -33,7 +35,8 @@ from deepprior import add_gaussian_noise, estimate_sigma, psnr, reconstruct, sam
 FULL_CASES = [
     ("camera", 128, 25, 0), ("astronaut", 128, 25, 0), ("camera", 128, 50, 0),
     ("camera", 128, 15, 0), ("camera", 128, 25, 1), ("astronaut", 128, 25, 1),
-    ("camera", 128, 50, 1), ("camera", 128, 15, 1),
+    ("camera", 128, 50, 1), ("camera", 128, 15, 1), ("astronaut", 128, 50, 0),
+    ("astronaut", 128, 15, 0),
 ]
 QUICK_CASES = [("camera", 64, 25, 0)]
 NETS = ("deep_decoder", "dip")
@@ -45,6 +48,7 @@ NETS = ("deep_decoder", "dip")
 #: ``+auto``: TV or none chosen on held-out pixels, the winner's held-out fit averaged with a
 #: fit of all the pixels (``regularizer="auto"``).
 VARIANTS = ("deep_decoder:4", "dip:2", "dip@bf16", "dip@bf16+auto")
+#: The σ of the cases the variants run on (``--variant-sigmas``).
 VARIANT_SIGMAS = (25,)
 #: ``--calibration``: 64² cases, every variant on every case — where a factor is chosen
 #: (the TV weight per σ) before it is confirmed at 128².
@@ -63,7 +67,8 @@ def run_study(args: argparse.Namespace, store: harness.Store) -> None:
     for image, size, sigma255, seed in cases[shard::shards]:
         clean = sample_image(image, size=size)
         noisy = add_gaussian_noise(clean, sigma255 / 255, seed=seed)
-        variants = args.variants if sigma255 in VARIANT_SIGMAS or cases != FULL_CASES else []
+        variants = args.variants if sigma255 in args.variant_sigmas or cases != FULL_CASES \
+            else []
         for method in ("bm3d", *args.nets, *variants):
             row = {"image": image, "size": size, "sigma255": sigma255, "seed": seed,
                    "method": method}
@@ -136,8 +141,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="smoke run")
     parser.add_argument("--nets", nargs="+", default=list(NETS), help="networks (DD and DIP)")
     parser.add_argument("--variants", nargs="*", default=list(VARIANTS),
-                        help="NET[:K][@PRECISION][+tv[=C]|+auto[=C]] variants on the σ = 25 "
-                        "cases")
+                        help="NET[:K][@PRECISION][+tv[=C]|+auto[=C]] variants on the cases "
+                        "of --variant-sigmas")
+    parser.add_argument("--variant-sigmas", nargs="+", type=int, default=list(VARIANT_SIGMAS),
+                        metavar="SIGMA", help="the σ (0-255) of the full cases the variants "
+                        "run on")
     parser.add_argument("--calibration", action="store_true",
                         help="the 64² calibration cases, every variant on each")
     return parser.parse_args(argv)
