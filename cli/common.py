@@ -152,7 +152,8 @@ Clean = Annotated[
 Ensemble = Annotated[
     int, typer.Option("--ensemble", min=1, metavar="K", help="Fit K networks (seeds SEED to "
                       "SEED+K-1; denoising: also the 8 flips/rotations of the image) and return "
-                      "their average; costs K fits.", rich_help_panel=FIT_PANEL)
+                      "their average; costs K fits. With a hold-out stop, fits 2..K use all the "
+                      "data, to the iteration the first chose.", rich_help_panel=FIT_PANEL)
 ]
 Threads = Annotated[
     int | None, typer.Option("--threads", min=1, metavar="N", help="Torch CPU threads for the "

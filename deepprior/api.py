@@ -409,11 +409,15 @@ def reconstruct(
     ensemble : int
         Fit this many members and return the average of the iterates they select: member ``k``
         uses seed ``seed + k`` and, when denoising, the ``k``-th of the 8 flips/rotations of
-        the image (mapped back). Each member runs the stopping rule on its own;
-        ``config["members"]`` lists their stops (and PSNR with ``ground_truth``); ``history``
-        and ``num_iter`` are the first member's, ``num_steps`` and ``elapsed`` the sums. Costs
-        ``ensemble`` fits. With several regularizer weights to choose from, the chosen weight's
-        held-out fit (already paid for) is averaged in as one more member, member 0.
+        the image (mapped back). Each member runs the stopping rule on its own — except after
+        a rule that holds data out (``holdout``): member 0 holds out and stops where its
+        held-out loss says, and the other members fit *all* the data for exactly the
+        iterations member 0 returned (early stopping, then retraining on the whole data to
+        the same step). ``config["members"]`` lists their stops (and PSNR with
+        ``ground_truth``); ``history`` and ``num_iter`` are the first member's,
+        ``num_steps`` and ``elapsed`` the sums. Costs ``ensemble`` fits. With several
+        regularizer weights to choose from, the chosen weight's held-out fit (already paid
+        for) is averaged in as one more member, member 0.
     precision : {"fp32", "bf16"}
         ``"bf16"``: the network runs in bfloat16 mixed precision (``torch.autocast``; weights,
         loss and the image stay float32) — faster where the hardware has bfloat16 units, see
@@ -543,11 +547,12 @@ def reconstruct(
     max_num_iter = check_int("max_num_iter", max_num_iter, minimum=1)
 
     def fit_member(k: int, fit_op: Any, fit_y: torch.Tensor, truth_k: torch.Tensor | None,
-                   penalty: Callable[[torch.Tensor], torch.Tensor] | None):
+                   penalty: Callable[[torch.Tensor], torch.Tensor] | None, member_spec: Any):
         """Fit member ``k`` (its seed) to ``fit_y = fit_op(x)``: the module and the FitResult."""
         module, z, _ = _network(net, net_input, fit_op.image_shape, norm, seed + k, options)
-        member_policy, fit_op, fit_y = make_policy(spec, operator=fit_op, y=fit_y, sigma=sigma,
-                                                   ground_truth=truth_k, seed=seed + k)
+        member_policy, fit_op, fit_y = make_policy(member_spec, operator=fit_op, y=fit_y,
+                                                   sigma=sigma, ground_truth=truth_k,
+                                                   seed=seed + k)
         return module, fit(
             module, z, fit_y, fit_op, policy=member_policy, max_num_iter=max_num_iter,
             learning_rate=learning_rate, reg_noise_std=defaults.reg_noise_std, ema=defaults.ema,
@@ -560,7 +565,7 @@ def reconstruct(
     if len(candidates) > 1:  # each weight fitted without the held-out share: member 0
         kept_op, kept_y, held_op, held_y = split_measurements(op, y, HOLDOUT_FRACTION, seed)
         for candidate, weight in candidates:
-            module, trial = fit_member(0, kept_op, kept_y, truth, candidate)
+            module, trial = fit_member(0, kept_op, kept_y, truth, candidate, spec)
             loss = residual(held_op, held_y, trial.output.to(torch_device)) / held_y.numel()
             trials.append(trial)
             choice.append(_choice_row(weight, loss, trial, truth))
@@ -573,11 +578,14 @@ def reconstruct(
     ks = range(1, ensemble + 1) if fits else range(ensemble)
     flips = problem == "denoise" and isinstance(op, Identity) and len(ks) + len(fits) > 1
     interrupted = trials and trials[-1].stop_reason.startswith("interrupted")
+    holds_out = isinstance(spec, str) and any(name == "holdout" for name, _ in parse_stop(spec))
     for k in [] if interrupted else ks:  # member k: seed + k and, when denoising, the
         turn = _DIHEDRAL[k % 8] if flips else _DIHEDRAL[0]  # k-th flip/rotation
         y_k, truth_k = _turn(y, turn), None if truth is None else _turn(truth, turn)
         op_k = Identity(tuple(y_k.shape[1:])) if flips else op
-        module, result = fit_member(k, op_k, y_k, truth_k, penalty)
+        # after a fit that held data out, the others fit all of it, to the iterate it chose
+        member_spec = f"fixed:{fits[0][1].best_step}" if fits and holds_out else spec
+        module, result = fit_member(k, op_k, y_k, truth_k, penalty, member_spec)
         fits.append((turn, result, _turn(result.output, turn, inverse=True)))
         if result.stop_reason.startswith("interrupted"):
             break

@@ -345,6 +345,25 @@ def test_ensemble_averages_members_fitted_on_flips_and_seeds():
         reconstruct(noisy, ensemble=2, stop=FirstLoss(), **DD)
 
 
+def test_after_a_held_out_stop_the_other_members_refit_all_the_data_to_its_iterate():
+    x, op, y, _ = _cs_problem()
+    y = y + 0.05 * torch.randn(y.shape, generator=torch.Generator().manual_seed(0))
+    options = {"max_num_iter": 40, "net_options": SMALL, **DD}
+    stop = "holdout:fraction=0.2,patience=3"
+    single = reconstruct(y[0], op, ground_truth=x, stop=stop, **options)
+    assert single.num_iter < 40  # the hold-out rule fired, so member 0 chose an iterate
+    result = reconstruct(y[0], op, ground_truth=x, stop=stop, ensemble=2, **options)
+    first, second = result.config["members"]
+    assert first["psnr"] == pytest.approx(single.psnr, abs=1e-4)  # member 0: the held-out fit
+    assert second["num_iter"] == second["num_steps"] == single.num_iter
+    # member 1: seed + 1, all 300 measurements, exactly member 0's number of iterations
+    refit = reconstruct(y[0], op, ground_truth=x, stop=f"fixed:{single.num_iter}", seed=1,
+                        **options)
+    assert second["psnr"] == pytest.approx(refit.psnr, abs=1e-4)
+    np.testing.assert_allclose(result.image, (single.image + refit.image) / 2, atol=1e-5)
+    assert result.num_steps == single.num_steps + single.num_iter
+
+
 @pytest.mark.parametrize(("make", "expected"), [
     (lambda x: (add_gaussian_noise(x, 0.1, seed=0), None), "dip"),
     (lambda x: (GaussianSensing(300, (32, 32)).A(image_to_tensor(x))[0],

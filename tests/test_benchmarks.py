@@ -157,7 +157,10 @@ def test_cs_quick(tmp_path):
     assert {"least_squares", "tv_fista", "wavelet_fista", "deep_decoder"} <= methods
     assert "TV (oracle λ)" in done.stdout
     rule = next(r for r in payload["rows"] if "stop" in r)  # a hold-out rule: its own fit
-    assert rule["key"][-1] == rule["stop"] and 0 < rule["num_iter"] <= rule["num_steps"] <= 40
+    assert rule["key"][-2:] == [rule["stop"], 2] and 0 < rule["num_iter"] <= 40
+    first, second = rule["members"]  # the hold-out fit, then all the data to its iterate
+    assert second["num_steps"] == first["num_iter"] == rule["num_iter"]
+    assert rule["num_steps"] == first["num_steps"] + second["num_steps"]
     assert "Other σ-free rules" in done.stdout and rule["stop"] in done.stdout
 
 
