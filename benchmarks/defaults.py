@@ -36,7 +36,7 @@ FULL_CASES = [
     ("camera", 128, 25, 0), ("astronaut", 128, 25, 0), ("camera", 128, 50, 0),
     ("camera", 128, 15, 0), ("camera", 128, 25, 1), ("astronaut", 128, 25, 1),
     ("camera", 128, 50, 1), ("camera", 128, 15, 1), ("astronaut", 128, 50, 0),
-    ("astronaut", 128, 15, 0),
+    ("astronaut", 128, 15, 0), ("astronaut", 128, 50, 1), ("astronaut", 128, 15, 1),
 ]
 QUICK_CASES = [("camera", 64, 25, 0)]
 NETS = ("deep_decoder", "dip")
