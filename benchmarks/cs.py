@@ -340,12 +340,13 @@ def rule_table(rows: list[dict[str, Any]]) -> str:
             "members' PSNR": " / ".join(_fmt(k["psnr"]) for k in members),
             "returned it.": r["num_iter"], "steps": r["num_steps"],
             "time": f"{r['seconds']:.0f} s", "TV (oracle λ)": _fmt(tv["psnr"]) if tv else "",
-            "default rule (budget)": (f"{default['psnr_auto']:.2f} ({default['max_num_iter']:,})"
-                                      if default else ""),
+            "one fit, its `auto` rule (budget)": (
+                f"{default['psnr_auto']:.2f} ({default['auto_rule']}, "
+                f"{default['max_num_iter']:,})" if default else ""),
         })
     return harness.markdown_table(table, ["net", "size", "m/n", "noise", "stop", "fits", "PSNR",
                                           "members' PSNR", "returned it.", "steps", "time",
-                                          "TV (oracle λ)", "default rule (budget)"])
+                                          "TV (oracle λ)", "one fit, its `auto` rule (budget)"])
 
 
 def baseline_detail(rows: list[dict[str, Any]]) -> str:

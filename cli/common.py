@@ -150,10 +150,12 @@ Clean = Annotated[
                  "input is already corrupted.", rich_help_panel=FIT_PANEL),
 ]
 Ensemble = Annotated[
-    int, typer.Option("--ensemble", min=1, metavar="K", help="Fit K networks (seeds SEED to "
-                      "SEED+K-1; denoising: also the 8 flips/rotations of the image) and return "
-                      "their average; costs K fits. With a hold-out stop, fits 2..K use all the "
-                      "data, to the iteration the first chose.", rich_help_panel=FIT_PANEL)
+    int | None, typer.Option(
+        "--ensemble", min=1, metavar="K", help="Fit K networks (seeds SEED to SEED+K-1; "
+        "denoising: also the 8 flips/rotations of the image) and return their average; costs "
+        "K fits. With a hold-out stop, fits 2..K use all the data, to the iteration the first "
+        "chose. Default: 1; 2 for DIP compressive sensing without σ (a hold-out stop, then a "
+        "refit).", rich_help_panel=FIT_PANEL)
 ]
 Threads = Annotated[
     int | None, typer.Option("--threads", min=1, metavar="N", help="Torch CPU threads for the "
@@ -202,7 +204,7 @@ class FitOptions:
     debug: bool = False
     max_pixels: int = MAX_PIXELS
     clean: Path | None = None
-    ensemble: int = 1
+    ensemble: int | None = None
     threads: int | None = None
     precision: str = "fp32"
     regularizer: str = "none"

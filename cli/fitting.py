@@ -122,19 +122,23 @@ def run_task(task: Task, options: FitOptions) -> None:
         net = network(task, options)
         typer.echo(f"{task.headline} with {net}, norm={options.norm}")
         if net == "dip" and deepprior.resolve_device(options.device).type == "cpu":
-            iters = (options.iters
-                     or deepprior.problem_defaults(problem_of(task), "dip").max_num_iter)
+            defaults = deepprior.problem_defaults(problem_of(task), "dip")
+            iters = options.iters or defaults.max_num_iter
+            fits = options.ensemble or (defaults.auto_ensemble(task.sigma is not None)
+                                        if options.stop == "auto" else 1)
             pixels = task.image_shape[0] * task.image_shape[1]
-            minutes = iters * DIP_CPU_SECONDS_PER_PIXEL * pixels / 60
+            minutes = fits * iters * DIP_CPU_SECONDS_PER_PIXEL * pixels / 60
             if options.precision == "bf16":
                 minutes /= DIP_BF16_SPEEDUP
             if minutes >= 1:
                 faster = ("; --precision bf16 is about 1.5x faster on this CPU"
                           if options.precision == "fp32" and cpu_has_bf16_units() else "")
-                note(f"the Deep Image Prior runs up to {iters:,} iterations, about "
-                     f"{minutes:.0f} min on one CPU core at this size (fewer when it stops "
-                     "early); --net deep_decoder is 9-24x faster and returns less "
-                     f"(benchmarks/RESULTS.md §2, §5){faster}", options)
+                runs = f"{fits} fits of up to {iters:,} iterations" if fits > 1 else \
+                    f"up to {iters:,} iterations"
+                note(f"the Deep Image Prior runs {runs}, about {minutes:.0f} min on one CPU "
+                     "core at this size (fewer when it stops early); --net deep_decoder is "
+                     f"9-24x faster and returns less (benchmarks/RESULTS.md §2, §5){faster}",
+                     options)
 
     with torch_threads(options.threads):
         result = deepprior.reconstruct(

@@ -632,6 +632,11 @@ def parse_stop(spec: str) -> list[tuple[str, dict[str, int | float]]]:
     return rules
 
 
+def holds_out(stop: Any) -> bool:
+    """Whether a stopping spec fits only part of the data (it has a ``holdout`` rule)."""
+    return isinstance(stop, str) and any(name == "holdout" for name, _ in parse_stop(stop))
+
+
 def make_policy(
     stop: str | Any,
     *,

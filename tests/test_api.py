@@ -364,6 +364,30 @@ def test_after_a_held_out_stop_the_other_members_refit_all_the_data_to_its_itera
     assert result.num_steps == single.num_steps + single.num_iter
 
 
+def test_a_row_with_refit_fits_twice_only_after_its_automatic_hold_out_stop(registry):
+    from deepprior.nets import DeepDecoder
+
+    x, op, y, _ = _cs_problem()
+    deepprior.register_net(
+        "tiny_refit_decoder", lambda shape, norm="channel": DeepDecoder(shape, norm=norm,
+                                                                         channels=8),
+        defaults={"compressive_sensing": deepprior.Defaults(
+            30, 0.01, "holdout:fraction=0.2,patience=3", stop_with_sigma="fixed:30",
+            refit=True)}, replace=True)
+    net = {"net": "tiny_refit_decoder"}
+
+    def fits(**options):
+        result = reconstruct(y[0], op, **net, **options)
+        return len(result.config.get("members", [None])), result.config["ensemble"]
+
+    assert deepprior.problem_defaults("compressive_sensing", net["net"]).auto_ensemble(False) == 2
+    assert fits() == (2, 2)  # the hold-out fit, then all the measurements to its iterate
+    assert fits(ensemble=1) == (1, 1)  # asked for one fit: the hold-out fit alone
+    assert fits(sigma=0.1) == (1, 1)  # with σ the automatic rule holds nothing out
+    assert fits(stop="holdout:fraction=0.2,patience=3") == (1, 1)  # a rule the user chose
+    assert deepprior.problem_defaults("denoise", "dip").auto_ensemble(False) == 1
+
+
 @pytest.mark.parametrize(("make", "expected"), [
     (lambda x: (add_gaussian_noise(x, 0.1, seed=0), None), "dip"),
     (lambda x: (GaussianSensing(300, (32, 32)).A(image_to_tensor(x))[0],
