@@ -134,7 +134,7 @@ PROBLEMS: dict[str, dict[str, Defaults]] = {
             "of the measurements held out, patience 1,000, then a refit of all of them to the "
             "chosen iteration, the two fits averaged: camera 64², m/n = 0.25, seeds 0 / 1, "
             "SNR 20 dB 25.99 / 25.20, SNR 40 dB 33.44 / 32.29, noiseless 33.69 / 33.81 dB, "
-            "against the patience rule's 22.94 / 23.03, 33.13 / P29, 33.30 / P27 and "
+            "against the patience rule's 22.94 / 23.03, 33.13 / 33.14, 33.30 / 33.03 and "
             "oracle-tuned TV's 25.82 / 25.76, 31.00 / 31.12, 31.24 / 31.38 (benchmarks/"
             "results/cs.json, seed1/cs.json); with σ given, discrepancy τ = 0.6: 0.15 / 0.04 "
             "dB from the best iterate at SNR 20 / 30 dB (τ = 1: 3.38 / 0.75 dB, the returned "
