@@ -66,6 +66,7 @@ from deepprior import (
     ssim,
     tensor_to_image,
 )
+from deepprior.stopping import holds_out
 
 BASELINES = ("bm3d", "tv_oracle", "wavelet", "nlmeans")
 LABELS = {
@@ -172,10 +173,10 @@ def auto_policy(problem: str, net: str, *, operator: Any, y: torch.Tensor,
     user of this problem would not have.
     """
     spec = problem_defaults(problem, net).stop
-    names = [name for name, _ in parse_stop(spec)]
-    if "holdout" in names or ("discrepancy" in names and noisy is None):
+    discrepancy = any(name == "discrepancy" for name, _ in parse_stop(spec))
+    if holds_out(spec) or (discrepancy and noisy is None):
         return spec, None
-    sigma = estimate_sigma(noisy) if "discrepancy" in names else None
+    sigma = estimate_sigma(noisy) if discrepancy else None
     return spec, make_policy(spec, operator=operator, y=y, sigma=sigma)[0]
 
 

@@ -63,6 +63,7 @@ __all__ = [
     "Patience",
     "Shadow",
     "StoppingPolicy",
+    "holds_out",
     "make_policy",
     "parse_stop",
 ]
