@@ -1,12 +1,19 @@
 """Speed variants of a fitting step, measured side by side in one run (issue: a fitting engine
-at the hardware's limit). Each variant is timed on the same image, one torch thread,
-alternating, repeated; ratios to the baseline are what to read (the machine is shared).
+at the hardware's limit). Each variant is timed on the same image, one torch thread; the
+variants take turns **step by step** (one step of each, then the next round), and the median
+step is reported: timing blocks of steps one variant after the other let the load of the
+shared machine drift between blocks by ±20%, more than most of the differences measured here.
+Ratios to the baseline are what to read.
 
-Every network (Deep Decoder, Deep Image Prior, ConvDecoder):
+Every network (Deep Decoder, Deep Image Prior, ConvDecoder; the adjoint only where the
+upsampling is bilinear, not ConvDecoder):
 
 - ``baseline``: the library's network, Adam step, as ``fit`` runs it;
 - ``bf16 autocast``: the forward pass under ``torch.autocast`` with bfloat16, as
-  ``fit(precision="bf16")`` runs it (the backward follows the forward's types).
+  ``fit(precision="bf16")`` runs it (the backward follows the forward's types);
+- ``upsampling adjoint``: the gradient of bilinear ×2 upsampling computed as its adjoint, a
+  depthwise 4×4 convolution of stride 2 after replicate padding (a custom autograd function;
+  same gradients to float rounding) instead of ATen's ``upsample_bilinear2d_backward``.
 
 The Deep Decoder also:
 
@@ -24,15 +31,22 @@ The Deep Decoder also:
   convolution one ``bmm`` over the K weight matrices, upsampling and ReLU on the batch, channel
   norm one ``instance_norm`` over K·k channels (outputs equal to the K separate nets).
 
+With ``--time-to-result``: the Deep Decoder's default denoising fit of camera 256², σ = 25
+(``reconstruct(noisy, net="deep_decoder")``, automatic stop), as the library runs it and with
+the network wrapped in ``torch.compile`` (an empty compile cache; compilation counts in the
+time), alternating, twice each.
+
 Usage::
 
     OMP_NUM_THREADS=1 python benchmarks/speed_variants.py [--sizes 64 128] [--steps 40]
         [--nets deep_decoder dip conv_decoder]
+    python benchmarks/speed_variants.py --time-to-result [--threads 2]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import os
 import statistics
@@ -43,7 +57,7 @@ import harness
 import torch
 from torch.func import functional_call, stack_module_state, vmap
 
-from deepprior import build_net
+from deepprior import add_gaussian_noise, build_net, nets, reconstruct, sample_image
 
 
 class VarMeanNorm(torch.nn.Module):
@@ -59,22 +73,69 @@ class VarMeanNorm(torch.nn.Module):
         return torch.addcmul(self.bias[None, :, None, None] - mean * scale, x, scale)
 
 
-def _swap_norms(net: torch.nn.Module) -> torch.nn.Module:
+class _UpsamplingAdjoint(torch.autograd.Function):
+    """Bilinear ×2 upsampling whose backward is its adjoint as a strided convolution: along an
+    axis the gradient is ``0.25 g[2j-1] + 0.75 g[2j] + 0.75 g[2j+1] + 0.25 g[2j+2]`` with ``g``
+    extended by its border values."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return torch.nn.functional.interpolate(x, scale_factor=2, mode="bilinear",
+                                               align_corners=False)
+
+    @staticmethod
+    def backward(ctx, grad):
+        h = torch.tensor((0.25, 0.75, 0.75, 0.25), dtype=grad.dtype)
+        kernel = (h[:, None] * h[None, :]).expand(grad.shape[1], 1, 4, 4)
+        padded = torch.nn.functional.pad(grad, (1, 1, 1, 1), mode="replicate")
+        return torch.nn.functional.conv2d(padded, kernel, stride=2, groups=grad.shape[1])
+
+
+class UpsamplingAdjoint(torch.nn.Module):
+    """``nn.Upsample(scale_factor=2, mode="bilinear")`` with :class:`_UpsamplingAdjoint`."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _UpsamplingAdjoint.apply(x)
+
+
+def _swapped(net: torch.nn.Module, kind: str, make) -> torch.nn.Module:
+    """A copy of ``net`` with every child module of class name ``kind`` replaced by
+    ``make(child)``."""
     net = copy.deepcopy(net)
     for module in list(net.modules()):
         for name, child in list(module.named_children()):
-            if type(child).__name__ == "ChannelNorm":
-                setattr(module, name, VarMeanNorm(child))
+            if type(child).__name__ == kind:
+                setattr(module, name, make(child))
     return net
 
 
-def _time(step, steps: int) -> float:
-    for _ in range(5):
-        step()
-    start = time.perf_counter()
-    for _ in range(steps):
-        step()
-    return (time.perf_counter() - start) / steps
+@contextlib.contextmanager
+def compiled_networks():
+    """Inside: every network ``reconstruct`` builds by name is wrapped in ``torch.compile``."""
+    build = nets.build_net
+
+    def build_compiled(*args, **kwargs):
+        module, z = build(*args, **kwargs)
+        return torch.compile(module), z
+    nets.build_net = build_compiled
+    try:
+        yield
+    finally:
+        nets.build_net = build
+
+
+def _interleaved(steps: dict, rounds: int) -> dict[str, list[float]]:
+    """Seconds of each step function, the variants taking turns one step at a time."""
+    for step in steps.values():
+        for _ in range(5):
+            step()
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    for _ in range(rounds):
+        for name, step in steps.items():
+            start = time.perf_counter()
+            step()
+            times[name].append(time.perf_counter() - start)
+    return times
 
 
 def _single(net, z, y, bf16: bool = False):
@@ -164,9 +225,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--nets", nargs="+", default=["deep_decoder", "dip", "conv_decoder"],
                         help="networks (the Deep Decoder gets every variant, the others bf16; "
                              "they run a quarter of --steps)")
+    parser.add_argument("--time-to-result", action="store_true",
+                        help="instead: the Deep Decoder's automatic-stop fit of camera 256², "
+                             "σ = 25, as the library runs it and under torch.compile")
+    parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
-    torch.set_num_threads(1)
+    torch.set_num_threads(args.threads)
     os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="inductor-")  # cold cache
+    if args.time_to_result:
+        return time_to_result(args.threads)
     rows = []
     for net_name, size in [(n, s) for s in args.sizes for n in args.nets]:
         net, z = build_net(net_name, (1, size, size), seed=0)
@@ -176,13 +243,14 @@ def main(argv: list[str] | None = None) -> int:
             "baseline": lambda net=net, z=z, y=y: _single(copy.deepcopy(net), z, y),
             "bf16 autocast": lambda net=net, z=z, y=y: _single(copy.deepcopy(net), z, y, True),
         }
+        if net_name in ("deep_decoder", "dip"):  # bilinear ×2 (ConvDecoder's is nearest)
+            variants["upsampling adjoint"] = lambda net=net, z=z, y=y: _single(
+                _swapped(net, "Upsample", lambda m: UpsamplingAdjoint()), z, y)
         if net_name == "deep_decoder":
             variants |= _decoder_variants(net, z, y, size, compile_seconds)
         steps = args.steps if net_name == "deep_decoder" else max(5, args.steps // 4)
-        times: dict[str, list[float]] = {name: [] for name in variants}
-        for _ in range(args.repeats):  # alternate, so that load changes hit every variant
-            for name, make in variants.items():
-                times[name].append(_time(make(), steps))
+        times = _interleaved({name: make() for name, make in variants.items()},
+                             args.repeats * steps)
         base = statistics.median(times["baseline"])
         for name, values in times.items():
             k = int(name.split("=")[1].split()[0]) if name.startswith("K=") else 1
@@ -200,13 +268,38 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def time_to_result(threads: int) -> int:
+    """``reconstruct`` to its automatic stop, after and before, alternating (seed 0)."""
+    clean = sample_image("camera", size=256)
+    noisy = add_gaussian_noise(clean, 25 / 255, seed=0)
+    contexts = {"library": contextlib.nullcontext,
+                "torch.compile (cold cache)": compiled_networks}
+    rows = []
+    for variant in [*contexts, *contexts]:
+        torch._dynamo.reset()
+        with contexts[variant]():
+            start = time.process_time()
+            result = reconstruct(noisy, net="deep_decoder", seed=0, ground_truth=clean)
+            cpu = time.process_time() - start
+        rows.append({"variant": variant, "threads": threads, "stopped at": result.num_iter,
+                     "steps": result.num_steps, "wall s": round(result.elapsed, 1),
+                     "CPU s": round(cpu, 1), "PSNR": round(result.psnr, 3)})
+        print(rows[-1], flush=True)
+    path = harness.save_json(f"speed_time_to_result_{threads}thread",
+                             {"rows": rows, "case": "camera 256², σ = 25, seed 0, Deep Decoder"})
+    print(harness.markdown_table(rows, list(rows[0])))
+    print(f"wrote {path}")
+    return 0
+
+
 def _decoder_variants(net, z, y, size: int, compile_seconds: dict) -> dict:
     """The Deep Decoder's own variants (layout, norm, compilation, K fits at once)."""
     return {
             "channels_last": lambda net=net, z=z, y=y: _single(
                 copy.deepcopy(net).to(memory_format=torch.channels_last),
                 z.to(memory_format=torch.channels_last), y),
-            "var_mean norm": lambda net=net, z=z, y=y: _single(_swap_norms(net), z, y),
+            "var_mean norm": lambda net=net, z=z, y=y: _single(
+                _swapped(net, "ChannelNorm", VarMeanNorm), z, y),
             "torch.compile": lambda net=net, z=z, y=y, seconds=compile_seconds: _compiled(
                 copy.deepcopy(net), z, y, seconds),
             **{f"K={k} fits (vmap)": (lambda k=k, size=size, y=y: _stacked(size, k, y))
