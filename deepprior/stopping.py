@@ -418,6 +418,10 @@ class Holdout(Rule):
     rule the held-out part; the fit never sees it, so its loss falls while the image is fitted
     and rises once the noise is (Yaman et al., ICLR 2022: ~20% of the measurements; ~10% of the
     pixels for denoising). Needs no σ. Computed on the output from the unperturbed input.
+    ``smoothing`` > 0 tracks an exponential average of the hold-out loss (weight ``smoothing``
+    on the past, as in :class:`Discrepancy`) instead of the loss itself: the Deep Image
+    Prior's loss jitters from one iteration to the next, and a lucky dip of the raw loss can
+    stop a fit early or restart its patience late.
     """
 
     label = "hold-out"
@@ -425,19 +429,24 @@ class Holdout(Rule):
     needs_unperturbed_output = True
 
     def __init__(self, operator: Any, y: Tensor, patience: int = 300, min_delta: float = 0.0,
-                 fraction: float = HOLDOUT_FRACTION) -> None:
+                 fraction: float = HOLDOUT_FRACTION, smoothing: float = 0.0) -> None:
         super().__init__()
         self.operator, self.y = operator, y.detach()
         self.patience = check_int("patience", patience, minimum=1)
         self.min_delta = _min_delta(min_delta)
         self.fraction = check_float("fraction", fraction, low=0, high=1, low_open=True,
                                     high_open=True)
+        self.smoothing = check_float("smoothing", smoothing, low=0, high=1, high_open=True)
         self._min = _Minimum(self.patience, self.min_delta)
         self.last_loss: float | None = None
+        self.smoothed_loss: float | None = None
 
     def _update(self, step: int, loss: float, output: Tensor) -> bool:
         self.last_loss = residual(self.operator, self.y, output) / self.y.numel()
-        self._min.update(step, self.last_loss)
+        previous, s = self.smoothed_loss, self.smoothing
+        self.smoothed_loss = (self.last_loss if previous is None
+                              else s * previous + (1 - s) * self.last_loss)
+        self._min.update(step, self.smoothed_loss)
         self.best_step = self._min.step
         if self._min.exhausted(step):
             self.reason = (f"no new minimum of the hold-out loss for {self.patience} iterations "

@@ -517,6 +517,24 @@ def test_holdout_min_delta_and_finalize():
     assert "lowest hold-out loss at iteration 2" in policy.reason
 
 
+def test_holdout_smoothing_averages_the_loss_and_outlasts_a_lucky_dip():
+    clean, operator, y = held_out_data()
+    # the hold-out loss falls until 20 and rises after, with one lucky dip at iteration 8
+    offsets = [abs(t - 20) * 0.01 + 0.02 for t in range(1, 60)]
+    offsets[7] = 0.0
+    raw = Holdout(operator, y, patience=15)
+    assert run_loop(raw, [0.0] * len(offsets), [clean + c for c in offsets])[:2] == (23, 8)
+    smooth = Holdout(operator, y, patience=15, smoothing=0.5)
+    stop, best, _ = run_loop(smooth, [0.0] * len(offsets), [clean + c for c in offsets])
+    assert best == 21 and stop == 36  # one iteration of lag behind the true minimum
+    expected = None
+    for c in offsets[:stop]:
+        loss = float(torch.mean(operator.A(torch.full_like(clean, c)) ** 2))
+        expected = loss if expected is None else 0.5 * expected + 0.5 * loss
+    assert smooth.smoothed_loss == pytest.approx(expected, rel=1e-4)
+    assert parse_stop("holdout:smoothing=0.99") == [("holdout", {"smoothing": 0.99})]
+
+
 def test_holdout_validation():
     _, operator, y = held_out_data()
     with pytest.raises(ValueError, match="patience must be an integer >= 1, got 0"):
@@ -526,6 +544,8 @@ def test_holdout_validation():
     for fraction in (0, 1, 1.5):
         with pytest.raises(ValueError, match="fraction must satisfy 0 < fraction < 1"):
             Holdout(operator, y, fraction=fraction)
+    with pytest.raises(ValueError, match="smoothing must satisfy 0 <= smoothing < 1"):
+        Holdout(operator, y, smoothing=1.0)
 
 
 # --------------------------------------------------------------------------- FirstOf
@@ -661,7 +681,7 @@ def test_repr_lists_the_tunable_parameters():
     assert repr(WMV(window=7)) == "WMV(window=7, patience=1000, min_delta=0.0)"
     _, operator, y = held_out_data()
     assert repr(Holdout(operator, y, patience=5)) == (
-        "Holdout(patience=5, min_delta=0.0, fraction=0.1)")
+        "Holdout(patience=5, min_delta=0.0, fraction=0.1, smoothing=0.0)")
 
 
 # --------------------------------------------------------------------------- parse_stop
@@ -713,7 +733,7 @@ VALID_RULES = "valid rules: fixed, patience, wmv, emv, discrepancy, holdout, ora
         ("wmv+", "unknown stopping rule ''"),
         ("wmv:windw=3", "'windw=3' of stopping rule 'wmv'.*its parameters: window, patience, "
                         "min_delta$"),
-        ("holdout:frac=0.1", "its parameters: patience, min_delta, fraction$"),
+        ("holdout:frac=0.1", "its parameters: patience, min_delta, fraction, smoothing$"),
         ("discrepancy:sigma=0.1", "its parameters: tau, smoothing$"),
         ("fixed:3000,4000", "'4000' of stopping rule 'fixed' is unknown"),
         ("wmv:window=3,window=4", "'window=4' of stopping rule 'wmv' is given twice"),
