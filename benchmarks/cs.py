@@ -124,6 +124,8 @@ RULE_CASES: list[tuple[str, int, float, float | None, str, int]] = [
     # run out at SNR 40, seed 1, while the fit still improved
     *(("dip", 64, 0.25, snr, "holdout:fraction=0.1,patience=1000,smoothing=0.99", 2)
       for snr in (20.0, None, 40.0)),
+    *(("dip", 64, r, snr, "holdout:fraction=0.1,patience=1000,smoothing=0.99", 2)
+      for snr in (None, 20.0) for r in (0.1, 0.05)),
 ]
 QUICK_RULE_CASES = [("deep_decoder", 64, 0.25, 20.0, "holdout:fraction=0.1,patience=5", 2)]
 
