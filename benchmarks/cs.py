@@ -98,8 +98,6 @@ FULL_PRIOR_CASES: list[tuple[str, int, float, float | None, int]] = [
     # Does the default budget reach the plateau? DIP at twice the budget (rows keyed with it).
     *(("dip", 64, r, None, 6000) for r in (0.5, 0.25)),
     *(("dip", 64, 0.25, snr, 6000) for snr in (20.0, 40.0)),
-    # the patience rule at the default budget where few measurements are held out
-    *(("dip", 64, r, snr, 6000) for snr in (None, 20.0) for r in (0.1, 0.05)),
 ]
 #: Budgets that are not a network's standard row in the tables above (their key carries it).
 EXTRA_BUDGETS = {("dip", 6000)}
@@ -126,6 +124,8 @@ RULE_CASES: list[tuple[str, int, float, float | None, str, int]] = [
       for snr in (20.0, None, 40.0)),
     *(("dip", 64, r, snr, "holdout:fraction=0.1,patience=1000,smoothing=0.99", 2)
       for snr in (None, 20.0) for r in (0.1, 0.05)),
+    *(("dip", 64, 0.5, snr, "holdout:fraction=0.1,patience=1000,smoothing=0.99", 2)
+      for snr in (20.0, None)),
 ]
 QUICK_RULE_CASES = [("deep_decoder", 64, 0.25, 20.0, "holdout:fraction=0.1,patience=5", 2)]
 
