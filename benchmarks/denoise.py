@@ -172,8 +172,7 @@ def auto_policy(problem: str, net: str, *, operator: Any, y: torch.Tensor,
     holds data out (it changes the fit, so it gets its own fit) or needs σ that a benchmark
     user of this problem would not have.
     """
-    spec = problem_defaults(problem, net).auto_stop(
-        False, int(getattr(operator, "num_measurements", y.numel())))
+    spec = problem_defaults(problem, net).stop
     discrepancy = any(name == "discrepancy" for name, _ in parse_stop(spec))
     if holds_out(spec) or (discrepancy and noisy is None):
         return spec, None

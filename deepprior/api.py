@@ -68,10 +68,6 @@ class Defaults:
         Decay of the output average returned (None: the raw outputs).
     net_options : mapping
         Network options (e.g. ``{"channels": 128}``).
-    few_measurements : (int, str) or None
-        ``(m, rule)``: with fewer than ``m`` measurements a hold-out ``stop`` would hold out too
-        few of them to tell when to stop (its loss is a sum of a few dozen squares); ``rule``
-        replaces it there.
     refit : bool
         When ``stop="auto"`` resolves to a rule that holds data out: fit all the data again,
         for the iterations the hold-out fit chose, and return the average of the two fits (the
@@ -87,22 +83,16 @@ class Defaults:
     reg_noise_std: float = 0.0
     ema: float | None = None
     net_options: Mapping[str, Any] = field(default_factory=dict)
-    few_measurements: tuple[int, str] | None = None
     refit: bool = False
     source: str = ""
 
-    def auto_stop(self, sigma_known: bool, num_measurements: int | None = None) -> str:
-        """The rule ``stop="auto"`` resolves to (for ``num_measurements`` measurements)."""
-        spec = self.stop_with_sigma if sigma_known and self.stop_with_sigma else self.stop
-        if (self.few_measurements and num_measurements is not None and holds_out(spec)
-                and num_measurements < self.few_measurements[0]):
-            return self.few_measurements[1]
-        return spec
+    def auto_stop(self, sigma_known: bool) -> str:
+        """The rule ``stop="auto"`` resolves to."""
+        return self.stop_with_sigma if sigma_known and self.stop_with_sigma else self.stop
 
-    def auto_ensemble(self, sigma_known: bool, num_measurements: int | None = None) -> int:
+    def auto_ensemble(self, sigma_known: bool) -> int:
         """The fits of ``stop="auto"`` when no ``ensemble`` is given: 2 with ``refit``."""
-        return 2 if self.refit and holds_out(self.auto_stop(sigma_known, num_measurements)) \
-            else 1
+        return 2 if self.refit and holds_out(self.auto_stop(sigma_known)) else 1
 
 
 _DIP = {"reg_noise_std": 1 / 30, "ema": 0.99}
@@ -137,8 +127,7 @@ PROBLEMS: dict[str, dict[str, Defaults]] = {
             f"0.04 dB mean gap on camera 64² m = 1000 ({_STOPPING_MD})"),
         "dip": Defaults(
             6000, 0.01, "holdout:fraction=0.1,patience=1000",
-            stop_with_sigma="discrepancy:tau=0.6", refit=True,
-            few_measurements=(1000, "patience"), **_DIP,
+            stop_with_sigma="discrepancy:tau=0.6", refit=True, **_DIP,
             source="Ulyanov et al. 2018 settings; 6,000 iterations: camera 64², the best "
             "iterate is the last at 3,000, and 6,000 gain 1.4 / 2.6 dB at m/n = 0.25 / 0.5 "
             "noiseless and 1.0 dB at SNR 40 dB (benchmarks/results/cs.json). Without σ: 10% "
@@ -147,11 +136,9 @@ PROBLEMS: dict[str, dict[str, Defaults]] = {
             "SNR 20 dB 25.99 / 25.20, SNR 40 dB 33.44 / 32.29, noiseless 33.69 / 33.81 dB, "
             "against the patience rule's 22.94 / 23.03, 33.13 / 33.14, 33.30 / 33.03 and "
             "oracle-tuned TV's 25.82 / 25.76, 31.00 / 31.12, 31.24 / 31.38 (benchmarks/"
-            "results/cs.json, seed1/cs.json). Below 1,000 measurements (100 held out) the "
-            "hold-out stop came early, noiseless m/n = 0.1 / 0.05 26.98 / 21.05 dB against "
-            "patience's 27.70 / 24.50 at 3,000 iterations: patience there; with σ given, "
-            "discrepancy τ = 0.6: 0.15 / 0.04 dB from the best iterate at SNR 20 / 30 dB "
-            f"(τ = 1: 3.38 / 0.75 dB, the returned average lags net(z)) ({_STOPPING_MD})"),
+            "results/cs.json, seed1/cs.json); with σ given, discrepancy τ = 0.6: 0.15 / 0.04 "
+            "dB from the best iterate at SNR 20 / 30 dB (τ = 1: 3.38 / 0.75 dB, the returned "
+            f"average lags net(z)) ({_STOPPING_MD})"),
         "conv_decoder": Defaults(
             3000, 0.01, stop_with_sigma="discrepancy",
             source=f"Darestani & Heckel 2021 (lr 0.01); patience: 0.42 dB mean gap; with noise "
@@ -557,8 +544,7 @@ def reconstruct(
         "learning_rate", learning_rate, low=0.0, low_open=True)
 
     given_sigma = sigma is not None
-    num_measurements = int(getattr(op, "num_measurements", y.numel()))
-    spec = defaults.auto_stop(given_sigma, num_measurements) if stop == "auto" else stop
+    spec = defaults.auto_stop(given_sigma) if stop == "auto" else stop
     if isinstance(spec, str) and sigma is None and any(
             name == "discrepancy" for name, _ in parse_stop(spec)):
         if problem != "denoise":
@@ -569,7 +555,7 @@ def reconstruct(
                             array=array, image_shape=op.image_shape)
     if ensemble is None:  # a choice of weights refits on its own (its members 1..K)
         refits = isinstance(stop, str) and stop == "auto" and len(candidates) == 1
-        ensemble = defaults.auto_ensemble(given_sigma, num_measurements) if refits else 1
+        ensemble = defaults.auto_ensemble(given_sigma) if refits else 1
     ensemble = check_int("ensemble", ensemble, minimum=1)
     if not isinstance(spec, str) and (ensemble > 1 or len(candidates) > 1):
         raise ValueError(f"{'an ensemble' if ensemble > 1 else 'choosing the regularizer weight'}"

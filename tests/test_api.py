@@ -388,24 +388,6 @@ def test_a_row_with_refit_fits_twice_only_after_its_automatic_hold_out_stop(regi
     assert deepprior.problem_defaults("denoise", "dip").auto_ensemble(False) == 1
 
 
-def test_with_few_measurements_the_automatic_stop_holds_nothing_out(registry):
-    from deepprior.nets import DeepDecoder
-
-    x, op, y, _ = _cs_problem()  # 300 measurements
-    row = deepprior.Defaults(30, 0.01, "holdout:fraction=0.2,patience=3", refit=True,
-                             few_measurements=(301, "fixed:12"))
-    deepprior.register_net(
-        "tiny_few_decoder", lambda shape, norm="channel": DeepDecoder(shape, norm=norm,
-                                                                      channels=8),
-        defaults={"compressive_sensing": row}, replace=True)
-    assert row.auto_stop(False, 300) == "fixed:12"
-    assert row.auto_stop(False, 301) == row.auto_stop(False) == row.stop
-    assert (row.auto_ensemble(False, 300), row.auto_ensemble(False, 301)) == (1, 2)
-    result = reconstruct(y[0], op, net="tiny_few_decoder")
-    assert (result.num_iter, result.config["ensemble"]) == (12, 1)
-    assert result.config["stop_resolved"] == "fixed:12"
-
-
 @pytest.mark.parametrize(("make", "expected"), [
     (lambda x: (add_gaussian_noise(x, 0.1, seed=0), None), "dip"),
     (lambda x: (GaussianSensing(300, (32, 32)).A(image_to_tensor(x))[0],
