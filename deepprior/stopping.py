@@ -449,8 +449,9 @@ class Holdout(Rule):
         self._min.update(step, self.smoothed_loss)
         self.best_step = self._min.step
         if self._min.exhausted(step):
-            self.reason = (f"no new minimum of the hold-out loss for {self.patience} iterations "
-                           f"(hold-out); best at iteration {self.best_step}")
+            averaged = "averaged " if self.smoothing else ""
+            self.reason = (f"no new minimum of the {averaged}hold-out loss for {self.patience} "
+                           f"iterations (hold-out); best at iteration {self.best_step}")
             return True
         return False
 

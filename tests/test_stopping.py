@@ -527,6 +527,7 @@ def test_holdout_smoothing_averages_the_loss_and_outlasts_a_lucky_dip():
     smooth = Holdout(operator, y, patience=15, smoothing=0.5)
     stop, best, _ = run_loop(smooth, [0.0] * len(offsets), [clean + c for c in offsets])
     assert best == 21 and stop == 36  # one iteration of lag behind the true minimum
+    assert "no new minimum of the averaged hold-out loss for 15 iterations" in smooth.reason
     expected = None
     for c in offsets[:stop]:
         loss = float(torch.mean(operator.A(torch.full_like(clean, c)) ** 2))
