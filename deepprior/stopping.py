@@ -154,6 +154,11 @@ class Rule:
         return f"{type(self).__name__}({', '.join(f'{n}={getattr(self, n)!r}' for n in names)})"
 
 
+def _smoothed(previous: float | None, value: float, weight: float) -> float:
+    """An exponential average: ``weight`` on the past, ``value`` itself at the start."""
+    return value if previous is None else weight * previous + (1 - weight) * value
+
+
 def _min_delta(value: float) -> float:
     return check_float("min_delta", value, low=0.0, high=1.0, high_open=True)
 
@@ -392,9 +397,7 @@ class Discrepancy(Rule):
 
     def _update(self, step: int, loss: float, output: Tensor) -> bool:
         value = residual(self.operator, self.y, output)
-        previous = self.smoothed_residual
-        s = self.smoothing
-        self.smoothed_residual = value if previous is None else s * previous + (1 - s) * value
+        self.smoothed_residual = _smoothed(self.smoothed_residual, value, self.smoothing)
         self._min.update(step, value)
         if self.smoothed_residual <= self.level:
             self.best_step = step
@@ -443,9 +446,7 @@ class Holdout(Rule):
 
     def _update(self, step: int, loss: float, output: Tensor) -> bool:
         self.last_loss = residual(self.operator, self.y, output) / self.y.numel()
-        previous, s = self.smoothed_loss, self.smoothing
-        self.smoothed_loss = (self.last_loss if previous is None
-                              else s * previous + (1 - s) * self.last_loss)
+        self.smoothed_loss = _smoothed(self.smoothed_loss, self.last_loss, self.smoothing)
         self._min.update(step, self.smoothed_loss)
         self.best_step = self._min.step
         if self._min.exhausted(step):
