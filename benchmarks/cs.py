@@ -114,7 +114,7 @@ RULE_CASES: list[tuple[str, int, float, float | None, str, int]] = [
     # rising (33.30 dB at 6,000): a longer patience, and the refit of all the measurements
     *(("dip", 64, 0.25, snr, "holdout:fraction=0.1,patience=1000", 2)
       for snr in (20.0, None, 40.0)),
-    # the same default (hold-out stop, then a refit) at the other ratios, noiseless first
+    # the same rule (the default before the smoothed one below) at the other ratios
     *(("dip", 64, r, snr, "holdout:fraction=0.1,patience=1000", 2)
       for snr in (None, 20.0) for r in (0.5, 0.1, 0.05)),
     # the hold-out loss smoothed (an exponential average, 0.99 on the past): the raw loss
