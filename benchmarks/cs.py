@@ -2,9 +2,10 @@
 
 Protocol
 --------
-``camera`` (gray) at 64² with a dense Gaussian operator (:class:`deepprior.GaussianSensing`,
-entries N(0, 1/m)) and at 128² with the structured operator (:class:`deepprior.FastSensing`:
-random signs, orthonormal DCT, random rows), m/n ∈ {0.05, 0.1, 0.25, 0.5}, operator seed 0.
+``camera`` (gray; ``--image astronaut``: the astronaut's luminance) at 64² with a dense Gaussian
+operator (:class:`deepprior.GaussianSensing`, entries N(0, 1/m)) and at 128² with the structured
+operator (:class:`deepprior.FastSensing`: random signs, orthonormal DCT, random rows),
+m/n ∈ {0.05, 0.1, 0.25, 0.5}, operator seed 0.
 Measurements are noiseless or carry Gaussian noise at a measurement SNR of 40 or 20 dB
 (``‖Ax‖² / ‖e‖²``, noise seed 0). PSNR (peak 1) and SSIM on outputs clipped to [0, 1].
 A reference check re-runs TV at m = 500 / 1000 / 2000 on camera 64², where REFERENCES §5 gives
@@ -126,6 +127,9 @@ RULE_CASES: list[tuple[str, int, float, float | None, str, int]] = [
       for snr in (None, 20.0) for r in (0.1, 0.05)),
     *(("dip", 64, 0.5, snr, "holdout:fraction=0.1,patience=1000,smoothing=0.99", 2)
       for snr in (20.0, None)),
+    # SNR 40 dB at the other ratios
+    *(("dip", 64, r, 40.0, "holdout:fraction=0.1,patience=1000,smoothing=0.99", 2)
+      for r in (0.05, 0.1, 0.5)),
 ]
 QUICK_RULE_CASES = [("deep_decoder", 64, 0.25, 20.0, "holdout:fraction=0.1,patience=5", 2)]
 
@@ -142,9 +146,19 @@ def make_operator(size: int, m: int, seed: int) -> LinearOperator:
     return FastSensing(m, (1, size, size), seed=seed)
 
 
-def make_case(size: int, m: int, snr: float | None, seed: int):
+def clean_image(name: str, size: int) -> np.ndarray:
+    """A sample image at size², gray: ``astronaut`` as its luminance (scikit-image's rgb2gray)."""
+    image = sample_image(name, size=size)
+    if image.ndim == 3:
+        from skimage.color import rgb2gray
+
+        image = rgb2gray(image).astype(np.float32)
+    return image
+
+
+def make_case(size: int, m: int, snr: float | None, seed: int, image: str = "camera"):
     """Clean image, operator, measurements y (tensor (1, 1, m)) and the noise level."""
-    clean = sample_image("camera", size=size)
+    clean = clean_image(image, size)
     operator = make_operator(size, m, seed)
     y, noise_std = simulate_measurements(operator, clean, snr_db=snr, seed=seed)
     return clean, operator, torch.from_numpy(y)[None], noise_std
@@ -199,7 +213,7 @@ def run_study(args: argparse.Namespace, store: harness.Store) -> None:
     shard, shards = args.shard
     if args.only in ("all", "baselines"):
         for size, m, snr in base_cases[shard::shards]:
-            clean, operator, y, _ = make_case(size, m, snr, args.seed)
+            clean, operator, y, _ = make_case(size, m, snr, args.seed, args.image)
             for method in BASELINES:
                 row = _case_row(size, m, snr, method)
                 if store.key(row) in store.done and not args.recompute:
@@ -218,7 +232,7 @@ def run_study(args: argparse.Namespace, store: harness.Store) -> None:
                 print(f"--max-fits {args.max_fits} reached; stopping", flush=True)
                 break
             fits += 1
-            clean, operator, y, noise_std = make_case(size, m, snr, args.seed)
+            clean, operator, y, noise_std = make_case(size, m, snr, args.seed, args.image)
             options = QUICK_NET_OPTIONS if args.quick else None
             row.update(run_prior(y[0].numpy(), clean, net=net, operator=operator,
                                  max_num_iter=budget, seed=args.seed, net_options=options,
@@ -232,7 +246,7 @@ def run_study(args: argparse.Namespace, store: harness.Store) -> None:
             row["key"] = [size, m, snr, net, stop, *([ensemble] if ensemble > 1 else [])]
             if store.key(row) in store.done and not args.recompute:
                 continue
-            clean, operator, y, _ = make_case(size, m, snr, args.seed)
+            clean, operator, y, _ = make_case(size, m, snr, args.seed, args.image)
             quick = {"max_num_iter": 40, "net_options": QUICK_NET_OPTIONS} if args.quick else {}
             result = reconstruct(y[0].numpy(), operator, net=net, stop=stop, seed=args.seed,
                                  ground_truth=clean, ensemble=ensemble, **quick)
@@ -467,14 +481,18 @@ def plot(payload: dict[str, Any], path: Path) -> Path | None:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="smoke run: 3 cases, few steps")
+    parser.add_argument("--image", choices=("camera", "astronaut"), default="camera",
+                        help="the clean image, gray (astronaut: its luminance); keep each image's "
+                             "rows apart with --out-dir (camera)")
     harness.study_arguments(parser, name="cs")
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     return harness.study_main(
-        parse_args(argv), name="cs", run=run_study, plot=plot, report=report,
-        config={"lambdas": LAMBDAS, "fista_iter_per_lambda": FISTA_ITER},
+        args, name="cs", run=run_study, plot=plot, report=report,
+        config={"lambdas": LAMBDAS, "fista_iter_per_lambda": FISTA_ITER, "image": args.image},
     )
 
 
