@@ -162,6 +162,33 @@ def test_small_spikes_near_an_exact_fit_are_not_divergence():
     assert result.num_restarts == 0 and result.stop_reason.startswith("reached")
 
 
+@pytest.mark.parametrize("at, restarts", [(5, 0), (40, 1)])
+def test_a_jump_in_the_first_iterations_is_not_divergence(at, restarts):
+    """The same jump is restored after the warm-up (JUMP_WARMUP) and left alone within it."""
+    clean, noisy, op, z = _problem()
+
+    def kick(state):
+        if state.step == at:
+            with torch.no_grad():
+                state.net.theta.mul_(-1).add_(3.0)  # far from the data: loss ×5 or more
+
+    result = fit(PixelNet(op.image_shape), z, noisy, op, policy=Fixed(60), max_num_iter=60,
+                 learning_rate=0.05, callback=kick, snapshot_every=10, device="cpu")
+    assert result.loss[at] > 5 * result.loss[at - 1]
+    assert result.num_restarts == restarts and result.stop_reason.startswith("reached")
+
+
+def test_dip_fitting_a_flat_image_does_not_diverge():
+    """Adam's start-up transient on a near-fit start (seen: 0.0076 → 0.063 at iteration 4)."""
+    from deepprior import reconstruct
+
+    result = reconstruct(np.full((64, 64), 0.5, np.float32), net="dip", max_num_iter=25,
+                         stop="patience", seed=0)
+    assert max(result.history["loss"][:8]) > 5 * result.history["loss"][0]
+    assert result.config["num_restarts"] == 0
+    assert not result.stop_reason.startswith("diverged")
+
+
 class Recorder:
     """A policy that records the iterations it learns of, in order; stops at ``stop_at``."""
 
