@@ -130,6 +130,9 @@ RULE_CASES: list[tuple[str, int, float, float | None, str, int]] = [
     # SNR 40 dB at the other ratios
     *(("dip", 64, r, 40.0, "holdout:fraction=0.1,patience=1000,smoothing=0.99", 2)
       for r in (0.05, 0.1, 0.5)),
+    # 128² (the structured operator): SNR 20 dB stops early, the noiseless fit runs 6,000
+    *(("dip", 128, 0.25, snr, "holdout:fraction=0.1,patience=1000,smoothing=0.99", 2)
+      for snr in (20.0, None)),
 ]
 QUICK_RULE_CASES = [("deep_decoder", 64, 0.25, 20.0, "holdout:fraction=0.1,patience=5", 2)]
 
