@@ -145,18 +145,19 @@ def load_image(path: str | os.PathLike[str], *, max_pixels: int = 64_000_000) ->
     return _to_float_image(path, _drop_alpha(path, pixels))
 
 
-def _check_is_readable_file(path: pathlib.Path) -> None:
-    """Raise :class:`ImageError` unless `path` is an existing, non-empty regular file."""
+def _check_is_readable_file(path: pathlib.Path, kind: str = "an image file",
+                            error: type[ValueError] = ImageError) -> None:
+    """Raise `error` unless `path` is an existing, non-empty regular file (`kind`, in words)."""
     try:
         info = path.stat()
     except FileNotFoundError:
-        raise ImageError(f"{path}: no such file; check the path and the working folder") from None
+        raise error(f"{path}: no such file; check the path and the working folder") from None
     except OSError as exc:
-        raise ImageError(f"{path}: cannot access the file ({exc.strerror or exc})") from None
+        raise error(f"{path}: cannot access the file ({exc.strerror or exc})") from None
     if path.is_dir():
-        raise ImageError(f"{path}: is a directory, not an image file")
+        raise error(f"{path}: is a directory, not {kind}")
     if info.st_size == 0:
-        raise ImageError(f"{path}: the file is empty (0 bytes)")
+        raise error(f"{path}: the file is empty (0 bytes)")
 
 
 def _check_dimensions(path: pathlib.Path, height: int, width: int, max_pixels: int) -> None:
@@ -557,7 +558,7 @@ def load_array(
     [1.0, 1.0, 1.0]
     """
     path = pathlib.Path(os.fspath(path))
-    _check_array_file(path)
+    _check_is_readable_file(path, "a data file", ValueError)
     suffix = path.suffix.lower()
     if suffix not in ARRAY_SUFFIXES:
         raise ValueError(f"{path}: unsupported file type {suffix or '(no suffix)'!r}; use "
@@ -571,19 +572,6 @@ def load_array(
     else:
         array, name = _load_text_array(path), None
     return _check_numeric(path, array, name)
-
-
-def _check_array_file(path: pathlib.Path) -> None:
-    try:
-        info = path.stat()
-    except FileNotFoundError:
-        raise ValueError(f"{path}: no such file; check the path and the working folder") from None
-    except OSError as exc:
-        raise ValueError(f"{path}: cannot access the file ({exc.strerror or exc})") from None
-    if path.is_dir():
-        raise ValueError(f"{path}: is a directory, not a data file")
-    if info.st_size == 0:
-        raise ValueError(f"{path}: the file is empty (0 bytes)")
 
 
 def _load_npy_array(path: pathlib.Path) -> np.ndarray:
