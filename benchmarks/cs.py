@@ -133,6 +133,9 @@ RULE_CASES: list[tuple[str, int, float, float | None, str, int]] = [
     # 128² (the structured operator): SNR 20 dB stops early, the noiseless fit runs 6,000
     *(("dip", 128, 0.25, snr, "holdout:fraction=0.1,patience=1000,smoothing=0.99", 2)
       for snr in (20.0, None)),
+    # ... and at the other ratios (the noiseless fits at 0.05 / 0.1 stopped at 64² by 1,741)
+    *(("dip", 128, r, snr, "holdout:fraction=0.1,patience=1000,smoothing=0.99", 2)
+      for snr in (20.0, None) for r in (0.1, 0.05, 0.5)),
 ]
 QUICK_RULE_CASES = [("deep_decoder", 64, 0.25, 20.0, "holdout:fraction=0.1,patience=5", 2)]
 
