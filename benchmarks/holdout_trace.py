@@ -49,6 +49,7 @@ def main() -> None:
     parser.add_argument("--fraction", type=float, default=0.1)
     parser.add_argument("--iters", type=int, default=6000)
     parser.add_argument("--image", default="camera")
+    parser.add_argument("--out-dir", type=pathlib.Path, default=RESULTS)
     args = parser.parse_args()
     snr = args.snr or None
     m = round(args.ratio * args.size ** 2)
@@ -76,7 +77,7 @@ def main() -> None:
            "train_loss": train[EVERY - 1::EVERY].round(6).tolist(),
            "holdout_loss": raw[EVERY - 1::EVERY].round(6).tolist()}
     snr_tag = f"snr{snr:g}" if snr else "noiseless"
-    path = RESULTS / (f"holdout_trace_{args.image}_{args.size}_{args.ratio:g}_{snr_tag}"
+    path = args.out_dir / (f"holdout_trace_{args.image}_{args.size}_{args.ratio:g}_{snr_tag}"
                       f"_f{args.fraction:g}.json")
     path.write_text(json.dumps(out, indent=1))
     print(f"best PSNR {out['best_psnr']:.2f} dB at iteration {out['best_psnr_iter']}; "

@@ -209,3 +209,25 @@ def test_shard_must_be_k_of_n(text, harness):
     with pytest.raises(argparse.ArgumentTypeError, match="--shard"):
         harness.parse_shard(text)
     assert harness.parse_shard("1/3") == (1, 3)
+
+
+def test_holdout_trace_replays_a_rule_on_a_recorded_trajectory(harness):
+    trace = _load("holdout_trace")
+    raw = np.array([5.0, 4.0, 3.0, 3.5, 2.9, 3.1, 3.2, 3.3, 3.4, 3.5])
+    psnr = np.arange(10.0, 20.0)
+    # raw loss: minimum 2.9 at iteration 5, no new one for 3 iterations → stops at iteration 8
+    assert trace.rule_replay(raw, psnr, 0.0, 3) == {
+        "smoothing": 0.0, "patience": 3, "best_iter": 5, "psnr": 14.0, "stopped_at": 8}
+    # averaged with weight 0.5 on the past: 5, 4.5, 3.75, 3.625, 3.2625, 3.18, 3.19, ...
+    replay = trace.rule_replay(raw, psnr, 0.5, 2)
+    assert (replay["best_iter"], replay["stopped_at"]) == (6, 8)
+    assert trace.rule_replay(raw, psnr, 0.0, 100)["stopped_at"] is None
+
+
+def test_holdout_trace_quick_run(tmp_path):
+    result = _run("holdout_trace.py", "--size", "32", "--ratio", "0.25", "--iters", "6",
+                  "--out-dir", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    payload = json.loads(next(tmp_path.glob("holdout_trace_*.json")).read_text())
+    assert payload["m"] == 256 and len(payload["rules"]) == 6
+    assert 1 <= payload["best_psnr_iter"] <= 6
