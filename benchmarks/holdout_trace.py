@@ -1,8 +1,8 @@
 """Trace of the hold-out stop in one compressive-sensing fit: held-out loss and PSNR per iteration.
 
 Fits the Deep Image Prior's hold-out member (no refit) for the whole budget with a patience that
-never fires, recording after every iteration the training loss, the raw and the averaged
-hold-out loss and the PSNR, then prints where the PSNR peaks and where hold-out rules with
+never fires, recording after every iteration the training loss, the raw hold-out loss and the
+PSNR, then prints where the PSNR peaks and where hold-out rules with
 other patience / smoothing would have stopped on the same trajectory. One core, ~37 min at 128².
 
     OMP_NUM_THREADS=1 python benchmarks/holdout_trace.py --size 128 --ratio 0.1 --snr 20 \
@@ -28,17 +28,18 @@ EVERY = 20  # iterations between stored points
 
 
 def rule_replay(raw: np.ndarray, psnr: np.ndarray, smoothing: float, patience: int) -> dict:
-    """Where a hold-out rule would stop on this trajectory and the PSNR it would return."""
-    best, best_at, averaged, stop = np.inf, 0, None, None
-    for i, value in enumerate(raw):
-        averaged = value if averaged is None else smoothing * averaged + (1 - smoothing) * value
-        if averaged < best:
-            best, best_at = averaged, i
-        if i - best_at >= patience:
-            stop = i + 1
+    """Where the library's hold-out rule with this smoothing and patience would stop on the
+    recorded trajectory, and the PSNR of the iterate it would return (its own averaging and
+    minimum bookkeeping, replayed)."""
+    minimum, averaged, stop = stopping._Minimum(patience), None, None
+    for step, value in enumerate(raw, start=1):
+        averaged = stopping._smoothed(averaged, value, smoothing)
+        minimum.update(step, averaged)
+        if minimum.exhausted(step):
+            stop = step
             break
-    return {"smoothing": smoothing, "patience": patience, "best_iter": best_at + 1,
-            "psnr": float(psnr[best_at]), "stopped_at": stop}
+    return {"smoothing": smoothing, "patience": patience, "best_iter": minimum.step,
+            "psnr": float(psnr[minimum.step - 1]), "stopped_at": stop}
 
 
 def main() -> None:
