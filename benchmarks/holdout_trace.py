@@ -50,6 +50,9 @@ def main() -> None:
     parser.add_argument("--fraction", type=float, default=0.1)
     parser.add_argument("--iters", type=int, default=6000)
     parser.add_argument("--image", default="camera")
+    parser.add_argument("--tv-weight", type=float, default=0.0,
+                        help="fit DIP + this weight · TV (reconstruct's regularizer='tv'); "
+                             "0: no penalty")
     parser.add_argument("--out-dir", type=pathlib.Path, default=RESULTS)
     args = parser.parse_args()
     snr = args.snr or None
@@ -67,11 +70,14 @@ def main() -> None:
     result = reconstruct(y[0].numpy(), operator, net="dip", ensemble=1, seed=0,
                          stop=f"holdout:fraction={args.fraction},patience={10 * args.iters},"
                               "smoothing=0.99",
-                         max_num_iter=args.iters, ground_truth=clean)
+                         max_num_iter=args.iters, ground_truth=clean,
+                         regularizer="tv" if args.tv_weight else None,
+                         regularizer_weight=args.tv_weight or None)
     psnr = result.history["psnr"]
     train, raw = np.array(trace).T
     replays = [rule_replay(raw, psnr, s, p) for s in (0.0, 0.99, 0.999) for p in (300, 1000)]
     out = {"image": args.image, "size": args.size, "m": m, "snr": snr, "fraction": args.fraction,
+           "tv_weight": args.tv_weight,
            "seconds": result.elapsed, "best_psnr": float(psnr.max()),
            "best_psnr_iter": int(psnr.argmax()) + 1, "rules": replays,
            "every": EVERY, "psnr": psnr[EVERY - 1::EVERY].round(3).tolist(),
@@ -79,7 +85,8 @@ def main() -> None:
            "holdout_loss": raw[EVERY - 1::EVERY].round(6).tolist()}
     snr_tag = f"snr{snr:g}" if snr else "noiseless"
     path = args.out_dir / (f"holdout_trace_{args.image}_{args.size}_{args.ratio:g}_{snr_tag}"
-                      f"_f{args.fraction:g}.json")
+                      f"_f{args.fraction:g}{f'_tv{args.tv_weight:g}' if args.tv_weight else ''}"
+                      ".json")
     path.write_text(json.dumps(out, indent=1))
     print(f"best PSNR {out['best_psnr']:.2f} dB at iteration {out['best_psnr_iter']}; "
           f"last {psnr[-1]:.2f}")

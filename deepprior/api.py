@@ -556,7 +556,7 @@ def reconstruct(
                              "of the measurement noise) or choose another stopping rule")
         sigma = estimate_sigma(array)
     candidates = _penalties(regularizer, regularizer_weight, problem=problem, sigma=sigma,
-                            array=array, image_shape=op.image_shape)
+                            array=array, op=op, y=y)
     if ensemble is None:  # a choice of weights refits on its own (its members 1..K)
         refits = isinstance(stop, str) and stop == "auto" and len(candidates) == 1
         ensemble = defaults.auto_ensemble(given_sigma) if refits else 1
@@ -665,22 +665,64 @@ def reconstruct(
 
 #: The named penalties of ``reconstruct(regularizer=...)``.
 REGULARIZERS = {"tv": total_variation}
-#: ``regularizer="tv"`` when denoising: λ = this · σ (σ on the [0, 1] scale). Total variation's
-#: own best weight grows in proportion to σ (scikit-image's TV denoiser, oracle weight 0.72-0.81
-#: σ at σ = 15-50, benchmarks/results/denoise.json). For DIP + TV, 64², σ = 25, factors 0.25 /
-#: 0.5 / 1 against none: camera 28.40 / 28.83 / 28.64 vs 27.83 dB, astronaut 27.08 / 27.06 /
-#: 26.28 vs 27.02; σ = 50 camera 24.35 / 24.37 vs 23.90 (``benchmarks/defaults.py
-#: --calibration``, RESULTS.md §5).
+#: ``regularizer="tv"`` without a weight: λ = this · σ · s (σ in the units of the
+#: measurements, on the [0, 1] intensity scale when denoising), with ``s`` the operator's scale
+#: (:func:`_tv_scale`: 1 when denoising, n/m for the built-in sensing operators). Total
+#: variation's own best weight grows in proportion to σ (scikit-image's TV denoiser, oracle
+#: weight 0.72-0.81 σ at σ = 15-50, benchmarks/results/denoise.json). For DIP + TV, 64², σ = 25,
+#: factors 0.25 / 0.5 / 1 against none: camera 28.40 / 28.83 / 28.64 vs 27.83 dB, astronaut
+#: 27.08 / 27.06 / 26.28 vs 27.02; σ = 50 camera 24.35 / 24.37 vs 23.90 (``benchmarks/
+#: defaults.py --calibration``, RESULTS.md §5). In compressive sensing (camera 128², m/n = 0.1,
+#: SNR 20 dB, σ = 0.177, s = 10: this rule's λ = 0.89) DIP's hold-out fit with λ = 0.5 / 2
+#: peaks at 24.86 / 25.06 dB against 24.12 without TV and 24.69 for oracle-tuned TV
+#: (``benchmarks/holdout_trace.py --tv-weight``, RESULTS.md §2).
 TV_WEIGHT_PER_SIGMA = 0.5
+#: Compressive sensing without σ: the measurement SNRs (dB, against the measurements' own rms)
+#: whose noise levels give the candidate TV weights, chosen between on held-out measurements.
+TV_SNRS_DB = (20.0, 30.0)
+
+
+def _tv_scale(op: Any) -> float:
+    """``n·√q / m`` with ``q = ‖A‖_F² / n`` (the mean gain of ``A`` on a random image; 4
+    Gaussian probes), ``n`` the pixels and ``m`` the measurements: 1 for ``Identity``, n/m for the
+    built-in sensing operators (rows of squared norm n/m). λ·TV then matches the noise the
+    least-squares term sees per pixel: a TV problem ``½‖Ax − y‖² + Λ·TV`` whose best Λ grows
+    like σ·‖A‖_F/√m·√(m/n) is, in the fit's per-measurement loss, λ = 2Λ·n/m ∝ σ·s."""
+    # a seed of its own: probes drawn like a seed-0 sensing matrix would correlate with its rows
+    probes = torch.randn((4, 1, *op.image_shape), generator=torch.Generator().manual_seed(7919))
+    with torch.no_grad():  # one image at a time: an operator need not take a batch
+        gain = sum(float(op.A(u.to(op.device)).double().square().sum()) for u in probes) \
+            / float(probes.double().square().sum())
+    n = math.prod(op.image_shape)
+    return n * math.sqrt(gain) / op.num_measurements
+
+
+def _default_tv_weights(problem: str, op: Any, y: torch.Tensor, sigma: float | None,
+                        array: np.ndarray) -> list[float]:
+    """``regularizer="tv"``'s weights when none is given: ``TV_WEIGHT_PER_SIGMA · σ ·``
+    :func:`_tv_scale`, with σ given or estimated when denoising; in compressive sensing without
+    σ one weight per noise level of :data:`TV_SNRS_DB` (a held-out choice)."""
+    if problem == "denoise" and sigma is None:
+        sigma = estimate_sigma(array)
+    if sigma is not None and problem in ("denoise", "compressive_sensing"):
+        sigmas = [sigma]
+    elif problem == "compressive_sensing":
+        rms = float(y.double().square().mean().sqrt())
+        sigmas = [rms * 10 ** (-snr / 20) for snr in TV_SNRS_DB]
+    else:
+        raise ValueError(f"regularizer='tv' needs regularizer_weight=... for {problem}: its "
+                         "automatic weight is measured on denoising and compressive sensing")
+    scale = _tv_scale(op)
+    return [TV_WEIGHT_PER_SIGMA * s * scale for s in sigmas]
 
 
 def _penalties(regularizer: Any, weight: Any, *, problem: str, sigma: float | None,
-               array: np.ndarray, image_shape: tuple[int, ...]) -> list[tuple[Any, Any]]:
+               array: np.ndarray, op: Any, y: torch.Tensor) -> list[tuple[Any, Any]]:
     """The candidate ``(penalty(output) or None, λ)`` pairs: one, or several to choose from.
 
     ``regularizer="auto"``: TV or nothing, i.e. the weights 0 and ``regularizer_weight`` (one
-    or several; when denoising by default ``TV_WEIGHT_PER_SIGMA · σ``). A sequence of weights
-    with ``"tv"`` or a function: each weight is a candidate. Weight 0 fits without a penalty.
+    or several; by default :func:`_default_tv_weights`). A sequence of weights with ``"tv"``
+    or a function: each weight is a candidate. Weight 0 fits without a penalty.
     """
     if regularizer is None:
         if weight is not None:
@@ -690,13 +732,10 @@ def _penalties(regularizer: Any, weight: Any, *, problem: str, sigma: float | No
         name = check_choice("regularizer", regularizer, ("auto", *REGULARIZERS))
         function = REGULARIZERS["tv" if name == "auto" else name]
         if weight is None:
-            if problem != "denoise":
-                raise ValueError(f"regularizer={regularizer!r} needs regularizer_weight=... for "
-                                 f"{problem}: its automatic weight is measured on denoising")
-            weight = TV_WEIGHT_PER_SIGMA * (estimate_sigma(array) if sigma is None else sigma)
+            weight = _default_tv_weights(problem, op, y, sigma, array)
     elif callable(regularizer):
         name, function, weight = None, regularizer, 1.0 if weight is None else weight
-        probe = torch.full((1, *image_shape), 0.5, requires_grad=True)
+        probe = torch.full((1, *op.image_shape), 0.5, requires_grad=True)
         value = function(probe)
         if not (isinstance(value, torch.Tensor) and value.ndim == 0 and value.requires_grad
                 and torch.isfinite(value)):
