@@ -143,8 +143,13 @@ RULE_CASES: list[tuple[Any, ...]] = [
     ("dip", 128, 0.1, 20.0, "holdout:fraction=0.1,patience=1000,smoothing=0.99", 1,
      {"regularizer": "tv"}),
     ("dip", 128, 0.1, 20.0, "auto", 1, {"regularizer": "tv", "sigma": "given"}),
+    # ... and TV or none chosen on held-out measurements where the default is far above TV
+    *(("dip", 64, 0.25, snr, "holdout:fraction=0.1,patience=1000,smoothing=0.99", 1,
+       {"regularizer": "auto"}) for snr in (None, 20.0)),
 ]
-QUICK_RULE_CASES = [("deep_decoder", 64, 0.25, 20.0, "holdout:fraction=0.1,patience=5", 2)]
+QUICK_RULE_CASES = [("deep_decoder", 64, 0.25, 20.0, "holdout:fraction=0.1,patience=5", 2),
+                    ("deep_decoder", 64, 0.25, 20.0, "holdout:fraction=0.1,patience=5", 1,
+                     {"regularizer": "tv"})]
 
 QUICK_BASELINE_CASES = [(64, 410, None), (64, 1024, 20.0), (128, 1638, None)]
 QUICK_PRIOR_CASES = [("deep_decoder", 64, 0.25, None, 40), ("conv_decoder", 128, 0.1, None, 10)]
@@ -380,7 +385,11 @@ def rule_table(rows: list[dict[str, Any]]) -> str:
         members = r.get("members") or []
         table.append({
             "net": LABELS[r["method"]], "size": f"{r['size']}²", "m/n": f"{r['ratio']:.3g}",
-            "noise": _snr_text(r["snr"]), "stop": r["stop"], "fits": len(members) or 1,
+            "noise": _snr_text(r["snr"]),
+            "stop": " + ".join([r["stop"], *(f"{k}={v}" for k, v in r.get("options", {}).items())]
+                               + ([f"λ={r['regularizer_weight']:.3g}"]
+                                  if r.get("regularizer_weight") else [])),
+            "fits": len(members) or 1,
             "PSNR": _fmt(r["psnr"]),
             "members' PSNR": " / ".join(_fmt(k["psnr"]) for k in members),
             "returned it.": r["num_iter"], "steps": r["num_steps"],

@@ -92,7 +92,9 @@ Regularizer = Annotated[
 ]
 RegularizerWeight = Annotated[
     float | None, typer.Option("--regularizer-weight", min=0.0, metavar="W", help="Its weight "
-                               "(default when denoising: proportional to the noise level).",
+                               "(default when denoising and in compressive sensing: "
+                               "proportional to the noise level; in compressive sensing "
+                               "without it, two weights chosen on held-out measurements).",
                                rich_help_panel=FIT_PANEL)
 ]
 PrecisionName = choices_enum("PrecisionName", deepprior.PRECISIONS)

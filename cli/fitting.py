@@ -359,12 +359,14 @@ def check_stop(task: Task, names: list[str], clean: np.ndarray | None, *,
 
 
 def check_regularizer(task: Task, options: FitOptions) -> None:
-    """``--regularizer tv|auto`` without a weight has one only when denoising."""
+    """``--regularizer tv|auto`` without a weight has one only for denoising and compressive
+    sensing (``deepprior.api.TV_WEIGHT_PROBLEMS``)."""
     if (options.regularizer != "none" and options.regularizer_weight is None
-            and problem_of(task) != "denoise"):
+            and problem_of(task) not in deepprior.api.TV_WEIGHT_PROBLEMS):
         raise ValueError(f"--regularizer {options.regularizer} needs --regularizer-weight W for "
                          f"{problem_of(task).replace('_', ' ')}: the automatic weight, "
-                         "proportional to the noise level, is set for denoising only")
+                         "proportional to the noise level, is set for denoising and compressive "
+                         "sensing only")
 
 
 def output_bits(path: Path, input_bits: int, *, colour: bool) -> tuple[int, str | None]:

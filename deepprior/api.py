@@ -454,8 +454,12 @@ def reconstruct(
     regularizer_weight : float or sequence of floats, optional
         λ. For ``"tv"`` and ``"auto"`` when denoising it defaults to ``TV_WEIGHT_PER_SIGMA · σ``
         with σ the noise level (given, or estimated from the image): the weight follows the
-        noise, no clean image involved (benchmarks/RESULTS.md §5 measured the factor); other
-        problems need it given. A function's weight defaults to 1. **Several weights** (a
+        noise, no clean image involved (benchmarks/RESULTS.md §5 measured the factor). In
+        compressive sensing ``TV_WEIGHT_PER_SIGMA · σ · s`` with ``s`` the operator's scale
+        (n/m for the built-in sensing operators), and without σ the weights of the noise
+        levels of ``TV_SNRS_DB`` (SNR 20 and 30 dB against the measurements' rms), chosen
+        between on held-out measurements as below (RESULTS.md §2). Other problems need it
+        given. A function's weight defaults to 1. **Several weights** (a
         sequence; ``"auto"`` adds 0, i.e. no penalty) are chosen between on held-out data, no
         clean image needed: a seeded 10% of the measurements (pixels, when denoising) is set
         aside, the network is fitted to the rest once per weight (same seed, same stopping
@@ -680,6 +684,8 @@ TV_WEIGHT_PER_SIGMA = 0.5
 #: Compressive sensing without σ: the measurement SNRs (dB, against the measurements' own rms)
 #: whose noise levels give the candidate TV weights, chosen between on held-out measurements.
 TV_SNRS_DB = (20.0, 30.0)
+#: The problem kinds with an automatic TV weight (others need ``regularizer_weight``).
+TV_WEIGHT_PROBLEMS = ("denoise", "compressive_sensing")
 
 
 def _tv_scale(op: Any) -> float:
@@ -704,14 +710,14 @@ def _default_tv_weights(problem: str, op: Any, y: torch.Tensor, sigma: float | N
     σ one weight per noise level of :data:`TV_SNRS_DB` (a held-out choice)."""
     if problem == "denoise" and sigma is None:
         sigma = estimate_sigma(array)
-    if sigma is not None and problem in ("denoise", "compressive_sensing"):
-        sigmas = [sigma]
-    elif problem == "compressive_sensing":
-        rms = float(y.double().square().mean().sqrt())
-        sigmas = [rms * 10 ** (-snr / 20) for snr in TV_SNRS_DB]
-    else:
+    if problem not in TV_WEIGHT_PROBLEMS:
         raise ValueError(f"regularizer='tv' needs regularizer_weight=... for {problem}: its "
                          "automatic weight is measured on denoising and compressive sensing")
+    if sigma is not None:
+        sigmas = [sigma]
+    else:  # compressive sensing without σ
+        rms = float(y.double().square().mean().sqrt())
+        sigmas = [rms * 10 ** (-snr / 20) for snr in TV_SNRS_DB]
     scale = _tv_scale(op)
     return [TV_WEIGHT_PER_SIGMA * s * scale for s in sigmas]
 

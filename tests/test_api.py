@@ -18,6 +18,7 @@ from deepprior import (
     sample_image,
 )
 from deepprior.api import image_to_tensor, tensor_to_image
+from deepprior.operators import Blur, Identity
 
 SMALL = {"channels": 16}
 DD = {"net": "deep_decoder"}  # the fast network; the defaults have tests of their own
@@ -439,12 +440,13 @@ def test_a_users_regularizer_function_and_every_refusal():
         reconstruct(noisy, regularizer="tv", regularizer_weight=-1.0, **options)
     op = GaussianSensing(300, (32, 32))
     y = op.A(image_to_tensor(clean))[0]
-    with pytest.raises(ValueError, match="needs regularizer_weight=... for compressive_sensing"):
-        reconstruct(y, op, regularizer="tv", **options)
     cs = reconstruct(y, op, regularizer="tv", regularizer_weight=1e-3, **options)
     assert cs.config["regularizer_weight"] == 1e-3
-    with pytest.raises(ValueError, match="needs regularizer_weight=... for compressive_sensing"):
-        reconstruct(y, op, regularizer="auto", **options)
+    blur = Blur(np.ones((3, 3)) / 9, (32, 32))
+    blurred = blur.A(image_to_tensor(clean))[0]
+    for name in ("tv", "auto"):  # no measured weight rule for deblurring
+        with pytest.raises(ValueError, match="needs regularizer_weight=... for deblurring"):
+            reconstruct(blurred, blur, regularizer=name, **options)
     with pytest.raises(ValueError, match="give distinct weights"):
         reconstruct(noisy, regularizer="auto", regularizer_weight=[0.0, 0.1], **options)
     with pytest.raises(ValueError, match="give distinct weights"):
@@ -452,6 +454,32 @@ def test_a_users_regularizer_function_and_every_refusal():
     with pytest.raises(ValueError, match="choosing the regularizer weight needs a stopping spec"):
         reconstruct(noisy, regularizer="auto", stop=deepprior.stopping.Fixed(3),
                     **{k: v for k, v in options.items() if k != "stop"})
+
+
+def test_the_tv_weight_follows_the_noise_level_and_the_operators_scale():
+    clean = image_to_tensor(sample_image("camera", size=32))
+    # the scale: 1 for denoising, n/m for sensing rows of squared norm n/m (4 random probes)
+    assert deepprior.api._tv_scale(Identity((1, 32, 32))) == 1.0
+    op = GaussianSensing(300, (32, 32))
+    assert deepprior.api._tv_scale(op) == pytest.approx(1024 / 300, rel=0.05)
+    y = op.A(clean)[0]
+    options = {"max_num_iter": 3, "stop": "fixed:3", "net_options": {"channels": 4}, **DD}
+    given = reconstruct(y, op, regularizer="tv", sigma=0.05, **options)
+    assert given.config["regularizer_weight"] == pytest.approx(
+        deepprior.api.TV_WEIGHT_PER_SIGMA * 0.05 * deepprior.api._tv_scale(op))
+    assert "regularizer_choice" not in given.config
+    # without σ: one weight per noise level of TV_SNRS_DB, chosen on held-out measurements;
+    # "auto" adds none
+    rms = float(y.double().square().mean().sqrt())
+    expected = [deepprior.api.TV_WEIGHT_PER_SIGMA * rms * 10 ** (-snr / 20)
+                * deepprior.api._tv_scale(op) for snr in deepprior.api.TV_SNRS_DB]
+    for name, weights in (("tv", expected), ("auto", [0.0, *expected])):
+        result = reconstruct(y, op, regularizer=name, **options)
+        choice = result.config["regularizer_choice"]
+        assert [row["weight"] for row in choice] == pytest.approx(weights)
+        assert sum(row["chosen"] for row in choice) == 1
+        assert result.config["regularizer_weight"] in [row["weight"] for row in choice]
+        assert result.num_steps == 3 * (len(weights) + 1)  # one refit of all the measurements
 
 
 def test_auto_regularizer_averages_the_held_out_winner_with_a_fit_to_all_pixels():

@@ -156,12 +156,17 @@ def test_cs_quick(tmp_path):
     methods = {r["method"] for r in payload["rows"]}
     assert {"least_squares", "tv_fista", "wavelet_fista", "deep_decoder"} <= methods
     assert "TV (oracle λ)" in done.stdout
-    rule = next(r for r in payload["rows"] if "stop" in r)  # a hold-out rule: its own fit
+    rule, tv = (r for r in payload["rows"] if "stop" in r)  # a hold-out rule: its own fit
     assert rule["key"][-2:] == [rule["stop"], 2] and 0 < rule["num_iter"] <= 40
     first, second = rule["members"]  # the hold-out fit, then all the data to its iterate
     assert second["num_steps"] == first["num_iter"] == rule["num_iter"]
     assert rule["num_steps"] == first["num_steps"] + second["num_steps"]
     assert "Other σ-free rules" in done.stdout and rule["stop"] in done.stdout
+    # with TV, no σ: two weights fitted to 90%, the held-out choice, a refit of all the data
+    assert tv["options"] == {"regularizer": "tv"} and tv["key"][-1] == ["regularizer", "tv"]
+    assert len(tv["regularizer_choice"]) == 2 and len(tv["members"]) == 2
+    assert tv["regularizer_weight"] in [c["weight"] for c in tv["regularizer_choice"]]
+    assert f"regularizer=tv + λ={tv['regularizer_weight']:.3g}" in done.stdout
 
 
 def test_speed_quick(tmp_path):

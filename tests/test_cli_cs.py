@@ -145,6 +145,23 @@ def test_discrepancy_rule_on_own_measurements_uses_noise_sigma(system, tmp_path)
     assert report["num_steps"] < 200  # the noise level was reached: the rule fired
 
 
+def test_a_tv_penalty_on_own_measurements_takes_its_weight_from_sigma_or_held_out_data(
+        system, tmp_path):
+    matrix, y, _ = system
+    a_path, y_path = _write(tmp_path, "A.npy", matrix), _write(tmp_path, "y.npy", y)
+    args = ("--matrix", a_path, "--measurements-file", y_path, "--regularizer", "tv")
+    result = invoke(*args, "--noise-sigma", "0.1", "-o", tmp_path / "s.png")
+    assert result.exit_code == 0, result.output
+    config = json.loads((tmp_path / "s.json").read_text())["config"]
+    scale = SIDE * SIDE / M  # rows of squared norm n/m
+    assert config["regularizer_weight"] == pytest.approx(0.5 * 0.1 * scale, rel=0.1)
+    result = invoke(*args, "-o", tmp_path / "h.png")  # no σ: SNR 20 / 30 dB weights, a choice
+    assert result.exit_code == 0, result.output
+    config = json.loads((tmp_path / "h.json").read_text())["config"]
+    assert len(config["regularizer_choice"]) == 2
+    assert config["regularizer_weight"] in [row["weight"] for row in config["regularizer_choice"]]
+
+
 def test_key_chooses_among_several_arrays(system, tmp_path):
     matrix, y, _ = system
     np.savez(tmp_path / "data.npz", first=y, second=y[::-1])
