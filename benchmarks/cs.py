@@ -146,6 +146,8 @@ RULE_CASES: list[tuple[Any, ...]] = [
     # ... and TV or none chosen on held-out measurements where the default is far above TV
     *(("dip", 64, 0.25, snr, "holdout:fraction=0.1,patience=1000,smoothing=0.99", 1,
        {"regularizer": "auto"}) for snr in (None, 20.0)),
+    # DIP's σ-given default without TV on the 128² miss, beside its TV row
+    ("dip", 128, 0.1, 20.0, "auto", 1, {"sigma": "given"}),
 ]
 QUICK_RULE_CASES = [("deep_decoder", 64, 0.25, 20.0, "holdout:fraction=0.1,patience=5", 2),
                     ("deep_decoder", 64, 0.25, 20.0, "holdout:fraction=0.1,patience=5", 1,
