@@ -266,7 +266,7 @@ def run_study(args: argparse.Namespace, store: harness.Store) -> None:
             row = {**_case_row(size, m, snr, net), "stop": stop, "ensemble": ensemble,
                    **({"options": options} if options else {})}
             row["key"] = [size, m, snr, net, stop, *([ensemble] if ensemble > 1 else []),
-                          *sorted(options.items())]
+                          *(f"{k}={v}" for k, v in sorted(options.items()))]
             if store.key(row) in store.done and not args.recompute:
                 continue
             clean, operator, y, noise_std = make_case(size, m, snr, args.seed, args.image)
@@ -390,7 +390,7 @@ def rule_table(rows: list[dict[str, Any]]) -> str:
             "noise": _snr_text(r["snr"]),
             "stop": " + ".join([r["stop"], *(f"{k}={v}" for k, v in r.get("options", {}).items())]
                                + ([f"λ={r['regularizer_weight']:.3g}"]
-                                  if r.get("regularizer_weight") else [])),
+                                  if r.get("regularizer_weight") is not None else [])),
             "fits": len(members) or 1,
             "PSNR": _fmt(r["psnr"]),
             "members' PSNR": " / ".join(_fmt(k["psnr"]) for k in members),

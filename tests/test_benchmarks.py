@@ -163,10 +163,13 @@ def test_cs_quick(tmp_path):
     assert rule["num_steps"] == first["num_steps"] + second["num_steps"]
     assert "Other σ-free rules" in done.stdout and rule["stop"] in done.stdout
     # with TV, no σ: two weights fitted to 90%, the held-out choice, a refit of all the data
-    assert tv["options"] == {"regularizer": "tv"} and tv["key"][-1] == ["regularizer", "tv"]
+    assert tv["options"] == {"regularizer": "tv"} and tv["key"][-1] == "regularizer=tv"
     assert len(tv["regularizer_choice"]) == 2 and len(tv["members"]) == 2
     assert tv["regularizer_weight"] in [c["weight"] for c in tv["regularizer_choice"]]
     assert f"regularizer=tv + λ={tv['regularizer_weight']:.3g}" in done.stdout
+    report = _run("cs.py", "--report", "--out-dir", str(tmp_path))  # the rows read back
+    assert report.returncode == 0, report.stderr
+    assert f"regularizer=tv + λ={tv['regularizer_weight']:.3g}" in report.stdout
 
 
 def test_speed_quick(tmp_path):
