@@ -148,6 +148,9 @@ RULE_CASES: list[tuple[Any, ...]] = [
        {"regularizer": "auto"}) for snr in (None, 20.0)),
     # DIP's σ-given default without TV on the 128² miss, beside its TV row
     ("dip", 128, 0.1, 20.0, "auto", 1, {"sigma": "given"}),
+    # the σ-given TV weight at the other 128² SNR 20 dB ratios run, each beside its no-TV fit
+    *(("dip", 128, r, 20.0, "auto", 1, options) for r in (0.25, 0.05)
+      for options in ({"regularizer": "tv", "sigma": "given"}, {"sigma": "given"})),
 ]
 QUICK_RULE_CASES = [("deep_decoder", 64, 0.25, 20.0, "holdout:fraction=0.1,patience=5", 2),
                     ("deep_decoder", 64, 0.25, 20.0, "holdout:fraction=0.1,patience=5", 1,
