@@ -228,6 +228,11 @@ def _case_row(size: int, m: int, snr: float | None, method: str,
     return row
 
 
+def _options_text(options: dict[str, Any]) -> list[str]:
+    """A rule case's reconstruct options as ``"k=v"`` strings, sorted: its key and its label."""
+    return [f"{k}={v}" for k, v in sorted(options.items())]
+
+
 def run_study(args: argparse.Namespace, store: harness.Store) -> None:
     """Baseline rows, then deepprior rows, skipping those already stored."""
     base_cases = QUICK_BASELINE_CASES if args.quick else FULL_BASELINE_CASES
@@ -269,7 +274,7 @@ def run_study(args: argparse.Namespace, store: harness.Store) -> None:
             row = {**_case_row(size, m, snr, net), "stop": stop, "ensemble": ensemble,
                    **({"options": options} if options else {})}
             row["key"] = [size, m, snr, net, stop, *([ensemble] if ensemble > 1 else []),
-                          *(f"{k}={v}" for k, v in sorted(options.items()))]
+                          *_options_text(options)]
             if store.key(row) in store.done and not args.recompute:
                 continue
             clean, operator, y, noise_std = make_case(size, m, snr, args.seed, args.image)
@@ -391,7 +396,7 @@ def rule_table(rows: list[dict[str, Any]]) -> str:
         table.append({
             "net": LABELS[r["method"]], "size": f"{r['size']}²", "m/n": f"{r['ratio']:.3g}",
             "noise": _snr_text(r["snr"]),
-            "stop": " + ".join([r["stop"], *(f"{k}={v}" for k, v in r.get("options", {}).items())]
+            "stop": " + ".join([r["stop"], *_options_text(r.get("options", {}))]
                                + ([f"λ={r['regularizer_weight']:.3g}"]
                                   if r.get("regularizer_weight") is not None else [])),
             "fits": len(members) or 1,

@@ -87,7 +87,8 @@ Regularizer = Annotated[
                                   "(total variation; helps piecewise-smooth images, see the "
                                   "README), auto (tv or none, whichever predicts 10% held-out "
                                   "pixels/measurements better, averaged with a fit to all "
-                                  "the data: three fits) or none.",
+                                  "the data: three fits; four in compressive sensing "
+                                  "without σ) or none.",
                                   rich_help_panel=FIT_PANEL)
 ]
 RegularizerWeight = Annotated[

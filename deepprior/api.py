@@ -711,8 +711,9 @@ def _default_tv_weights(problem: str, op: Any, y: torch.Tensor, sigma: float | N
     if problem == "denoise" and sigma is None:
         sigma = estimate_sigma(array)
     if problem not in TV_WEIGHT_PROBLEMS:
-        raise ValueError(f"regularizer='tv' needs regularizer_weight=... for {problem}: its "
-                         "automatic weight is measured on denoising and compressive sensing")
+        raise ValueError(f"regularizer='tv' or 'auto' needs regularizer_weight=... for "
+                         f"{problem}: its automatic weight is measured on denoising and "
+                         "compressive sensing")
     if sigma is not None:
         sigmas = [sigma]
     else:  # compressive sensing without σ
