@@ -151,6 +151,10 @@ RULE_CASES: list[tuple[Any, ...]] = [
     # the σ-given TV weight at the other 128² SNR 20 dB ratios run, each beside its no-TV fit
     *(("dip", 128, r, 20.0, "auto", 1, options) for r in (0.25, 0.05)
       for options in ({"regularizer": "tv", "sigma": "given"}, {"sigma": "given"})),
+    # ... and at 64², every ratio, SNR 20 / 40 dB: the evidence for a σ-given default
+    *(("dip", 64, r, snr, "auto", 1, options) for snr in (20.0, 40.0)
+      for r in (0.05, 0.1, 0.25, 0.5)
+      for options in ({"regularizer": "tv", "sigma": "given"}, {"sigma": "given"})),
 ]
 QUICK_RULE_CASES = [("deep_decoder", 64, 0.25, 20.0, "holdout:fraction=0.1,patience=5", 2),
                     ("deep_decoder", 64, 0.25, 20.0, "holdout:fraction=0.1,patience=5", 1,
