@@ -28,6 +28,7 @@ from .operators import Identity, as_operator, check_operator
 from .stopping import (
     HOLDOUT_FRACTION,
     Fixed,
+    Holdout,
     holds_out,
     make_policy,
     members,
@@ -462,8 +463,10 @@ def reconstruct(
         given. A function's weight defaults to 1. **Several weights** (a
         sequence; ``"auto"`` adds 0, i.e. no penalty) are chosen between on held-out data, no
         clean image needed: a seeded 10% of the measurements (pixels, when denoising) is set
-        aside, the network is fitted to the rest once per weight (same seed, same stopping
-        rule), and the weight whose returned image predicts the held-out share best wins. Its
+        aside — with a ``holdout`` stop, the share it holds out itself, so that every weight's
+        fit sees the rest once — the network is fitted to the rest once per weight (same seed,
+        same stopping rule), and the weight whose returned image predicts the held-out share
+        best wins. Its
         fit becomes ensemble member 0, and ``ensemble`` more members fit all the data with that
         weight (member k: seed + k and, when denoising, the k-th flip/rotation); the image is
         their average. ``config["regularizer_choice"]`` lists each weight's held-out loss and
@@ -595,9 +598,13 @@ def reconstruct(
     choice, trials, fits = [], [], []
     penalty, regularizer_weight = candidates[0]
     if len(candidates) > 1:  # each weight fitted without the held-out share: member 0
-        kept_op, kept_y, held_op, held_y = split_measurements(op, y, HOLDOUT_FRACTION, seed)
+        # a stop that holds data out compares the weights on its own share (member 0 splits
+        # with this seed); any other stop fits what is left of a share set aside here
+        own = next((p for p in members(policy) if isinstance(p, Holdout)), None)
+        fit_op, fit_y, held_op, held_y = (op, y, own.operator, own.y) if own else \
+            split_measurements(op, y, HOLDOUT_FRACTION, seed)
         for candidate, weight in candidates:
-            module, trial = fit_member(0, kept_op, kept_y, truth, candidate, spec)
+            module, trial = fit_member(0, fit_op, fit_y, truth, candidate, spec)
             loss = residual(held_op, held_y, trial.output.to(torch_device)) / held_y.numel()
             trials.append(trial)
             choice.append(_choice_row(weight, loss, trial, truth))

@@ -482,6 +482,22 @@ def test_the_tv_weight_follows_the_noise_level_and_the_operators_scale():
         assert result.num_steps == 3 * (len(weights) + 1)  # one refit of all the measurements
 
 
+def test_a_holdout_stop_lends_its_own_share_to_the_regularizer_choice():
+    clean = sample_image("camera", size=32)
+    op = GaussianSensing(300, (32, 32))
+    y = op.A(image_to_tensor(clean))[0]
+    options = {"max_num_iter": 40, "stop": "holdout:fraction=0.2,patience=5",
+               "net_options": {"channels": 8}, "ground_truth": clean, **DD}
+    chosen = reconstruct(y, op, regularizer="auto", regularizer_weight=1e-3, **options)
+    plain = reconstruct(y, op, ensemble=2, **options)
+    # no penalty fits exactly what the plain hold-out fit (member 0) fits: 80% of the
+    # measurements, not 80% of an 80% share set aside first
+    none, member = chosen.config["regularizer_choice"][0], plain.config["members"][0]
+    assert none["weight"] == 0.0
+    assert none["psnr"] == member["psnr"] and none["num_iter"] == member["num_iter"]
+    assert none["stop_reason"] == member["stop_reason"]
+
+
 def test_auto_regularizer_averages_the_held_out_winner_with_a_fit_to_all_pixels():
     clean = sample_image("camera", size=32)
     noisy = add_gaussian_noise(clean, 0.1, seed=0)
