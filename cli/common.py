@@ -81,14 +81,16 @@ Net = Annotated[
 ]
 Norm = Annotated[NormName, typer.Option("--norm", help="Normalization after each layer.",
                                         rich_help_panel=FIT_PANEL)]
-RegularizerName = choices_enum("RegularizerName", ("none", "tv", "auto"))
+RegularizerName = choices_enum("RegularizerName", ("default", "none", "tv", "auto"))
 Regularizer = Annotated[
     RegularizerName, typer.Option("--regularizer", help="A penalty added to the loss: tv "
                                   "(total variation; helps piecewise-smooth images, see the "
                                   "README), auto (tv or none, whichever predicts 10% held-out "
                                   "pixels/measurements better, averaged with a fit to all "
                                   "the data: three fits; four in compressive sensing "
-                                  "without σ) or none.",
+                                  "without σ), none, or default: none, except tv for dip in "
+                                  "cs when the noise level is given (measured, see the "
+                                  "README).",
                                   rich_help_panel=FIT_PANEL)
 ]
 RegularizerWeight = Annotated[
@@ -210,7 +212,7 @@ class FitOptions:
     ensemble: int | None = None
     threads: int | None = None
     precision: str = "fp32"
-    regularizer: str = "none"
+    regularizer: str = "default"
     regularizer_weight: float | None = None
 
     @property
@@ -230,7 +232,7 @@ _ANNOTATIONS: dict[str, Any] = {
 #: Defaults typer needs as enum members.
 _CLI_DEFAULTS: dict[str, Any] = {"net": None, "norm": NormName("channel"),
                                  "precision": PrecisionName("fp32"),
-                                 "regularizer": RegularizerName("none")}
+                                 "regularizer": RegularizerName("default")}
 #: ``deepprior batch TASK``: -o is a folder (required), --clean a folder, --threads per fit;
 #: --overwrite is left out (batch has --force).
 _BATCH_ANNOTATIONS: dict[str, Any] = {

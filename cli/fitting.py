@@ -211,7 +211,7 @@ def fit_kwargs(options: FitOptions) -> dict[str, Any]:
         "net_options": {"channels": options.channels} if options.channels else None,
         "ensemble": options.ensemble,
         "precision": options.precision,
-        "regularizer": None if options.regularizer == "none" else options.regularizer,
+        "regularizer": None if options.regularizer == "default" else options.regularizer,
         "regularizer_weight": options.regularizer_weight,
     }
 
@@ -361,7 +361,7 @@ def check_stop(task: Task, names: list[str], clean: np.ndarray | None, *,
 def check_regularizer(task: Task, options: FitOptions) -> None:
     """``--regularizer tv|auto`` without a weight has one only for denoising and compressive
     sensing (``deepprior.api.TV_WEIGHT_PROBLEMS``)."""
-    if (options.regularizer != "none" and options.regularizer_weight is None
+    if (options.regularizer in ("tv", "auto") and options.regularizer_weight is None
             and problem_of(task) not in deepprior.api.TV_WEIGHT_PROBLEMS):
         raise ValueError(f"--regularizer {options.regularizer} needs --regularizer-weight W for "
                          f"{problem_of(task).replace('_', ' ')}: the automatic weight, "

@@ -389,6 +389,32 @@ def test_a_row_with_refit_fits_twice_only_after_its_automatic_hold_out_stop(regi
     assert deepprior.problem_defaults("denoise", "dip").auto_ensemble(False) == 1
 
 
+def test_a_rows_default_penalty_applies_when_sigma_is_given(registry):
+    from deepprior.nets import DeepDecoder
+
+    x, op, y, _ = _cs_problem()
+    deepprior.register_net(
+        "tiny_tv_decoder", lambda shape, norm="channel": DeepDecoder(shape, norm=norm,
+                                                                      channels=8),
+        defaults={"compressive_sensing": deepprior.Defaults(
+            5, 0.01, "fixed:5", regularizer_with_sigma="tv")}, replace=True)
+
+    def penalty(**options):
+        config = reconstruct(y[0], op, net="tiny_tv_decoder", **options).config
+        return config["regularizer"], config["regularizer_weight"]
+
+    assert penalty() == (None, None)  # without σ: no weight to derive, no penalty
+    name, weight = penalty(sigma=0.05)
+    assert name == "tv" and weight == pytest.approx(
+        deepprior.api.TV_WEIGHT_PER_SIGMA * 0.05 * deepprior.api._tv_scale(op))
+    assert penalty(sigma=0.05, regularizer="none") == (None, None)
+    assert penalty(sigma=0.05, regularizer="tv", regularizer_weight=0.3) == ("tv", 0.3)
+    with pytest.raises(ValueError, match="regularizer_weight needs a regularizer"):
+        penalty(sigma=0.05, regularizer_weight=0.3)  # a weight alone: say which penalty
+    with pytest.raises(ValueError, match="regularizer must be one of"):
+        penalty(regularizer="tikhonov")
+
+
 @pytest.mark.parametrize(("make", "expected"), [
     (lambda x: (add_gaussian_noise(x, 0.1, seed=0), None), "dip"),
     (lambda x: (GaussianSensing(300, (32, 32)).A(image_to_tensor(x))[0],
@@ -428,9 +454,9 @@ def test_a_users_regularizer_function_and_every_refusal():
 
     result = reconstruct(noisy, regularizer=l1, regularizer_weight=0.5, **options)
     assert result.config["regularizer"] == "l1" and result.config["regularizer_weight"] == 0.5
-    with pytest.raises(ValueError, match="regularizer must be one of auto, tv"):
+    with pytest.raises(ValueError, match="regularizer must be one of auto, none, tv"):
         reconstruct(noisy, regularizer="l2", **options)
-    with pytest.raises(TypeError, match="regularizer must be 'tv', 'auto', a function or None"):
+    with pytest.raises(TypeError, match="must be 'tv', 'auto', 'none', a function or None"):
         reconstruct(noisy, regularizer=3, **options)
     with pytest.raises(ValueError, match="regularizer_weight needs a regularizer"):
         reconstruct(noisy, regularizer_weight=0.1, **options)

@@ -160,6 +160,13 @@ def test_a_tv_penalty_on_own_measurements_takes_its_weight_from_sigma_or_held_ou
     config = json.loads((tmp_path / "h.json").read_text())["config"]
     assert len(config["regularizer_choice"]) == 2
     assert config["regularizer_weight"] in [row["weight"] for row in config["regularizer_choice"]]
+    # DIP's default with σ given is TV at that weight; --regularizer none turns it off
+    own = ("--matrix", a_path, "--measurements-file", y_path, "--noise-sigma", "0.1")
+    for option, expected in (((), "tv"), (("--regularizer", "none"), None)):
+        result = invoke(*own, *option, "-o", tmp_path / "d.png", "--overwrite")
+        assert result.exit_code == 0, result.output
+        config = json.loads((tmp_path / "d.json").read_text())["config"]
+        assert config["net"] == "dip" and config["regularizer"] == expected
 
 
 def test_key_chooses_among_several_arrays(system, tmp_path):
