@@ -20,8 +20,9 @@ Methods
 - deepprior networks for a fixed budget of iterations; reported: the last iterate, the
   best-PSNR iterate of the run (oracle) and the iterate the automatic rule (``stop="auto"``,
   evaluated alongside the same fit) would have returned; with noisy measurements also the
-  iterate of the network's rule for a known σ (``reconstruct(..., sigma=σ)``, the true noise
-  std), from the same fit.
+  iterate of the network's rule for a known σ (the stop of ``reconstruct(..., sigma=σ)``, the
+  true noise std), from the same fit — DIP's σ-given default also adds TV, which changes the
+  fit: the rule cases below run it.
 
 Usage::
 
@@ -109,7 +110,8 @@ EXTRA_BUDGETS = {("dip", 6000)}
 #: the hold-out fit (what K = 1 returns) and member 1 a fit of all the measurements to its
 #: iteration; the row lists both members' PSNR. An optional seventh entry adds reconstruct
 #: options (keyed too): ``{"regularizer": "tv"}``, and ``"sigma": "given"`` for the simulated
-#: noise std; with several TV weights to choose from, K counts the refits after the choice.
+#: noise std (DIP then fits with TV by default: ``"regularizer": "none"`` for the fit without);
+#: with several TV weights to choose from, K counts the refits after the choice.
 RULE_CASES: list[tuple[Any, ...]] = [
     *(("dip", 64, 0.25, snr, "holdout:fraction=0.1,patience=200", 1)
       for snr in (20.0, 40.0, None)),
@@ -147,14 +149,16 @@ RULE_CASES: list[tuple[Any, ...]] = [
     *(("dip", 64, 0.25, snr, "holdout:fraction=0.1,patience=1000,smoothing=0.99", 1,
        {"regularizer": "auto"}) for snr in (None, 20.0)),
     # DIP's σ-given default without TV on the 128² miss, beside its TV row
-    ("dip", 128, 0.1, 20.0, "auto", 1, {"sigma": "given"}),
+    ("dip", 128, 0.1, 20.0, "auto", 1, {"regularizer": "none", "sigma": "given"}),
     # the σ-given TV weight at the other 128² SNR 20 dB ratios run, each beside its no-TV fit
     *(("dip", 128, r, 20.0, "auto", 1, options) for r in (0.25, 0.05)
-      for options in ({"regularizer": "tv", "sigma": "given"}, {"sigma": "given"})),
+      for options in ({"regularizer": "tv", "sigma": "given"},
+                      {"regularizer": "none", "sigma": "given"})),
     # ... and at 64², every ratio, SNR 20 / 40 dB: the evidence for a σ-given default
     *(("dip", 64, r, snr, "auto", 1, options) for snr in (20.0, 40.0)
       for r in (0.05, 0.1, 0.25, 0.5)
-      for options in ({"regularizer": "tv", "sigma": "given"}, {"sigma": "given"})),
+      for options in ({"regularizer": "tv", "sigma": "given"},
+                      {"regularizer": "none", "sigma": "given"})),
     # σ given, the discrepancy rule stopped DIP at 64² m/n 0.05 / 0.1 SNR 20 dB 3 / 2.4 dB
     # below the σ-free hold-out rule: the hold-out rule and its refit, with the σ-given TV weight
     *(("dip", 64, r, snr, "holdout:fraction=0.1,patience=1000,smoothing=0.99", 2,
