@@ -365,16 +365,19 @@ def test_after_a_held_out_stop_the_other_members_refit_all_the_data_to_its_itera
     assert result.num_steps == single.num_steps + single.num_iter
 
 
-def test_a_row_with_refit_fits_twice_only_after_its_automatic_hold_out_stop(registry):
+def _register_tiny_cs_net(name: str, defaults: deepprior.Defaults) -> None:
+    """A Deep Decoder of width 8 under ``name``, with its compressive-sensing defaults."""
     from deepprior.nets import DeepDecoder
 
-    x, op, y, _ = _cs_problem()
     deepprior.register_net(
-        "tiny_refit_decoder", lambda shape, norm="channel": DeepDecoder(shape, norm=norm,
-                                                                         channels=8),
-        defaults={"compressive_sensing": deepprior.Defaults(
-            30, 0.01, "holdout:fraction=0.2,patience=3", stop_with_sigma="fixed:30",
-            refit=True)}, replace=True)
+        name, lambda shape, norm="channel": DeepDecoder(shape, norm=norm, channels=8),
+        defaults={"compressive_sensing": defaults}, replace=True)
+
+
+def test_a_row_with_refit_fits_twice_only_after_its_automatic_hold_out_stop(registry):
+    x, op, y, _ = _cs_problem()
+    _register_tiny_cs_net("tiny_refit_decoder", deepprior.Defaults(
+        30, 0.01, "holdout:fraction=0.2,patience=3", stop_with_sigma="fixed:30", refit=True))
     net = {"net": "tiny_refit_decoder"}
 
     def fits(**options):
@@ -390,14 +393,9 @@ def test_a_row_with_refit_fits_twice_only_after_its_automatic_hold_out_stop(regi
 
 
 def test_a_rows_default_penalty_applies_when_sigma_is_given(registry):
-    from deepprior.nets import DeepDecoder
-
     x, op, y, _ = _cs_problem()
-    deepprior.register_net(
-        "tiny_tv_decoder", lambda shape, norm="channel": DeepDecoder(shape, norm=norm,
-                                                                      channels=8),
-        defaults={"compressive_sensing": deepprior.Defaults(
-            5, 0.01, "fixed:5", regularizer_with_sigma="tv")}, replace=True)
+    _register_tiny_cs_net("tiny_tv_decoder",
+                          deepprior.Defaults(5, 0.01, "fixed:5", regularizer_with_sigma="tv"))
 
     def penalty(**options):
         config = reconstruct(y[0], op, net="tiny_tv_decoder", **options).config
