@@ -218,7 +218,10 @@ def run_prior(
     sigma : float or None
         The true noise std of the measurements. When given and the problem has a rule for a
         known σ (``Defaults.stop_with_sigma``), that rule is shadowed too (``*_auto_sigma``
-        columns): what ``reconstruct(..., sigma=σ)`` returns, from the same fit.
+        columns): the iterate ``reconstruct(..., sigma=σ)`` would stop at, from the same fit.
+        The fit has no penalty: where σ also brings one
+        (``Defaults.regularizer_with_sigma``: DIP in compressive sensing), it is that rule
+        without the penalty.
 
     Returns
     -------
