@@ -254,14 +254,24 @@ def default_summary(result, report: dict[str, Any]) -> str:
     return f"PSNR {result.psnr:.2f} dB, SSIM {result.ssim:.3f}, iteration {result.num_iter}"
 
 
+#: A losing candidate whose held-out loss lies fewer standard errors above the chosen one's
+#: (``margin_z`` of the report) is called a near tie.
+NEAR_TIE_Z = 2.0
+
+
 def choice_line(choice: list[dict[str, Any]]) -> str:
     """Which regularizer weight the held-out pixels/measurements chose, and the losses."""
     def name(row):
         return "none" if row["weight"] == 0 else f"λ = {row['weight']:.4g}"
     chosen = next(row for row in choice if row["chosen"])
     losses = ", ".join(f"{name(row)} {row['holdout_loss']:.4g}" for row in choice)
-    return (f"regularizer: {name(chosen)}, the lowest held-out loss ({losses}); its fit "
+    line = (f"regularizer: {name(chosen)}, the lowest held-out loss ({losses}); its fit "
             "averaged with a fit to all the data")
+    close = [row for row in choice if (row.get("margin_z") or NEAR_TIE_Z) < NEAR_TIE_Z]
+    for row in close:
+        line += (f"; a near tie: {name(row)} is only {row['margin_z']:.1f} standard errors "
+                 "behind, so the choice is uncertain")
+    return line
 
 
 def ensemble_note(result) -> str:

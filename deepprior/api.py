@@ -33,8 +33,8 @@ from .stopping import (
     make_policy,
     members,
     parse_stop,
-    residual,
     split_measurements,
+    squared_errors,
 )
 
 __all__ = [
@@ -483,8 +483,11 @@ def reconstruct(
         best wins. Its
         fit becomes ensemble member 0, and ``ensemble`` more members fit all the data with that
         weight (member k: seed + k and, when denoising, the k-th flip/rotation); the image is
-        their average. ``config["regularizer_choice"]`` lists each weight's held-out loss and
-        stop, ``config["members"]`` the members. Costs one fit per weight plus ``ensemble``.
+        their average. ``config["regularizer_choice"]`` lists each weight's held-out loss, stop
+        and, for the losers, ``margin_z``: how many standard errors its held-out loss lies
+        above the winner's (the mean of the per-entry differences over their standard error;
+        under ~2 the choice is a near tie), ``config["members"]`` the members. Costs one fit
+        per weight plus ``ensemble``.
 
     Returns
     -------
@@ -622,15 +625,18 @@ def reconstruct(
         own = next((p for p in members(policy) if isinstance(p, Holdout)), None)
         fit_op, fit_y, held_op, held_y = (op, y, own.operator, own.y) if own else \
             split_measurements(op, y, HOLDOUT_FRACTION, seed)
+        errors = []
         for candidate, weight in candidates:
             module, trial = fit_member(0, fit_op, fit_y, truth, candidate, spec)
-            loss = residual(held_op, held_y, trial.output.to(torch_device)) / held_y.numel()
+            errors.append(squared_errors(held_op, held_y, trial.output.to(torch_device)))
             trials.append(trial)
-            choice.append(_choice_row(weight, loss, trial, truth))
+            choice.append(_choice_row(weight, float(errors[-1].mean()), trial, truth))
             if trial.stop_reason.startswith("interrupted"):  # return what the user stopped
                 break
         best = min(range(len(choice)), key=lambda i: choice[i]["holdout_loss"])
         choice[best]["chosen"] = True
+        for row, e in zip(choice, errors, strict=True):
+            row["margin_z"] = None if row["chosen"] else _paired_z(e - errors[best])
         penalty, regularizer_weight = candidates[best]
         fits.append((_DIHEDRAL[0], trials[best], trials[best].output))
     ks = range(1, ensemble + 1) if fits else range(ensemble)
@@ -804,6 +810,14 @@ def _choice_row(weight: float, loss: float, result: Any, truth: torch.Tensor | N
     if truth is not None:
         row["psnr"] = _output_psnr(truth, result.output)
     return row
+
+
+def _paired_z(differences: torch.Tensor) -> float:
+    """Mean over standard error of per-entry loss differences: how clearly one fit is worse."""
+    n = differences.numel()
+    spread = float(differences.std()) / math.sqrt(n) if n > 1 else 0.0
+    mean = float(differences.mean())
+    return mean / spread if spread > 0 else math.copysign(math.inf, mean) if mean else 0.0
 
 
 #: The eight flips/rotations of an image: (quarter turns, mirror first).

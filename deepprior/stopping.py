@@ -361,11 +361,15 @@ class EMV(_VarianceRule):
         return self._track(step, variance, "exponential moving variance")
 
 
+def squared_errors(operator: Any, y: Tensor, output: Tensor) -> Tensor:
+    """(operator.A(output) − y)² per measurement, flat, in float64 (float32 on MPS)."""
+    acc = _acc(output.device)
+    return (operator.A(output).to(acc) - y.to(output.device, acc)).reshape(-1).square()
+
+
 def residual(operator: Any, y: Tensor, output: Tensor) -> float:
     """‖operator.A(output) − y‖², accumulated in float64 (float32 on MPS)."""
-    acc = _acc(output.device)
-    difference = (operator.A(output).to(acc) - y.to(output.device, acc)).reshape(-1)
-    return float(difference.dot(difference))
+    return float(squared_errors(operator, y, output).sum())
 
 
 class Discrepancy(Rule):

@@ -506,6 +506,15 @@ def test_the_tv_weight_follows_the_noise_level_and_the_operators_scale():
         assert result.num_steps == 3 * (len(weights) + 1)  # one refit of all the measurements
 
 
+def test_the_margin_of_a_held_out_choice_is_a_paired_z_score():
+    noise = torch.from_numpy(np.random.default_rng(0).standard_normal(400))
+    assert abs(deepprior.api._paired_z(noise - noise.mean())) < 1e-9  # no mean difference
+    # a shift of 0.1 standard deviations over 400 entries: 0.1 · √400 = 2 standard errors
+    z = deepprior.api._paired_z(noise - noise.mean() + 0.1 * noise.std())
+    assert z == pytest.approx(2.0)
+    assert deepprior.api._paired_z(torch.zeros(5)) == 0.0  # identical fits: a tie
+
+
 def test_a_holdout_stop_lends_its_own_share_to_the_regularizer_choice():
     clean = sample_image("camera", size=32)
     op = GaussianSensing(300, (32, 32))
@@ -534,6 +543,8 @@ def test_auto_regularizer_averages_the_held_out_winner_with_a_fit_to_all_pixels(
     assert [row["chosen"] for row in choice] == [True, False]
     assert choice[0]["holdout_loss"] < choice[1]["holdout_loss"]
     assert choice[0]["psnr"] > choice[1]["psnr"]
+    # and clearly so: many standard errors of the per-pixel differences (the winner has none)
+    assert choice[0]["margin_z"] is None and choice[1]["margin_z"] > 5
     assert result.config["regularizer_weight"] == 0.0 and result.num_steps == 3 * 60
     # the chosen weight's held-out fit is member 0; member 1 fits all the pixels with that
     # weight, exactly as member 1 of an ensemble without a regularizer

@@ -166,6 +166,17 @@ def test_auto_regularizer_reports_its_choice(clean_png, tmp_path):
     assert len(config["members"]) == 2
 
 
+def test_the_choice_line_flags_a_near_tie():
+    from deepprior_cli.fitting import choice_line
+
+    rows = [{"weight": 0.0, "holdout_loss": 0.005081, "chosen": True, "margin_z": None},
+            {"weight": 0.03, "holdout_loss": 0.005091, "chosen": False, "margin_z": 0.4}]
+    assert choice_line(rows).endswith("a near tie: λ = 0.03 is only 0.4 standard errors "
+                                      "behind, so the choice is uncertain")
+    rows[1]["margin_z"] = 12.0
+    assert "near tie" not in choice_line(rows)
+
+
 @pytest.mark.parametrize(("precision", "bf16_units", "minutes", "hint"), [
     ("fp32", True, 18, True), ("fp32", False, 18, False), ("bf16", True, 12, False)])
 def test_the_dip_cost_note_gives_minutes_and_the_bf16_hint(clean_png, monkeypatch, precision,
