@@ -164,6 +164,10 @@ RULE_CASES: list[tuple[Any, ...]] = [
     *(("dip", 64, r, snr, "holdout:fraction=0.1,patience=1000,smoothing=0.99", 2,
        {"regularizer": "tv", "sigma": "given"}) for snr in (20.0, 40.0)
       for r in (0.05, 0.1, 0.25, 0.5)),
+    # ... and at 128² m/n 0.05 (819 measurements, where the discrepancy rule is ahead of the
+    # σ-free default; at 0.1 the σ-free TV row above chose λ 0.90, the σ-given weight is 0.89)
+    ("dip", 128, 0.05, 20.0, "holdout:fraction=0.1,patience=1000,smoothing=0.99", 2,
+     {"regularizer": "tv", "sigma": "given"}),
 ]
 QUICK_RULE_CASES = [("deep_decoder", 64, 0.25, 20.0, "holdout:fraction=0.1,patience=5", 2),
                     ("deep_decoder", 64, 0.25, 20.0, "holdout:fraction=0.1,patience=5", 1,
