@@ -124,8 +124,9 @@ def run_task(task: Task, options: FitOptions) -> None:
         if net == "dip" and deepprior.resolve_device(options.device).type == "cpu":
             defaults = deepprior.problem_defaults(problem_of(task), "dip")
             iters = options.iters or defaults.max_num_iter
-            fits = options.ensemble or (defaults.auto_ensemble(task.sigma is not None)
-                                        if options.stop == "auto" else 1)
+            fits = options.ensemble or (
+                defaults.auto_ensemble(task.sigma is not None, task.observation.size)
+                if options.stop == "auto" else 1)
             pixels = task.image_shape[0] * task.image_shape[1]
             minutes = fits * iters * DIP_CPU_SECONDS_PER_PIXEL * pixels / 60
             if options.precision == "bf16":

@@ -392,6 +392,26 @@ def test_a_row_with_refit_fits_twice_only_after_its_automatic_hold_out_stop(regi
     assert deepprior.problem_defaults("denoise", "dip").auto_ensemble(False) == 1
 
 
+@pytest.mark.parametrize(("minimum", "expected"), [(300, (1, 1)), (301, (2, 2))])
+def test_with_few_measurements_the_sigma_free_rule_serves_a_given_sigma(registry, minimum,
+                                                                        expected):
+    x, op, y, _ = _cs_problem()  # 300 measurements
+    _register_tiny_cs_net("tiny_few_decoder", deepprior.Defaults(
+        30, 0.01, "holdout:fraction=0.2,patience=3", stop_with_sigma="fixed:30", refit=True,
+        sigma_rule_min_measurements=minimum))
+    result = reconstruct(y[0], op, net="tiny_few_decoder", sigma=0.1)
+    assert (len(result.config.get("members", [None])), result.config["ensemble"]) == expected
+    assert result.config["stop_resolved"] == ("fixed:30" if minimum == 300 else
+                                              "holdout:fraction=0.2,patience=3")
+
+
+def test_dip_with_sigma_stops_by_discrepancy_from_512_measurements_on():
+    dip = deepprior.problem_defaults("compressive_sensing", "dip")
+    assert dip.auto_stop(True, 512) == dip.auto_stop(True) == "discrepancy:tau=0.6"
+    assert dip.auto_stop(True, 511) == dip.auto_stop(False, 511) == dip.stop
+    assert (dip.auto_ensemble(True, 511), dip.auto_ensemble(True, 512)) == (2, 1)
+
+
 def test_a_rows_default_penalty_applies_when_sigma_is_given(registry):
     x, op, y, _ = _cs_problem()
     _register_tiny_cs_net("tiny_tv_decoder",
