@@ -163,8 +163,9 @@ PROBLEMS: dict[str, dict[str, Defaults]] = {
             "dB 33.02 against 33.13, seed1/cs.json); below 512 measurements the discrepancy stop "
             "comes early, the σ-free rule (with TV at the σ weight) measured better: camera 64² "
             "m/n 0.05 / 0.1, SNR 20 dB 22.64 / 24.63 against 21.43 / 23.71, SNR 40 dB 24.57 / "
-            "27.59 against 24.24 / 27.29; astronaut 64² SNR 20 dB 0.1 18.54 against 18.20; "
-            "from 819 on within -0.31 to +0.22 dB at 4-6x the time (cs.json, astronaut/)"),
+            "27.59 against 24.24 / 27.29; astronaut 64² SNR 20 dB 15.79 / 18.54 against 15.56 / "
+            "18.20; from 819 on within -0.31 to +0.22 dB at 3.5-10x the time (cs.json, "
+            "astronaut/)"),
         "conv_decoder": Defaults(
             3000, 0.01, stop_with_sigma="discrepancy",
             source=f"Darestani & Heckel 2021 (lr 0.01); patience: 0.42 dB mean gap; with noise "
