@@ -268,8 +268,9 @@ def choice_line(choice: list[dict[str, Any]]) -> str:
     losses = ", ".join(f"{name(row)} {row['holdout_loss']:.4g}" for row in choice)
     line = (f"regularizer: {name(chosen)}, the lowest held-out loss ({losses}); its fit "
             "averaged with a fit to all the data")
-    close = [row for row in choice if (row.get("margin_z") or NEAR_TIE_Z) < NEAR_TIE_Z]
-    for row in close:
+    for row in choice:
+        if row.get("margin_z") is None or row["margin_z"] >= NEAR_TIE_Z:
+            continue
         line += (f"; a near tie: {name(row)} is only {row['margin_z']:.1f} standard errors "
                  "behind, so the choice is uncertain")
     return line

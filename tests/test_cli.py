@@ -175,6 +175,8 @@ def test_the_choice_line_flags_a_near_tie():
                                       "behind, so the choice is uncertain")
     rows[1]["margin_z"] = 12.0
     assert "near tie" not in choice_line(rows)
+    rows[1]["margin_z"] = 0.0  # identical held-out losses: the nearest tie of all
+    assert "only 0.0 standard errors" in choice_line(rows)
 
 
 @pytest.mark.parametrize(("precision", "bf16_units", "minutes", "hint"), [
