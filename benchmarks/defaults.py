@@ -14,6 +14,8 @@ Usage::
         --variants dip+tv=0.25 dip+tv=0.5 dip+tv=1                     # the TV factor, 64²
     OMP_NUM_THREADS=1 python benchmarks/defaults.py --resume --nets dip \
         --variants dip@bf16+auto --variant-sigmas 15 50 --shard 3/4    # auto at σ = 15, 50
+    OMP_NUM_THREADS=1 python benchmarks/defaults.py --resume --large --variants \
+        --shard 0/4                                                    # camera 256², σ = 25
     python benchmarks/defaults.py --report
     python benchmarks/defaults.py --quick --out-dir /tmp/q
 """
@@ -39,6 +41,10 @@ FULL_CASES = [
     ("astronaut", 128, 15, 0), ("astronaut", 128, 50, 1), ("astronaut", 128, 15, 1),
 ]
 QUICK_CASES = [("camera", 64, 25, 0)]
+#: ``--large``: 256², where a DIP fit takes 30–60 min on one core (``--variants`` with no
+#: names runs the networks alone).
+LARGE_CASES = [("camera", 256, 25, 0), ("astronaut", 256, 25, 0), ("camera", 256, 15, 0),
+               ("camera", 256, 50, 0)]
 NETS = ("deep_decoder", "dip")
 #: Variants ``NET[:K][@PRECISION][+tv[=C]|+auto[=C]]`` run on the σ = 25 cases (both images, both
 #: seeds): ensembles (``reconstruct(ensemble=K)``: K members on seeds and flips, averaged;
@@ -62,7 +68,7 @@ def _key(row: dict[str, Any]) -> list:
 
 def run_study(args: argparse.Namespace, store: harness.Store) -> None:
     cases = QUICK_CASES if args.quick else CALIBRATION_CASES if args.calibration \
-        else FULL_CASES
+        else LARGE_CASES if args.large else FULL_CASES
     shard, shards = args.shard
     for image, size, sigma255, seed in cases[shard::shards]:
         clean = sample_image(image, size=size)
@@ -131,8 +137,44 @@ def report(payload: dict[str, Any]) -> str:
     return text
 
 
-def plot(payload: dict[str, Any], path: Path) -> None:
-    return None
+def plot(payload: dict[str, Any], path: Path) -> Path | None:
+    """Quality per second: each fit's PSNR minus BM3D's on the same case against its time.
+
+    One panel per image size, one colour per method, one marker per σ; up and to the left is
+    better. BM3D's own time is not drawn (1–31 s, §1 of RESULTS.md).
+    """
+    from matplotlib.figure import Figure
+
+    bm3d = {tuple(r["key"][:4]): r["psnr"] for r in payload["rows"] if r["method"] == "bm3d"}
+    rows = [r for r in payload["rows"]
+            if r["method"] != "bm3d" and tuple(r["key"][:4]) in bm3d and "seconds" in r]
+    if not rows:
+        return None
+    sizes = sorted({r["size"] for r in rows})
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    markers = dict(zip(sorted({r["sigma255"] for r in rows}), "os^Dv", strict=False))
+    fig = Figure(figsize=(4.2 * len(sizes), 3.4), dpi=72, layout="constrained")
+    for i, size in enumerate(sizes):
+        ax = fig.add_subplot(1, len(sizes), i + 1)
+        for j, method in enumerate(methods):
+            for sigma, marker in markers.items():
+                sel = [r for r in rows if r["size"] == size and r["method"] == method
+                       and r["sigma255"] == sigma]
+                if sel:
+                    ax.plot([r["seconds"] for r in sel],
+                            [r["psnr"] - bm3d[tuple(r["key"][:4])] for r in sel],
+                            ls="none", marker=marker, ms=5, color=f"C{j % 10}", alpha=0.8,
+                            label=f"{method}, σ={sigma}")
+        ax.axhline(0, color="k", lw=0.8, ls="--")
+        ax.axhline(-1, color="0.5", lw=0.8, ls=":")
+        ax.set_xscale("log")
+        ax.set_title(f"{size}²: PSNR − BM3D (true σ)", fontsize=9)
+        ax.set_xlabel("time to result (s, one core)", fontsize=8)
+        ax.set_ylabel("dB", fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.legend(fontsize=5, ncol=2)
+    fig.savefig(path)
+    return path
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -148,6 +190,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "run on")
     parser.add_argument("--calibration", action="store_true",
                         help="the 64² calibration cases, every variant on each")
+    parser.add_argument("--large", action="store_true",
+                        help="the 256² cases, every variant on each")
     return parser.parse_args(argv)
 
 
