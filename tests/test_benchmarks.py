@@ -172,6 +172,20 @@ def test_cs_quick(tmp_path):
     assert f"regularizer=tv + λ={tv['regularizer_weight']:.3g}" in report.stdout
 
 
+def test_defaults_quick(tmp_path):
+    pytest.importorskip("bm3d")
+    done = _run("defaults.py", "--quick", "--nets", "deep_decoder", "--variants",
+                "--out-dir", str(tmp_path))
+    assert done.returncode == 0, done.stderr
+    payload = _check_outputs(tmp_path, "defaults")  # the plot: each fit's gap to BM3D
+    rows = {r["method"]: r for r in payload["rows"]}
+    assert set(rows) == {"bm3d", "deep_decoder"}
+    assert rows["deep_decoder"]["num_iter"] <= 40 and rows["deep_decoder"]["seconds"] > 0
+    report = _run("defaults.py", "--report", "--out-dir", str(tmp_path))
+    assert report.returncode == 0, report.stderr
+    assert f"{rows['deep_decoder']['psnr']:.2f}" in report.stdout
+
+
 def test_speed_quick(tmp_path):
     done = _run("speed.py", "--quick", "--out-dir", str(tmp_path))
     assert done.returncode == 0, done.stderr
