@@ -460,10 +460,16 @@ def baseline_detail(rows: list[dict[str, Any]]) -> str:
     return harness.markdown_table(table, columns)
 
 
+def _image(payload: dict[str, Any]) -> str:
+    """The study's image (``--image``, recorded with each run): the tables' and plot's title."""
+    return payload["runs"][-1]["config"].get("image", "camera") if payload["runs"] else "camera"
+
+
 def report(payload: dict[str, Any]) -> str:
     """All markdown tables of the study."""
     rows = payload["rows"]
     runs = payload["runs"]
+    image = _image(payload)
     parts = [
         "Machine: " + harness.machine_line(runs[-1]),
         "Commands: " + "; ".join(f"`{r['command']}` ({r['date']})" for r in runs),
@@ -473,10 +479,10 @@ def report(payload: dict[str, Any]) -> str:
         for snr in SNRS:
             if not any(r["size"] == size and r["snr"] == snr for r in rows):
                 continue
-            parts += [f"\ncamera {size}², {op} operator, {_snr_text(snr)} — PSNR (dB); "
+            parts += [f"\n{image} {size}², {op} operator, {_snr_text(snr)} — PSNR (dB); "
                       "'best it.' = oracle iterate (iteration):\n",
                       quality_table(rows, size, snr)]
-    if any(r["m"] in REFERENCE_TV and r["size"] == 64 for r in rows):
+    if image == "camera" and any(r["m"] in REFERENCE_TV and r["size"] == 64 for r in rows):
         parts += ["\nReference check (camera 64², Gaussian, noiseless):\n", reference_table(rows)]
     if any("stop" in r for r in rows):
         parts += ["\nOther σ-free rules, each its own fit (`reconstruct(y, A, stop=...)`):\n",
@@ -494,6 +500,7 @@ def plot(payload: dict[str, Any], path: Path) -> Path | None:
     """
     from matplotlib.figure import Figure
 
+    image = _image(payload)
     rows = [r for r in payload["rows"]
             if (r["m"] not in REFERENCE_TV or r["size"] != 64) and len(r["key"]) == 4]
     sizes = sorted({r["size"] for r in rows})
@@ -523,7 +530,7 @@ def plot(payload: dict[str, Any], path: Path) -> Path | None:
             ax.set_xscale("log")
             ax.minorticks_off()
             ax.set_xticks(list(RATIOS), [f"{r:g}" for r in RATIOS])
-            ax.set_title(f"camera {size}², {_snr_text(snr)}", fontsize=8)
+            ax.set_title(f"{image} {size}², {_snr_text(snr)}", fontsize=8)
             ax.set_xlabel("m/n", fontsize=7)
             ax.set_ylabel("PSNR (dB)", fontsize=7)
             ax.tick_params(labelsize=7)
