@@ -50,6 +50,7 @@ from deepprior import (
     FastSensing,
     GaussianSensing,
     LinearOperator,
+    problem_defaults,
     psnr,
     reconstruct,
     sample_image,
@@ -503,6 +504,9 @@ def plot(payload: dict[str, Any], path: Path) -> Path | None:
     image = _image(payload)
     rows = [r for r in payload["rows"]
             if (r["m"] not in REFERENCE_TV or r["size"] != 64) and len(r["key"]) == 4]
+    default = problem_defaults("compressive_sensing", "dip").stop  # what stop="auto" runs
+    default_rows = [r for r in payload["rows"] if r["method"] == "dip" and r.get("stop") ==
+                    default and r.get("ensemble") == 2 and not r.get("options")]
     sizes = sorted({r["size"] for r in rows})
     if not rows:
         return None
@@ -527,6 +531,12 @@ def plot(payload: dict[str, Any], path: Path) -> Path | None:
                 else:
                     ax.plot(x, [r["psnr"] for r in sel], color=color, ls=ls, marker=marker,
                             ms=4, label=CS_LABELS[method])
+            sel = sorted((r for r in default_rows if r["size"] == size and r["snr"] == snr),
+                         key=lambda r: r["ratio"])
+            if sel:
+                ax.plot([r["ratio"] for r in sel], [r["psnr"] for r in sel], color="k",
+                        ls="--", marker="*", ms=6, label="DIP, the σ-free default (hold-out "
+                        "+ refit)")
             ax.set_xscale("log")
             ax.minorticks_off()
             ax.set_xticks(list(RATIOS), [f"{r:g}" for r in RATIOS])
