@@ -504,9 +504,10 @@ def plot(payload: dict[str, Any], path: Path) -> Path | None:
     image = _image(payload)
     rows = [r for r in payload["rows"]
             if (r["m"] not in REFERENCE_TV or r["size"] != 64) and len(r["key"]) == 4]
-    default = problem_defaults("compressive_sensing", "dip").stop  # what stop="auto" runs
-    default_rows = [r for r in payload["rows"] if r["method"] == "dip" and r.get("stop") ==
-                    default and r.get("ensemble") == 2 and not r.get("options")]
+    dip = problem_defaults("compressive_sensing", "dip")  # what stop="auto" runs without σ
+    default_rows = [r for r in payload["rows"] if r["method"] == "dip" and not r.get("options")
+                    and r.get("stop") == dip.auto_stop(False)
+                    and r.get("ensemble") == dip.auto_ensemble(False)]
     sizes = sorted({r["size"] for r in rows})
     if not rows:
         return None

@@ -41,8 +41,8 @@ FULL_CASES = [
     ("astronaut", 128, 15, 0), ("astronaut", 128, 50, 1), ("astronaut", 128, 15, 1),
 ]
 QUICK_CASES = [("camera", 64, 25, 0)]
-#: ``--large``: 256², where a DIP fit takes 30–60 min on one core (``--variants`` with no
-#: names runs the networks alone).
+#: ``--large``: 256², where a DIP fit takes more than an hour on one core (a bfloat16 one was
+#: unfinished after 62 min, RESULTS.md §5; ``--variants`` with no names runs the networks alone).
 LARGE_CASES = [("camera", 256, 25, 0), ("astronaut", 256, 25, 0), ("camera", 256, 15, 0),
                ("camera", 256, 50, 0)]
 NETS = ("deep_decoder", "dip")
