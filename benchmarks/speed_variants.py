@@ -31,6 +31,17 @@ The Deep Decoder also:
   convolution one ``bmm`` over the K weight matrices, upsampling and ReLU on the batch, channel
   norm one ``instance_norm`` over K·k channels (outputs equal to the K separate nets).
 
+With ``--vs-plain-loop``: the library's fitting loop against the plainest loop on the same
+network. ``reconstruct(noisy, net=NET)`` runs as a user calls it (the default denoising fit of
+camera, σ = 25: its automatic stop's bookkeeping, output average and, for DIP, input noise),
+its budget cut to ``--steps``; from its callback, after every library iteration, one step of a
+plain loop on a second copy of the same network (built with the same seed) is run: forward,
+mean squared error, backward, Adam at the same learning rate — nothing else. The two loops take
+turns step by step, so both meet the same load; medians of the time between callbacks (one
+library iteration, the plain step excluded) and of the plain step. deepinv's own
+``DeepImagePrior`` loop is not timed: deepinv needs a torchvision that replaces this CPU
+torch (``pip install --dry-run deepinv`` next to torch 2.13.0 would install torch 2.14.1).
+
 With ``--time-to-result``: the Deep Decoder's default denoising fit of camera 256², σ = 25
 (``reconstruct(noisy, net="deep_decoder")``, automatic stop), as the library runs it and with
 the network wrapped in ``torch.compile`` (compilation counts in the time), alternating, twice
@@ -42,6 +53,8 @@ Usage::
     OMP_NUM_THREADS=1 python benchmarks/speed_variants.py [--sizes 64 128] [--steps 40]
         [--nets deep_decoder dip conv_decoder]
     python benchmarks/speed_variants.py --time-to-result [--threads 2]
+    OMP_NUM_THREADS=1 python benchmarks/speed_variants.py --vs-plain-loop --nets deep_decoder dip \
+        --steps 120
 """
 
 from __future__ import annotations
@@ -58,7 +71,14 @@ import harness
 import torch
 from torch.func import functional_call, stack_module_state, vmap
 
-from deepprior import add_gaussian_noise, build_net, nets, reconstruct, sample_image
+from deepprior import (
+    add_gaussian_noise,
+    build_net,
+    nets,
+    problem_defaults,
+    reconstruct,
+    sample_image,
+)
 
 
 class VarMeanNorm(torch.nn.Module):
@@ -139,8 +159,8 @@ def _interleaved(steps: dict, rounds: int) -> dict[str, list[float]]:
     return times
 
 
-def _single(net, z, y, bf16: bool = False):
-    opt = torch.optim.Adam(net.parameters(), lr=0.01)
+def _single(net, z, y, bf16: bool = False, learning_rate: float = 0.01):
+    opt = torch.optim.Adam(net.parameters(), lr=learning_rate)
 
     def step():
         opt.zero_grad(set_to_none=True)
@@ -229,12 +249,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--time-to-result", action="store_true",
                         help="instead: the Deep Decoder's automatic-stop fit of camera 256², "
                              "σ = 25, as the library runs it and under torch.compile")
+    parser.add_argument("--vs-plain-loop", action="store_true",
+                        help="instead: reconstruct's loop against a plain loop (forward, MSE, "
+                             "backward, Adam) on the same network, step by step")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="inductor-")  # cold cache
     if args.time_to_result:
         return time_to_result(args.threads)
+    if args.vs_plain_loop:
+        return vs_plain_loop(args)
     rows = []
     for net_name, size in [(n, s) for s in args.sizes for n in args.nets]:
         net, z = build_net(net_name, (1, size, size), seed=0)
@@ -289,6 +314,46 @@ def time_to_result(threads: int) -> int:
         print(rows[-1], flush=True)
     path = harness.save_json(f"speed_time_to_result_{threads}thread",
                              {"rows": rows, "case": "camera 256², σ = 25, seed 0, Deep Decoder"})
+    print(harness.markdown_table(rows, list(rows[0])))
+    print(f"wrote {path}")
+    return 0
+
+
+def vs_plain_loop(args: argparse.Namespace) -> int:
+    """``reconstruct``'s iterations against plain-loop steps on the same network, in turns."""
+    rows = []
+    for net_name, size in [(n, s) for s in args.sizes for n in args.nets]:
+        clean = sample_image("camera", size=size)
+        noisy = add_gaussian_noise(clean, 25 / 255, seed=0)
+        steps = args.steps if net_name == "deep_decoder" else max(2, args.steps // 4)
+        # the automatic stop as a user gets it, and a fixed budget: the rules that measure the
+        # output (discrepancy, hold-out) ask DIP's loop for one more, unperturbed forward pass
+        for stop in ("auto", f"fixed:num_iter={steps + 5}"):
+            net, z = build_net(net_name, (1, size, size), seed=0)
+            step = _single(net, z, torch.from_numpy(noisy)[None, None],
+                           learning_rate=problem_defaults("denoise", net_name).learning_rate)
+            library: list[float] = []
+            plain: list[float] = []
+            mark = [time.perf_counter()]
+
+            def take_turns(state, library=library, plain=plain, mark=mark, step=step) -> None:
+                start = time.perf_counter()
+                library.append(start - mark[0])  # one library iteration, the plain step not in
+                step()
+                mark[0] = time.perf_counter()
+                plain.append(mark[0] - start)
+
+            result = reconstruct(noisy, net=net_name, seed=0, max_num_iter=steps + 5,
+                                 stop=stop, callback=take_turns)
+            library, plain = library[5:], plain[5:]  # warm-up: Adam's state, allocations
+            lib_s, plain_s = statistics.median(library), statistics.median(plain)
+            rows.append({"net": net_name, "size": size, "threads": args.threads,
+                         "rule": result.config["stop_resolved"],
+                         "iterations timed": len(library), "library ms/it": 1e3 * lib_s,
+                         "plain loop ms/it": 1e3 * plain_s,
+                         "library speed-up": round(plain_s / lib_s, 2)})
+            print(rows[-1], flush=True)
+    path = harness.save_json(f"speed_vs_plain_loop_{args.threads}thread", {"rows": rows})
     print(harness.markdown_table(rows, list(rows[0])))
     print(f"wrote {path}")
     return 0

@@ -210,6 +210,18 @@ def harness():
         sys.path.remove(str(BENCH))
 
 
+def test_library_loop_against_a_plain_loop(tmp_path, harness, monkeypatch):
+    variants = _load("speed_variants")
+    monkeypatch.setattr(variants.harness, "RESULTS", tmp_path)
+    args = variants.argparse.Namespace(sizes=[64], nets=["deep_decoder"], steps=3, threads=1)
+    assert variants.vs_plain_loop(args) == 0
+    rows = json.loads((tmp_path / "speed_vs_plain_loop_1thread.json").read_text())["rows"]
+    assert [row["rule"] for row in rows] == ["discrepancy", "fixed:num_iter=8"]
+    for row in rows:  # every iteration of both loops timed, warm-up left out
+        assert row["iterations timed"] == 3
+        assert row["library ms/it"] > 0 and row["plain loop ms/it"] > 0
+
+
 def test_store_keeps_the_rows_of_concurrent_writers(tmp_path, harness):
     path = tmp_path / "study.json"
     first = harness.Store(path, resume=True, config={"shard": "0/2"})
