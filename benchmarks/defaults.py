@@ -14,8 +14,8 @@ Usage::
         --variants dip+tv=0.25 dip+tv=0.5 dip+tv=1                     # the TV factor, 64²
     OMP_NUM_THREADS=1 python benchmarks/defaults.py --resume --nets dip \
         --variants dip@bf16+auto --variant-sigmas 15 50 --shard 3/4    # auto at σ = 15, 50
-    OMP_NUM_THREADS=1 python benchmarks/defaults.py --resume --large --variants \
-        --shard 0/4                                                    # camera 256², σ = 25
+    OMP_NUM_THREADS=1 python benchmarks/defaults.py --resume --large --nets deep_decoder \
+        --variants dip@bf16 --shard 0/4                                # camera 256², σ = 25
     python benchmarks/defaults.py --report
     python benchmarks/defaults.py --quick --out-dir /tmp/q
 """
@@ -41,8 +41,8 @@ FULL_CASES = [
     ("astronaut", 128, 15, 0), ("astronaut", 128, 50, 1), ("astronaut", 128, 15, 1),
 ]
 QUICK_CASES = [("camera", 64, 25, 0)]
-#: ``--large``: 256², where a DIP fit takes more than an hour on one core (a bfloat16 one was
-#: unfinished after 62 min, RESULTS.md §5; ``--variants`` with no names runs the networks alone).
+#: ``--large``: 256², where a DIP fit takes about two hours on one core (camera σ = 25 in
+#: bfloat16: 7,296 s, RESULTS.md §5; ``--variants`` with no names runs the networks alone).
 LARGE_CASES = [("camera", 256, 25, 0), ("astronaut", 256, 25, 0), ("camera", 256, 15, 0),
                ("camera", 256, 50, 0)]
 NETS = ("deep_decoder", "dip")

@@ -34,11 +34,12 @@ The Deep Decoder also:
 With ``--vs-plain-loop``: the library's fitting loop against the plainest loop on the same
 network. ``reconstruct(noisy, net=NET)`` runs as a user calls it (the default denoising fit of
 camera, σ = 25: its automatic stop's bookkeeping, output average and, for DIP, input noise),
-its budget cut to ``--steps``; from its callback, after every library iteration, one step of a
-plain loop on a second copy of the same network (built with the same seed) is run: forward,
-mean squared error, backward, Adam at the same learning rate — nothing else. The two loops take
-turns step by step, so both meet the same load; medians of the time between callbacks (one
-library iteration, the plain step excluded) and of the plain step. deepinv's own
+its budget cut to ``--steps``, then again with a fixed budget; from its callback, after every
+library iteration, one step of a plain loop on a second copy of the same network (built with
+the same seed) is run: forward, mean squared error, backward, Adam at the same learning rate —
+nothing else. The two loops take turns step by step, so both meet the same load; medians of
+the time between callbacks (one library iteration, the plain step excluded) and of the plain
+step. deepinv's own
 ``DeepImagePrior`` loop is not timed: deepinv needs a torchvision that replaces this CPU
 torch (``pip install --dry-run deepinv`` next to torch 2.13.0 would install torch 2.14.1).
 
