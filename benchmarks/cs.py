@@ -172,6 +172,9 @@ RULE_CASES: list[tuple[Any, ...]] = [
     # σ-free default; at 0.1 the σ-free TV row above chose λ 0.90, the σ-given weight is 0.89)
     ("dip", 128, 0.05, 20.0, "holdout:fraction=0.1,patience=1000,smoothing=0.99", 2,
      {"regularizer": "tv", "sigma": "given"}),
+    # the σ-free default at 128², SNR 40 dB (the noisy target's other level)
+    *(("dip", 128, r, 40.0, "holdout:fraction=0.1,patience=1000,smoothing=0.99", 2)
+      for r in (0.25, 0.1, 0.05, 0.5)),
 ]
 QUICK_RULE_CASES = [("deep_decoder", 64, 0.25, 20.0, "holdout:fraction=0.1,patience=5", 2),
                     ("deep_decoder", 64, 0.25, 20.0, "holdout:fraction=0.1,patience=5", 1,
