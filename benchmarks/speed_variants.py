@@ -37,9 +37,10 @@ camera, σ = 25: its automatic stop's bookkeeping, output average and, for DIP, 
 its budget cut to ``--steps``, then again with a fixed budget; from its callback, after every
 library iteration, one step of a plain loop on a second copy of the same network (built with
 the same seed) is run: forward, mean squared error, backward, Adam at the same learning rate —
-nothing else. The two loops take turns step by step, so both meet the same load; medians of
-the time between callbacks (one library iteration, the plain step excluded) and of the plain
-step. deepinv's own
+nothing else. The two loops take turns step by step, so both meet the same load; means of the
+time between callbacks (one library iteration, the plain step excluded) and of the plain step,
+over a whole number of 8-iteration cycles (DIP's rules read the unperturbed output every 8th
+iteration: a median would leave that pass out). deepinv's own
 ``DeepImagePrior`` loop is not timed: deepinv needs a torchvision that replaces this CPU
 torch (``pip install --dry-run deepinv`` next to torch 2.13.0 would install torch 2.14.1).
 
@@ -326,7 +327,7 @@ def vs_plain_loop(args: argparse.Namespace) -> int:
     for net_name, size in [(n, s) for s in args.sizes for n in args.nets]:
         clean = sample_image("camera", size=size)
         noisy = add_gaussian_noise(clean, 25 / 255, seed=0)
-        steps = args.steps if net_name == "deep_decoder" else max(2, args.steps // 4)
+        steps = 8 * max(1, round(args.steps / (8 if net_name == "deep_decoder" else 32)))
         # the automatic stop as a user gets it, and a fixed budget: the rules that measure the
         # output (discrepancy, hold-out) ask DIP's loop for one more, unperturbed forward pass
         for stop in ("auto", f"fixed:num_iter={steps + 5}"):
@@ -347,7 +348,7 @@ def vs_plain_loop(args: argparse.Namespace) -> int:
             result = reconstruct(noisy, net=net_name, seed=0, max_num_iter=steps + 5,
                                  stop=stop, callback=take_turns)
             library, plain = library[5:], plain[5:]  # warm-up: Adam's state, allocations
-            lib_s, plain_s = statistics.median(library), statistics.median(plain)
+            lib_s, plain_s = statistics.fmean(library), statistics.fmean(plain)
             rows.append({"net": net_name, "size": size, "threads": args.threads,
                          "rule": result.config["stop_resolved"],
                          "iterations timed": len(library), "library ms/it": 1e3 * lib_s,

@@ -217,8 +217,8 @@ def fit(
         Linear operator with ``A`` (see :mod:`deepprior.operators`) and ``to(device)``.
     policy
         Stopping policy (see :mod:`deepprior.stopping`): ``update(step, loss, output) -> bool``,
-        ``best_step``, ``reason``, and optionally ``candidates``, ``finalize(last_step)`` and
-        ``needs_unperturbed_output``.
+        ``best_step``, ``reason``, and optionally ``candidates``, ``finalize(last_step)``,
+        ``needs_unperturbed_output`` and ``every``.
     max_num_iter : int
         Hard limit on iterations.
     learning_rate : float
@@ -309,6 +309,7 @@ def fit(
     if callback is not None and sync_every != 1:
         raise ValueError("a callback needs sync_every=1: it reads the network of its iteration")
     wants_clean = bool(getattr(policy, "needs_unperturbed_output", False)) and reg_noise_std > 0
+    every = int(getattr(policy, "every", 1))  # the policy reads outputs at multiples of this
 
     losses: list[float] = []
     psnrs: list[float] = []
@@ -336,9 +337,11 @@ def fit(
             out = out.detach()
             candidate = out if ema is None or average is None else average.lerp(out, 1 - ema)
             seen = candidate
-            if wants_clean:
-                with torch.no_grad():
-                    seen = forward(z)
+            if wants_clean:  # one more forward pass, only where the policy reads it
+                seen = None
+                if step % every == 0:
+                    with torch.no_grad():
+                        seen = forward(z)
             scalars = [loss.detach()]
             if gt is not None:
                 scalars.append(psnr_tensor(gt, candidate))

@@ -14,8 +14,11 @@ A policy is any object with (see :class:`StoppingPolicy`)
 
 and optionally ``candidates`` (the steps whose outputs the loop must keep; ``{best_step}`` when
 absent), ``finalize(last_step)`` (called when the loop ends for another reason, to update
-``reason``) and ``needs_unperturbed_output`` (True asks for the output from the network's
-unperturbed input; the Deep Image Prior perturbs its input at every iteration).
+``reason``), ``needs_unperturbed_output`` (True asks for the output from the network's
+unperturbed input; the Deep Image Prior perturbs its input at every iteration, and that output
+costs the loop one more forward pass) and ``every`` (the policy reads the output only at
+iterations that are multiples of ``every``; the loop then computes the unperturbed output only
+there and passes ``None`` as ``output`` in between).
 
 The built-in rules (REFERENCES §4), written as text specs such as
 ``"wmv:window=100,patience=1000"``, ``"fixed:3000"``, ``"holdout:fraction=0.1,patience=200"``
@@ -116,12 +119,17 @@ class Rule:
     """Bookkeeping shared by the built-in rules: ``best_step``, ``reason``, ``finalize``.
 
     A subclass implements ``_update`` (set ``best_step``; set ``reason`` and return True to
-    stop) and names itself with ``label`` and ``criterion`` (used in reasons).
+    stop) and names itself with ``label`` and ``criterion`` (used in reasons). A rule whose
+    ``every`` is k > 1 sees only the iterations that are multiples of k (``update`` returns
+    False on the others without calling ``_update``); ``reads_output`` False says the rule
+    never looks at ``output`` (it may be None).
     """
 
     label: ClassVar[str] = ""
     criterion: ClassVar[str] = ""
     needs_unperturbed_output: ClassVar[bool] = False
+    reads_output: ClassVar[bool] = True
+    every: int = 1
 
     def __init__(self) -> None:
         self.best_step, self.reason, self.stopped = 0, "", False
@@ -132,6 +140,8 @@ class Rule:
 
     def update(self, step: int, loss: float, output: Tensor) -> bool:
         """Record iteration ``step``; True to stop now."""
+        if step % self.every:
+            return False
         stop = bool(self._update(step, float(loss), output))
         self.stopped = self.stopped or stop
         return stop
@@ -174,6 +184,7 @@ class Fixed(Rule):
     """
 
     label = criterion = "fixed"
+    reads_output = False
 
     def __init__(self, num_iter: int) -> None:
         super().__init__()
@@ -200,6 +211,7 @@ class Patience(Rule):
 
     label = "patience"
     criterion = "lowest training loss"
+    reads_output = False
 
     def __init__(self, patience: int = 500, min_delta: float = 0.0) -> None:
         super().__init__()
@@ -380,7 +392,10 @@ class Discrepancy(Rule):
     residual of the clean image; ``m`` = ``operator.num_measurements``, the observed entries)
     and returns that iterate; if it never does, the iterate with the smallest residual. The
     residual is computed on the output from the unperturbed input. Needs σ, in the units of
-    ``y``.
+    ``y``. ``every`` = k > 1 looks only at every k-th iteration (the average then weighs the
+    past by ``smoothing``ᵏ, as k iterations would): with the Deep Image Prior's perturbed
+    input the loop computes the unperturbed output only there, a forward pass saved on the
+    other k − 1; the fit itself does not change, only where the rule can stop.
     """
 
     label = "discrepancy principle"
@@ -388,12 +403,13 @@ class Discrepancy(Rule):
     needs_unperturbed_output = True
 
     def __init__(self, operator: Any, y: Tensor, sigma: float, tau: float = 1.0,
-                 smoothing: float = 0.9) -> None:
+                 smoothing: float = 0.9, every: int = 1) -> None:
         super().__init__()
         self.operator, self.y = operator, y.detach()
         self.sigma = check_float("sigma", sigma, low=0.0, low_open=True)
         self.tau = check_float("tau", tau, low=0.0, low_open=True)
         self.smoothing = check_float("smoothing", smoothing, low=0, high=1, high_open=True)
+        self.every = check_int("every", every, minimum=1)
         m = getattr(operator, "num_measurements", self.y.numel())
         self.level = self.tau * m * self.sigma**2
         self._min = _Minimum()
@@ -401,7 +417,8 @@ class Discrepancy(Rule):
 
     def _update(self, step: int, loss: float, output: Tensor) -> bool:
         value = residual(self.operator, self.y, output)
-        self.smoothed_residual = _smoothed(self.smoothed_residual, value, self.smoothing)
+        self.smoothed_residual = _smoothed(self.smoothed_residual, value,
+                                           self.smoothing**self.every)
         self._min.update(step, value)
         if self.smoothed_residual <= self.level:
             self.best_step = step
@@ -428,7 +445,8 @@ class Holdout(Rule):
     ``smoothing`` > 0 tracks an exponential average of the hold-out loss (weight ``smoothing``
     on the past, as in :class:`Discrepancy`) instead of the loss itself: the Deep Image
     Prior's loss jitters from one iteration to the next, and a lucky dip of the raw loss can
-    stop a fit early or restart its patience late.
+    stop a fit early or restart its patience late. ``every`` as in :class:`Discrepancy`
+    (``patience`` still counts iterations).
     """
 
     label = "hold-out"
@@ -436,7 +454,8 @@ class Holdout(Rule):
     needs_unperturbed_output = True
 
     def __init__(self, operator: Any, y: Tensor, patience: int = 300, min_delta: float = 0.0,
-                 fraction: float = HOLDOUT_FRACTION, smoothing: float = 0.0) -> None:
+                 fraction: float = HOLDOUT_FRACTION, smoothing: float = 0.0,
+                 every: int = 1) -> None:
         super().__init__()
         self.operator, self.y = operator, y.detach()
         self.patience = check_int("patience", patience, minimum=1)
@@ -444,13 +463,15 @@ class Holdout(Rule):
         self.fraction = check_float("fraction", fraction, low=0, high=1, low_open=True,
                                     high_open=True)
         self.smoothing = check_float("smoothing", smoothing, low=0, high=1, high_open=True)
+        self.every = check_int("every", every, minimum=1)
         self._min = _Minimum(self.patience, self.min_delta)
         self.last_loss: float | None = None
         self.smoothed_loss: float | None = None
 
     def _update(self, step: int, loss: float, output: Tensor) -> bool:
         self.last_loss = residual(self.operator, self.y, output) / self.y.numel()
-        self.smoothed_loss = _smoothed(self.smoothed_loss, self.last_loss, self.smoothing)
+        self.smoothed_loss = _smoothed(self.smoothed_loss, self.last_loss,
+                                       self.smoothing**self.every)
         self._min.update(step, self.smoothed_loss)
         self.best_step = self._min.step
         if self._min.exhausted(step):
@@ -476,6 +497,7 @@ class FirstOf:
         self.fired: Any = None
         self.needs_unperturbed_output = any(
             getattr(p, "needs_unperturbed_output", False) for p in policies)
+        self.every = _common_every(self.policies)
 
     @property
     def best_step(self) -> int:
@@ -524,6 +546,7 @@ class Shadow:
         self.reasons: dict[str, str] = {}
         self.needs_unperturbed_output = any(
             getattr(p, "needs_unperturbed_output", False) for p in self.policies.values())
+        self.every = _common_every(self.policies.values())
         self.best_step = 0
         self.reason = "shadow run: every rule evaluated, none allowed to stop the fit"
 
@@ -554,6 +577,13 @@ def _check_policy(policy: Any) -> Any:
             f"{type(policy).__name__} lacks {', '.join(missing)}"
         )
     return policy
+
+
+def _common_every(policies: Any) -> int:
+    """The iterations at which a group of policies reads outputs: every k-th, k the greatest
+    common divisor of their ``every`` (1 when absent), over those that read outputs at all."""
+    return math.gcd(*(int(getattr(p, "every", 1)) for p in policies
+                      if getattr(p, "reads_output", True))) or 1
 
 
 def _candidates(policy: Any) -> frozenset[int]:

@@ -407,7 +407,7 @@ def test_with_few_measurements_the_sigma_free_rule_serves_a_given_sigma(registry
 
 def test_dip_with_sigma_stops_by_discrepancy_from_512_measurements_on():
     dip = deepprior.problem_defaults("compressive_sensing", "dip")
-    assert dip.auto_stop(True, 512) == dip.auto_stop(True) == "discrepancy:tau=0.6"
+    assert dip.auto_stop(True, 512) == dip.auto_stop(True) == "discrepancy:tau=0.6,every=8"
     assert dip.auto_stop(True, 511) == dip.auto_stop(False, 511) == dip.stop
     assert (dip.auto_ensemble(True, 511), dip.auto_ensemble(True, 512)) == (2, 1)
 

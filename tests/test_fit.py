@@ -264,3 +264,41 @@ def test_a_penalty_is_added_to_the_loss():
             for penalty in (None, lambda out: 0.0 * out.sum() + 1.0)]
     np.testing.assert_allclose(runs[1].loss, runs[0].loss + 1.0, rtol=1e-6)  # a constant: the
     # same gradients, so the same trajectory
+
+
+class Reading:
+    """A policy that asks for the unperturbed output every ``every`` iterations and records
+    what the loop hands it; never stops."""
+
+    needs_unperturbed_output = True
+
+    def __init__(self, every):
+        self.every, self.best_step, self.reason, self.seen = every, 0, "", []
+
+    def update(self, step, loss, output):
+        self.seen.append((step, None if output is None else output.clone()))
+        if output is not None:
+            self.best_step = step
+        return False
+
+
+@pytest.mark.parametrize("every", [1, 4])
+def test_the_unperturbed_output_is_computed_only_where_the_policy_reads_it(every):
+    clean, noisy, op, z = _problem()
+    net = PixelNet(op.image_shape, seed=1)
+    calls = []
+    net.register_forward_hook(lambda module, args, out: calls.append(args[0]))
+    policy = Reading(every)
+    result = fit(net, z, noisy, op, policy=policy, max_num_iter=40, reg_noise_std=0.1,
+                 seed=5, device="cpu")
+    read = [step for step, output in policy.seen if output is not None]
+    assert read == list(range(every, 41, every))
+    assert len(calls) == 40 + len(read)  # one training pass per iteration, one per read
+    unperturbed = [x for x in calls if torch.equal(x, z)]
+    assert len(unperturbed) == len(read)
+    assert result.best_step == 40  # the last read iterate, kept by the loop
+    # the trajectory does not depend on where the policy reads
+    reference = fit(PixelNet(op.image_shape, seed=1), z, noisy, op, policy=Reading(1),
+                    max_num_iter=40, reg_noise_std=0.1, seed=5, device="cpu")
+    np.testing.assert_array_equal(result.loss, reference.loss)
+    torch.testing.assert_close(result.output, reference.output, rtol=0, atol=0)
