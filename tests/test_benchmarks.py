@@ -267,21 +267,18 @@ def test_holdout_trace_quick_run(tmp_path):
     assert 1 <= payload["best_psnr_iter"] <= 6
 
 
-def test_observe_every_quick_run(tmp_path, harness):
-    out = tmp_path / "observe.json"
-    result = _run("observe_every.py", "--case", "cs:camera:32:0.25:20", "--iters", "24",
-                  "--out", str(out))
-    assert result.returncode == 0, result.stderr
-    (run,) = json.loads(out.read_text())["runs"]
+def test_observe_every_quick_run(harness, monkeypatch):
+    observe = _load("observe_every")
+    monkeypatch.setattr(observe, "EVERY", (1, 2, 4))
+    run = observe.run_case(observe._case("cs:camera:32:0.25:20"), seed=0, max_num_iter=8)
     assert run["stop"] == "holdout:fraction=0.1,patience=1000,smoothing=0.99"
-    assert run["config"]["problem"] == "compressive_sensing" and run["num_steps"] == 24
-    assert [r["every"] for r in run["rules"]] == [1, 2, 4, 8, 16]
+    assert run["config"]["problem"] == "compressive_sensing" and run["num_steps"] == 8
+    assert [r["every"] for r in run["rules"]] == [1, 2, 4]
     for rule in run["rules"]:  # each k returns an iterate it read: a multiple of k
-        assert 1 <= rule["chosen"] <= 24 and rule["chosen"] % rule["every"] == 0
+        assert 1 <= rule["chosen"] <= 8 and rule["chosen"] % rule["every"] == 0
     assert run["rules"][0]["delta"] == 0
-    assert "| CS camera 32² m/n 0.25 SNR 20, seed 0 |" in result.stdout
-    observe = _load("observe_every")  # σ given needs noise; a case names its problem
+    assert "| CS camera 32² m/n 0.25 SNR 20, seed 0 |" in observe.report({"runs": [run]})
     with pytest.raises(observe.argparse.ArgumentTypeError, match="not a case"):
-        observe._case("cs:camera:32:0.25:0:sigma")
+        observe._case("cs:camera:32:0.25:0:sigma")  # σ given needs noise
     assert observe._case("denoise:astronaut:64:15") == {
         "problem": "denoise", "image": "astronaut", "size": 64, "sigma255": 15}
