@@ -160,7 +160,7 @@ PROBLEMS: dict[str, dict[str, Defaults]] = {
             "over TV (benchmarks/results/cs.json, seed1/, astronaut/); with σ given, discrepancy "
             "τ = 0.6: 0.15 / 0.04 dB from the best iterate at SNR 20 / 30 dB (τ = 1: 3.38 / "
             f"0.75 dB, the returned average lags net(z)) ({_STOPPING_MD}), read every 8th "
-            "iteration (camera 128², m/n 0.25, SNR 20 dB: the same iterate's neighbour, +0.00 "
+            "iteration (camera 128², m/n 0.25, SNR 20 dB: the iterate 2 iterations earlier, +0.00 "
             f"dB, {_OBSERVE_JSON}), and TV at λ = 0.5·σ·s: "
             "camera SNR 20 dB, m/n = 0.05 / 0.1 / 0.25 / 0.5 at 64² 21.43 / 23.71 / 27.03 / "
             "29.32 dB against 19.37 / 21.57 / 26.01 / 28.26 without TV, at 128² (0.05 / 0.1 / "
