@@ -1,11 +1,19 @@
-"""Shared test settings: one torch thread, and registrations undone after a test."""
+"""Shared test settings: one torch thread, Ray workers at normal priority, and registrations
+undone after a test."""
 
 import copy
+import os
 
 import pytest
 import torch
 
 import deepprior
+
+# Ray starts its workers at niceness 15: on a busy machine a worker then waits behind every
+# other process (`import torch` in one took 50 s beside two fits), and a Ray test takes minutes.
+# The local clusters the tests start (and the CLI subprocesses, which inherit this) run the
+# workers at the test's own priority.
+os.environ.setdefault("RAY_worker_niceness", "0")
 
 
 @pytest.fixture(autouse=True)
