@@ -76,7 +76,9 @@ class FitResult:
     output : torch.Tensor
         The selected iterate, (1, C, H, W), on the CPU.
     best_step : int
-        1-based iteration whose output is returned.
+        1-based iteration whose output is returned: the policy's choice, or the last
+        iteration where the policy chose none (a rule reading every k-th iteration in a
+        budget shorter than k); 0 only when no iteration was accepted.
     num_steps : int
         Iterations run.
     stop_reason : str
@@ -316,6 +318,7 @@ def fit(
     kept: dict[int, torch.Tensor] = {}
     average: torch.Tensor | None = None
     reason: str | None = None
+    last: tuple[int, torch.Tensor] | None = None  # the last accepted iterate
     step = done = 0  # iterations computed / processed (given to the policy)
     pending: list[tuple[int, torch.Tensor, torch.Tensor, torch.Tensor]] = []
     bar = _progress_bar(max_num_iter, progress)
@@ -373,6 +376,7 @@ def fit(
                 if snapshot_due and at == pending[-1][0]:  # the live weights made this output
                     guard.snapshot(loss_value)
                 kept_average = candidate if ema is not None else None
+                last = (at, candidate)
                 stop = bool(policy.update(at, loss_value, seen))
                 candidates = getattr(policy, "candidates", (policy.best_step,))
                 if at in candidates:
@@ -412,6 +416,10 @@ def fit(
     best_step = policy.best_step
     if best_step in kept:
         output = kept[best_step]
+    elif last is not None:  # the policy chose none (one reading every k-th iteration ended
+        best_step, output = last  # before the k-th): the last accepted iterate
+        reason = "; ".join(filter(None, [reason, f"returning the last iterate (iteration "
+                                                 f"{best_step})"]))
     else:  # nothing accepted yet (interrupted or diverged at once): the current output
         with torch.no_grad():
             output = forward(z)

@@ -302,3 +302,17 @@ def test_the_unperturbed_output_is_computed_only_where_the_policy_reads_it(every
                     max_num_iter=40, reg_noise_std=0.1, seed=5, device="cpu")
     np.testing.assert_array_equal(result.loss, reference.loss)
     torch.testing.assert_close(result.output, reference.output, rtol=0, atol=0)
+
+
+def test_a_budget_that_ends_before_the_policy_reads_returns_the_last_iterate():
+    clean, noisy, op, z = _problem()
+    policy = Reading(8)  # reads iteration 8, 16, ...: none of a budget of 5
+    result = fit(PixelNet(op.image_shape, seed=1), z, noisy, op, policy=policy,
+                 max_num_iter=5, reg_noise_std=0.1, ema=0.9, seed=5, device="cpu")
+    assert policy.best_step == 0 and result.best_step == 5
+    assert result.stop_reason == "returning the last iterate (iteration 5)"
+    # the same fit run with a budget the policy reads at its end returns the same iterate
+    same = fit(PixelNet(op.image_shape, seed=1), z, noisy, op, policy=Reading(5),
+               max_num_iter=5, reg_noise_std=0.1, ema=0.9, seed=5, device="cpu")
+    assert same.best_step == 5
+    torch.testing.assert_close(result.output, same.output, rtol=0, atol=0)
