@@ -509,7 +509,8 @@ def plot(payload: dict[str, Any], path: Path) -> Path | None:
             if (r["m"] not in REFERENCE_TV or r["size"] != 64) and len(r["key"]) == 4]
     dip = problem_defaults("compressive_sensing", "dip")  # what stop="auto" runs without σ
     default_rows = [r for r in payload["rows"] if r["method"] == "dip" and not r.get("options")
-                    and r.get("stop") == dip.auto_stop(False)
+                    and harness.without_every(r.get("stop", "")) ==
+                    harness.without_every(dip.auto_stop(False))
                     and r.get("ensemble") == dip.auto_ensemble(False)]
     sizes = sorted({r["size"] for r in rows})
     if not rows:

@@ -13,6 +13,7 @@ import fcntl
 import json
 import os
 import platform
+import re
 import shlex
 import sys
 import time
@@ -145,6 +146,12 @@ def study_main(
     print(f"\n{len(store.payload['rows'])} rows in {path} "
           f"({time.perf_counter() - start:.0f} s)", flush=True)
     return 0
+
+
+def without_every(spec: str) -> str:
+    """A stopping spec without its rules' ``every=k``: how often a rule reads the output moves
+    where it stops by a few iterations, not what it measures (results/observe_every.json)."""
+    return re.sub(r",?every=\d+", "", spec)
 
 
 def parse_shard(text: str) -> tuple[int, int]:

@@ -9,10 +9,12 @@ the default rule for k = 1, 2, 4, 8, 16 side by side (:class:`deepprior.stopping
 fit stops once all have fired) and records, per k, where it stopped, the iterate it returns and
 that iterate's PSNR: exactly what ``reconstruct`` with that rule would return. k = 1 is how
 the defaults were measured in results/defaults.json and cs.json; after this study DIP's
-discrepancy defaults read every 8th iteration (its hold-out default still every one).
+default rules read every 8th iteration. ``--time`` times what that saves: the default call
+(``stop="auto"``) against the same call with its rule reading every iteration, alternating.
 
     OMP_NUM_THREADS=1 python benchmarks/observe_every.py --case denoise:camera:128:25
     OMP_NUM_THREADS=1 python benchmarks/observe_every.py --case cs:camera:64:0.25:20
+    OMP_NUM_THREADS=1 python benchmarks/observe_every.py --time --case cs:camera:64:0.25:20
     python benchmarks/observe_every.py --report     # the table of results/observe_every.json
 """
 from __future__ import annotations
@@ -20,15 +22,16 @@ from __future__ import annotations
 import argparse
 import json
 import pathlib
-import re
 import sys
 import time
 from typing import Any
 
 import numpy as np
+import torch
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
 import cs  # noqa: E402
+import harness  # noqa: E402
 
 from deepprior import add_gaussian_noise, estimate_sigma, reconstruct, sample_image  # noqa: E402
 from deepprior.api import image_to_tensor, problem_defaults  # noqa: E402
@@ -60,19 +63,15 @@ def run_case(case: dict[str, Any], seed: int = 0, max_num_iter: int | None = Non
     """One DIP fit with the default rule for every k of EVERY beside it (``max_num_iter``: a
     shorter budget than the default's, for a quick check; a rule that has not fired by then
     returns its best iterate so far)."""
-    size = case["size"]
+    clean, data, operator, sigma = _observation(case, seed)
     if case["problem"] == "denoise":
-        clean = sample_image(case["image"], size=size)
-        noisy = add_gaussian_noise(clean, case["sigma255"] / 255, seed=seed)
-        y = image_to_tensor(noisy)
-        operator, data, sigma = Identity(tuple(y.shape[1:])), noisy, estimate_sigma(noisy)
-        spec = problem_defaults("denoise", "dip").auto_stop(False, operator.num_measurements)
+        y = image_to_tensor(data)
+        operator, sigma = Identity(tuple(y.shape[1:])), estimate_sigma(data)
     else:
-        m = round(case["ratio"] * size * size)
-        clean, operator, y, noise_std = cs.make_case(size, m, case["snr"], seed, case["image"])
-        sigma = noise_std if case["sigma_given"] else None
-        spec = problem_defaults("compressive_sensing", "dip").auto_stop(sigma is not None, m)
-    spec = re.sub(r",?every=\d+", "", spec)  # the default's own k, replaced by each k below
+        y = torch.from_numpy(data)[None]
+    spec = problem_defaults(case["problem"], "dip").auto_stop(
+        case.get("sigma_given", False), operator.num_measurements)
+    spec = harness.without_every(spec)  # the default's own k, replaced by each k below
     rules, fit_operator, fit_y = {}, operator, y
     for k in EVERY:  # the same seed draws the same hold-out split for every k
         rules[k], fit_operator, fit_y = make_policy(f"{spec},every={k}", operator=operator, y=y,
@@ -99,21 +98,80 @@ def run_case(case: dict[str, Any], seed: int = 0, max_num_iter: int | None = Non
             "best_step": int(psnr.argmax()) + 1, "rules": rows}
 
 
+def time_case(case: dict[str, Any], seed: int = 0, repeats: int = 2,
+              max_num_iter: int | None = None) -> dict[str, Any]:
+    """The default call, ``reconstruct`` with ``stop="auto"`` as a user makes it, against the
+    same call with its rule reading every iteration (``every=1``, the rest of the spec and the
+    ensemble the same), alternating ``repeats`` times: time, PSNR, iterations
+    (``max_num_iter``: a shorter budget, for a quick check)."""
+    clean, observation, operator, sigma = _observation(case, seed)
+    m = None if operator is None else operator.num_measurements
+    defaults = problem_defaults(case["problem"], "dip")
+    spec = defaults.auto_stop(sigma is not None, m)
+    given = {"sigma": sigma} if sigma is not None else {}
+    calls = {"default": {"stop": "auto"},  # the same spec, members and refit, reading each
+             "every=1": {"stop": f"{harness.without_every(spec)},every=1",
+                         "ensemble": defaults.auto_ensemble(sigma is not None, m)}}
+    timings = []
+    for _ in range(repeats):
+        for name, options in calls.items():
+            start = time.perf_counter()
+            result = reconstruct(observation, operator, problem=case["problem"], net="dip",
+                                 seed=seed, ground_truth=clean, max_num_iter=max_num_iter,
+                                 **given, **options)
+            timings.append({"call": name, "stop": result.config["stop_resolved"],
+                            "ensemble": len(result.config.get("members", [])) or 1,
+                            "seconds": time.perf_counter() - start, "psnr": result.psnr,
+                            "num_iter": result.num_iter, "num_steps": result.num_steps,
+                            "members": [{k: m[k] for k in ("num_iter", "num_steps", "elapsed")}
+                                        for m in result.config.get("members", [])]})
+            print(json.dumps({k: timings[-1][k] for k in ("call", "seconds", "psnr",
+                                                          "num_steps")}), flush=True)
+    return {**case, "seed": seed, "timings": timings}
+
+
+def _observation(case: dict[str, Any], seed: int):
+    """Clean image, what ``reconstruct`` is given (noisy image or measurements), the operator
+    (None when denoising) and σ (given to the fit only for ``sigma_given`` cases)."""
+    size = case["size"]
+    if case["problem"] == "denoise":
+        clean = sample_image(case["image"], size=size)
+        noisy = add_gaussian_noise(clean, case["sigma255"] / 255, seed=seed)
+        return clean, noisy, None, None
+    m = round(case["ratio"] * size * size)
+    clean, operator, y, noise_std = cs.make_case(size, m, case["snr"], seed, case["image"])
+    return clean, y[0].numpy(), operator, noise_std if case["sigma_given"] else None
+
+
 def report(payload: dict[str, Any]) -> str:
     lines = ["| case | k = 1 stopped at | " + " | ".join(f"k = {k}" for k in EVERY) + " |",
              "|---|---|" + "---|" * len(EVERY)]
     for run in payload["runs"]:
-        name = (f"denoise {run['image']} {run['size']}² σ {run['sigma255']}"
-                if run["problem"] == "denoise" else
-                f"CS {run['image']} {run['size']}² m/n {run['ratio']} "
-                f"{'SNR ' + format(run['snr'], 'g') if run['snr'] else 'noiseless'}"
-                f"{', σ given' if run.get('sigma_given') else ''}")
+        name = _name(run)
         first = run["rules"][0]
         cells = [f"{r['psnr']:.2f} ({round(r['delta'], 2) + 0:+.2f}) at {r['chosen']}"
                  for r in run["rules"]]
         lines.append(f"| {name}, seed {run['seed']} | {first['stopped']} | "
                      + " | ".join(cells) + " |")
+    if not payload["runs"]:
+        lines = []
+    if payload.get("timings"):
+        lines += ["", "| case | call | stop | fits | PSNR | iterations (steps) | s |",
+                  "|---|---|---|---|---|---|---|"]
+    for timed in payload.get("timings", []):
+        for t in timed["timings"]:
+            lines.append(f"| {_name(timed)}, seed {timed['seed']} | {t['call']} | {t['stop']} "
+                         f"| {t['ensemble']} | {t['psnr']:.2f} | {t['num_iter']} "
+                         f"({t['num_steps']}) | {t['seconds']:.0f} |")
     return "\n".join(lines)
+
+
+def _name(run: dict[str, Any]) -> str:
+    return (f"denoise {run['image']} {run['size']}² σ {run['sigma255']}"
+            if run["problem"] == "denoise" else
+            f"CS {run['image']} {run['size']}² m/n {run['ratio']} "
+            f"{'SNR ' + format(run['snr'], 'g') if run['snr'] else 'noiseless'}"
+            f"{', σ given' if run.get('sigma_given') else ''}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -124,17 +182,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--iters", type=int, default=None,
                         help="a shorter budget than the default's (a quick check)")
     parser.add_argument("--out", type=pathlib.Path, default=RESULTS)
+    parser.add_argument("--time", action="store_true",
+                        help="instead: time the default call against the same with every=1, "
+                        "alternating --repeats times")
+    parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--report", action="store_true", help="print the stored table")
     args = parser.parse_args(argv)
     payload = json.loads(args.out.read_text()) if args.out.exists() else {"runs": []}
-    for case in args.case:
+    for case in args.case if args.time else []:
+        timed = time_case(case, args.seed, args.repeats, args.iters)
+        payload["timings"] = [r for r in payload.get("timings", [])
+                              if {k: r.get(k) for k in (*case, "seed")}
+                              != {**case, "seed": args.seed}] + [timed]
+        args.out.write_text(json.dumps(payload, indent=1) + "\n")
+    for case in [] if args.time else args.case:
         run = run_case(case, args.seed, args.iters)
         payload["runs"] = [r for r in payload["runs"]
                            if {k: r.get(k) for k in (*case, "seed")} != {**case, "seed": args.seed}]
         payload["runs"].append(run)
         args.out.write_text(json.dumps(payload, indent=1) + "\n")
         print(json.dumps({k: run[k] for k in ("num_steps", "seconds", "best_psnr")}), flush=True)
-    if payload["runs"]:
+    if payload["runs"] or payload.get("timings"):
         print(report(payload))
     return 0
 

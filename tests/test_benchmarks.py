@@ -278,6 +278,22 @@ def test_observe_every_quick_run(harness, monkeypatch):
         assert 1 <= rule["chosen"] <= 8 and rule["chosen"] % rule["every"] == 0
     assert run["rules"][0]["delta"] == 0
     assert "| CS camera 32² m/n 0.25 SNR 20, seed 0 |" in observe.report({"runs": [run]})
+
+
+def test_observe_every_times_the_default_against_every_iteration(harness):
+    observe = _load("observe_every")
+    timed = observe.time_case(observe._case("cs:camera:32:0.25:20"), seed=0, repeats=1,
+                              max_num_iter=9)
+    default, every1 = timed["timings"]
+    assert (default["call"], every1["call"]) == ("default", "every=1")
+    assert default["stop"].endswith(",every=8") and every1["stop"].endswith(",every=1")
+    assert harness.without_every(default["stop"]) == harness.without_every(every1["stop"])
+    assert default["ensemble"] == every1["ensemble"] == 2  # the hold-out fit and its refit
+    # the hold-out fit read iteration 8 only, and its refit ran to the iterate it chose
+    assert default["members"][0]["num_steps"] == 9 and default["num_iter"] == 8
+    assert default["members"][1]["num_steps"] == 8
+    table = observe.report({"runs": [], "timings": [timed]})
+    assert "| CS camera 32² m/n 0.25 SNR 20, seed 0 | every=1 |" in table
     with pytest.raises(observe.argparse.ArgumentTypeError, match="not a case"):
         observe._case("cs:camera:32:0.25:0:sigma")  # σ given needs noise
     assert observe._case("denoise:astronaut:64:15") == {
