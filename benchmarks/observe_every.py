@@ -145,7 +145,7 @@ def _observation(case: dict[str, Any], seed: int):
 
 def report(payload: dict[str, Any]) -> str:
     lines = ["| case | k = 1 stopped at | " + " | ".join(f"k = {k}" for k in EVERY) + " |",
-             "|---|---|" + "---|" * len(EVERY)]
+             "|---|---|" + "---|" * len(EVERY)] if payload["runs"] else []
     for run in payload["runs"]:
         name = _name(run)
         first = run["rules"][0]
@@ -153,8 +153,6 @@ def report(payload: dict[str, Any]) -> str:
                  for r in run["rules"]]
         lines.append(f"| {name}, seed {run['seed']} | {first['stopped']} | "
                      + " | ".join(cells) + " |")
-    if not payload["runs"]:
-        lines = []
     if payload.get("timings"):
         lines += ["", "| case | call | stop | fits | PSNR | iterations (steps) | s |",
                   "|---|---|---|---|---|---|---|"]
@@ -189,19 +187,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--report", action="store_true", help="print the stored table")
     args = parser.parse_args(argv)
     payload = json.loads(args.out.read_text()) if args.out.exists() else {"runs": []}
-    for case in args.case if args.time else []:
-        timed = time_case(case, args.seed, args.repeats, args.iters)
-        payload["timings"] = [r for r in payload.get("timings", [])
-                              if {k: r.get(k) for k in (*case, "seed")}
-                              != {**case, "seed": args.seed}] + [timed]
+    store = "timings" if args.time else "runs"
+    for case in args.case:
+        run = time_case(case, args.seed, args.repeats, args.iters) if args.time \
+            else run_case(case, args.seed, args.iters)
+        payload[store] = [r for r in payload.get(store, [])  # a case run again replaces its row
+                          if {k: r.get(k) for k in (*case, "seed")} != {**case, "seed": args.seed}]
+        payload[store].append(run)
         args.out.write_text(json.dumps(payload, indent=1) + "\n")
-    for case in [] if args.time else args.case:
-        run = run_case(case, args.seed, args.iters)
-        payload["runs"] = [r for r in payload["runs"]
-                           if {k: r.get(k) for k in (*case, "seed")} != {**case, "seed": args.seed}]
-        payload["runs"].append(run)
-        args.out.write_text(json.dumps(payload, indent=1) + "\n")
-        print(json.dumps({k: run[k] for k in ("num_steps", "seconds", "best_psnr")}), flush=True)
+        if not args.time:  # time_case prints each call as it ends
+            print(json.dumps({k: run[k] for k in ("num_steps", "seconds", "best_psnr")}),
+                  flush=True)
     if payload["runs"] or payload.get("timings"):
         print(report(payload))
     return 0

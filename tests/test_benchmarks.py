@@ -278,6 +278,10 @@ def test_observe_every_quick_run(harness, monkeypatch):
         assert 1 <= rule["chosen"] <= 8 and rule["chosen"] % rule["every"] == 0
     assert run["rules"][0]["delta"] == 0
     assert "| CS camera 32² m/n 0.25 SNR 20, seed 0 |" in observe.report({"runs": [run]})
+    with pytest.raises(observe.argparse.ArgumentTypeError, match="not a case"):
+        observe._case("cs:camera:32:0.25:0:sigma")  # σ given needs noise
+    assert observe._case("denoise:astronaut:64:15") == {
+        "problem": "denoise", "image": "astronaut", "size": 64, "sigma255": 15}
 
 
 def test_observe_every_times_the_default_against_every_iteration(harness):
@@ -294,7 +298,3 @@ def test_observe_every_times_the_default_against_every_iteration(harness):
     assert default["members"][1]["num_steps"] == 8
     table = observe.report({"runs": [], "timings": [timed]})
     assert "| CS camera 32² m/n 0.25 SNR 20, seed 0 | every=1 |" in table
-    with pytest.raises(observe.argparse.ArgumentTypeError, match="not a case"):
-        observe._case("cs:camera:32:0.25:0:sigma")  # σ given needs noise
-    assert observe._case("denoise:astronaut:64:15") == {
-        "problem": "denoise", "image": "astronaut", "size": 64, "sigma255": 15}
