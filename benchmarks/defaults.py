@@ -46,13 +46,16 @@ QUICK_CASES = [("camera", 64, 25, 0)]
 LARGE_CASES = [("camera", 256, 25, 0), ("astronaut", 256, 25, 0), ("camera", 256, 15, 0),
                ("camera", 256, 50, 0)]
 NETS = ("deep_decoder", "dip")
-#: Variants ``NET[:K][@PRECISION][+tv[=C]|+auto[=C]]`` run on the σ = 25 cases (both images, both
-#: seeds): ensembles (``reconstruct(ensemble=K)``: K members on seeds and flips, averaged;
-#: member 0 is the single fit, and each row lists its members), the quality-per-second of
-#: averaging; bfloat16 mixed precision (``reconstruct(precision="bf16")``), its PSNR cost; and
-#: a TV penalty (``regularizer="tv"``; ``=C``: weight C·σ̂ instead of the library's factor);
-#: ``+auto``: TV or none chosen on held-out pixels, the winner's held-out fit averaged with a
-#: fit of all the pixels (``regularizer="auto"``).
+#: Variants ``NET[:K][@PRECISION][+tv[=C]|+auto[=C]|+mix|+none]`` run on the σ = 25 cases (both
+#: images, both seeds): ensembles (``reconstruct(ensemble=K)``: K members on seeds and flips,
+#: averaged; member 0 is the single fit, and each row lists its members), the
+#: quality-per-second of averaging; bfloat16 mixed precision (``reconstruct(precision=
+#: "bf16")``), its PSNR cost; and a TV penalty (``regularizer="tv"``; ``=C``: weight C·σ̂
+#: instead of the library's factor); ``+auto``: TV or none chosen on held-out pixels, the
+#: winner's held-out fit averaged with a fit of all the pixels (``regularizer="auto"``);
+#: ``+mix`` / ``+none`` the penalty named. The rows of ``dip`` and ``dip:2`` stored before
+#: DIP's default became ``"mix"`` are fits without a penalty (``dip+none``, ``dip:2+none``
+#: now).
 VARIANTS = ("deep_decoder:4", "dip:2", "dip@bf16", "dip@bf16+auto")
 #: The σ of the cases the variants run on (``--variant-sigmas``).
 VARIANT_SIGMAS = (25,)
@@ -96,7 +99,8 @@ def run_study(args: argparse.Namespace, store: harness.Store) -> None:
                     options["regularizer_weight"] = float(factor) * estimate_sigma(noisy)
                 start = time.perf_counter()
                 result = reconstruct(noisy, net=net, seed=seed, ground_truth=clean,
-                                     ensemble=int(members or 1), precision=precision or "fp32",
+                                     ensemble=int(members) if members else None,
+                                     precision=precision or "fp32",
                                      regularizer=regularizer or None, **options)
                 row.update(psnr=result.psnr, ssim=result.ssim,
                            seconds=time.perf_counter() - start, num_iter=result.num_iter,

@@ -221,8 +221,10 @@ def run_prior(
         columns): the iterate ``reconstruct(..., sigma=σ)`` would stop at, from the same fit.
         The fit has no penalty: where σ also brings one
         (``Defaults.regularizer_with_sigma``: DIP in compressive sensing), it is that rule
-        without the penalty; and below ``Defaults.sigma_rule_min_measurements`` ``stop="auto"``
-        does not use that rule at all (the column still shows it).
+        without the penalty (and DIP's denoising default averages this fit with one with TV,
+        ``Defaults.regularizer``: ``"mix"``); and below
+        ``Defaults.sigma_rule_min_measurements`` ``stop="auto"`` does not use that rule at all
+        (the column still shows it).
 
     Returns
     -------

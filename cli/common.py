@@ -81,16 +81,18 @@ Net = Annotated[
 ]
 Norm = Annotated[NormName, typer.Option("--norm", help="Normalization after each layer.",
                                         rich_help_panel=FIT_PANEL)]
-RegularizerName = choices_enum("RegularizerName", ("default", "none", "tv", "auto"))
+RegularizerName = choices_enum("RegularizerName", ("default", "none", "tv", "auto", "mix"))
 Regularizer = Annotated[
     RegularizerName, typer.Option("--regularizer", help="A penalty added to the loss: tv "
                                   "(total variation; helps piecewise-smooth images, see the "
                                   "README), auto (tv or none, whichever predicts 10% held-out "
                                   "pixels/measurements better, averaged with a fit to all "
                                   "the data: three fits; four in compressive sensing "
-                                  "without σ), none, or default: none, except tv for dip in "
-                                  "cs when the noise level is given (measured, see the "
-                                  "README).",
+                                  "without σ), mix (the average of a fit without and one with "
+                                  "tv; --ensemble K: K fits taking turns), none, or default: "
+                                  "mix for dip when denoising with the automatic stop, tv for "
+                                  "dip in cs when the noise level is given, else none "
+                                  "(measured, see the README).",
                                   rich_help_panel=FIT_PANEL)
 ]
 RegularizerWeight = Annotated[

@@ -125,7 +125,9 @@ def run_task(task: Task, options: FitOptions) -> None:
             defaults = deepprior.problem_defaults(problem_of(task), "dip")
             iters = options.iters or defaults.max_num_iter
             fits = options.ensemble or (
-                defaults.auto_ensemble(task.sigma is not None, task.observation.size)
+                defaults.auto_ensemble(task.sigma is not None, task.observation.size,
+                                       regularizer=None if options.regularizer == "default"
+                                       else options.regularizer)
                 if options.stop == "auto" else 1)
             pixels = task.image_shape[0] * task.image_shape[1]
             minutes = fits * iters * DIP_CPU_SECONDS_PER_PIXEL * pixels / 60
@@ -138,7 +140,8 @@ def run_task(task: Task, options: FitOptions) -> None:
                     f"up to {iters:,} iterations"
                 note(f"the Deep Image Prior runs {runs}, about {minutes:.0f} min on one CPU "
                      "core at this size (fewer when it stops early); --net deep_decoder is "
-                     f"9-24x faster and returns less (benchmarks/RESULTS.md §2, §5){faster}",
+                     f"9-24x faster per fit and returns less (benchmarks/RESULTS.md §2, §5)"
+                     f"{faster}",
                      options)
 
     with torch_threads(options.threads):
@@ -277,9 +280,14 @@ def choice_line(choice: list[dict[str, Any]]) -> str:
 
 
 def ensemble_note(result) -> str:
-    """``", average of K fits"`` for an ensemble, else nothing."""
-    members = result.config.get("members") if isinstance(result.config, dict) else None
-    return f", average of {len(members)} fits" if members else ""
+    """``", average of K fits"`` for an ensemble (saying which have TV when they mix), else
+    nothing."""
+    config = result.config if isinstance(result.config, dict) else {}
+    members = config.get("members")
+    if not members:
+        return ""
+    mixed = " (without and with TV in turn)" if config.get("regularizer") == "mix" else ""
+    return f", average of {len(members)} fits{mixed}"
 
 
 def status_of(result) -> str:
@@ -371,9 +379,9 @@ def check_stop(task: Task, names: list[str], clean: np.ndarray | None, *,
 
 
 def check_regularizer(task: Task, options: FitOptions) -> None:
-    """``--regularizer tv|auto`` without a weight has one only for denoising and compressive
+    """``--regularizer tv|auto|mix`` without a weight has one only for denoising and compressive
     sensing (``deepprior.api.TV_WEIGHT_PROBLEMS``)."""
-    if (options.regularizer in ("tv", "auto") and options.regularizer_weight is None
+    if (options.regularizer in ("tv", "auto", "mix") and options.regularizer_weight is None
             and problem_of(task) not in deepprior.api.TV_WEIGHT_PROBLEMS):
         raise ValueError(f"--regularizer {options.regularizer} needs --regularizer-weight W for "
                          f"{problem_of(task).replace('_', ' ')}: the automatic weight, "

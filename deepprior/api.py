@@ -72,9 +72,12 @@ class Defaults:
         Decay of the output average returned (None: the raw outputs).
     net_options : mapping
         Network options (e.g. ``{"channels": 128}``).
+    regularizer : str or None
+        The penalty behind ``regularizer=None`` (``"mix"``: with ``stop="auto"``, unless one
+        fit is asked for with ``ensemble=1``, fits without and with TV in turn, averaged).
     regularizer_with_sigma : str or None
         The penalty behind ``regularizer=None`` when σ is given, its weight derived from σ
-        (``"tv"``: ``TV_WEIGHT_PER_SIGMA · σ ·`` the operator's scale); None: no penalty.
+        (``"tv"``: ``TV_WEIGHT_PER_SIGMA · σ ·`` the operator's scale); None: ``regularizer``.
     refit : bool
         When ``stop="auto"`` resolves to a rule that holds data out: fit all the data again,
         for the iterations the hold-out fit chose, and return the average of the two fits (the
@@ -91,6 +94,7 @@ class Defaults:
     ema: float | None = None
     net_options: Mapping[str, Any] = field(default_factory=dict)
     refit: bool = False
+    regularizer: str | None = None
     regularizer_with_sigma: str | None = None
     sigma_rule_min_measurements: int = 0
     source: str = ""
@@ -101,10 +105,19 @@ class Defaults:
         return self.stop_with_sigma if sigma_known and self.stop_with_sigma and not few \
             else self.stop
 
-    def auto_ensemble(self, sigma_known: bool, num_measurements: int | None = None) -> int:
-        """The fits of ``stop="auto"`` when no ``ensemble`` is given: 2 with ``refit``."""
-        stop = self.auto_stop(sigma_known, num_measurements)
-        return 2 if self.refit and holds_out(stop) else 1
+    def auto_regularizer(self, sigma_known: bool) -> str | None:
+        """The penalty ``regularizer=None`` resolves to."""
+        return (self.regularizer_with_sigma if sigma_known else None) or self.regularizer
+
+    def auto_ensemble(self, sigma_known: bool, num_measurements: int | None = None,
+                      regularizer: str | None = None) -> int:
+        """The fits of ``stop="auto"`` when no ``ensemble`` is given: 2 with the ``"mix"``
+        penalty (``regularizer``: the one asked for; None: the default), or with ``refit``
+        after a rule that holds data out."""
+        if (regularizer or self.auto_regularizer(sigma_known)) == "mix":
+            return 2
+        return 2 if self.refit and holds_out(self.auto_stop(sigma_known, num_measurements)) \
+            else 1
 
 
 _DIP = {"reg_noise_std": 1 / 30, "ema": 0.99}
@@ -123,7 +136,7 @@ PROBLEMS: dict[str, dict[str, Defaults]] = {
             f"rule with σ estimated: mean gap -0.07 dB to the best iterate, 12/12 fits within "
             f"1 dB with the 0.99 output average ({_STOPPING_MD})"),
         "dip": Defaults(
-            3000, 0.01, "discrepancy:tau=0.8,every=8", **_DIP,
+            3000, 0.01, "discrepancy:tau=0.8,every=8", **_DIP, regularizer="mix",
             source="Ulyanov et al. 2018 (lr 0.01, 3,000 it., input noise 1/30, EMA 0.99); "
             f"discrepancy τ = 0.8: 0.21 dB mean gap, 4/4 within 1 dB ({_STOPPING_MD}); read "
             "every 8th iteration, which saves the unperturbed forward pass on the other 7: the "
@@ -472,22 +485,30 @@ def reconstruct(
         regularizer weights to choose from, the chosen weight's held-out fit (already paid
         for) is averaged in as one more member, member 0. None (default): 1, or 2 where the
         problem's defaults refit after their automatic hold-out stop (``Defaults.refit``:
-        the Deep Image Prior in compressive sensing without σ).
+        the Deep Image Prior in compressive sensing without σ), and with ``"mix"`` one per
+        weight (2: without and with TV; the Deep Image Prior's denoising default).
     precision : {"fp32", "bf16"}
         ``"bf16"``: the network runs in bfloat16 mixed precision (``torch.autocast``; weights,
         loss and the image stay float32) — faster where the hardware has bfloat16 units, see
         :func:`deepprior.fit.fit`.
-    regularizer : "tv", "auto", "none", callable or None
+    regularizer : "tv", "auto", "mix", "none", callable or None
         An explicit penalty on the network output added to the loss, ``λ · R(x)``: ``"tv"``,
         the isotropic total variation per pixel (:func:`deepprior.total_variation`; DIP-TV,
         Liu et al. 2019), or a function of the image ``(1, C, H, W)`` returning a
         differentiable scalar (probed once before the fit). ``"auto"``: TV or none, whichever
-        predicts held-out data better (below). ``"none"``: no penalty. None (default): the
-        problem's default — no penalty, except where σ is given and the defaults name one
-        (``Defaults.regularizer_with_sigma``: TV for the Deep Image Prior in compressive
-        sensing, measured in benchmarks/RESULTS.md §2). TV helps
-        piecewise-smooth images and costs a little on textured ones (DIP, 128², σ = 25: camera
-        +1.44 / +0.69 dB, astronaut −0.32 / −0.26 dB; benchmarks/RESULTS.md §5).
+        predicts held-out data better (below). ``"mix"``: the ensemble's members take the
+        weights 0 (no penalty) and the TV weight(s) in turn — member 0 without, member 1 with
+        TV, … — each stopped by its own rule (after a rule that holds data out, later members
+        with a weight refit to that weight's first member's iterate), and their average is
+        returned; ``ensemble`` defaults to the number of weights (2). ``"none"``: no penalty.
+        None (default): the problem's default (``Defaults.regularizer``,
+        ``Defaults.regularizer_with_sigma``): ``"mix"`` for the Deep Image Prior when
+        denoising with ``stop="auto"`` and no ``ensemble`` or one of 2 or more
+        (benchmarks/RESULTS.md §5), TV where σ is given for the Deep Image Prior in
+        compressive sensing (§2), else no penalty. TV helps piecewise-smooth images and costs
+        a little on textured ones (DIP, 128², σ = 25: camera +1.44 / +0.69 dB, astronaut
+        −0.32 / −0.26 dB; benchmarks/RESULTS.md §5); averaged with a fit without it, it helps
+        both.
     regularizer_weight : float or sequence of floats, optional
         λ. For ``"tv"`` and ``"auto"`` when denoising it defaults to ``TV_WEIGHT_PER_SIGMA · σ``
         with σ the noise level (given, or estimated from the image): the weight follows the
@@ -531,7 +552,7 @@ def reconstruct(
     problem              network       iters  lr     stop ("auto"; with σ given)          other
     ===================  ============  =====  =====  ===================================  ==========
     denoise              deep_decoder  3,000  0.01   discrepancy (σ estimated)            k=64, EMA
-    denoise              dip           3,000  0.01   discrepancy:tau=0.8,every=8          EMA
+    denoise              dip           3,000  0.01   discrepancy:tau=0.8,every=8          EMA, mix
     denoise              other         3,000  0.01   holdout:fraction=0.1,patience=200
     compressive_sensing  deep_decoder  3,000  0.005  patience                             k=128
     compressive_sensing  dip           6,000  0.01   holdout:fraction=0.1,patience=1000,  EMA,
@@ -554,6 +575,8 @@ def reconstruct(
     Prior perturbs its input by 1/30 too). Refit: after the hold-out stop, a second fit of all
     the data to the iteration it chose, averaged with it (``ensemble`` defaults to 2). σ: TV:
     with σ given, ``regularizer=None`` adds TV at its σ-derived weight (``"none"``: without).
+    Mix: with ``stop="auto"`` (and not ``ensemble=1``), ``regularizer=None`` is ``"mix"``:
+    the average of a fit without a penalty and one with TV (``"none"``: the first alone).
 
     ``PROBLEMS[problem][net].source`` says where each row comes from; σ for the discrepancy
     rule is estimated from the noisy image when not given (denoising only).
@@ -604,14 +627,23 @@ def reconstruct(
         sigma = estimate_sigma(array)
     if isinstance(regularizer, str) and regularizer == "none":
         regularizer = None
-    elif regularizer is None and regularizer_weight is None and given_sigma:
-        regularizer = defaults.regularizer_with_sigma  # the measured default penalty
+    elif regularizer is None and regularizer_weight is None:
+        regularizer = defaults.auto_regularizer(given_sigma)  # the measured default penalty
+        if regularizer == "mix" and (not isinstance(stop, str) or stop != "auto"
+                                     or ensemble == 1):
+            regularizer = None  # the default mix is two fits of stop="auto"; one fit: none
     candidates = _penalties(regularizer, regularizer_weight, problem=problem, sigma=sigma,
                             array=array, op=op, y=y)
+    mix = isinstance(regularizer, str) and regularizer == "mix"
     if ensemble is None:  # a choice of weights refits on its own (its members 1..K)
         refits = isinstance(stop, str) and stop == "auto" and len(candidates) == 1
-        ensemble = defaults.auto_ensemble(given_sigma, op.num_measurements) if refits else 1
+        ensemble = len(candidates) if mix else defaults.auto_ensemble(  # mix: handled here
+            given_sigma, op.num_measurements, regularizer="none") if refits else 1
     ensemble = check_int("ensemble", ensemble, minimum=1)
+    if mix and ensemble < len(candidates):
+        raise ValueError(f"regularizer='mix' averages fits without and with the penalty "
+                         f"(weights {[w for _, w in candidates]}): it needs ensemble >= "
+                         f"{len(candidates)}, got {ensemble}")
     if not isinstance(spec, str) and (ensemble > 1 or len(candidates) > 1):
         raise ValueError(f"{'an ensemble' if ensemble > 1 else 'choosing the regularizer weight'}"
                          " needs a stopping spec such as 'auto': a policy object serves one fit")
@@ -641,13 +673,13 @@ def reconstruct(
 
     choice, trials, fits = [], [], []
     penalty, regularizer_weight = candidates[0]
-    if len(candidates) > 1:  # each weight fitted without the held-out share: member 0
+    if len(candidates) > 1 and not mix:  # each weight fitted without the held-out share:
         # a stop that holds data out compares the weights on its own share (member 0 splits
         # with this seed); any other stop fits what is left of a share set aside here
         own = next((p for p in members(policy) if isinstance(p, Holdout)), None)
         fit_op, fit_y, held_op, held_y = (op, y, own.operator, own.y) if own else \
             split_measurements(op, y, HOLDOUT_FRACTION, seed)
-        errors = []
+        errors = []  # the chosen one becomes member 0
         for candidate, weight in candidates:
             module, trial = fit_member(0, fit_op, fit_y, truth, candidate, spec)
             errors.append(squared_errors(held_op, held_y, trial.output.to(torch_device)))
@@ -664,13 +696,20 @@ def reconstruct(
     ks = range(1, ensemble + 1) if fits else range(ensemble)
     flips = problem == "denoise" and isinstance(op, Identity) and len(ks) + len(fits) > 1
     interrupted = trials and trials[-1].stop_reason.startswith("interrupted")
+    stops = {regularizer_weight: fits[0][1].best_step} if fits else {}  # per weight: the
+    weights = [regularizer_weight] * len(fits)  # iterate of its first member
     for k in [] if interrupted else ks:  # member k: seed + k and, when denoising, the
         turn = _DIHEDRAL[k % 8] if flips else _DIHEDRAL[0]  # k-th flip/rotation
         y_k, truth_k = _turn(y, turn), None if truth is None else _turn(truth, turn)
         op_k = Identity(tuple(y_k.shape[1:])) if flips else op
+        if mix:  # the members take the weights in turn: none, then the penalty's
+            penalty, regularizer_weight = candidates[k % len(candidates)]
         # after a fit that held data out, the others fit all of it, to the iterate it chose
-        member_spec = f"fixed:{fits[0][1].best_step}" if fits and holds_out(spec) else spec
+        member_spec = f"fixed:{stops[regularizer_weight]}" if regularizer_weight in stops \
+            and holds_out(spec) else spec
         module, result = fit_member(k, op_k, y_k, truth_k, penalty, member_spec)
+        stops.setdefault(regularizer_weight, result.best_step)
+        weights.append(regularizer_weight)
         fits.append((turn, result, _turn(result.output, turn, inverse=True)))
         if result.stop_reason.startswith("interrupted"):
             break
@@ -707,15 +746,24 @@ def reconstruct(
         else getattr(regularizer, "__name__", type(regularizer).__name__),
         "regularizer_weight": regularizer_weight,
     }
+    if mix:  # the penalty's weight(s); each member's in config["members"]
+        penalized = [w for _, w in candidates[1:]]
+        config["regularizer_weight"] = penalized[0] if len(penalized) == 1 else penalized
     if choice:
         config["regularizer_choice"] = choice
     if len(fits) > 1:
-        config["members"] = _members(fits, truth)
+        config["members"] = _members(fits, truth, weights)
+    reason = result.stop_reason if len(fits) == 1 else \
+        f"average of {len(fits)} fits; the first: {result.stop_reason}"
+    flagged = [(k, r.stop_reason.split(";")[0]) for k, r in enumerate(runs)
+               if r.stop_reason.startswith(("interrupted", "diverged"))]
+    if flagged and not reason.startswith(("interrupted", "diverged")):  # said first: the CLI
+        k, what = flagged[0]  # reads its status (exit code) from the start of the reason
+        reason = f"{what} (fit {k + 1} of {len(runs)}); {reason}"
     return Reconstruction(
         image=image, num_iter=result.best_step,
         num_steps=sum(r.num_steps for r in runs),
-        stop_reason=result.stop_reason if len(fits) == 1 else
-        f"average of {len(fits)} fits; the first: {result.stop_reason}",
+        stop_reason=reason,
         history=history, elapsed=sum(r.elapsed for r in runs),
         device=str(torch_device), config=config, **scores,
     )
@@ -757,15 +805,15 @@ def _tv_scale(op: Any) -> float:
     return n * math.sqrt(gain) / op.num_measurements
 
 
-def _default_tv_weights(problem: str, op: Any, y: torch.Tensor, sigma: float | None,
-                        array: np.ndarray) -> list[float]:
+def _default_tv_weights(name: str, problem: str, op: Any, y: torch.Tensor,
+                        sigma: float | None, array: np.ndarray) -> list[float]:
     """``regularizer="tv"``'s weights when none is given: ``TV_WEIGHT_PER_SIGMA · σ ·``
     :func:`_tv_scale`, with σ given or estimated when denoising; in compressive sensing without
     σ one weight per noise level of :data:`TV_SNRS_DB` (a held-out choice)."""
     if problem == "denoise" and sigma is None:
         sigma = estimate_sigma(array)
     if problem not in TV_WEIGHT_PROBLEMS:
-        raise ValueError(f"regularizer='tv' or 'auto' needs regularizer_weight=... for "
+        raise ValueError(f"regularizer='{name}' needs regularizer_weight=... for "
                          f"{problem}: its automatic weight is measured on denoising and "
                          "compressive sensing")
     if sigma is not None:
@@ -779,21 +827,23 @@ def _default_tv_weights(problem: str, op: Any, y: torch.Tensor, sigma: float | N
 
 def _penalties(regularizer: Any, weight: Any, *, problem: str, sigma: float | None,
                array: np.ndarray, op: Any, y: torch.Tensor) -> list[tuple[Any, Any]]:
-    """The candidate ``(penalty(output) or None, λ)`` pairs: one, or several to choose from.
+    """The candidate ``(penalty(output) or None, λ)`` pairs: one, or several to choose from
+    (or, with ``"mix"``, for the ensemble's members to take in turn).
 
-    ``regularizer="auto"``: TV or nothing, i.e. the weights 0 and ``regularizer_weight`` (one
-    or several; by default :func:`_default_tv_weights`). A sequence of weights with ``"tv"``
-    or a function: each weight is a candidate. Weight 0 fits without a penalty.
+    ``regularizer="auto"`` and ``"mix"``: TV or nothing, i.e. the weights 0 and
+    ``regularizer_weight`` (one or several; by default :func:`_default_tv_weights`). A
+    sequence of weights with ``"tv"`` or a function: each weight is a candidate. Weight 0 fits
+    without a penalty.
     """
     if regularizer is None:
         if weight is not None:
             raise ValueError("regularizer_weight needs a regularizer, e.g. regularizer='tv'")
         return [(None, None)]
     if isinstance(regularizer, str):
-        name = check_choice("regularizer", regularizer, ("auto", "none", *REGULARIZERS))
-        function = REGULARIZERS["tv" if name == "auto" else name]
+        name = check_choice("regularizer", regularizer, ("auto", "mix", "none", *REGULARIZERS))
+        function = REGULARIZERS["tv" if name in ("auto", "mix") else name]
         if weight is None:
-            weight = _default_tv_weights(problem, op, y, sigma, array)
+            weight = _default_tv_weights(name, problem, op, y, sigma, array)
     elif callable(regularizer):
         name, function, weight = None, regularizer, 1.0 if weight is None else weight
         probe = torch.full((1, *op.image_shape), 0.5, requires_grad=True)
@@ -804,14 +854,15 @@ def _penalties(regularizer: Any, weight: Any, *, problem: str, sigma: float | No
                              f"depends on the image; on a grey image of shape "
                              f"{tuple(probe.shape)} it returned {value!r}")
     else:
-        raise TypeError(f"regularizer must be 'tv', 'auto', 'none', a function or None, got "
-                        f"{regularizer!r}")
+        raise TypeError(f"regularizer must be 'tv', 'auto', 'mix', 'none', a function or None, "
+                        f"got {regularizer!r}")
     several = isinstance(weight, (list, tuple, np.ndarray))
+    adds_none = name in ("auto", "mix")
     weights = [check_float("regularizer_weight", w, low=0.0)
-               for w in ((0.0,) if name == "auto" else ()) + tuple(weight if several else [weight])]
+               for w in ((0.0,) if adds_none else ()) + tuple(weight if several else [weight])]
     if not weights or len(set(weights)) < len(weights):
-        raise ValueError(f"regularizer_weight: give distinct weights to choose from, got "
-                         f"{weight!r}{' (auto adds 0)' if name == 'auto' else ''}")
+        raise ValueError(f"regularizer_weight: give distinct weights, got "
+                         f"{weight!r}{f' ({name} adds 0)' if adds_none else ''}")
 
     def penalty(w: float) -> Callable[[torch.Tensor], torch.Tensor] | None:
         return None if w == 0 else lambda output: w * function(output)
@@ -856,11 +907,14 @@ def _turn(x: torch.Tensor, turn: tuple[int, bool], inverse: bool = False) -> tor
     return x.flip(-1) if mirror else x
 
 
-def _members(fits: list, truth: torch.Tensor | None) -> list[dict[str, Any]]:
-    """Per ensemble member: its flip, returned iterate, stop and (with the truth) PSNR."""
+def _members(fits: list, truth: torch.Tensor | None,
+             weights: list[float | None]) -> list[dict[str, Any]]:
+    """Per ensemble member: its flip, penalty weight, returned iterate, stop and (with the
+    truth) PSNR."""
     rows = []
-    for k, (turn, result, output) in enumerate(fits):
+    for k, ((turn, result, output), weight) in enumerate(zip(fits, weights, strict=True)):
         row = {"member": k, "quarter_turns": turn[0], "mirrored": turn[1],
+               "regularizer_weight": weight,
                "num_iter": result.best_step, "num_steps": result.num_steps,
                "stop_reason": result.stop_reason, "elapsed": result.elapsed}
         if truth is not None:

@@ -389,7 +389,8 @@ def test_a_row_with_refit_fits_twice_only_after_its_automatic_hold_out_stop(regi
     assert fits(ensemble=1) == (1, 1)  # asked for one fit: the hold-out fit alone
     assert fits(sigma=0.1) == (1, 1)  # with σ the automatic rule holds nothing out
     assert fits(stop="holdout:fraction=0.2,patience=3") == (1, 1)  # a rule the user chose
-    assert deepprior.problem_defaults("denoise", "dip").auto_ensemble(False) == 1
+    dip = deepprior.problem_defaults("denoise", "dip")
+    assert dip.auto_ensemble(False, regularizer="none") == 1  # DIP without its mix: one fit
 
 
 @pytest.mark.parametrize(("minimum", "expected"), [(300, (1, 1)), (301, (2, 2))])
@@ -472,9 +473,9 @@ def test_a_users_regularizer_function_and_every_refusal():
 
     result = reconstruct(noisy, regularizer=l1, regularizer_weight=0.5, **options)
     assert result.config["regularizer"] == "l1" and result.config["regularizer_weight"] == 0.5
-    with pytest.raises(ValueError, match="regularizer must be one of auto, none, tv"):
+    with pytest.raises(ValueError, match="regularizer must be one of auto, mix, none, tv"):
         reconstruct(noisy, regularizer="l2", **options)
-    with pytest.raises(TypeError, match="must be 'tv', 'auto', 'none', a function or None"):
+    with pytest.raises(TypeError, match="'tv', 'auto', 'mix', 'none', a function or None"):
         reconstruct(noisy, regularizer=3, **options)
     with pytest.raises(ValueError, match="regularizer_weight needs a regularizer"):
         reconstruct(noisy, regularizer_weight=0.1, **options)
@@ -488,7 +489,7 @@ def test_a_users_regularizer_function_and_every_refusal():
     assert cs.config["regularizer_weight"] == 1e-3
     blur = Blur(np.ones((3, 3)) / 9, (32, 32))
     blurred = blur.A(image_to_tensor(clean))[0]
-    for name in ("tv", "auto"):  # no measured weight rule for deblurring
+    for name in ("tv", "auto", "mix"):  # no measured weight rule for deblurring
         with pytest.raises(ValueError, match="needs regularizer_weight=... for deblurring"):
             reconstruct(blurred, blur, regularizer=name, **options)
     with pytest.raises(ValueError, match="give distinct weights"):
@@ -551,6 +552,83 @@ def test_a_holdout_stop_lends_its_own_share_to_the_regularizer_choice():
     assert none["stop_reason"] == member["stop_reason"]
 
 
+def test_mix_averages_a_fit_without_and_one_with_tv_each_as_fitted_on_its_own():
+    clean = sample_image("camera", size=(24, 32))
+    noisy = add_gaussian_noise(clean, 0.1, seed=0)
+    options = {"max_num_iter": 8, "stop": "fixed:8", "net_options": {"channels": 8}, **DD}
+    result = reconstruct(noisy, regularizer="mix", sigma=0.1, ground_truth=clean, **options)
+    weight = deepprior.api.TV_WEIGHT_PER_SIGMA * 0.1
+    members = result.config["members"]
+    assert result.config["ensemble"] == 2 and result.config["regularizer"] == "mix"
+    assert result.config["regularizer_weight"] == pytest.approx(weight)
+    assert [m["regularizer_weight"] for m in members] == pytest.approx([0.0, weight])
+    # member 0: the fit without a penalty; member 1: seed 1, the first rotation, with TV
+    plain = reconstruct(noisy, sigma=0.1, **options)
+    turned = deepprior.tensor_to_image(torch.rot90(image_to_tensor(noisy), 1, dims=(-2, -1)))
+    tv = reconstruct(turned, regularizer="tv", sigma=0.1, seed=1, **options)
+    back = deepprior.tensor_to_image(torch.rot90(image_to_tensor(tv.image), -1, dims=(-2, -1)))
+    np.testing.assert_allclose(result.image, (plain.image + back) / 2, atol=1e-6)
+    # four members take the weights in turn
+    four = reconstruct(noisy, regularizer="mix", sigma=0.1, ensemble=4, **options)
+    assert [m["regularizer_weight"] for m in four.config["members"]] == pytest.approx(
+        [0.0, weight, 0.0, weight])
+    with pytest.raises(ValueError, match="needs ensemble >= 2, got 1"):
+        reconstruct(noisy, regularizer="mix", ensemble=1, **options)
+    with pytest.raises(ValueError, match="an ensemble needs a stopping spec"):
+        reconstruct(noisy, regularizer="mix", stop=deepprior.stopping.Fixed(3),
+                    **{k: v for k, v in options.items() if k != "stop"})
+
+
+def test_an_ensemble_says_first_when_a_member_diverged_or_was_interrupted():
+    noisy = add_gaussian_noise(sample_image("camera", size=32), 0.1, seed=0)
+    options = {"max_num_iter": 40, "stop": "fixed:40", "net_options": {"channels": 4},
+               "ensemble": 2, **DD}
+    diverged = reconstruct(noisy, **{**options, "net": "dip", "net_options": {"channels": 8}},
+                           learning_rate=1e6)
+    assert diverged.stop_reason.startswith("diverged") and "average of 2 fits" in \
+        diverged.stop_reason
+    calls = []
+
+    def stop_in_member_1(state):
+        calls.append(state.step)
+        if len(calls) == 45:  # iteration 5 of the second fit
+            raise KeyboardInterrupt
+
+    stopped = reconstruct(noisy, callback=stop_in_member_1, **options)
+    assert stopped.stop_reason.startswith("interrupted at iteration 5 (fit 2 of 2); average")
+
+def test_after_a_held_out_stop_mixed_members_refit_to_their_own_weights_iterate():
+    x, op, y, _ = _cs_problem()
+    y = y + 0.05 * torch.randn(y.shape, generator=torch.Generator().manual_seed(0))
+    result = reconstruct(y[0], op, regularizer="mix", regularizer_weight=0.3, ensemble=4,
+                         stop="holdout:fraction=0.2,patience=3", max_num_iter=40,
+                         net_options=SMALL, **DD)
+    members = result.config["members"]
+    assert [m["regularizer_weight"] for m in members] == [0.0, 0.3, 0.0, 0.3]
+    # members 0 and 1 stop by the hold-out rule; 2 and 3 fit all the data to their iterate
+    for first, refit in ((members[0], members[2]), (members[1], members[3])):
+        assert refit["num_iter"] == refit["num_steps"] == first["num_iter"]
+        assert refit["stop_reason"].startswith("reached num_iter")
+
+
+def test_dips_denoising_default_mixes_two_fits_of_the_automatic_stop():
+    dip = deepprior.problem_defaults("denoise", "dip")
+    assert dip.auto_regularizer(False) == dip.auto_regularizer(True) == "mix"
+    assert dip.auto_ensemble(False) == dip.auto_ensemble(True) == 2
+    noisy = add_gaussian_noise(sample_image("camera", size=32), 0.1, seed=0)
+    options = {"max_num_iter": 3, "net_options": {"channels": 4}}
+
+    def penalty(**more):
+        config = reconstruct(noisy, **options, **more).config
+        return config["regularizer"], config["ensemble"], len(config.get("members", [None]))
+
+    assert penalty() == penalty(sigma=0.1) == ("mix", 2, 2)
+    assert penalty(ensemble=3) == ("mix", 3, 3)
+    # one fit asked for, a rule or a penalty chosen: the default mix does not apply
+    assert penalty(ensemble=1) == penalty(stop="fixed:3") == penalty(regularizer="none") \
+        == (None, 1, 1)
+    assert penalty(regularizer="tv")[:2] == ("tv", 1)
+
 def test_auto_regularizer_averages_the_held_out_winner_with_a_fit_to_all_pixels():
     clean = sample_image("camera", size=32)
     noisy = add_gaussian_noise(clean, 0.1, seed=0)
@@ -571,7 +649,8 @@ def test_auto_regularizer_averages_the_held_out_winner_with_a_fit_to_all_pixels(
     members = result.config["members"]
     assert len(members) == 2 and members[0]["psnr"] == choice[0]["psnr"]
     plain = reconstruct(noisy, ground_truth=clean, ensemble=2, **options)
-    assert members[1] == {**plain.config["members"][1], "elapsed": members[1]["elapsed"]}
+    assert members[1] == {**plain.config["members"][1], "elapsed": members[1]["elapsed"],
+                          "regularizer_weight": 0.0}  # the plain one has no penalty: None
     assert members[1]["psnr"] > choice[0]["psnr"]  # all the pixels: a better fit
     # a denoising default: the candidates are none and TV at TV_WEIGHT_PER_SIGMA · σ
     default = reconstruct(noisy, regularizer="auto", sigma=0.1, ensemble=2, **options)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from deepprior import GaussianSensing, psnr
+from deepprior import GaussianSensing, add_gaussian_noise, psnr, reconstruct, sample_image
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 
@@ -298,3 +298,19 @@ def test_observe_every_times_the_default_against_every_iteration(harness):
     assert default["members"][1]["num_steps"] == 8
     table = observe.report({"runs": [], "timings": [timed]})
     assert "| CS camera 32² m/n 0.25 SNR 20, seed 0 | every=1 |" in table
+
+
+def test_mix_members_add_up_to_the_default_call(harness):
+    mix = _load("mix")
+    options = {"max_num_iter": 6, "net_options": {"channels": 8}}
+    row = mix.run_case("camera:25:0", "ABC", 32, **options)
+    assert row["key"] == ["camera", 32, 25, 0] and row["B"]["num_iter"] <= 6
+    clean = sample_image("camera", size=32)
+    default = reconstruct(add_gaussian_noise(clean, 25 / 255, seed=0), ground_truth=clean,
+                          **options)
+    assert default.config["regularizer"] == "mix"
+    assert row["AB"] == pytest.approx(default.psnr, abs=1e-6)  # the same two fits
+    assert row["A"]["psnr"] == pytest.approx(default.config["members"][0]["psnr"], abs=1e-6)
+    table = mix.report({"rows": [row]}, bm3d={("camera", 32, 25, 0): 30.0})
+    assert "| camera 32² σ = 25, seed 0 | 30.00 |" in table
+    assert f"single fit {30 - row['A']['psnr']:.2f} dB, A + B {30 - row['AB']:.2f} dB" in table

@@ -122,6 +122,23 @@ def test_ensemble_averages_k_fits_and_the_report_lists_them(clean_png, tmp_path)
     assert report["stop_reason"].startswith("average of 3 fits")
 
 
+def test_dips_default_denoising_mixes_a_fit_without_and_one_with_tv(clean_png, tmp_path):
+    def run(*more):
+        out = tmp_path / f"m{len(more)}.png"
+        result = runner.invoke(app, ["denoise", str(clean_png), "--add-noise", "25", "-o",
+                                     str(out), "--iters", "5", "--channels", "8", *more])
+        assert result.exit_code == 0, result.output
+        summary = next(line for line in result.stdout.splitlines() if line.startswith("PSNR"))
+        return summary, json.loads(out.with_suffix(".json").read_text())["config"]
+
+    summary, config = run()
+    assert summary.endswith("average of 2 fits (without and with TV in turn)")
+    assert config["regularizer"] == "mix" and config["regularizer_weight"] > 0
+    assert [m["regularizer_weight"] for m in config["members"]] == [0.0,
+                                                                   config["regularizer_weight"]]
+    summary, config = run("--regularizer", "none")
+    assert config["regularizer"] is None and "average" not in summary
+
 def test_precision_reaches_the_fit_and_the_report(clean_png, tmp_path):
     out = tmp_path / "b.png"
     result = runner.invoke(app, ["denoise", str(clean_png), "--add-noise", "25", "--precision",
