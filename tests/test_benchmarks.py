@@ -311,6 +311,7 @@ def test_mix_members_add_up_to_the_default_call(harness):
     assert default.config["regularizer"] == "mix"
     assert row["AB"] == pytest.approx(default.psnr, abs=1e-6)  # the same two fits
     assert row["A"]["psnr"] == pytest.approx(default.config["members"][0]["psnr"], abs=1e-6)
+    assert row["C"]["num_iter"] <= 6 and row["AC"] != row["AB"]  # C: B's fit without TV
     table = mix.report({"rows": [row]}, bm3d={("camera", 32, 25, 0): 30.0})
     assert "| camera 32² σ = 25, seed 0 | 30.00 |" in table
     assert f"single fit {30 - row['A']['psnr']:.2f} dB, A + B {30 - row['AB']:.2f} dB" in table
