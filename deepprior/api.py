@@ -699,8 +699,9 @@ def reconstruct(
     ks = range(1, ensemble + 1) if fits else range(ensemble)
     flips = problem == "denoise" and isinstance(op, Identity) and len(ks) + len(fits) > 1
     interrupted = trials and trials[-1].stop_reason.startswith("interrupted")
-    stops = {regularizer_weight: fits[0][1].best_step} if fits else {}  # per weight: the
-    weights = [regularizer_weight] * len(fits)  # iterate of its first member
+    # per weight, the iterate its first member returned; each member's weight
+    stops = {regularizer_weight: fits[0][1].best_step} if fits else {}
+    weights = [regularizer_weight] * len(fits)
     for k in [] if interrupted else ks:  # member k: seed + k and, when denoising, the
         turn = _DIHEDRAL[k % 8] if flips else _DIHEDRAL[0]  # k-th flip/rotation
         y_k, truth_k = _turn(y, turn), None if truth is None else _turn(truth, turn)
