@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -502,12 +502,13 @@ def reconstruct(
         predicts held-out data better (below). ``"mix"``: the ensemble's members take the
         weights 0 (no penalty) and the TV weight(s) in turn — member 0 without, member 1 with
         TV, … — each stopped by its own rule (after a rule that holds data out, later members
-        with a weight refit to that weight's first member's iterate), and their average is
-        returned; ``ensemble`` defaults to the number of weights (2). ``"none"``: no penalty.
-        None (default): the problem's default (``Defaults.regularizer``,
-        ``Defaults.regularizer_with_sigma``): ``"mix"`` for the Deep Image Prior when
-        denoising with ``stop="auto"`` and no ``ensemble`` or one of 2 or more
-        (benchmarks/RESULTS.md §5), TV where σ is given for the Deep Image Prior in
+        with a weight refit to that weight's first member's iterate; a member with TV runs at
+        most ``MIX_BUDGET`` = 2 times the iterations of member 0, so that the pair costs at
+        most 3 single fits), and their average is returned; ``ensemble`` defaults to the
+        number of weights (2). ``"none"``: no penalty. None (default): the problem's default
+        (``Defaults.regularizer``, ``Defaults.regularizer_with_sigma``): ``"mix"`` for the
+        Deep Image Prior when denoising with ``stop="auto"`` and no ``ensemble`` or one of 2
+        or more (benchmarks/RESULTS.md §5), TV where σ is given for the Deep Image Prior in
         compressive sensing (§2), else no penalty. TV helps piecewise-smooth images and costs
         a little on textured ones (DIP, 128², σ = 25: camera +1.44 / +0.69 dB, astronaut
         −0.32 / −0.26 dB; benchmarks/RESULTS.md §5); averaged with a fit without it, it helps
@@ -661,14 +662,16 @@ def reconstruct(
     max_num_iter = check_int("max_num_iter", max_num_iter, minimum=1)
 
     def fit_member(k: int, fit_op: Any, fit_y: torch.Tensor, truth_k: torch.Tensor | None,
-                   penalty: Callable[[torch.Tensor], torch.Tensor] | None, member_spec: Any):
-        """Fit member ``k`` (its seed) to ``fit_y = fit_op(x)``: the module and the FitResult."""
+                   penalty: Callable[[torch.Tensor], torch.Tensor] | None, member_spec: Any,
+                   budget: int = max_num_iter):
+        """Fit member ``k`` (its seed) to ``fit_y = fit_op(x)`` in at most ``budget``
+        iterations: the module and the FitResult."""
         module, z, _ = _network(net, net_input, fit_op.image_shape, norm, seed + k, options)
         member_policy, fit_op, fit_y = make_policy(member_spec, operator=fit_op, y=fit_y,
                                                    sigma=sigma, ground_truth=truth_k,
                                                    seed=seed + k)
         return module, fit(
-            module, z, fit_y, fit_op, policy=member_policy, max_num_iter=max_num_iter,
+            module, z, fit_y, fit_op, policy=member_policy, max_num_iter=budget,
             learning_rate=learning_rate, reg_noise_std=defaults.reg_noise_std, ema=defaults.ema,
             ground_truth=truth_k, device=torch_device, seed=seed + k, progress=progress,
             callback=callback, precision=precision, penalty=penalty,
@@ -711,7 +714,13 @@ def reconstruct(
         # after a fit that held data out, the others fit all of it, to the iterate it chose
         member_spec = f"fixed:{stops[regularizer_weight]}" if regularizer_weight in stops \
             and holds_out(spec) else spec
-        module, result = fit_member(k, op_k, y_k, truth_k, penalty, member_spec)
+        budget = max_num_iter  # mix: a penalized member runs at most MIX_BUDGET × member 0
+        if mix and regularizer_weight and member_spec is spec:
+            budget = min(max_num_iter, int(MIX_BUDGET * fits[0][1].num_steps))
+        module, result = fit_member(k, op_k, y_k, truth_k, penalty, member_spec, budget)
+        if budget < max_num_iter and result.num_steps == budget:
+            result = replace(result, stop_reason=f"{result.stop_reason} (the mix's budget: "
+                             f"{MIX_BUDGET}× the {fits[0][1].num_steps} iterations of fit 1)")
         stops.setdefault(regularizer_weight, result.best_step)
         weights.append(regularizer_weight)
         fits.append((turn, result, _turn(result.output, turn, inverse=True)))
@@ -787,6 +796,11 @@ REGULARIZERS = {"tv": total_variation}
 #: peaks at 24.86 / 25.06 dB against 24.12 without TV and 24.69 for oracle-tuned TV
 #: (``benchmarks/holdout_trace.py --tv-weight``, RESULTS.md §2).
 TV_WEIGHT_PER_SIGMA = 0.5
+#: ``regularizer="mix"``: a member with the penalty stops by its rule or after this many times
+#: the iterations member 0 (no penalty) ran, whichever comes first, so that the default pair
+#: costs at most 3 single fits (TV's discrepancy stop comes 2.3× later than the fit's without
+#: it at σ = 50, 128²; benchmarks/RESULTS.md §5).
+MIX_BUDGET = 2
 #: Compressive sensing without σ: the measurement SNRs (dB, against the measurements' own rms)
 #: whose noise levels give the candidate TV weights, chosen between on held-out measurements.
 TV_SNRS_DB = (20.0, 30.0)

@@ -579,6 +579,20 @@ def test_mix_averages_a_fit_without_and_one_with_tv_each_as_fitted_on_its_own():
                     **{k: v for k, v in options.items() if k != "stop"})
 
 
+def test_a_mixed_member_with_tv_runs_at_most_twice_the_iterations_of_the_first():
+    noisy = add_gaussian_noise(sample_image("camera", size=32), 0.1, seed=0)
+    # TV at λ = 1 keeps member 1 off the noise level that member 0 reaches at iteration t
+    result = reconstruct(noisy, regularizer="mix", regularizer_weight=1.0, sigma=0.1,
+                         stop="discrepancy:tau=1.5", max_num_iter=400,
+                         net_options={"channels": 16}, **DD)
+    first, penalized = result.config["members"]
+    assert first["stop_reason"].startswith("residual")
+    assert penalized["num_steps"] == deepprior.api.MIX_BUDGET * first["num_steps"] < 400
+    assert penalized["stop_reason"].endswith(
+        f"(the mix's budget: 2× the {first['num_steps']} iterations of fit 1)")
+    assert result.num_steps == 3 * first["num_steps"]
+
+
 def test_an_ensemble_says_first_when_a_member_diverged_or_was_interrupted():
     noisy = add_gaussian_noise(sample_image("camera", size=32), 0.1, seed=0)
     options = {"max_num_iter": 40, "stop": "fixed:40", "net_options": {"channels": 4},
