@@ -8,10 +8,14 @@ This script makes that call with the clean image, so that each member is scored 
 default now). ``--members ABC`` also calls ``ensemble=2, regularizer="none"``, whose second
 member C is B without TV: A + C, two fits without TV. PSNR against the clean image, the
 iterations of each member (what the time is made of: every member costs the same per
-iteration) and its time.
+iteration) and its time. B runs at most ``MIX_BUDGET`` (2) times A's iterations;
+``--budget X`` measures that lever (0: no cap): the call is made with ``MIX_BUDGET = X`` and
+its A, B and A + B are stored beside the case's row (which needs the default budget's row
+first), under ``budgets``.
 
     OMP_NUM_THREADS=1 python benchmarks/mix.py --case camera:25:0 --members ABC
     OMP_NUM_THREADS=1 python benchmarks/mix.py --case astronaut:50:0
+    OMP_NUM_THREADS=1 python benchmarks/mix.py --case camera:50:0 --budget 1.5
     python benchmarks/mix.py --report
 """
 
@@ -25,28 +29,29 @@ from typing import Any
 
 import harness
 
+import deepprior.api
 from deepprior import add_gaussian_noise, reconstruct, sample_image
 
 
 def _member(row: dict[str, Any]) -> dict[str, Any]:
     """A member of ``config["members"]`` as a row entry."""
-    return {"psnr": row["psnr"], "num_iter": row["num_iter"], "seconds": row["elapsed"],
-            "stop_reason": row["stop_reason"]}
+    return {"psnr": row["psnr"], "num_iter": row["num_iter"], "num_steps": row["num_steps"],
+            "seconds": row["elapsed"], "stop_reason": row["stop_reason"]}
 
 
 def run_case(case: str, members: str, size: int, **options: Any) -> dict[str, Any]:
     """One case: the default call (A, B, A + B) and, with C in ``members``, two fits without
     TV (C, A + C); ``options`` go to ``reconstruct`` (the tests' small budgets)."""
-    image, sigma255, seed = case.split(":")
+    image, _, sigma255, seed = _case_key(case, size)
     clean = sample_image(image, size=size)
-    noisy = add_gaussian_noise(clean, int(sigma255) / 255, seed=int(seed))
-    default = reconstruct(noisy, net="dip", seed=int(seed), ground_truth=clean, **options)
+    noisy = add_gaussian_noise(clean, sigma255 / 255, seed=seed)
+    default = reconstruct(noisy, net="dip", seed=seed, ground_truth=clean, **options)
     a, b = default.config["members"]
-    row: dict[str, Any] = {"key": [image, size, int(sigma255), int(seed)],
+    row: dict[str, Any] = {"key": [image, size, sigma255, seed],
                            "sigma_hat": default.config["sigma"], "A": _member(a),
                            "B": _member(b), "AB": default.psnr}
     if "C" in members:
-        plain = reconstruct(noisy, net="dip", seed=int(seed), ground_truth=clean, ensemble=2,
+        plain = reconstruct(noisy, net="dip", seed=seed, ground_truth=clean, ensemble=2,
                             regularizer="none", **options)
         row.update(C=_member(plain.config["members"][1]), AC=plain.psnr)
     for member in ("A", "B", "C"):
@@ -54,6 +59,17 @@ def run_case(case: str, members: str, size: int, **options: Any) -> dict[str, An
             print(f"{case} {member}: {row[member]['psnr']:.2f} dB, it. "
                   f"{row[member]['num_iter']}, {row[member]['seconds']:.0f} s", flush=True)
     return row
+
+
+def _case_key(case: str, size: int) -> tuple:
+    """A row's key: (image, size, σ, seed)."""
+    image, sigma255, seed = case.split(":")
+    return image, size, int(sigma255), int(seed)
+
+
+def _steps(member: dict[str, Any]) -> int:
+    """The iterations a member ran (its cost; the returned iterate's where not stored)."""
+    return member.get("num_steps", member["num_iter"])
 
 
 def _cell(value: Any) -> str:
@@ -68,18 +84,27 @@ def report(payload: dict[str, Any], bm3d: dict[tuple, float] | None = None) -> s
     """The table, with BM3D (true σ) and the mean gaps to it where ``bm3d`` has the case."""
     bm3d = _bm3d() if bm3d is None else bm3d
     lines = ["| case | BM3D | A (single fit) | B (TV) | A + B (default) | A + C | A + B + C | "
-             "iterations A + B, × A |", "|---|---|---|---|---|---|---|---|"]
+             "iterations run, A + B over A |", "|---|---|---|---|---|---|---|---|"]
     gaps = []
     for row in sorted(payload["rows"], key=lambda r: r["key"]):
         image, size, sigma255, seed = row["key"]
         reference = bm3d.get(tuple(row["key"]))
         if reference is not None and "AB" in row:
             gaps.append((reference - row["A"]["psnr"], reference - row["AB"]))
-        ratio = (row["A"]["num_iter"] + row["B"]["num_iter"]) / row["A"]["num_iter"]
+        ratio = (_steps(row["A"]) + _steps(row["B"])) / _steps(row["A"])
         lines.append(f"| {image} {size}² σ = {sigma255}, seed {seed} | "
                      + ("—" if reference is None else f"{reference:.2f}") + " | "
                      + " | ".join(_cell(row.get(n)) for n in ("A", "B", "AB", "AC", "ABC"))
                      + f" | {ratio:.2f}× |")
+    budgets = [(row["key"], label, value, value["A"]["psnr"] != row["A"]["psnr"])
+               for row in payload["rows"] for label, value in row.get("budgets", {}).items()]
+    if budgets:
+        lines.append(f"\nB's budget, × A's iterations (default {deepprior.api.MIX_BUDGET}; "
+                     "0: none):")
+    for (image, size, sigma255, seed), label, value, other_a in sorted(budgets):
+        lines.append(f"- {image} {size}² σ = {sigma255}, seed {seed}, budget {label}: "
+                     + (f"A {_cell(value['A'])}, " if other_a else "")
+                     + f"B {_cell(value['B'])}, A + B {_cell(value['AB'])}")
     if gaps:
         single, mixed = (sum(g) / len(gaps) for g in zip(*gaps, strict=True))
         lines.append(f"\nMean gap to BM3D over {len(gaps)} cases: single fit {single:.2f} dB, "
@@ -101,6 +126,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--members", choices=("AB", "ABC"), default="AB",
                         help="ABC: also two fits without TV (A + C)")
     parser.add_argument("--size", type=int, default=128)
+    parser.add_argument("--budget", type=float, metavar="X",
+                        help="B's budget, × A's iterations (0: none); stored beside the "
+                        "default's row")
     parser.add_argument("--report", action="store_true", help="print the stored table")
     parser.add_argument("--out-dir", type=Path, default=harness.RESULTS)
     args = parser.parse_args(argv)
@@ -110,9 +138,24 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if not args.case:
         parser.error("give --case IMAGE:SIGMA:SEED")
-    store = harness.Store(path, True, {"members": args.members, "size": args.size})
-    for case in args.case:
-        store.add(run_case(case, args.members, args.size))
+    store = harness.Store(path, True, {"members": args.members, "size": args.size,
+                                       "budget": args.budget})
+    stored = {tuple(r["key"]): r for r in store.payload["rows"]}
+    keys = [_case_key(case, args.size) for case in args.case]
+    if args.budget is not None and (missing := [k for k in keys if k not in stored]):
+        parser.error(f"--budget needs the default budget's row first: {missing} not in {path}")
+    for case, key in zip(args.case, keys, strict=True):
+        if args.budget is None:
+            store.add(run_case(case, args.members, args.size))
+            continue
+        default = deepprior.api.MIX_BUDGET
+        deepprior.api.MIX_BUDGET = args.budget or 3000  # 0: no cap (the budget of the fit)
+        try:
+            row = run_case(case, "AB", args.size)
+        finally:
+            deepprior.api.MIX_BUDGET = default
+        store.add({**stored[key], "budgets": {**stored[key].get("budgets", {}), f"{args.budget:g}":
+                   {name: row[name] for name in ("A", "B", "AB")}}})
     print(report(store.payload))
     return 0
 

@@ -300,7 +300,7 @@ def test_observe_every_times_the_default_against_every_iteration(harness):
     assert "| CS camera 32² m/n 0.25 SNR 20, seed 0 | every=1 |" in table
 
 
-def test_mix_members_add_up_to_the_default_call(harness):
+def test_mix_members_add_up_to_the_default_call(harness, tmp_path):
     mix = _load("mix")
     options = {"max_num_iter": 6, "net_options": {"channels": 8}}
     row = mix.run_case("camera:25:0", "ABC", 32, **options)
@@ -312,6 +312,12 @@ def test_mix_members_add_up_to_the_default_call(harness):
     assert row["AB"] == pytest.approx(default.psnr, abs=1e-6)  # the same two fits
     assert row["A"]["psnr"] == pytest.approx(default.config["members"][0]["psnr"], abs=1e-6)
     assert row["C"]["num_iter"] <= 6 and row["AC"] != row["AB"]  # C: B's fit without TV
+    assert row["B"]["num_steps"] == default.config["members"][1]["num_steps"]  # its cost
+    row["budgets"] = {"0": {"A": row["A"], "B": {**row["B"], "psnr": 27.0, "num_iter": 9},
+                            "AB": 28.0}}
     table = mix.report({"rows": [row]}, bm3d={("camera", 32, 25, 0): 30.0})
     assert "| camera 32² σ = 25, seed 0 | 30.00 |" in table
+    assert "- camera 32² σ = 25, seed 0, budget 0: B 27.00 (it. 9), A + B 28.00" in table
+    with pytest.raises(SystemExit):  # another budget needs the default's row: checked first
+        mix.main(["--case", "camera:25:0", "--budget", "1.5", "--out-dir", str(tmp_path)])
     assert f"single fit {30 - row['A']['psnr']:.2f} dB, A + B {30 - row['AB']:.2f} dB" in table
