@@ -143,8 +143,9 @@ PROBLEMS: dict[str, dict[str, Defaults]] = {
             "same fits, camera σ = 25 / 50 and astronaut σ = 15 at 128², +0.00 / +0.02 / +0.01 "
             f"dB against every iteration ({_OBSERVE_JSON}). Mix: this fit averaged with one "
             "with TV (0.5 σ̂, seed + 1, turned): camera and astronaut 128², σ = 15 / 25 / 50, "
-            "nine cases, +0.18 to +1.00 dB over this fit alone, mean gap to BM3D 0.92 dB "
-            "against 1.43, for 2.3-3.4x its iterations (benchmarks/results/mix.json)"),
+            "two seeds, twelve cases, +0.18 to +1.00 dB over this fit alone, mean gap to BM3D "
+            "0.83 dB against 1.37, for 2.3-3.0x its iterations, the TV fit stopped by its "
+            "rule or at MIX_BUDGET x this fit's iterations (benchmarks/results/mix.json)"),
         "conv_decoder": Defaults(
             3000, 0.01, "holdout:fraction=0.1,patience=200",
             source=f"10% pixel hold-out: 0.62 dB mean gap, 5/6 within 1 dB ({_STOPPING_MD})"),
