@@ -715,8 +715,8 @@ def reconstruct(
         # after a fit that held data out, the others fit all of it, to the iterate it chose
         member_spec = f"fixed:{stops[regularizer_weight]}" if regularizer_weight in stops \
             and holds_out(spec) else spec
-        budget = max_num_iter  # mix: a penalized member runs at most MIX_BUDGET × member 0
-        if mix and regularizer_weight and member_spec is spec:
+        budget = max_num_iter  # mix: a penalized member that stops by its own rule (not a
+        if mix and regularizer_weight and member_spec is spec:  # refit) runs ≤ MIX_BUDGET × 0
             budget = min(max_num_iter, int(MIX_BUDGET * fits[0][1].num_steps))
         module, result = fit_member(k, op_k, y_k, truth_k, penalty, member_spec, budget)
         if budget < max_num_iter and result.num_steps == budget:
