@@ -7,6 +7,8 @@ how many fits one GPU runs at once. Part of ``benchmarks/gpu_check.sh``; needs a
   ``precision="bf16"``;
 - **time to result** of the Deep Decoder and DIP on camera 256², σ = 25, automatic stop, in
   float32 and bfloat16 (with the PSNR of each);
+- **K fits in one step**: K = 1, 2, 4, 8 fits of the Deep Decoder and DIP at 128² and 256²,
+  in turn with ``fit`` and at once with ``fit_many`` (``speed_variants.k_fits``);
 - **fits at once**: images per minute of :func:`deepprior.reconstruct_many` on 8 crops at 128²
   with 1, 2, 4 and 8 fits sharing the GPU (``gpus_per_fit`` = 1, 1/2, 1/4, 1/8).
 
@@ -24,6 +26,7 @@ from typing import Any
 
 import harness
 import torch
+from speed_variants import k_fits
 
 import deepprior
 
@@ -86,13 +89,17 @@ def main(argv: list[str] | None = None) -> int:
                           "iterations": auto.num_steps, "psnr": auto.psnr,
                           "stop_reason": auto.stop_reason})
         print(to_result[-1], flush=True)
+    k_fit_rows = [k_fits(net, size, k, 20 if args.quick else 50, "cuda", 2)
+                  for net in NETS[:2] for size in SIZES[:1 if args.quick else 2]
+                  for k in (1, 2, 4, 8)]
     at_once = [fits_at_once(k, 30 if args.quick else 300) for k in (1, 2, 4, 8)]
     for row in at_once:
         print(row, flush=True)
     path = harness.save_json("gpu_speed", {"per_iteration": rows, "time_to_result": to_result,
-                                           "fits_at_once": at_once,
+                                           "fits_at_once": at_once, "k_fits": k_fit_rows,
                                            "gpu": torch.cuda.get_device_name(0)})
     print(harness.markdown_table(rows, list(rows[0])))
+    print(harness.markdown_table(k_fit_rows, list(k_fit_rows[0])))
     print(harness.markdown_table(at_once, ["fits_at_once", "images", "seconds",
                                            "images_per_minute"]))
     print(f"wrote {path}")

@@ -44,6 +44,11 @@ iteration: a median would leave that pass out). deepinv's own
 ``DeepImagePrior`` loop is not timed: deepinv needs a torchvision that replaces this CPU
 torch (``pip install --dry-run deepinv`` next to torch 2.13.0 would install torch 2.14.1).
 
+With ``--k-fits``: K fits (K = 1, 2, 4, 8) of one network, each to its own noisy camera
+(noise seeds 0 … K−1) for a fixed budget, in turn with ``fit`` and at once with ``fit_many``
+(one batch through ``vmap``), alternating; the seconds of each and the per-fit ratio (at once /
+in turn). ``benchmarks/gpu_speed.py`` runs the same on CUDA.
+
 With ``--time-to-result``: the Deep Decoder's default denoising fit of camera 256², σ = 25
 (``reconstruct(noisy, net="deep_decoder")``, automatic stop), as the library runs it and with
 the network wrapped in ``torch.compile`` (compilation counts in the time), alternating, twice
@@ -55,6 +60,8 @@ Usage::
     OMP_NUM_THREADS=1 python benchmarks/speed_variants.py [--sizes 64 128] [--steps 40]
         [--nets deep_decoder dip conv_decoder]
     python benchmarks/speed_variants.py --time-to-result [--threads 2]
+    OMP_NUM_THREADS=1 python benchmarks/speed_variants.py --k-fits --nets deep_decoder dip \
+        --sizes 64 128 --steps 20 --repeats 2
     OMP_NUM_THREADS=1 python benchmarks/speed_variants.py --vs-plain-loop --nets deep_decoder dip \
         --steps 120
 """
@@ -74,13 +81,17 @@ import torch
 from torch.func import functional_call, stack_module_state, vmap
 
 from deepprior import (
+    Identity,
     add_gaussian_noise,
     build_net,
+    fit,
+    fit_many,
     nets,
     problem_defaults,
     reconstruct,
     sample_image,
 )
+from deepprior.stopping import Fixed
 
 
 class VarMeanNorm(torch.nn.Module):
@@ -254,6 +265,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--vs-plain-loop", action="store_true",
                         help="instead: reconstruct's loop against a plain loop (forward, MSE, "
                              "backward, Adam) on the same network, step by step")
+    parser.add_argument("--k-fits", action="store_true",
+                        help="instead: K fits in turn (fit) and at once (fit_many), K = 1, 2, "
+                             "4, 8")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -262,6 +276,13 @@ def main(argv: list[str] | None = None) -> int:
         return time_to_result(args.threads)
     if args.vs_plain_loop:
         return vs_plain_loop(args)
+    if args.k_fits:
+        rows = [k_fits(net_name, size, k, args.steps, "cpu", args.repeats)
+                for net_name in args.nets for size in args.sizes for k in (1, 2, 4, 8)]
+        path = harness.save_json(f"speed_k_fits_{args.threads}thread", {"rows": rows})
+        print(harness.markdown_table(rows, list(rows[0])))
+        print(f"wrote {path}")
+        return 0
     rows = []
     for net_name, size in [(n, s) for s in args.sizes for n in args.nets]:
         net, z = build_net(net_name, (1, size, size), seed=0)
@@ -294,6 +315,47 @@ def main(argv: list[str] | None = None) -> int:
     print(harness.markdown_table(rows, list(rows[0])))
     print(f"wrote {path}")
     return 0
+
+
+def k_fits(net_name: str, size: int, k: int, steps: int, device: str,
+           repeats: int) -> dict:
+    """K fits of ``net_name`` (seeds 0 … K−1), each to its own noisy camera (σ = 25), for
+    ``steps`` iterations: in turn with ``fit`` and at once with ``fit_many``, alternating
+    ``repeats`` times after a short warm-up of each; the median seconds of each."""
+    clean = torch.from_numpy(sample_image("camera", size=size))[None, None]
+    noisy = [torch.from_numpy(add_gaussian_noise(clean[0, 0].numpy(), 25 / 255, seed=s))[None,
+                                                                                          None]
+             for s in range(k)]
+    operator = Identity((1, size, size))
+    options = {"learning_rate": problem_defaults("denoise", net_name).learning_rate,
+               "device": device, "reg_noise_std": 1 / 30 if net_name == "dip" else 0.0}
+
+    def in_turn(budget: int) -> float:
+        built = [build_net(net_name, (1, size, size), seed=s) for s in range(k)]
+        return sum(fit(net, z, y, operator, policy=Fixed(budget), max_num_iter=budget,
+                       seed=s, **options).elapsed
+                   for s, ((net, z), y) in enumerate(zip(built, noisy, strict=True)))
+
+    def at_once(budget: int) -> float:
+        nets_, zs = zip(*(build_net(net_name, (1, size, size), seed=s) for s in range(k)),
+                        strict=True)
+        results = fit_many(nets_, zs, noisy, [operator] * k,
+                           policies=[Fixed(budget) for _ in range(k)], max_num_iter=budget,
+                           **options)
+        return max(r.elapsed for r in results)
+
+    in_turn(3), at_once(3)  # warm-up: allocations, kernel selection
+    times: dict[str, list[float]] = {"in turn": [], "at once": []}
+    for _ in range(repeats):
+        times["in turn"].append(in_turn(steps))
+        times["at once"].append(at_once(steps))
+    turn_s, once_s = (statistics.median(times[name]) for name in ("in turn", "at once"))
+    row = {"net": net_name, "size": size, "device": device, "K": k, "steps": steps,
+           "in turn s": round(turn_s, 3), "at once s": round(once_s, 3),
+           "at once / in turn": round(once_s / turn_s, 2),
+           "at once / one fit": round(once_s / (turn_s / k), 2)}
+    print(row, flush=True)
+    return row
 
 
 def time_to_result(threads: int) -> int:

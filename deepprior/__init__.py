@@ -24,7 +24,7 @@ from .api import (
 )
 from .batch import BatchResult, item_seed, reconstruct_many
 from .data import random_mask, sample_image, text_mask
-from .fit import PRECISIONS, FitState, fit, resolve_device
+from .fit import PRECISIONS, FitState, fit, fit_many, resolve_device
 from .io import (
     ImageError,
     image_bit_depth,
@@ -93,6 +93,7 @@ __all__ = [
     "downsampling_kernel",
     "estimate_sigma",
     "fit",
+    "fit_many",
     "gaussian_kernel",
     "image_bit_depth",
     "image_to_tensor",

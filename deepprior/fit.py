@@ -3,6 +3,8 @@
 The loop knows no network by name. It sees a module, its fixed input ``z``, the observation
 ``y``, a linear operator with ``A`` and a stopping policy (see :mod:`deepprior.stopping`), and
 returns the iterate the policy selects together with the history of the run.
+:func:`fit_many` runs K such fits of one architecture as one batch, each with its own
+observation, operator, policy and stopping state.
 """
 
 from __future__ import annotations
@@ -10,18 +12,20 @@ from __future__ import annotations
 import copy
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
+from torch.func import functional_call, vmap
 
-from .checks import check_choice
+from .checks import check_choice, check_int
 from .metrics import psnr_tensor
+from .stopping import _finalize
 
-__all__ = ["PRECISIONS", "FitResult", "FitState", "fit", "resolve_device"]
+__all__ = ["PRECISIONS", "FitResult", "FitState", "fit", "fit_many", "resolve_device"]
 
 #: Arithmetic of the network's forward and backward passes: ``"fp32"``, or ``"bf16"``
 #: (``torch.autocast`` to bfloat16: convolutions and matrix products in bfloat16, weights, Adam,
@@ -88,7 +92,7 @@ class FitResult:
     psnr : np.ndarray | None
         PSNR of each iterate against the ground truth, when one was given.
     elapsed : float
-        Wall time of the loop in seconds.
+        Wall time of the loop in seconds (:func:`fit_many`: from its start to this fit's stop).
     num_restarts : int
         How often the divergence guard restored earlier weights.
     final_learning_rate : float
@@ -284,163 +288,353 @@ def fit(
         raise ValueError(f"max_num_iter must be >= 1, got {max_num_iter}")
     check_choice("precision", precision, PRECISIONS)
     device = resolve_device(device)
-
-    def forward(net_input: torch.Tensor) -> torch.Tensor:
-        """The network in the chosen precision; its output in float32 either way."""
-        if precision == "fp32":
-            return net(net_input)
-        with torch.autocast(device.type, dtype=torch.bfloat16):
-            return net(net_input).float()
-
-    net = net.to(device).train()
-    operator = operator.to(device)
-    z = z.to(device)
-    y = y.to(device)
-    gt = ground_truth.to(device) if ground_truth is not None else None
-    optimizer = torch.optim.Adam(net.parameters(), lr=learning_rate)
-    scheduler = (
-        torch.optim.lr_scheduler.StepLR(optimizer, step_size=lr_decay[1], gamma=lr_decay[0])
-        if lr_decay is not None
-        else None
-    )
-    generator = torch.Generator(device=device).manual_seed(seed)
-    guard = _Guard(net, optimizer, max_restarts)
-    kept_average: torch.Tensor | None = None
     if sync_every is None:  # a callback reads the live network: it must see every iteration
         sync_every = 1 if device.type == "cpu" or callback is not None else 8
     if callback is not None and sync_every != 1:
         raise ValueError("a callback needs sync_every=1: it reads the network of its iteration")
-    wants_clean = bool(getattr(policy, "needs_unperturbed_output", False)) and reg_noise_std > 0
-    every = int(getattr(policy, "every", 1))  # the policy reads outputs at multiples of this
+    member = _Member(net, z, y, operator, policy, budget=max_num_iter, penalty=penalty,
+                     ground_truth=ground_truth, seed=seed, device=device,
+                     learning_rate=learning_rate, lr_decay=lr_decay,
+                     reg_noise_std=reg_noise_std, ema=ema, max_restarts=max_restarts)
+    _run([member], _forward(precision, device), sync_every=sync_every,
+         snapshot_every=snapshot_every, progress=progress, callback=callback)
+    return member.result()
 
-    losses: list[float] = []
-    psnrs: list[float] = []
-    kept: dict[int, torch.Tensor] = {}
-    average: torch.Tensor | None = None
-    reason: str | None = None
-    last: tuple[int, torch.Tensor] | None = None  # the last accepted iterate
-    step = done = 0  # iterations computed / processed (given to the policy)
-    pending: list[tuple[int, torch.Tensor, torch.Tensor, torch.Tensor]] = []
-    bar = _progress_bar(max_num_iter, progress)
+
+def fit_many(
+    nets: Sequence[nn.Module],
+    zs: Sequence[torch.Tensor],
+    ys: Sequence[torch.Tensor],
+    operators: Sequence[Any],
+    *,
+    policies: Sequence[Any],
+    max_num_iter: int | Sequence[int],
+    learning_rate: float = 0.01,
+    lr_decay: tuple[float, int] | None = None,
+    reg_noise_std: float = 0.0,
+    ema: float | None = None,
+    ground_truths: Sequence[torch.Tensor | None] | None = None,
+    penalties: Sequence[Callable[[torch.Tensor], torch.Tensor] | None] | None = None,
+    seeds: Sequence[int] | None = None,
+    device: str | torch.device = "auto",
+    progress: bool = False,
+    max_restarts: int = 3,
+    snapshot_every: int = 50,
+    sync_every: int | None = None,
+    precision: str = "fp32",
+) -> list[FitResult]:
+    """Fit K networks of one architecture at once: one forward and one backward pass a step.
+
+    Member ``k`` fits ``nets[k](zs[k])`` to ``ys[k]`` through ``operators[k]`` until
+    ``policies[k]`` stops it, as :func:`fit` would, with its own Adam, divergence guard,
+    learning-rate schedule, input perturbation (seeded by ``seeds[k]``), penalty and budget.
+    Each iteration runs the K networks as one batch (``torch.func.vmap`` over their stacked
+    weights, :func:`torch.func.functional_call`) and back-propagates the sum of their losses,
+    whose gradient in each member's weights is that member's own. A member that stops leaves
+    the batch; the others go on.
+
+    Parameters
+    ----------
+    nets, zs, ys, operators, policies : sequences of length K
+        Per member, as ``net``, ``z``, ``y``, ``operator`` and ``policy`` of :func:`fit`. The
+        networks must have the same type and the same parameter and buffer shapes, and the
+        inputs one shape; the observations and operators may differ.
+    max_num_iter : int or sequence of K ints
+        Iterations at most, for every member or per member.
+    ground_truths, penalties, seeds : sequences of length K, optional
+        Per member, as ``ground_truth``, ``penalty`` and ``seed`` of :func:`fit` (seeds: by
+        default ``0 … K−1``).
+    learning_rate, lr_decay, reg_noise_std, ema, device, progress, max_restarts, \
+snapshot_every, sync_every, precision
+        As in :func:`fit`, the same for every member (``sync_every``: one device→host read for
+        the K members' losses). There is no ``callback``: it reads one live network.
+
+    Returns
+    -------
+    list of FitResult
+        Member by member. Each is :func:`fit`'s result for that member up to the rounding of
+        batched arithmetic (the same where the rules see the same losses);
+        ``elapsed`` is the wall time from the start to the member's stop.
+
+    Raises
+    ------
+    ValueError
+        If the sequences differ in length, a budget is below 1, or the networks or inputs do not
+        share one architecture and shape.
+
+    Notes
+    -----
+    Whether a batch of K fits is faster than K fits in turn depends on the hardware: one small
+    fit leaves most of a GPU idle, while on a CPU thread the batch saves only the per-operator
+    overhead (benchmarks/RESULTS.md §3, "K fits in one step").
+    """
+    k = len(nets)
+    per_member = {"zs": zs, "ys": ys, "operators": operators, "policies": policies,
+                  "ground_truths": [None] * k if ground_truths is None else ground_truths,
+                  "penalties": [None] * k if penalties is None else penalties,
+                  "seeds": range(k) if seeds is None else seeds,
+                  "max_num_iter": [max_num_iter] * k if isinstance(max_num_iter, int)
+                  else max_num_iter}
+    if k < 1:
+        raise ValueError("fit_many needs at least one network")
+    lengths = {name: len(value) for name, value in per_member.items()}
+    if any(n != k for n in lengths.values()):
+        raise ValueError(f"fit_many needs one entry per network ({k} networks), got "
+                         + ", ".join(f"{name}: {n}" for name, n in lengths.items() if n != k))
+    budgets = [check_int("max_num_iter", b, minimum=1) for b in per_member["max_num_iter"]]
+    layout = _layout(nets[0])
+    for i, net in enumerate(nets):
+        if type(net) is not type(nets[0]) or _layout(net) != layout:
+            raise ValueError(f"fit_many fits networks of one architecture: network {i} "
+                             f"({type(net).__name__}) differs from network 0 "
+                             f"({type(nets[0]).__name__}) in its type or parameter shapes")
+        if tuple(zs[i].shape) != tuple(zs[0].shape):
+            raise ValueError(f"fit_many needs inputs of one shape: zs[{i}] is "
+                             f"{tuple(zs[i].shape)}, zs[0] {tuple(zs[0].shape)}")
+    check_choice("precision", precision, PRECISIONS)
+    device = resolve_device(device)
+    if sync_every is None:
+        sync_every = 1 if device.type == "cpu" else 8
+    members = [
+        _Member(net, z, y, operator, policy, budget=budget, penalty=penalty, ground_truth=truth,
+                seed=seed, device=device, learning_rate=learning_rate, lr_decay=lr_decay,
+                reg_noise_std=reg_noise_std, ema=ema, max_restarts=max_restarts)
+        for net, z, y, operator, policy, truth, penalty, seed, budget in zip(
+            nets, zs, ys, operators, policies, per_member["ground_truths"],
+            per_member["penalties"], per_member["seeds"], budgets, strict=True)
+    ]
+    _run(members, _forward(precision, device), sync_every=sync_every,
+         snapshot_every=snapshot_every, progress=progress, callback=None)
+    return [member.result() for member in members]
+
+
+def _layout(net: nn.Module) -> list[tuple[str, tuple[int, ...]]]:
+    """The names and shapes of a network's parameters and buffers."""
+    return [(name, tuple(t.shape)) for name, t in [*net.named_parameters(),
+                                                   *net.named_buffers()]]
+
+
+def _forward(precision: str, device: torch.device) -> Callable:
+    """``forward(net, x)``: the network in the chosen precision, its output in float32."""
+    def forward(net: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        if precision == "fp32":
+            return net(x)
+        with torch.autocast(device.type, dtype=torch.bfloat16):
+            return net(x).float()
+    return forward
+
+
+class _Member:
+    """One fit in the loop: its network, optimizer, guard, policy and history."""
+
+    def __init__(self, net, z, y, operator, policy, *, budget, penalty, ground_truth, seed,
+                 device, learning_rate, lr_decay, reg_noise_std, ema, max_restarts):
+        self.net = net.to(device).train()
+        self.operator = operator.to(device)
+        self.z, self.y = z.to(device), y.to(device)
+        self.gt = ground_truth.to(device) if ground_truth is not None else None
+        self.policy, self.budget, self.penalty = policy, budget, penalty
+        self.reg_noise_std, self.ema = reg_noise_std, ema
+        self.optimizer = torch.optim.Adam(self.net.parameters(), lr=learning_rate)
+        self.scheduler = (
+            torch.optim.lr_scheduler.StepLR(self.optimizer, step_size=lr_decay[1],
+                                            gamma=lr_decay[0])
+            if lr_decay is not None
+            else None
+        )
+        self.generator = torch.Generator(device=device).manual_seed(seed)
+        self.guard = _Guard(self.net, self.optimizer, max_restarts)
+        self.wants_clean = bool(getattr(policy, "needs_unperturbed_output", False)) \
+            and reg_noise_std > 0
+        self.every = int(getattr(policy, "every", 1))  # the policy reads outputs at multiples
+        self.losses: list[float] = []
+        self.psnrs: list[float] = []
+        self.kept: dict[int, torch.Tensor] = {}
+        self.average: torch.Tensor | None = None
+        self.kept_average: torch.Tensor | None = None
+        self.reason: str | None = None
+        self.last: tuple[int, torch.Tensor] | None = None  # the last accepted iterate
+        self.step = self.done = 0  # iterations computed / processed (given to the policy)
+        self.pending: list[tuple[int, torch.Tensor, torch.Tensor, torch.Tensor | None]] = []
+        self.elapsed = 0.0
+        self.forward: Callable | None = None
+
+    @property
+    def running(self) -> bool:
+        return self.reason is None and self.step < self.budget
+
+    def begin(self) -> torch.Tensor:
+        """Start the next iteration: the network's input (``z``, perturbed where asked)."""
+        self.step += 1
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.reg_noise_std > 0:
+            noise = torch.randn(self.z.shape, generator=self.generator, device=self.z.device,
+                                dtype=self.z.dtype)
+            return self.z + self.reg_noise_std * noise
+        return self.z
+
+    def loss(self, out: torch.Tensor) -> torch.Tensor:
+        loss = torch.mean((self.operator.A(out) - self.y) ** 2)
+        return loss + self.penalty(out) if self.penalty is not None else loss
+
+    def record(self, out: torch.Tensor, loss: torch.Tensor) -> None:
+        """Keep the iteration's output (its moving average) and scalars until the next read."""
+        candidate = out if self.ema is None or self.average is None else \
+            self.average.lerp(out, 1 - self.ema)
+        seen = candidate
+        if self.wants_clean:  # one more forward pass, only where the policy reads it
+            seen = None
+            if self.step % self.every == 0:
+                with torch.no_grad():
+                    seen = self.forward(self.net, self.z)
+        scalars = [loss.detach()]
+        if self.gt is not None:
+            scalars.append(psnr_tensor(self.gt, candidate))
+        self.pending.append((self.step, torch.stack(scalars), candidate, seen))
+        if self.ema is not None:
+            self.average = candidate
+
+    def optimizer_step(self) -> None:
+        self.optimizer.step()
+        if self.scheduler is not None:
+            self.scheduler.step()
+
+    def process(self, values: list[list[float]], snapshot_every: int, callback, bar) -> None:
+        """The policy learns of the pending iterations in order (``values``: their loss and
+        PSNR, read from the device); the live weights are those of the last one."""
+        guard, policy = self.guard, self.policy
+        snapshot_due = False
+        for (at, _, candidate, seen), (loss_value, *psnr) in zip(self.pending, values,
+                                                                 strict=True):
+            self.losses.append(loss_value)
+            self.psnrs.extend(psnr)
+            self.done = at
+            if guard.is_bad(loss_value, at):
+                self.step, self.average = at, self.kept_average  # drop what followed it
+                if not guard.restore():
+                    self.reason = (f"diverged: loss {loss_value:.3g} at iteration {at} after "
+                                   f"{guard.num_restarts} restarts with halved learning rate")
+                break
+            snapshot_due = guard.accept(loss_value, at, snapshot_every) or snapshot_due
+            if snapshot_due and at == self.pending[-1][0]:  # the live weights made this output
+                guard.snapshot(loss_value)
+            self.kept_average = candidate if self.ema is not None else None
+            self.last = (at, candidate)
+            stop = bool(policy.update(at, loss_value, seen))
+            candidates = getattr(policy, "candidates", (policy.best_step,))
+            if at in candidates:
+                self.kept[at] = candidate
+            for old in [s for s in self.kept if s not in candidates]:
+                del self.kept[old]
+            if callback is not None and callback(
+                FitState(at, self.net, self.z, self.y, self.operator, loss_value, candidate,
+                         self.optimizer)
+            ):
+                self.reason = f"stopped by the callback at iteration {at}"
+                stop = True
+            _update_bar(bar, at, loss_value, self.psnrs)
+            if stop:
+                self.reason = self.reason or policy.reason
+                break
+        else:  # every pending iteration accepted
+            if self.reason is None:
+                self.optimizer_step()
+        self.pending.clear()
+
+    def result(self) -> FitResult:
+        """The iterate the policy selects, and the history."""
+        policy, reason = self.policy, self.reason
+        if reason is None:
+            _finalize(policy, self.done)
+            reason = policy.reason
+        elif reason.startswith(("interrupted", "diverged")):
+            _finalize(policy, self.done)
+            reason = f"{reason}; {policy.reason}" if policy.reason else reason
+        best_step = policy.best_step
+        if best_step in self.kept:
+            output = self.kept[best_step]
+        elif self.last is not None:  # the policy chose none (one reading every k-th iteration
+            best_step, output = self.last  # ended before the k-th): the last accepted iterate
+            reason = "; ".join(filter(None, [reason, f"returning the last iterate (iteration "
+                                                     f"{best_step})"]))
+        else:  # nothing accepted yet (interrupted or diverged at once): the current output
+            with torch.no_grad():
+                output = self.forward(self.net, self.z)
+            best_step = 0
+        return FitResult(
+            output=output.detach().cpu(),
+            best_step=best_step,
+            num_steps=self.done,
+            stop_reason=reason,
+            loss=np.asarray(self.losses, dtype=np.float64),
+            psnr=np.asarray(self.psnrs, dtype=np.float64) if self.gt is not None else None,
+            elapsed=self.elapsed,
+            num_restarts=self.guard.num_restarts,
+            final_learning_rate=self.optimizer.param_groups[0]["lr"],
+        )
+
+
+def _run(members: list[_Member], forward: Callable, *, sync_every: int, snapshot_every: int,
+         progress: bool, callback) -> None:
+    """Step the running members together until each has stopped or spent its budget."""
+    for member in members:
+        member.forward = forward
+    bar = _progress_bar(sum(m.budget for m in members), progress)
     start = time.perf_counter()
+    active = [m for m in members if m.running]
     try:
-        while step < max_num_iter and reason is None:
-            step += 1
-            optimizer.zero_grad(set_to_none=True)
-            net_input = z
-            if reg_noise_std > 0:
-                noise = torch.randn(z.shape, generator=generator, device=device, dtype=z.dtype)
-                net_input = z + reg_noise_std * noise
-            out = forward(net_input)
-            loss = torch.mean((operator.A(out) - y) ** 2)
-            if penalty is not None:
-                loss = loss + penalty(out)
-            loss.backward()
-
-            out = out.detach()
-            candidate = out if ema is None or average is None else average.lerp(out, 1 - ema)
-            seen = candidate
-            if wants_clean:  # one more forward pass, only where the policy reads it
-                seen = None
-                if step % every == 0:
-                    with torch.no_grad():
-                        seen = forward(z)
-            scalars = [loss.detach()]
-            if gt is not None:
-                scalars.append(psnr_tensor(gt, candidate))
-            pending.append((step, torch.stack(scalars), candidate, seen))
-            if ema is not None:
-                average = candidate
-            if len(pending) < sync_every and step < max_num_iter:
-                optimizer.step()
-                if scheduler is not None:
-                    scheduler.step()
+        while active:
+            inputs = [m.begin() for m in active]
+            if len(active) == 1:
+                outputs = [forward(active[0].net, inputs[0])]
+            else:
+                outputs = list(_stacked(active, inputs, forward).unbind(0))
+            losses = [m.loss(out) for m, out in zip(active, outputs, strict=True)]
+            (losses[0] if len(losses) == 1 else torch.stack(losses).sum()).backward()
+            for m, out, loss in zip(active, outputs, losses, strict=True):
+                m.record(out.detach(), loss)
+            if len(active[0].pending) < sync_every and all(m.step < m.budget for m in active):
+                for m in active:
+                    m.optimizer_step()
                 continue
-
-            # the host reads the scalars of the pending iterations at once (one sync) and the
-            # policy learns of them in order; the live weights are those of the last one
-            values = torch.stack([item[1] for item in pending]).tolist()
-            snapshot_due = False
-            for (at, _, candidate, seen), (loss_value, *psnr) in zip(pending, values,
-                                                                     strict=True):
-                losses.append(loss_value)
-                psnrs.extend(psnr)
-                done = at
-                if guard.is_bad(loss_value, at):
-                    step, average = at, kept_average  # drop what followed the bad iteration
-                    if not guard.restore():
-                        reason = (f"diverged: loss {loss_value:.3g} at iteration {at} after "
-                                  f"{guard.num_restarts} restarts with halved learning rate")
-                    break
-                snapshot_due = guard.accept(loss_value, at, snapshot_every) or snapshot_due
-                if snapshot_due and at == pending[-1][0]:  # the live weights made this output
-                    guard.snapshot(loss_value)
-                kept_average = candidate if ema is not None else None
-                last = (at, candidate)
-                stop = bool(policy.update(at, loss_value, seen))
-                candidates = getattr(policy, "candidates", (policy.best_step,))
-                if at in candidates:
-                    kept[at] = candidate
-                for old in [s for s in kept if s not in candidates]:
-                    del kept[old]
-                if callback is not None and callback(
-                    FitState(at, net, z, y, operator, loss_value, candidate, optimizer)
-                ):
-                    reason = f"stopped by the callback at iteration {at}"
-                    stop = True
-                _update_bar(bar, at, loss_value, psnrs)
-                if stop:
-                    reason = reason or policy.reason
-                    break
-            else:  # every pending iteration accepted
-                if reason is None:
-                    optimizer.step()
-                    if scheduler is not None:
-                        scheduler.step()
-            pending.clear()
+            # the host reads the scalars of every pending iteration of every member at once
+            # (one sync); each policy learns of its member's iterations in order
+            values = torch.cat([torch.stack([p[1] for p in m.pending]).flatten()
+                                for m in active]).tolist()
+            for m in active:
+                width = 2 if m.gt is not None else 1
+                mine, values = values[:len(m.pending) * width], values[len(m.pending) * width:]
+                m.process([mine[i:i + width] for i in range(0, len(mine), width)],
+                          snapshot_every, callback, bar)
+            now = time.perf_counter() - start
+            for m in active:
+                m.elapsed = now
+            active = [m for m in active if m.running]
     except KeyboardInterrupt:
-        reason = f"interrupted at iteration {done}"
+        for m in active:
+            m.reason = f"interrupted at iteration {m.done}"
+            m.elapsed = time.perf_counter() - start
     finally:
         if bar is not None:
             bar.close()
-    step = done
-    elapsed = time.perf_counter() - start
-
-    if reason is None:
-        _finalize(policy, step)
-        reason = policy.reason
-    elif reason.startswith(("interrupted", "diverged")):
-        _finalize(policy, step)
-        reason = f"{reason}; {policy.reason}" if policy.reason else reason
-
-    best_step = policy.best_step
-    if best_step in kept:
-        output = kept[best_step]
-    elif last is not None:  # the policy chose none (one reading every k-th iteration ended
-        best_step, output = last  # before the k-th): the last accepted iterate
-        reason = "; ".join(filter(None, [reason, f"returning the last iterate (iteration "
-                                                 f"{best_step})"]))
-    else:  # nothing accepted yet (interrupted or diverged at once): the current output
-        with torch.no_grad():
-            output = forward(z)
-        best_step = 0
-    return FitResult(
-        output=output.detach().cpu(),
-        best_step=best_step,
-        num_steps=step,
-        stop_reason=reason,
-        loss=np.asarray(losses, dtype=np.float64),
-        psnr=np.asarray(psnrs, dtype=np.float64) if gt is not None else None,
-        elapsed=elapsed,
-        num_restarts=guard.num_restarts,
-        final_learning_rate=optimizer.param_groups[0]["lr"],
-    )
 
 
-def _finalize(policy, last_step: int) -> None:
-    finalize = getattr(policy, "finalize", None)
-    if finalize is not None:
-        finalize(last_step)
+def _stacked(members: list[_Member], inputs: list[torch.Tensor], forward: Callable):
+    """The members' networks on their inputs as one batch, (K, 1, C, H, W): ``vmap`` over
+    their stacked weights (gradients flow back to each member's own); batch-norm running
+    statistics are written back to each network."""
+    base = members[0].net
+    params = {name: torch.stack([m.net.get_parameter(name) for m in members])
+              for name, _ in base.named_parameters()}
+    buffers = {name: torch.stack([m.net.get_buffer(name) for m in members])
+               for name, _ in base.named_buffers()}
+    batched = vmap(lambda p, b, x: functional_call(base, (p, b), (x,)))
+    out = forward(lambda x: batched(params, buffers, x), torch.stack(inputs))
+    with torch.no_grad():
+        for name, stacked in buffers.items():
+            for k, m in enumerate(members):
+                m.net.get_buffer(name).copy_(stacked[k])
+    return out
 
 
 def _progress_bar(total: int, enabled: bool):

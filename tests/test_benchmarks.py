@@ -222,6 +222,25 @@ def test_library_loop_against_a_plain_loop(tmp_path, harness, monkeypatch):
         assert row["library ms/it"] > 0 and row["plain loop ms/it"] > 0
 
 
+def test_k_fits_in_turn_and_at_once(tmp_path, harness, monkeypatch):
+    variants = _load("speed_variants")
+    monkeypatch.setattr(variants.harness, "RESULTS", tmp_path)
+    monkeypatch.setattr(variants, "k_fits", lambda net, size, k, steps, device, repeats: {
+        "net": net, "size": size, "K": k, "steps": steps, "device": device})
+    assert variants.main(["--k-fits", "--nets", "dip", "--sizes", "64", "--steps", "4"]) == 0
+    rows = json.loads((tmp_path / "speed_k_fits_1thread.json").read_text())["rows"]
+    assert [(r["net"], r["size"], r["K"], r["steps"]) for r in rows] == [
+        ("dip", 64, k, 4) for k in (1, 2, 4, 8)]
+
+
+def test_k_fits_times_both_ways_on_the_same_fits(harness):
+    variants = _load("speed_variants")
+    row = variants.k_fits("deep_decoder", 64, 2, 3, "cpu", 1)
+    assert (row["K"], row["steps"], row["device"]) == (2, 3, "cpu")
+    assert row["in turn s"] > 0 and row["at once s"] > 0
+    assert row["at once / one fit"] == pytest.approx(2 * row["at once / in turn"], abs=0.02)
+
+
 def test_store_keeps_the_rows_of_concurrent_writers(tmp_path, harness):
     path = tmp_path / "study.json"
     first = harness.Store(path, resume=True, config={"shard": "0/2"})

@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from deepprior.fit import fit, resolve_device
+from deepprior.fit import fit, fit_many, resolve_device
 from deepprior.operators import Identity
 from deepprior.stopping import Fixed, Oracle, Patience
 
@@ -316,3 +316,116 @@ def test_a_budget_that_ends_before_the_policy_reads_returns_the_last_iterate():
                max_num_iter=5, reg_noise_std=0.1, ema=0.9, seed=5, device="cpu")
     assert same.best_step == 5
     torch.testing.assert_close(result.output, same.output, rtol=0, atol=0)
+
+
+def _members(name, k, shape=(1, 64, 64), **options):
+    """K networks of one architecture (seeds 0 … K−1), their inputs and K noisy images."""
+    from deepprior.nets import build_net
+
+    built = [build_net(name, shape, seed=s, **options) for s in range(k)]
+    problems = [_problem(seed=s, shape=shape) for s in range(k)]
+    return [net for net, _ in built], [z for _, z in built], problems
+
+
+def _solo(nets, zs, problems, policies, budgets, **options):
+    """Each member fitted alone by fit, from a copy of its network."""
+    import copy
+
+    return [fit(copy.deepcopy(net), z, noisy, op, policy=policy, max_num_iter=budget,
+                ground_truth=clean, seed=k, device="cpu", **options)
+            for k, (net, z, (clean, noisy, op, _), policy, budget)
+            in enumerate(zip(nets, zs, problems, policies, budgets, strict=True))]
+
+
+def _assert_same_fits(together, alone, atol):
+    for a, b in zip(together, alone, strict=True):
+        assert (a.num_steps, a.best_step, a.num_restarts) == (b.num_steps, b.best_step,
+                                                              b.num_restarts)
+        torch.testing.assert_close(a.output, b.output, rtol=0, atol=atol)
+        np.testing.assert_allclose(a.loss, b.loss, rtol=1e-3)
+        np.testing.assert_allclose(a.psnr, b.psnr, atol=0.01)
+
+
+@pytest.mark.parametrize(("name", "options"), [
+    ("deep_decoder", {"channels": 8, "num_layers": 4}),
+    ("dip", {"channels": 8, "skip_channels": 2, "num_scales": 3, "input_channels": 4}),
+])
+def test_fit_many_gives_each_member_what_fit_gives_it(name, options):
+    nets, zs, problems = _members(name, 3, **options)
+    budgets = [8, 5, 3]  # each stops on its own; the others go on without it (a few
+    # iterations: a fit amplifies any change in the order of float operations, 1e-7 of the
+    # weights grows to 1e-3 of the image by iteration 15, like two CPUs running one fit)
+    fitting = {"reg_noise_std": 0.05, "ema": 0.9, "learning_rate": 0.01}
+    alone = _solo(nets, zs, problems, [Recorder(stop_at=b) for b in budgets], budgets,
+                  **fitting)
+    seen = [Recorder(stop_at=b) for b in budgets]
+    together = fit_many(nets, zs, [p[1] for p in problems], [p[2] for p in problems],
+                        policies=seen, max_num_iter=budgets,
+                        ground_truths=[p[0] for p in problems], device="cpu", **fitting)
+    assert [p.seen for p in seen] == [list(range(1, b + 1)) for b in budgets]
+    assert [r.best_step for r in together] == [7, 5, 3]  # chosen, or the last iterate
+    _assert_same_fits(together, alone, atol=1e-5)
+    assert together[0].elapsed >= together[1].elapsed >= together[2].elapsed  # to its stop
+
+
+def test_fit_many_gives_each_member_its_penalty():
+    from deepprior.metrics import total_variation
+
+    nets, zs, problems = _members("deep_decoder", 2, channels=8, num_layers=4)
+    penalties = [None, lambda out: 0.05 * total_variation(out)]
+    alone = [fit(net, z, noisy, op, policy=Fixed(8), max_num_iter=8, penalty=penalty,
+                 ground_truth=clean, device="cpu")
+             for net, z, (clean, noisy, op, _), penalty
+             in zip(_members("deep_decoder", 2, channels=8, num_layers=4)[0], zs, problems,
+                    penalties, strict=True)]
+    together = fit_many(nets, zs, [p[1] for p in problems], [p[2] for p in problems],
+                        policies=[Fixed(8), Fixed(8)], max_num_iter=8, penalties=penalties,
+                        ground_truths=[p[0] for p in problems], seeds=[0, 0], device="cpu")
+    _assert_same_fits(together, alone, atol=1e-5)
+    assert together[1].loss[0] > together[0].loss[0] + 0.01  # TV is in member 1's loss only
+
+
+def test_a_diverging_member_stops_alone():
+    clean, noisy, op, z = _problem()
+    poisoned = noisy.clone()
+    poisoned[..., 0, 0] = float("nan")  # member 0's loss is never finite
+    nets = [PixelNet(op.image_shape, seed=s) for s in range(2)]
+    alone = fit(PixelNet(op.image_shape, seed=1), z, noisy, op, policy=Fixed(40),
+                max_num_iter=40, learning_rate=0.05, seed=1, device="cpu")
+    bad, good = fit_many(nets, [z, z], [poisoned, noisy], [op, op],
+                         policies=[Fixed(40), Fixed(40)], max_num_iter=40,
+                         learning_rate=0.05, max_restarts=2, device="cpu")
+    assert bad.stop_reason.startswith("diverged") and bad.num_restarts == 2
+    assert (good.num_steps, good.num_restarts) == (40, 0)
+    torch.testing.assert_close(good.output, alone.output, rtol=0, atol=1e-6)
+
+
+def test_fit_many_writes_batch_norm_statistics_back():
+    nets, zs, problems = _members("deep_decoder", 2, channels=8, num_layers=4, norm="batch")
+    alone_nets = _members("deep_decoder", 2, channels=8, num_layers=4, norm="batch")[0]
+    for net, z, (_, noisy, op, _) in zip(alone_nets, zs, problems, strict=True):
+        fit(net, z, noisy, op, policy=Fixed(5), max_num_iter=5, device="cpu")
+    fit_many(nets, zs, [p[1] for p in problems], [p[2] for p in problems],
+             policies=[Fixed(5), Fixed(5)], max_num_iter=5, device="cpu")
+    for together, alone in zip(nets, alone_nets, strict=True):
+        for (name, a), (_, b) in zip(together.named_buffers(), alone.named_buffers(),
+                                     strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6, msg=name)
+        assert together.get_buffer("body.0.3.num_batches_tracked") == 5
+
+
+def test_fit_many_refuses_mismatched_members_before_fitting():
+    nets, zs, problems = _members("deep_decoder", 2, channels=8, num_layers=4)
+    ys, ops = [p[1] for p in problems], [p[2] for p in problems]
+    wider = _members("deep_decoder", 1, channels=16, num_layers=4)[0][0]
+    with pytest.raises(ValueError, match="one architecture: network 1"):
+        fit_many([nets[0], wider], zs, ys, ops, policies=[Fixed(2)] * 2, max_num_iter=2)
+    with pytest.raises(ValueError, match=r"one entry per network \(2 networks\), got ys: 1"):
+        fit_many(nets, zs, ys[:1], ops, policies=[Fixed(2)] * 2, max_num_iter=2)
+    with pytest.raises(ValueError, match="inputs of one shape"):
+        fit_many(nets, [zs[0], zs[1][..., :2, :2]], ys, ops, policies=[Fixed(2)] * 2,
+                 max_num_iter=2)
+    with pytest.raises(ValueError, match="max_num_iter"):
+        fit_many(nets, zs, ys, ops, policies=[Fixed(2)] * 2, max_num_iter=[2, 0])
+    with pytest.raises(ValueError, match="at least one network"):
+        fit_many([], [], [], [], policies=[], max_num_iter=2)

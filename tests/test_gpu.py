@@ -3,6 +3,8 @@
 Run by ``benchmarks/gpu_check.sh`` on a machine with a GPU.
 """
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -80,3 +82,28 @@ def test_ensemble_and_many_fits_on_one_gpu(camera):
                                               stop="fixed:10", net_options=SMALL))
     assert sorted(r.name for r in results) == ["crop0", "crop1", "crop2"]
     assert all(r.ok and r.result.device.startswith("cuda") for r in results)
+
+
+@pytest.mark.parametrize(("net", "options"), [
+    ("deep_decoder", {"channels": 8, "num_layers": 4}),
+    ("dip", {"channels": 8, "skip_channels": 2, "num_scales": 3, "input_channels": 4}),
+])
+def test_k_fits_at_once_on_cuda_match_the_fits_in_turn(camera, net, options):
+    size, k = 64, 3
+    noisy = [torch.from_numpy(deepprior.add_gaussian_noise(camera, 0.1, seed=s))[None, None]
+             for s in range(k)]
+    op = deepprior.Identity((1, size, size))
+    built = [deepprior.build_net(net, (1, size, size), seed=s, **options) for s in range(k)]
+    policies = [deepprior.stopping.Fixed(n) for n in (8, 5, 3)]
+    alone = [deepprior.fit(copy.deepcopy(m), z, y, op, policy=deepprior.stopping.Fixed(n),
+                           max_num_iter=n, device="cuda", seed=s, ema=0.9)
+             for s, ((m, z), y, n) in enumerate(zip(built, noisy, (8, 5, 3), strict=True))]
+    together = deepprior.fit_many([m for m, _ in built], [z for _, z in built], noisy, [op] * k,
+                                  policies=policies, max_num_iter=[8, 5, 3], device="cuda",
+                                  ema=0.9)
+    for a, b in zip(together, alone, strict=True):
+        assert a.num_steps == b.num_steps and a.output.device.type == "cpu"
+        np.testing.assert_allclose(a.loss[0], b.loss[0], rtol=1e-3)  # the same weights
+        # a few iterations, averaged (DIP's EMA): a fit amplifies the order of float
+        # operations, which batching (and TF32) changes
+        torch.testing.assert_close(a.output, b.output, rtol=0, atol=1e-2)
