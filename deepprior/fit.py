@@ -359,8 +359,8 @@ snapshot_every, sync_every, precision
     Raises
     ------
     ValueError
-        If the sequences differ in length, a budget is below 1, or the networks or inputs do not
-        share one architecture and shape.
+        If the sequences differ in length, a policy object serves two networks, a budget is
+        below 1, or the networks or inputs do not share one architecture and shape.
 
     Notes
     -----
@@ -373,14 +373,17 @@ snapshot_every, sync_every, precision
                   "ground_truths": [None] * k if ground_truths is None else ground_truths,
                   "penalties": [None] * k if penalties is None else penalties,
                   "seeds": range(k) if seeds is None else seeds,
-                  "max_num_iter": [max_num_iter] * k if isinstance(max_num_iter, int)
-                  else max_num_iter}
+                  "max_num_iter": [max_num_iter] * k if np.ndim(max_num_iter) == 0
+                  else list(max_num_iter)}
     if k < 1:
         raise ValueError("fit_many needs at least one network")
     lengths = {name: len(value) for name, value in per_member.items()}
     if any(n != k for n in lengths.values()):
         raise ValueError(f"fit_many needs one entry per network ({k} networks), got "
                          + ", ".join(f"{name}: {n}" for name, n in lengths.items() if n != k))
+    if len({id(policy) for policy in policies}) < k:
+        raise ValueError("fit_many needs one policy object per network (a policy keeps its "
+                         "fit's state): pass [Fixed(50) for _ in range(k)], not [Fixed(50)] * k")
     budgets = [check_int("max_num_iter", b, minimum=1) for b in per_member["max_num_iter"]]
     layout = _layout(nets[0])
     for i, net in enumerate(nets):

@@ -418,14 +418,19 @@ def test_fit_many_refuses_mismatched_members_before_fitting():
     nets, zs, problems = _members("deep_decoder", 2, channels=8, num_layers=4)
     ys, ops = [p[1] for p in problems], [p[2] for p in problems]
     wider = _members("deep_decoder", 1, channels=16, num_layers=4)[0][0]
+    two = [Fixed(2), Fixed(2)]
     with pytest.raises(ValueError, match="one architecture: network 1"):
-        fit_many([nets[0], wider], zs, ys, ops, policies=[Fixed(2)] * 2, max_num_iter=2)
+        fit_many([nets[0], wider], zs, ys, ops, policies=two, max_num_iter=2)
     with pytest.raises(ValueError, match=r"one entry per network \(2 networks\), got ys: 1"):
-        fit_many(nets, zs, ys[:1], ops, policies=[Fixed(2)] * 2, max_num_iter=2)
+        fit_many(nets, zs, ys[:1], ops, policies=two, max_num_iter=2)
     with pytest.raises(ValueError, match="inputs of one shape"):
-        fit_many(nets, [zs[0], zs[1][..., :2, :2]], ys, ops, policies=[Fixed(2)] * 2,
-                 max_num_iter=2)
+        fit_many(nets, [zs[0], zs[1][..., :2, :2]], ys, ops, policies=two, max_num_iter=2)
+    with pytest.raises(ValueError, match="one policy object per network"):
+        fit_many(nets, zs, ys, ops, policies=[Fixed(2)] * 2, max_num_iter=2)
     with pytest.raises(ValueError, match="max_num_iter"):
-        fit_many(nets, zs, ys, ops, policies=[Fixed(2)] * 2, max_num_iter=[2, 0])
+        fit_many(nets, zs, ys, ops, policies=two, max_num_iter=[2, 0])
+    with pytest.raises(ValueError, match=r"one entry per network \(2 networks\), got "
+                                         r"max_num_iter: 3"):
+        fit_many(nets, zs, ys, ops, policies=two, max_num_iter=np.array([2, 2, 2]))
     with pytest.raises(ValueError, match="at least one network"):
         fit_many([], [], [], [], policies=[], max_num_iter=2)
