@@ -61,7 +61,7 @@ Usage::
         [--nets deep_decoder dip conv_decoder]
     python benchmarks/speed_variants.py --time-to-result [--threads 2]
     OMP_NUM_THREADS=1 python benchmarks/speed_variants.py --k-fits --nets deep_decoder dip \
-        --sizes 64 128 --steps 20 --repeats 2
+        --sizes 64 128 --steps 16 --repeats 2
     OMP_NUM_THREADS=1 python benchmarks/speed_variants.py --vs-plain-loop --nets deep_decoder dip \
         --steps 120
 """

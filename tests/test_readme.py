@@ -15,6 +15,12 @@ def test_readme_example_runs(index, capsys):
     namespace: dict = {}
     exec(compile(BLOCKS[index], f"README.md python block {index}", "exec"), namespace)  # noqa: S102
     printed = capsys.readouterr().out
+    if "fits" in namespace:  # fit_many's example: FitResults, and the iterations it prints
+        fits = namespace["fits"]
+        assert printed.strip() == str([f.num_steps for f in fits])
+        for fit in fits:
+            assert np.isfinite(fit.output).all() and 0 <= fit.output.min() <= fit.output.max() <= 1
+        return
     result = namespace["result"]
     assert result.image.ndim in (2, 3) and np.isfinite(result.image).all()
     assert 0.0 <= result.image.min() and result.image.max() <= 1.0
