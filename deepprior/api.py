@@ -802,7 +802,8 @@ TV_WEIGHT_PER_SIGMA = 0.5
 #: costs at most 3 single fits. TV's discrepancy stop comes late at σ = 50: camera 128², seeds
 #: 0 / 1, the TV fit ran 2.5 / 2.7× the other's iterations and returned 25.63 / 25.00 dB; held
 #: to 2× it returned 26.15 / 25.71 and the pair +0.18 / +0.34 dB (``benchmarks/mix.py
-#: --budget``, RESULTS.md §5; 1.5× measured on four cases only, σ = 25 and 50).
+#: --budget``, RESULTS.md §5). 1.5× on the twelve 128² cases: +0.02 to +0.28 dB at σ = 50 (4 of
+#: 4), −0.14 to +0.00 at σ = 15 / 25, mean gap to BM3D 0.82 against 0.84 — not adopted.
 MIX_BUDGET = 2
 #: Compressive sensing without σ: the measurement SNRs (dB, against the measurements' own rms)
 #: whose noise levels give the candidate TV weights, chosen between on held-out measurements.
