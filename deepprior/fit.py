@@ -295,8 +295,9 @@ def fit(
     member = _Member(net, z, y, operator, policy, budget=max_num_iter, penalty=penalty,
                      ground_truth=ground_truth, seed=seed, device=device,
                      learning_rate=learning_rate, lr_decay=lr_decay,
-                     reg_noise_std=reg_noise_std, ema=ema, max_restarts=max_restarts)
-    _run([member], _forward(precision, device), sync_every=sync_every,
+                     reg_noise_std=reg_noise_std, ema=ema, max_restarts=max_restarts,
+                     forward=_forward(precision, device))
+    _run([member], sync_every=sync_every,
          snapshot_every=snapshot_every, progress=progress, callback=callback)
     return member.result()
 
@@ -399,15 +400,17 @@ snapshot_every, sync_every, precision
     device = resolve_device(device)
     if sync_every is None:
         sync_every = 1 if device.type == "cpu" else 8
+    forward = _forward(precision, device)
     members = [
         _Member(net, z, y, operator, policy, budget=budget, penalty=penalty, ground_truth=truth,
                 seed=seed, device=device, learning_rate=learning_rate, lr_decay=lr_decay,
-                reg_noise_std=reg_noise_std, ema=ema, max_restarts=max_restarts)
+                reg_noise_std=reg_noise_std, ema=ema, max_restarts=max_restarts,
+                forward=forward)
         for net, z, y, operator, policy, truth, penalty, seed, budget in zip(
             nets, zs, ys, operators, policies, per_member["ground_truths"],
             per_member["penalties"], per_member["seeds"], budgets, strict=True)
     ]
-    _run(members, _forward(precision, device), sync_every=sync_every,
+    _run(members, sync_every=sync_every,
          snapshot_every=snapshot_every, progress=progress, callback=None)
     return [member.result() for member in members]
 
@@ -432,7 +435,7 @@ class _Member:
     """One fit in the loop: its network, optimizer, guard, policy and history."""
 
     def __init__(self, net, z, y, operator, policy, *, budget, penalty, ground_truth, seed,
-                 device, learning_rate, lr_decay, reg_noise_std, ema, max_restarts):
+                 device, learning_rate, lr_decay, reg_noise_std, ema, max_restarts, forward):
         self.net = net.to(device).train()
         self.operator = operator.to(device)
         self.z, self.y = z.to(device), y.to(device)
@@ -461,7 +464,7 @@ class _Member:
         self.step = self.done = 0  # iterations computed / processed (given to the policy)
         self.pending: list[tuple[int, torch.Tensor, torch.Tensor, torch.Tensor | None]] = []
         self.elapsed = 0.0
-        self.forward: Callable | None = None
+        self.forward = forward  # forward(net, x): the network in the fit's precision
 
     @property
     def running(self) -> bool:
@@ -578,11 +581,10 @@ class _Member:
         )
 
 
-def _run(members: list[_Member], forward: Callable, *, sync_every: int, snapshot_every: int,
-         progress: bool, callback) -> None:
+def _run(members: list[_Member], *, sync_every: int, snapshot_every: int, progress: bool,
+         callback) -> None:
     """Step the running members together until each has stopped or spent its budget."""
-    for member in members:
-        member.forward = forward
+    forward = members[0].forward  # one precision and device for all
     bar = _progress_bar(sum(m.budget for m in members), progress)
     start = time.perf_counter()
     active = [m for m in members if m.running]
