@@ -353,9 +353,11 @@ snapshot_every, sync_every, precision
     Returns
     -------
     list of FitResult
-        Member by member. Each is :func:`fit`'s result for that member up to the rounding of
-        batched arithmetic (the same where the rules see the same losses);
-        ``elapsed`` is the wall time from the start to the member's stop.
+        Member by member; ``elapsed`` is the wall time from the start to the member's stop.
+        Each is the fit :func:`fit` runs for that member, but batched arithmetic orders the
+        floating-point operations differently and a fit amplifies that: close to ``fit``'s
+        result after a few iterations, after hundreds as far from it as the same fit run on
+        another CPU (benchmarks/RESULTS.md §5).
 
     Raises
     ------
