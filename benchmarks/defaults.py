@@ -31,7 +31,7 @@ from typing import Any
 import baselines
 import harness
 
-from deepprior import add_gaussian_noise, estimate_sigma, psnr, reconstruct, sample_image, ssim
+from deepprior import add_gaussian_noise, estimate_sigma, psnr, reconstruct, ssim
 
 #: (image, size, σ in 0-255 units, seed), most informative first.
 FULL_CASES = [
@@ -63,6 +63,9 @@ VARIANT_SIGMAS = (25,)
 #: (the TV weight per σ) before it is confirmed at 128².
 CALIBRATION_CASES = [("camera", 64, 25, 0), ("astronaut", 64, 25, 0), ("camera", 64, 50, 0),
                      ("camera", 64, 15, 0)]
+#: ``--photos``: scikit-image photographs that no default was chosen on (``harness.PHOTOS``:
+#: colour, gray, texture, line structure), 128², σ = 25, every network and variant on each.
+PHOTO_CASES = [(name, 128, 25, 0) for name in harness.PHOTOS]
 
 
 def _key(row: dict[str, Any]) -> list:
@@ -71,10 +74,10 @@ def _key(row: dict[str, Any]) -> list:
 
 def run_study(args: argparse.Namespace, store: harness.Store) -> None:
     cases = QUICK_CASES if args.quick else CALIBRATION_CASES if args.calibration \
-        else LARGE_CASES if args.large else FULL_CASES
+        else LARGE_CASES if args.large else PHOTO_CASES if args.photos else FULL_CASES
     shard, shards = args.shard
     for image, size, sigma255, seed in cases[shard::shards]:
-        clean = sample_image(image, size=size)
+        clean = harness.clean_image(image, size)
         noisy = add_gaussian_noise(clean, sigma255 / 255, seed=seed)
         variants = args.variants if sigma255 in args.variant_sigmas or cases != FULL_CASES \
             else []
@@ -196,6 +199,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="the 64² calibration cases, every variant on each")
     parser.add_argument("--large", action="store_true",
                         help="the 256² cases, every variant on each")
+    parser.add_argument("--photos", action="store_true",
+                        help="128² photographs no default was chosen on, every variant on each")
     return parser.parse_args(argv)
 
 

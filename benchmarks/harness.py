@@ -60,6 +60,32 @@ def _cpu_name() -> str:
     return platform.processor() or "unknown"
 
 
+#: Photographs bundled with scikit-image (no download) that no default was chosen on: the
+#: defaults were measured on ``camera`` and ``astronaut`` only (``defaults.py --photos``).
+PHOTOS = ("coffee", "brick", "chelsea", "grass", "rocket", "coins", "clock", "moon")
+
+
+def clean_image(name: str, size: int) -> np.ndarray:
+    """A clean test image as float32 in [0, 1]: a library sample image, or one of
+    scikit-image's bundled photographs (``PHOTOS``), cut to its central square and resized
+    with anti-aliasing to ``size``², as the sample images are."""
+    from skimage import data
+    from skimage.transform import resize
+
+    from deepprior import sample_image
+    from deepprior.data import SAMPLE_IMAGES
+
+    if name in SAMPLE_IMAGES:
+        return sample_image(name, size=size)
+    image = getattr(data, name)().astype(np.float32) / 255.0
+    height, width = image.shape[:2]
+    side = min(height, width)
+    top, left = (height - side) // 2, (width - side) // 2
+    image = image[top:top + side, left:left + side]
+    image = resize(image, (size, size) + image.shape[2:], anti_aliasing=True, order=1)
+    return np.clip(image, 0.0, 1.0).astype(np.float32)
+
+
 def save_json(name: str, payload: dict[str, Any]) -> Path:
     """Write ``results/<name>.json`` with the machine info attached."""
     RESULTS.mkdir(parents=True, exist_ok=True)
