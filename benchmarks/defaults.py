@@ -64,8 +64,9 @@ VARIANT_SIGMAS = (25,)
 CALIBRATION_CASES = [("camera", 64, 25, 0), ("astronaut", 64, 25, 0), ("camera", 64, 50, 0),
                      ("camera", 64, 15, 0)]
 #: ``--photos``: scikit-image photographs that no default was chosen on (``harness.PHOTOS``:
-#: colour, gray, texture, line structure), 128², σ = 25, every network and variant on each.
-PHOTO_CASES = [(name, 128, 25, 0) for name in harness.PHOTOS]
+#: colour, gray, texture, line structure), 128², σ = 25 first, then 50 and 15; every network
+#: and variant on each.
+PHOTO_CASES = [(name, 128, sigma255, 0) for sigma255 in (25, 50, 15) for name in harness.PHOTOS]
 
 
 def _key(row: dict[str, Any]) -> list:
@@ -141,7 +142,41 @@ def report(payload: dict[str, Any]) -> str:
         mean = statistics.fmean(gains)
         text += (f"\n\nDIP − Deep Decoder over {len(gains)} cases: mean {mean:+.2f} dB, "
                  f"min {min(gains):+.2f}, max {max(gains):+.2f}.")
-    return text
+    return text + _photos(rows)
+
+
+def _photos(rows: list[dict[str, Any]]) -> str:
+    """The photographs no default was chosen on (``--photos``): each default call against
+    BM3D, and DIP's single fit (the first member of its default call, the average of a fit
+    without and one with TV)."""
+    hits: dict[tuple, dict[str, dict[str, Any]]] = {}
+    for r in rows:
+        if r["image"] in harness.PHOTOS:
+            hits.setdefault(tuple(r["key"][:4]), {})[r["method"]] = r
+    table, gaps = [], {}
+    for case, hit in sorted(hits.items(), key=lambda item: (item[0][2], item[0])):
+        if not {"bm3d", "deep_decoder", "dip"} <= set(hit):
+            continue
+        bm3d, dd, dip = (hit[m]["psnr"] for m in ("bm3d", "deep_decoder", "dip"))
+        single = hit["dip"]["members"][0]["psnr"] if "members" in hit["dip"] else dip
+        gaps.setdefault(case[2], []).append((bm3d - dd, bm3d - single, bm3d - dip))
+        table.append({"case": f"{case[0]} {case[1]}² σ={case[2]} seed {case[3]}", "BM3D": bm3d,
+                      "Deep Decoder": f"{dd:.2f} ({hit['deep_decoder']['seconds']:.0f} s)",
+                      "DIP single fit": single,
+                      "DIP default": f"{dip:.2f} ({hit['dip']['seconds']:.0f} s)",
+                      "default − BM3D": f"{dip - bm3d:+.2f}"})
+    if not table:
+        return ""
+    lines = []
+    for label, rows_ in [*((f"σ = {k}", v) for k, v in sorted(gaps.items())),
+                         ("every σ", sum(gaps.values(), []))]:
+        dd, single, dip = (statistics.fmean(g) for g in zip(*rows_, strict=True))
+        lines.append(f"- {label}, {len(rows_)} cases: Deep Decoder {dd:.2f} dB, DIP "
+                     f"single fit {single:.2f} dB, DIP default {dip:.2f} dB")
+    return ("\n\nPhotographs no default was chosen on (`--photos`):\n\n"
+            + harness.markdown_table(table, ["case", "BM3D", "Deep Decoder", "DIP single fit",
+                                             "DIP default", "default − BM3D"])
+            + "\n\nMean gap to BM3D:\n" + "\n".join(lines))
 
 
 def plot(payload: dict[str, Any], path: Path) -> Path | None:

@@ -172,6 +172,15 @@ def test_cs_quick(tmp_path):
     assert f"regularizer=tv + λ={tv['regularizer_weight']:.3g}" in report.stdout
 
 
+def test_clean_images_are_square_crops_in_range():
+    harness = _load("harness")
+    np.testing.assert_array_equal(harness.clean_image("camera", 16), sample_image("camera", size=16))
+    for name in harness.PHOTOS:  # the photographs of defaults.py --photos, no download
+        image = harness.clean_image(name, 16)
+        assert image.shape[:2] == (16, 16) and image.ndim in (2, 3), name
+        assert image.dtype == np.float32 and 0 <= image.min() < image.max() <= 1, name
+
+
 def test_defaults_quick(tmp_path):
     pytest.importorskip("bm3d")
     done = _run("defaults.py", "--quick", "--nets", "deep_decoder", "--variants",
