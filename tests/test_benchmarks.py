@@ -172,13 +172,36 @@ def test_cs_quick(tmp_path):
     assert f"regularizer=tv + λ={tv['regularizer_weight']:.3g}" in report.stdout
 
 
-def test_clean_images_are_square_crops_in_range():
-    harness = _load("harness")
-    np.testing.assert_array_equal(harness.clean_image("camera", 16), sample_image("camera", size=16))
+def test_clean_images_are_square_crops_in_range(harness):
+    np.testing.assert_array_equal(harness.clean_image("camera", 16),
+                                  sample_image("camera", size=16))
     for name in harness.PHOTOS:  # the photographs of defaults.py --photos, no download
         image = harness.clean_image(name, 16)
         assert image.shape[:2] == (16, 16) and image.ndim in (2, 3), name
         assert image.dtype == np.float32 and 0 <= image.min() < image.max() <= 1, name
+
+
+def test_defaults_report_of_the_photographs(harness):
+    defaults = _load("defaults")
+    rows = []
+    for image, sigma255, psnrs in (("coffee", 25, (31.0, 29.0, 30.0, 30.5)),
+                                    ("brick", 25, (30.0, 26.0, 28.0, 28.5)),
+                                    ("brick", 50, (26.0, 23.0, 24.0, 25.0))):
+        bm3d, dd, single, mix = psnrs
+        for method, value in (("bm3d", bm3d), ("deep_decoder", dd), ("dip", mix)):
+            row = {"image": image, "size": 128, "sigma255": sigma255, "seed": 0,
+                   "method": method, "psnr": value, "seconds": 1.0}
+            if method == "dip":
+                row["members"] = [{"psnr": single}, {"psnr": single - 0.2}]
+            rows.append({**row, "key": defaults._key(row)})
+    rows.append({**rows[0], "image": "camera", "key": ["camera", 128, 25, 0, "bm3d"]})
+    text = defaults.report({"rows": rows})
+    assert "| brick 128² σ=50 seed 0 | 26.00 | 23.00 (1 s) | 24.00 | 25.00 (1 s) | -1.00 |" \
+        in text
+    assert "- σ = 25, 2 cases: Deep Decoder 3.00 dB, DIP single fit 1.50 dB, DIP default " \
+        "1.00 dB" in text
+    assert "- every σ, 3 cases: Deep Decoder 3.00 dB, DIP single fit 1.67 dB" in text
+    assert "camera 128² σ=25" not in text.split("Photographs")[1]
 
 
 def test_defaults_quick(tmp_path):
