@@ -171,8 +171,8 @@ def _photos(rows: list[dict[str, Any]]) -> str:
     for label, rows_ in [*((f"σ = {k}", v) for k, v in sorted(gaps.items())),
                          ("every σ", sum(gaps.values(), []))]:
         dd, single, dip = (statistics.fmean(g) for g in zip(*rows_, strict=True))
-        lines.append(f"- {label}, {len(rows_)} cases: Deep Decoder {dd:.2f} dB, DIP "
-                     f"single fit {single:.2f} dB, DIP default {dip:.2f} dB")
+        lines.append(f"- {label}, {len(rows_)} case{'s' * (len(rows_) > 1)}: Deep Decoder "
+                     f"{dd:.2f} dB, DIP single fit {single:.2f} dB, DIP default {dip:.2f} dB")
     return ("\n\nPhotographs no default was chosen on (`--photos`):\n\n"
             + harness.markdown_table(table, ["case", "BM3D", "Deep Decoder", "DIP single fit",
                                              "DIP default", "default − BM3D"])
