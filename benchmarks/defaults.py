@@ -16,6 +16,8 @@ Usage::
         --variants dip@bf16+auto --variant-sigmas 15 50 --shard 3/4    # auto at σ = 15, 50
     OMP_NUM_THREADS=1 python benchmarks/defaults.py --resume --large --nets deep_decoder \
         --variants dip@bf16 --shard 0/4                                # camera 256², σ = 25
+    OMP_NUM_THREADS=1 python benchmarks/defaults.py --resume --photos --variants \
+        --shard 0/2                                  # eight other photographs (and 1/2)
     python benchmarks/defaults.py --report
     python benchmarks/defaults.py --quick --out-dir /tmp/q
 """
