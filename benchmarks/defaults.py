@@ -123,7 +123,8 @@ def run_study(args: argparse.Namespace, store: harness.Store) -> None:
 
 
 def report(payload: dict[str, Any]) -> str:
-    rows = payload["rows"]
+    """The sample images' table (every method), then the photographs' own (``_photos``)."""
+    rows = [r for r in payload["rows"] if r["image"] not in harness.PHOTOS]
     cases = sorted({tuple(r["key"][:4]) for r in rows})
     methods = list(dict.fromkeys(r["method"] for r in rows))
     table, gains = [], []
@@ -144,7 +145,7 @@ def report(payload: dict[str, Any]) -> str:
         mean = statistics.fmean(gains)
         text += (f"\n\nDIP − Deep Decoder over {len(gains)} cases: mean {mean:+.2f} dB, "
                  f"min {min(gains):+.2f}, max {max(gains):+.2f}.")
-    return text + _photos(rows)
+    return text + _photos(payload["rows"])
 
 
 def _photos(rows: list[dict[str, Any]]) -> str:
