@@ -191,6 +191,18 @@ def parse_shard(text: str) -> tuple[int, int]:
     return k, n
 
 
+@contextlib.contextmanager
+def locked(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``<path>.lock``: one process at a time rewrites ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 class Store:
     """The JSON file of a study: rows keyed by ``row["key"]``, written after every row.
 
@@ -205,7 +217,7 @@ class Store:
         run = {**machine_info(), "config": config, "pid": os.getpid()}
         self.run = jsonable(run)
         self.payload: dict[str, Any] = {"study": path.stem, "runs": [], "rows": []}
-        with self._locked():
+        with locked(self.path):
             if resume and path.exists():
                 self.payload = json.loads(path.read_text())
             self.payload["runs"].append(self.run)
@@ -218,7 +230,7 @@ class Store:
 
     def add(self, row: dict[str, Any]) -> None:
         """Store ``row`` (replacing a stored row with the same key) and write the file."""
-        with self._locked():
+        with locked(self.path):
             if self.path.exists():
                 on_disk = json.loads(self.path.read_text())
                 runs = on_disk["runs"]
@@ -229,16 +241,6 @@ class Store:
             self.payload["rows"] = [*rows, row]
             self._write()
         self.done.add(self.key(row))
-
-    @contextlib.contextmanager
-    def _locked(self) -> Iterator[None]:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path.with_suffix(".lock"), "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(lock, fcntl.LOCK_UN)
 
     def _write(self) -> None:
         tmp = self.path.with_suffix(f".json.{os.getpid()}.tmp")
