@@ -457,6 +457,23 @@ def test_discrepancy_tau_scales_the_level():
     assert run_loop(policy, [0.0] * len(outputs), outputs)[:2] == (11, 11)
 
 
+def test_discrepancy_margin_lowers_the_level_below_the_noise_std():
+    clean, operator, y = discrepancy_data()
+    outputs = [clean + 1.0 / t for t in range(1, 60)]
+    # level m·(σ − margin)²: the residual's rms 1/t must fall to 0.047 − 0.02 = 0.027, t = 38
+    policy = Discrepancy(operator, y, sigma=0.047, margin=0.02, smoothing=0.0)
+    assert policy.level == pytest.approx(35 * 0.027**2)
+    assert run_loop(policy, [0.0] * len(outputs), outputs)[:2] == (38, 38)
+    assert "τ·m·(σ − margin)² = 0.02551" in policy.reason
+    assert Discrepancy(operator, y, sigma=0.01, margin=0.02).level == 0  # never reached
+    # the Deep Image Prior's default: 0.8·m·σ² or m·(σ − 0.01)², whichever is reached first
+    for sigma, tau in ((15 / 255, 0.8), (25 / 255, 0.806), (50 / 255, 0.900)):
+        rule = make_policy("discrepancy:tau=0.8+discrepancy:margin=0.01", operator=operator,
+                           y=y, sigma=sigma)[0]
+        assert max(p.level for p in rule.policies) == pytest.approx(tau * 35 * sigma**2,
+                                                                    rel=1e-3)
+
+
 def test_discrepancy_level_never_reached():
     clean, operator, y = discrepancy_data()
     offsets = [abs(t - 10) / 10 + 0.5 for t in range(1, 20)]  # smallest residual at t = 10
@@ -489,6 +506,8 @@ def test_discrepancy_validation():
             Discrepancy(operator, y, sigma=0.1, smoothing=smoothing)
     with pytest.raises(TypeError, match="sigma must be a number, got None"):
         Discrepancy(operator, y, sigma=None)
+    with pytest.raises(ValueError, match="margin must satisfy 0 <= margin, got -0.01"):
+        Discrepancy(operator, y, sigma=0.1, margin=-0.01)
 
 
 # --------------------------------------------------------------------------- Holdout
@@ -771,7 +790,7 @@ VALID_RULES = "valid rules: fixed, patience, wmv, emv, discrepancy, holdout, ora
         ("wmv:windw=3", "'windw=3' of stopping rule 'wmv'.*its parameters: window, patience, "
                         "min_delta$"),
         ("holdout:frac=0.1", "its parameters: patience, min_delta, fraction, smoothing, every$"),
-        ("discrepancy:sigma=0.1", "its parameters: tau, smoothing, every$"),
+        ("discrepancy:sigma=0.1", "its parameters: tau, smoothing, every, margin$"),
         ("fixed:3000,4000", "'4000' of stopping rule 'fixed' is unknown"),
         ("wmv:window=3,window=4", "'window=4' of stopping rule 'wmv' is given twice"),
         ("patience:200,patience=3", "'patience=3' of stopping rule 'patience' is given twice"),
