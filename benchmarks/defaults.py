@@ -18,6 +18,10 @@ Usage::
         --variants dip@bf16 --shard 0/4                                # camera 256², σ = 25
     OMP_NUM_THREADS=1 python benchmarks/defaults.py --resume --photos --variants \
         --shard 0/2                                  # eight other photographs (and 1/2)
+    OMP_NUM_THREADS=1 python benchmarks/defaults.py --resume --recompute --photos \
+        --variants --nets dip --sigmas 50 --shard 0/2  # DIP re-run at σ = 50 after its
+                                                       # default changed (the old row kept
+                                                       # in the new one, under "previous")
     python benchmarks/defaults.py --report
     python benchmarks/defaults.py --quick --out-dir /tmp/q
 """
@@ -78,6 +82,8 @@ def _key(row: dict[str, Any]) -> list:
 def run_study(args: argparse.Namespace, store: harness.Store) -> None:
     cases = QUICK_CASES if args.quick else CALIBRATION_CASES if args.calibration \
         else LARGE_CASES if args.large else PHOTO_CASES if args.photos else FULL_CASES
+    if args.sigmas:
+        cases = [case for case in cases if case[2] in args.sigmas]
     shard, shards = args.shard
     for image, size, sigma255, seed in cases[shard::shards]:
         clean = harness.clean_image(image, size)
@@ -117,7 +123,7 @@ def run_study(args: argparse.Namespace, store: harness.Store) -> None:
                 for key in ("members", "regularizer_choice"):
                     if key in result.config:
                         row[key] = result.config[key]
-            store.add(row)
+            store.add(row, keep_replaced=args.recompute)
             print(f"{image} {size} σ={sigma255} seed {seed} {method}: {row['psnr']:.2f} dB, "
                   f"{row['seconds']:.0f} s", flush=True)
 
@@ -239,6 +245,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="the 256² cases, every variant on each")
     parser.add_argument("--photos", action="store_true",
                         help="128² photographs no default was chosen on, every variant on each")
+    parser.add_argument("--sigmas", nargs="+", type=int, metavar="SIGMA",
+                        help="only the cases at these σ (0-255); all by default")
     return parser.parse_args(argv)
 
 

@@ -228,8 +228,10 @@ class Store:
     def key(row: dict[str, Any]) -> str:
         return json.dumps(row["key"])
 
-    def add(self, row: dict[str, Any]) -> None:
-        """Store ``row`` (replacing a stored row with the same key) and write the file."""
+    def add(self, row: dict[str, Any], *, keep_replaced: bool = False) -> None:
+        """Store ``row`` (replacing a stored row with the same key) and write the file; with
+        ``keep_replaced`` the row it replaces is kept in it, under ``previous`` (a case
+        re-run after a default changed keeps what the old default gave)."""
         with locked(self.path):
             if self.path.exists():
                 on_disk = json.loads(self.path.read_text())
@@ -238,6 +240,10 @@ class Store:
                     runs.append(self.run)
                 self.payload = on_disk
             rows = [r for r in self.payload["rows"] if self.key(r) != self.key(row)]
+            replaced = [r for r in self.payload["rows"] if self.key(r) == self.key(row)]
+            if keep_replaced and replaced:
+                row = {**row, "previous": {k: v for k, v in replaced[0].items()
+                                           if k not in ("key", "previous")}}
             self.payload["rows"] = [*rows, row]
             self._write()
         self.done.add(self.key(row))

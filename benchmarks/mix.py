@@ -48,6 +48,7 @@ def run_case(case: str, members: str, size: int, **options: Any) -> dict[str, An
     default = reconstruct(noisy, net="dip", seed=seed, ground_truth=clean, **options)
     a, b = default.config["members"]
     row: dict[str, Any] = {"key": [image, size, sigma255, seed],
+                           "stop_rule": default.config["stop_resolved"],
                            "sigma_hat": default.config["sigma"], "A": _member(a),
                            "B": _member(b), "AB": default.psnr}
     if "C" in members:
@@ -145,8 +146,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.budget is not None and (missing := [k for k in keys if k not in stored]):
         parser.error(f"--budget needs the default budget's row first: {missing} not in {path}")
     for case, key in zip(args.case, keys, strict=True):
-        if args.budget is None:
-            store.add(run_case(case, args.members, args.size))
+        if args.budget is None:  # a case run again keeps what it gave before, under "previous"
+            store.add(run_case(case, args.members, args.size), keep_replaced=True)
             continue
         default = deepprior.api.MIX_BUDGET
         deepprior.api.MIX_BUDGET = args.budget or 3000  # 0: no cap (the budget of the fit)

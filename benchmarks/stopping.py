@@ -87,6 +87,7 @@ from harness import (  # noqa: E402
     machine_info,
     markdown_table,
     parse_shard,
+    without_every,
 )
 
 #: Decay of the output average evaluated for the networks that do not average by default
@@ -465,8 +466,8 @@ def full_fit(run: Run) -> dict[str, Any]:
     data = observation(run)
     labels = DENOISE_RULES + DISCREPANCY_GRID if run["problem"] == "denoise" else CS_RULES
     auto = auto_rules().get((run["problem"], run["net"]))
-    if run["problem"] == "denoise" and auto_label(auto) not in labels:  # the library's own
-        labels += (auto_label(auto),)  # rule as `reconstruct` runs it (e.g. with every=8)
+    if run["problem"] == "denoise" and "every=" in auto:  # the library's own rule as
+        labels += (auto.replace("discrepancy", "discrepancy(σ̂)"),)  # `reconstruct` reads it
     if run.get("tag") == "grid":  # a short re-run for the finer discrepancy grid
         labels = ("discrepancy", "discrepancy:tau=0.9", "discrepancy(σ̂)", *DISCREPANCY_GRID)
     context = {"operator": data["rule_operator"], "y": data["rule_y"], "sigma": data["sigma"],
@@ -787,7 +788,9 @@ def auto_rules() -> dict[tuple[str, str], str]:
 
 
 def auto_label(spec: str, problem: str = "denoise") -> str:
-    """The table label of an auto spec (σ is estimated when auto denoises)."""
+    """The table label of an auto spec (σ is estimated when auto denoises), without its rules'
+    ``every=k``: the rows measure the rule read at every iteration."""
+    spec = without_every(spec)
     return spec.replace("discrepancy", "discrepancy(σ̂)") if problem == "denoise" else spec
 
 
@@ -1027,7 +1030,8 @@ def _setup_text(payload: dict[str, Any]) -> str:
 
 
 def plot(payload: dict[str, Any], rows, summary, path: Path) -> None:
-    """PSNR against iteration for one fit per network with the stops marked, and mean gaps."""
+    """PSNR against iteration with the stops marked, and mean gaps: camera 64², σ = 25, one fit
+    per network; a run without those (``--photos``) shows its σ = 50 fits."""
     from matplotlib.figure import Figure
 
     autos = auto_rules()
@@ -1038,12 +1042,16 @@ def plot(payload: dict[str, Any], rows, summary, path: Path) -> None:
             if (r["net"], r["problem"], r["image"], r["seed"]) == (net, "denoise", "camera", 0) \
                     and r["sigma255"] == 25 and not r.get("tag"):
                 picks.append((key, full))
+    picks = picks or [(key, full) for key, full in payload["runs"].items()
+                      if full["run"]["problem"] == "denoise" and full["run"]["sigma255"] == 50
+                      and not full["run"].get("tag")]
     if not picks:
         return
     fig = Figure(figsize=(12, 3.6 * ((len(picks) + 2) // 2)))
     by = {(r["run"], r["label"]): r for r in rows}
     marks = [("oracle (best iterate)", "k"), ("wmv", "tab:blue"), ("discrepancy(σ̂)", "tab:red"),
-             ("holdout:fraction=0.1,patience=300", "tab:green")]
+             ("holdout:fraction=0.1,patience=300", "tab:green"),
+             ("discrepancy(σ̂):tau=0.9", "tab:brown")]
     for index, (key, full) in enumerate(picks, 1):
         ax = fig.add_subplot((len(picks) + 2) // 2, 2, index)
         psnr = np.asarray(full["psnr"])
@@ -1063,7 +1071,9 @@ def plot(payload: dict[str, Any], rows, summary, path: Path) -> None:
             ax.plot([hit["stop"]], [hit["psnr"]], "o", color=colour, ms=4,
                     label=f"{'auto: ' if label == auto else ''}{label}: {hit['psnr']:.2f} dB "
                           f"(stop {hit['stop']})")
-        ax.set_title(f"{NET_NAMES[full['run']['net']]}: camera 64², σ=25, seed 0", fontsize=9)
+        run = full["run"]
+        ax.set_title(f"{NET_NAMES[run['net']]}: {run['image']} {run['size']}², "
+                     f"σ={run['sigma255']}, seed {run['seed']}", fontsize=9)
         ax.set_xlabel("iteration", fontsize=8)
         ax.set_ylabel("PSNR (dB)", fontsize=8)
         ax.tick_params(labelsize=7)

@@ -11,7 +11,14 @@ import numpy as np
 import pytest
 import torch
 
-from deepprior import GaussianSensing, add_gaussian_noise, psnr, reconstruct, sample_image
+from deepprior import (
+    PROBLEMS,
+    GaussianSensing,
+    add_gaussian_noise,
+    psnr,
+    reconstruct,
+    sample_image,
+)
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 
@@ -181,6 +188,33 @@ def test_clean_images_are_square_crops_in_range(harness):
         assert image.dtype == np.float32 and 0 <= image.min() < image.max() <= 1, name
 
 
+def test_stopping_shards_fill_one_file_and_photos_are_observed(tmp_path, harness, monkeypatch):
+    stopping = _load("stopping")
+    plan = stopping.photos_plan()
+    assert {run["net"] for run in plan} == {"dip"} and {run["size"] for run in plan} == {128}
+    run = {**plan[0], "size": 16}  # a photograph, observed as defaults.py --photos sees it
+    data = stopping.observation(run)
+    np.testing.assert_array_equal(data["clean"], harness.clean_image(run["image"], 16))
+    assert data["y"].shape == data["clean"].shape and abs(data["sigma"] - 50 / 255) < 1e-12
+    fitted = []
+    monkeypatch.setattr(stopping, "full_fit", lambda run: fitted.append(run["image"]) or {
+        "run": run, "oracle": {"psnr": 30.0, "step": 5}, "final_psnr": 29.0, "seconds": 1.0,
+        "psnr": [29.0, 30.0]})
+    path = tmp_path / "stopping_photos.json"
+    plan = plan[:3]
+    first = stopping.execute(plan, path, resume=True, shard=(1, 2), log=lambda line: None)
+    assert fitted == [plan[1]["image"]] and not first["complete"]
+    both = stopping.execute(plan, path, resume=True, shard=(0, 2), log=lambda line: None)
+    assert fitted == [plan[i]["image"] for i in (1, 0, 2)]  # each fit once, by its shard
+    on_disk = json.loads(path.read_text())
+    assert both["complete"] and on_disk["complete"]
+    assert set(on_disk["runs"]) == {stopping.run_key(run) for run in plan}
+    stopping.execute(plan, path, resume=True, log=lambda line: None)  # all there: no fit
+    assert len(fitted) == 3
+    stopping.execute(plan[:1], path, resume=False, log=lambda line: None)  # a fresh file
+    assert len(fitted) == 4 and len(json.loads(path.read_text())["runs"]) == 1
+
+
 def test_defaults_report_of_the_photographs(harness):
     defaults = _load("defaults")
     rows = []
@@ -216,6 +250,13 @@ def test_defaults_quick(tmp_path):
     report = _run("defaults.py", "--report", "--out-dir", str(tmp_path))
     assert report.returncode == 0, report.stderr
     assert f"{rows['deep_decoder']['psnr']:.2f}" in report.stdout
+    for sigma in ("50", "25"):  # no case at σ = 50; the σ = 25 one re-run, the old row kept
+        again = _run("defaults.py", "--quick", "--resume", "--recompute", "--sigmas", sigma,
+                     "--nets", "deep_decoder", "--variants", "--out-dir", str(tmp_path))
+        assert again.returncode == 0, again.stderr
+        assert ("seed 0 deep_decoder:" in again.stdout) == (sigma == "25")
+    rerun = {r["method"]: r for r in json.loads((tmp_path / "defaults.json").read_text())["rows"]}
+    assert rerun["deep_decoder"]["previous"]["seconds"] == rows["deep_decoder"]["seconds"]
 
 
 def test_speed_quick(tmp_path):
@@ -283,6 +324,10 @@ def test_store_keeps_the_rows_of_concurrent_writers(tmp_path, harness):
     payload = json.loads(path.read_text())
     assert sorted((r["key"][0], r["psnr"]) for r in payload["rows"]) == [("a", 3.0), ("b", 2.0)]
     assert [run["config"]["shard"] for run in payload["runs"]] == ["0/2", "1/2"]
+    first.add({"key": ["a"], "psnr": 4.0}, keep_replaced=True)  # a re-run after a change
+    first.add({"key": ["a"], "psnr": 5.0}, keep_replaced=True)  # keeps the row it replaces
+    row = next(r for r in json.loads(path.read_text())["rows"] if r["key"] == ["a"])
+    assert row == {"key": ["a"], "psnr": 5.0, "previous": {"psnr": 4.0}}
     fresh = harness.Store(path, resume=False, config={})
     assert fresh.payload["rows"] == [] and json.loads(path.read_text())["rows"] == []
 
@@ -356,6 +401,7 @@ def test_mix_members_add_up_to_the_default_call(harness, tmp_path):
     options = {"max_num_iter": 6, "net_options": {"channels": 8}}
     row = mix.run_case("camera:25:0", "ABC", 32, **options)
     assert row["key"] == ["camera", 32, 25, 0] and row["B"]["num_iter"] <= 6
+    assert row["stop_rule"] == PROBLEMS["denoise"]["dip"].stop
     clean = sample_image("camera", size=32)
     default = reconstruct(add_gaussian_noise(clean, 25 / 255, seed=0), ground_truth=clean,
                           **options)
