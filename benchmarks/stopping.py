@@ -465,9 +465,10 @@ def full_fit(run: Run) -> dict[str, Any]:
     """One long fit on all the data with every rule shadowing it."""
     data = observation(run)
     labels = DENOISE_RULES + DISCREPANCY_GRID if run["problem"] == "denoise" else CS_RULES
-    auto = auto_rules().get((run["problem"], run["net"]))
-    if run["problem"] == "denoise" and "every=" in auto:  # the library's own rule as
-        labels += (auto.replace("discrepancy", "discrepancy(σ̂)"),)  # `reconstruct` reads it
+    if run["problem"] == "denoise":  # the library's own rule, read at every iteration (the
+        auto = auto_rules()[("denoise", run["net"])]  # report's row) and as `reconstruct`
+        own = {auto_label(auto), auto.replace("discrepancy", "discrepancy(σ̂)")}  # reads it
+        labels += tuple(sorted(own - set(labels)))
     if run.get("tag") == "grid":  # a short re-run for the finer discrepancy grid
         labels = ("discrepancy", "discrepancy:tau=0.9", "discrepancy(σ̂)", *DISCREPANCY_GRID)
     context = {"operator": data["rule_operator"], "y": data["rule_y"], "sigma": data["sigma"],

@@ -121,6 +121,10 @@ class Defaults:
 
 
 _DIP = {"reg_noise_std": 1 / 30, "ema": 0.99}
+#: The Deep Image Prior's denoising stop: the residual of net(z) falls to 0.8·m·σ² or to
+#: m·(σ − 0.01)², whichever comes first — τ = 0.8 up to σ ≈ 24/255, then growing with σ
+#: (0.90 at σ = 50/255), where its best iterate moves (benchmarks/results/stopping_photos.md).
+DIP_DENOISE_STOP = "discrepancy:tau=0.8,every=8+discrepancy:margin=0.01,every=8"
 _STOPPING_MD = "benchmarks/results/stopping.md"
 _OBSERVE_JSON = "benchmarks/results/observe_every.json"
 
@@ -136,7 +140,7 @@ PROBLEMS: dict[str, dict[str, Defaults]] = {
             f"rule with σ estimated: mean gap -0.07 dB to the best iterate, 12/12 fits within "
             f"1 dB with the 0.99 output average ({_STOPPING_MD})"),
         "dip": Defaults(
-            3000, 0.01, "discrepancy:tau=0.8,every=8", **_DIP, regularizer="mix",
+            3000, 0.01, DIP_DENOISE_STOP, **_DIP, regularizer="mix",
             source="Ulyanov et al. 2018 (lr 0.01, 3,000 it., input noise 1/30, EMA 0.99); "
             f"discrepancy τ = 0.8: 0.21 dB mean gap, 4/4 within 1 dB ({_STOPPING_MD}); read "
             "every 8th iteration, which saves the unperturbed forward pass on the other 7: the "
@@ -557,7 +561,8 @@ def reconstruct(
     problem              network       iters  lr     stop ("auto"; with σ given)          other
     ===================  ============  =====  =====  ===================================  ==========
     denoise              deep_decoder  3,000  0.01   discrepancy (σ estimated)            k=64, EMA
-    denoise              dip           3,000  0.01   discrepancy:tau=0.8,every=8          EMA, mix
+    denoise              dip           3,000  0.01   discrepancy:tau=0.8,every=8 +        EMA, mix
+                                                     discrepancy:margin=0.01,every=8
     denoise              other         3,000  0.01   holdout:fraction=0.1,patience=200
     compressive_sensing  deep_decoder  3,000  0.005  patience                             k=128
     compressive_sensing  dip           6,000  0.01   holdout:fraction=0.1,patience=1000,  EMA,
