@@ -20,8 +20,8 @@ Usage::
         --shard 0/2                                  # eight other photographs (and 1/2)
     OMP_NUM_THREADS=1 python benchmarks/defaults.py --resume --recompute --photos \
         --variants --nets dip --sigmas 50 --shard 0/2  # DIP re-run at σ = 50 after its
-                                                       # default changed (the old row kept
-                                                       # in the new one, under "previous")
+                                                       # stop changed (the old row kept in
+                                                       # the new one, under "previous")
     python benchmarks/defaults.py --report
     python benchmarks/defaults.py --quick --out-dir /tmp/q
 """
@@ -123,7 +123,8 @@ def run_study(args: argparse.Namespace, store: harness.Store) -> None:
                 for key in ("members", "regularizer_choice"):
                     if key in result.config:
                         row[key] = result.config[key]
-            store.add(row, keep_replaced=args.recompute)
+            old = next((r for r in store.payload["rows"] if store.key(r) == store.key(row)), {})
+            store.add(row, keep_replaced=old.get("stop_rule") != row.get("stop_rule"))
             print(f"{image} {size} σ={sigma255} seed {seed} {method}: {row['psnr']:.2f} dB, "
                   f"{row['seconds']:.0f} s", flush=True)
 

@@ -11,7 +11,9 @@ iterations of each member (what the time is made of: every member costs the same
 iteration) and its time. B runs at most ``MIX_BUDGET`` (2) times A's iterations;
 ``--budget X`` measures that lever (0: no cap): the call is made with ``MIX_BUDGET = X`` and
 its A, B and A + B are stored beside the case's row (which needs the default budget's row
-first), under ``budgets``.
+first), under ``budgets``. A case run again after the default's stopping rule changed keeps
+the row it replaces in the new one, under ``previous`` (rows name their rule, ``stop_rule``;
+the rows from before that have none).
 
     OMP_NUM_THREADS=1 python benchmarks/mix.py --case camera:25:0 --members ABC
     OMP_NUM_THREADS=1 python benchmarks/mix.py --case astronaut:50:0
@@ -146,8 +148,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.budget is not None and (missing := [k for k in keys if k not in stored]):
         parser.error(f"--budget needs the default budget's row first: {missing} not in {path}")
     for case, key in zip(args.case, keys, strict=True):
-        if args.budget is None:  # a case run again keeps what it gave before, under "previous"
-            store.add(run_case(case, args.members, args.size), keep_replaced=True)
+        if args.budget is None:  # re-run after the stop rule changed: the old row is kept
+            row = run_case(case, args.members, args.size)  # in the new one, as "previous"
+            store.add(row, keep_replaced=stored.get(key, {}).get("stop_rule") != row["stop_rule"])
             continue
         default = deepprior.api.MIX_BUDGET
         deepprior.api.MIX_BUDGET = args.budget or 3000  # 0: no cap (the budget of the fit)
