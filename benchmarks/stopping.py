@@ -920,7 +920,8 @@ def write_report(payload: dict[str, Any], md_path: Path, png_path: Path) -> None
     parts = [
         "# Early stopping without the clean image — measured",
         "",
-        f"Command: `OMP_NUM_THREADS=1 python benchmarks/stopping.py` "
+        f"Command: `OMP_NUM_THREADS=1 python benchmarks/stopping.py"
+        f"{' --photos' if md_path.stem.endswith('_photos') else ''}` "
         f"({'complete' if payload.get('complete') else 'PARTIAL'} run; last invocation "
         f"`{machine['command']}`).  ",
         f"Machine: {machine['processor']}, {machine['cpu_count']} cores, "
@@ -994,10 +995,12 @@ def _setup_text(payload: dict[str, Any]) -> str:
         lines.append(
             f"- **{NET_NAMES[net]}** ({config['num_parameters']:,} parameters; library defaults: "
             f"lr {config['learning_rate']}, input noise {config['reg_noise_std']:.3g}, output "
-            f"EMA {config['ema']}): {len(mine)} fits of {run['num_iter']} iterations on "
-            f"{run['size']}² images — {listed}; {nhold} hold-out fits (fractions "
-            f"{', '.join(f'{x:g}' for x in holdouts)}); {spi:.3f} s per iteration (wall clock, "
-            "shadowing included).")
+            f"EMA {config['ema']}): {len(mine)} fits of "
+            f"{' / '.join(f'{n:,}' for n in sorted({f['run']['num_iter'] for f in mine}))} "
+            f"iterations on "
+            f"{run['size']}² images — {listed}; "
+            + (f"{nhold} hold-out fits (fractions {', '.join(f'{x:g}' for x in holdouts)}); "
+               if nhold else "") + f"{spi:.3f} s per iteration (wall clock, shadowing included).")
     grid = [f["run"] for f in payload["runs"].values() if f["run"].get("tag") == "grid"]
     if grid:
         lines.append(
@@ -1026,7 +1029,9 @@ def _setup_text(payload: dict[str, Any]) -> str:
             f"SNR, Deep Decoder and ConvDecoder with the `inverse` defaults, "
             f"{cs[0]['num_iter']} iterations, seed 0; hold-out at 10% of the measurements.")
     lines.append("- Noise: additive Gaussian, not clipped, drawn from the fit's seed; images "
-                 "resized with anti-aliasing (`deepprior.sample_image`). The machine's two cores "
+                 "resized with anti-aliasing (`deepprior.sample_image`; scikit-image's other "
+                 "photographs cut to their central square first, `harness.clean_image`). The "
+                 "machine's two cores "
                  "were shared with other jobs during the run, so wall-clock seconds overstate "
                  "the cost; the stop iteration is the machine-independent measure.")
     return "\n".join(lines)
@@ -1042,8 +1047,8 @@ def plot(payload: dict[str, Any], rows, summary, path: Path) -> None:
     for net in ("deep_decoder", "dip", "conv_decoder"):
         for key, full in payload["runs"].items():
             r = full["run"]
-            if (r["net"], r["problem"], r["image"], r["seed"]) == (net, "denoise", "camera", 0) \
-                    and r["sigma255"] == 25 and not r.get("tag"):
+            if (r["net"], r["problem"], r["image"], r["seed"], r["size"], r["sigma255"]) == (
+                    net, "denoise", "camera", 0, 64, 25) and not r.get("tag"):
                 picks.append((key, full))
     picks = picks or [(key, full) for key, full in payload["runs"].items()
                       if full["run"]["problem"] == "denoise" and full["run"]["sigma255"] == 50
@@ -1054,7 +1059,7 @@ def plot(payload: dict[str, Any], rows, summary, path: Path) -> None:
     by = {(r["run"], r["label"]): r for r in rows}
     marks = [("oracle (best iterate)", "k"), ("wmv", "tab:blue"), ("discrepancy(σ̂)", "tab:red"),
              ("holdout:fraction=0.1,patience=300", "tab:green"),
-             ("discrepancy(σ̂):tau=0.9", "tab:brown")]
+             ("discrepancy(σ̂):tau=0.8", "tab:olive"), ("discrepancy(σ̂):tau=0.9", "tab:brown")]
     for index, (key, full) in enumerate(picks, 1):
         ax = fig.add_subplot((len(picks) + 2) // 2, 2, index)
         psnr = np.asarray(full["psnr"])
