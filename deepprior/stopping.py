@@ -400,8 +400,8 @@ class Discrepancy(Rule):
     ``margin`` > 0 lowers the level to ``τ·m·(σ − margin)²``: the residual's root mean square
     must fall ``margin`` below σ (0 once ``margin`` ≥ σ, a level the rule never reaches).
     ``τ`` is then a fraction of σ² that grows with σ: with ``margin`` = 0.01 (images on
-    [0, 1]) it is 0.81 at σ = 25/255 and 0.90 at σ = 50/255, where the Deep Image Prior's
-    best stop lies (benchmarks/results/stopping_photos.md).
+    [0, 1]) it is 0.81 at σ = 25/255 and 0.90 at σ = 50/255, near the Deep Image Prior's
+    best iterate at 128² and σ = 50 (benchmarks/results/stopping_photos.md).
     """
 
     label = "discrepancy principle"
