@@ -229,12 +229,14 @@ def photos_plan() -> list[Run]:
     (``defaults.py --photos``). One long fit per case, every rule shadowing it: σ = 50 on
     five of the photographs (900 iterations; the default stops at 300–720) and on camera and
     astronaut for reference, then σ = 25 (1,500 iterations) on the three colour photographs,
-    camera and astronaut. Seed 0, the library's defaults for the network.
+    camera and astronaut, then σ = 15 (2,000) on camera and astronaut. Seed 0, the library's
+    defaults for the network.
     """
     plan = [_denoise("dip", image, 50, 0, 900, 128, ())
             for image in ("chelsea", "rocket", "coffee", "clock", "moon", "camera", "astronaut")]
     plan += [_denoise("dip", image, 25, 0, 1500, 128, ())
              for image in ("chelsea", "rocket", "coffee", "camera", "astronaut")]
+    plan += [_denoise("dip", image, 15, 0, 2000, 128, ()) for image in ("camera", "astronaut")]
     assert all(run["image"] in PHOTOS + ("camera", "astronaut") for run in plan)
     return plan
 
