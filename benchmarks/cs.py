@@ -175,6 +175,11 @@ RULE_CASES: list[tuple[Any, ...]] = [
     # the σ-free default at 128², SNR 40 dB (the noisy target's other level)
     *(("dip", 128, r, 40.0, "holdout:fraction=0.1,patience=1000,smoothing=0.99", 2)
       for r in (0.25, 0.1, 0.05, 0.5)),
+    # TV or none chosen on held-out measurements (σ-free) at the other 64² ratios and noise
+    # levels: does the choice ever cost where TV does not help?
+    *(("dip", 64, r, snr, "holdout:fraction=0.1,patience=1000,smoothing=0.99", 1,
+       {"regularizer": "auto"})
+      for r, snr in ((0.1, 20.0), (0.05, 20.0), (0.1, 40.0), (0.05, None), (0.5, 20.0))),
 ]
 QUICK_RULE_CASES = [("deep_decoder", 64, 0.25, 20.0, "holdout:fraction=0.1,patience=5", 2),
                     ("deep_decoder", 64, 0.25, 20.0, "holdout:fraction=0.1,patience=5", 1,
