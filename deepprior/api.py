@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from . import nets
-from .checks import as_array, check_choice, check_float, check_int
+from .checks import as_array, check_choice, check_float, check_int, check_lr_decay
 from .fit import FitState, fit, resolve_device
 from .metrics import psnr as _psnr
 from .metrics import ssim as _ssim
@@ -59,6 +59,8 @@ class Defaults:
     ----------
     max_num_iter, learning_rate
         Iteration budget and Adam step size.
+    lr_decay : (factor, every) or None
+        The learning rate times ``factor`` every ``every`` iterations (None: constant).
     stop : str
         The rule behind ``stop="auto"`` when σ is not given.
     stop_with_sigma : str or None
@@ -88,6 +90,7 @@ class Defaults:
 
     max_num_iter: int = 3000
     learning_rate: float = 0.01
+    lr_decay: tuple[float, int] | None = None
     stop: str = "patience"
     stop_with_sigma: str | None = None
     reg_noise_std: float = 0.0
@@ -423,6 +426,7 @@ def reconstruct(
     norm: str = "channel",
     max_num_iter: int | None = None,
     learning_rate: float | None = None,
+    lr_decay: tuple[float, int] | str | None = None,
     stop: str | Any = "auto",
     sigma: float | None = None,
     ground_truth: np.ndarray | None = None,
@@ -463,6 +467,12 @@ def reconstruct(
         Normalization after each hidden layer of a named network.
     max_num_iter, learning_rate : optional
         Iteration budget and Adam step size; None takes the defaults.
+    lr_decay : (factor, every), "none" or None
+        Multiply the learning rate by ``factor`` (``0 < factor <= 1``) every ``every``
+        iterations, e.g. ``(0.5, 1500)``: Adam at a constant rate keeps jittering around the
+        fit it has reached, a decaying rate settles it — what long fits without noise (the
+        compressive-sensing budgets) may want. ``"none"``: a constant rate. None: the
+        default (``Defaults.lr_decay``; a constant rate for every built-in row).
     stop : str or policy
         ``"auto"`` (the rule measured best for the problem kind and network, see the table),
         a spec such as ``"holdout:fraction=0.1,patience=200"`` or ``"discrepancy+fixed:2000"``
@@ -634,6 +644,7 @@ def reconstruct(
                              f"{sigma:g}; for {sigma:g} in 0-255 units pass sigma={sigma:g}/255")
     learning_rate = defaults.learning_rate if learning_rate is None else check_float(
         "learning_rate", learning_rate, low=0.0, low_open=True)
+    lr_decay = defaults.lr_decay if lr_decay is None else check_lr_decay(lr_decay)
 
     given_sigma = sigma is not None
     spec = defaults.auto_stop(given_sigma, op.num_measurements) if stop == "auto" else stop
@@ -686,9 +697,9 @@ def reconstruct(
                                                    seed=seed + k)
         return module, fit(
             module, z, fit_y, fit_op, policy=member_policy, max_num_iter=budget,
-            learning_rate=learning_rate, reg_noise_std=defaults.reg_noise_std, ema=defaults.ema,
-            ground_truth=truth_k, device=torch_device, seed=seed + k, progress=progress,
-            callback=callback, precision=precision, penalty=penalty,
+            learning_rate=learning_rate, lr_decay=lr_decay, reg_noise_std=defaults.reg_noise_std,
+            ema=defaults.ema, ground_truth=truth_k, device=torch_device, seed=seed + k,
+            progress=progress, callback=callback, precision=precision, penalty=penalty,
         )
 
     choice, trials, fits = [], [], []
@@ -758,6 +769,7 @@ def reconstruct(
         "num_parameters": sum(p.numel() for p in module.parameters()),
         "max_num_iter": max_num_iter,
         "learning_rate": learning_rate,
+        "lr_decay": list(lr_decay) if lr_decay is not None else None,
         "reg_noise_std": defaults.reg_noise_std,
         "ema": defaults.ema,
         "stop": stop if isinstance(stop, str) else type(stop).__name__,

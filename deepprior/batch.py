@@ -45,7 +45,7 @@ from torch import nn
 
 from . import nets
 from .api import PROBLEMS, Reconstruction, reconstruct, register_net
-from .checks import as_array, check_choice, check_float, check_int
+from .checks import as_array, check_choice, check_float, check_int, check_lr_decay
 from .fit import resolve_device
 from .io import load_image
 from .operators import as_operator
@@ -316,6 +316,7 @@ def _check_options(kwargs: dict[str, Any]) -> dict[str, Any]:
     for key in ("sigma", "learning_rate"):
         if kwargs.get(key) is not None:
             check_float(key, kwargs[key], low=0.0, low_open=key == "learning_rate")
+    check_lr_decay(kwargs.get("lr_decay"))
     net, options = kwargs.get("net"), kwargs.get("net_options")  # None: the problem's default
     if isinstance(net, str):
         nets.canonical_name(net)

@@ -15,7 +15,8 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-__all__ = ["as_array", "check_choice", "check_float", "check_int", "check_image_shape"]
+__all__ = ["as_array", "check_choice", "check_float", "check_int", "check_image_shape",
+           "check_lr_decay"]
 
 
 def check_int(name: str, value: object, *, minimum: int | None = None) -> int:
@@ -60,6 +61,20 @@ def check_choice(name: str, value: object, choices: Sequence[str]) -> str:
     if not isinstance(value, str) or value not in choices:
         raise ValueError(f"{name} must be one of {', '.join(choices)}; got {value!r}")
     return value
+
+
+def check_lr_decay(value: object) -> tuple[float, int] | None:
+    """A learning-rate schedule ``(factor, every)`` — the rate times ``factor`` every ``every``
+    iterations, ``0 < factor <= 1``, ``every >= 1`` — as ``(float, int)``; None and ``"none"``
+    (a constant rate) as None."""
+    if value is None or (isinstance(value, str) and value == "none"):
+        return None
+    if isinstance(value, str | bytes) or not isinstance(value, Sequence) or len(value) != 2:
+        raise TypeError(f"lr_decay must be a pair (factor, every), e.g. (0.5, 1500), got "
+                        f"{value!r}")
+    factor, every = value
+    return (check_float("lr_decay factor", factor, low=0.0, high=1.0, low_open=True),
+            check_int("lr_decay every", every, minimum=1))
 
 
 def check_image_shape(shape: object, name: str = "image_shape") -> tuple[int, int, int]:

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, vmap
 
-from .checks import check_choice, check_int
+from .checks import check_choice, check_int, check_lr_decay
 from .metrics import psnr_tensor
 from .stopping import _finalize
 
@@ -230,7 +230,8 @@ def fit(
     learning_rate : float
         Adam step size.
     lr_decay : (factor, every) or None
-        Multiply the learning rate by ``factor`` every ``every`` iterations.
+        Multiply the learning rate by ``factor`` (``0 < factor <= 1``) every ``every``
+        iterations; None keeps it constant.
     reg_noise_std : float
         Standard deviation of the Gaussian perturbation added to ``z`` at each iteration
         (Deep Image Prior's input regularisation); 0 disables it.
@@ -287,6 +288,7 @@ def fit(
     if max_num_iter < 1:
         raise ValueError(f"max_num_iter must be >= 1, got {max_num_iter}")
     check_choice("precision", precision, PRECISIONS)
+    lr_decay = check_lr_decay(lr_decay)
     device = resolve_device(device)
     if sync_every is None:  # a callback reads the live network: it must see every iteration
         sync_every = 1 if device.type == "cpu" or callback is not None else 8
@@ -399,6 +401,7 @@ snapshot_every, sync_every, precision
             raise ValueError(f"fit_many needs inputs of one shape: zs[{i}] is "
                              f"{tuple(zs[i].shape)}, zs[0] {tuple(zs[0].shape)}")
     check_choice("precision", precision, PRECISIONS)
+    lr_decay = check_lr_decay(lr_decay)
     device = resolve_device(device)
     if sync_every is None:
         sync_every = 1 if device.type == "cpu" else 8

@@ -64,6 +64,22 @@ def test_result_reports_the_resolved_configuration(camera64):
     assert (result.num_iter, result.num_steps, len(result.history["loss"])) == (3, 3, 3)
 
 
+def test_lr_decay_steps_the_rate_each_member_follows(camera64):
+    noisy = add_gaussian_noise(camera64[:32, :32], 0.1, seed=0)
+    rates = []
+    result = reconstruct(noisy, max_num_iter=10, stop="fixed:10", lr_decay=(0.5, 4),
+                         ensemble=2, net_options=SMALL,
+                         callback=lambda s: rates.append(s.optimizer.param_groups[0]["lr"]),
+                         **DD)
+    schedule = [0.01] * 4 + [0.005] * 4 + [0.0025] * 2  # the rate iteration t was taken with
+    assert rates == pytest.approx(schedule * 2)  # both members
+    assert result.config["lr_decay"] == [0.5, 4]
+    constant = reconstruct(noisy, max_num_iter=3, stop="fixed:3", lr_decay="none",
+                           net_options=SMALL, **DD)
+    assert constant.config["lr_decay"] is None
+    assert constant.config["final_learning_rate"] == 0.01
+
+
 def test_compressive_sensing_beats_least_squares(camera64):
     x = camera64[::2, ::2].copy()  # 32x32, n = 1024
     op = GaussianSensing(400, (1, 32, 32), seed=0)
@@ -107,6 +123,9 @@ def test_tensor_input_and_batch_axis(camera64):
         ({"max_num_iter": 0}, ValueError, "max_num_iter must be an integer >= 1"),
         ({"max_num_iter": 2.5}, TypeError, "max_num_iter must be an integer"),
         ({"learning_rate": -1.0}, ValueError, "learning_rate must satisfy 0 < learning_rate"),
+        ({"lr_decay": (0.0, 100)}, ValueError, "lr_decay factor must satisfy 0 <"),
+        ({"lr_decay": (0.5, 0)}, ValueError, "lr_decay every must be an integer >= 1"),
+        ({"lr_decay": 0.5}, TypeError, r"lr_decay must be a pair \(factor, every\)"),
         ({"sigma": 25.0}, ValueError, "sigma=25/255"),
         ({"sigma": -0.1}, ValueError, "sigma must satisfy 0 <= sigma"),
         ({"seed": -1}, ValueError, "seed must be an integer >= 0"),

@@ -336,6 +336,7 @@ def test_ray_ctrl_c_yields_the_finished_items_then_raises(ray_cluster, noisy):
     ([BRIGHT], {"net": DeepDecoder((1, 64, 64), channels=4), "net_options": {"channels": 8}},
      ValueError, "net_options apply to named networks"),
     ([BRIGHT], {"sigma": -0.1}, ValueError, "sigma must satisfy"),
+    ([BRIGHT], {"lr_decay": (2.0, 10)}, ValueError, "lr_decay factor must satisfy"),
     ([BRIGHT], {"stop": object()}, TypeError, "stop must be a spec or a policy"),
     ([BRIGHT], {"stop": "sometimes"}, ValueError, "unknown stopping rule"),
     ([BRIGHT], {"engine": "spark"}, ValueError, "engine must be one of local, ray"),
