@@ -577,7 +577,7 @@ def _finish_summary(command: str, items: list[_Item], outdir: Path, options: Fit
         "devices": sorted(fitting.devices),
         "seed": options.seed,
         "fit_options": {key: getattr(options, key) for key in (
-            "net", "norm", "channels", "iters", "lr", "stop", "device", "ensemble",
+            "net", "norm", "channels", "iters", "lr", "lr_decay", "stop", "device", "ensemble",
             "precision", "regularizer", "regularizer_weight")},
         "items": [asdict(row) for row in rows],
     }

@@ -116,6 +116,12 @@ Lr = Annotated[
     float | None, typer.Option("--lr", help="Adam learning rate > 0 (default: per network).",
                                rich_help_panel=FIT_PANEL)
 ]
+LrDecay = Annotated[
+    str | None, typer.Option("--lr-decay", metavar="FACTOR,EVERY", help="Multiply the learning "
+                             "rate by FACTOR (0 < FACTOR <= 1) every EVERY iterations, e.g. "
+                             "0.5,1500; none: a constant rate (default: per network; constant "
+                             "for every built-in one).", rich_help_panel=FIT_PANEL)
+]
 Stop = Annotated[
     str,
     typer.Option(
@@ -201,6 +207,7 @@ class FitOptions:
     channels: int | None = None
     iters: int | None = None
     lr: float | None = None
+    lr_decay: str | None = None  # "FACTOR,EVERY" or "none"; None: the default
     stop: str = "auto"
     seed: int = 0
     device: str = "auto"
@@ -225,7 +232,8 @@ class FitOptions:
 
 #: Each FitOptions field: its command-line annotation (the defaults are FitOptions').
 _ANNOTATIONS: dict[str, Any] = {
-    "net": Net, "norm": Norm, "channels": Width, "iters": Iters, "lr": Lr, "stop": Stop,
+    "net": Net, "norm": Norm, "channels": Width, "iters": Iters, "lr": Lr,
+    "lr_decay": LrDecay, "stop": Stop,
     "seed": Seed, "device": Device, "output": Output, "overwrite": Overwrite, "quiet": Quiet,
     "json": JsonOut, "debug": Debug, "max_pixels": MaxPixels, "clean": Clean,
     "ensemble": Ensemble, "threads": Threads, "precision": Precision,

@@ -24,6 +24,7 @@ import numpy as np
 import typer
 
 import deepprior
+from deepprior.checks import check_lr_decay
 
 from .common import (
     EXIT_DIVERGED,
@@ -189,7 +190,20 @@ def check_fit_options(options: FitOptions) -> list[str]:
     """The checks of the fitting options that typer cannot make; the --stop rule names."""
     if options.lr is not None and not (math.isfinite(options.lr) and options.lr > 0):
         raise ValueError(f"--lr must be a number > 0, got {options.lr:g}")
+    lr_decay(options.lr_decay)
     return stop_names(options.stop)
+
+
+def lr_decay(text: str | None) -> tuple[float, int] | str | None:
+    """``--lr-decay FACTOR,EVERY`` as reconstruct's ``lr_decay`` (``"none"`` as is)."""
+    if text is None or text == "none":
+        return text
+    try:
+        factor, every = text.split(",")
+        return check_lr_decay((float(factor), int(every)))
+    except (TypeError, ValueError):
+        raise ValueError(f"--lr-decay must be FACTOR,EVERY with 0 < FACTOR <= 1 and EVERY an "
+                         f"integer >= 1 (e.g. 0.5,1500) or none, got {text!r}") from None
 
 
 def problem_of(task: Task) -> str:
@@ -210,6 +224,7 @@ def fit_kwargs(options: FitOptions) -> dict[str, Any]:
         "norm": options.norm,
         "max_num_iter": options.iters,
         "learning_rate": options.lr,
+        "lr_decay": lr_decay(options.lr_decay),
         "stop": options.stop,
         "device": options.device,
         "net_options": {"channels": options.channels} if options.channels else None,

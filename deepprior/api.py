@@ -59,8 +59,6 @@ class Defaults:
     ----------
     max_num_iter, learning_rate
         Iteration budget and Adam step size.
-    lr_decay : (factor, every) or None
-        The learning rate times ``factor`` every ``every`` iterations (None: constant).
     stop : str
         The rule behind ``stop="auto"`` when σ is not given.
     stop_with_sigma : str or None
@@ -84,13 +82,14 @@ class Defaults:
         When ``stop="auto"`` resolves to a rule that holds data out: fit all the data again,
         for the iterations the hold-out fit chose, and return the average of the two fits (the
         ``ensemble`` of ``reconstruct`` defaults to 2 there).
+    lr_decay : (factor, every) or None
+        The learning rate times ``factor`` every ``every`` iterations (None: constant).
     source : str
         Where the values come from (paper, or the benchmark that measured them).
     """
 
     max_num_iter: int = 3000
     learning_rate: float = 0.01
-    lr_decay: tuple[float, int] | None = None
     stop: str = "patience"
     stop_with_sigma: str | None = None
     reg_noise_std: float = 0.0
@@ -100,6 +99,7 @@ class Defaults:
     regularizer: str | None = None
     regularizer_with_sigma: str | None = None
     sigma_rule_min_measurements: int = 0
+    lr_decay: tuple[float, int] | None = None
     source: str = ""
 
     def auto_stop(self, sigma_known: bool, num_measurements: int | None = None) -> str:

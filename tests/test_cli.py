@@ -25,9 +25,10 @@ from deepprior_cli.main import app
 runner = CliRunner()
 FAST = ["--iters", "15", "--stop", "fixed:15", "--channels", "8", "--quiet"]
 FITTING_COMMANDS = ("denoise", "cs", "inpaint", "superres", "deblur")
-SHARED = {"--net", "--norm", "--channels", "--iters", "--lr", "--stop", "--seed", "--device",
-          "--output", "--overwrite", "--quiet", "--json", "--debug", "--max-pixels", "--clean",
-          "--ensemble", "--threads", "--precision", "--regularizer", "--regularizer-weight"}
+SHARED = {"--net", "--norm", "--channels", "--iters", "--lr", "--lr-decay", "--stop", "--seed",
+          "--device", "--output", "--overwrite", "--quiet", "--json", "--debug", "--max-pixels",
+          "--clean", "--ensemble", "--threads", "--precision", "--regularizer",
+          "--regularizer-weight"}
 
 
 
@@ -147,6 +148,16 @@ def test_precision_reaches_the_fit_and_the_report(clean_png, tmp_path):
     assert json.loads(out.with_suffix(".json").read_text())["config"]["precision"] == "bf16"
     result = runner.invoke(app, ["denoise", str(clean_png), "--precision", "fp16", *FAST])
     assert result.exit_code == 2 and "fp16" in result.output
+
+
+def test_lr_decay_reaches_the_fit_and_the_report(clean_png, tmp_path):
+    out = tmp_path / "decay.png"
+    result = runner.invoke(app, ["denoise", str(clean_png), "--add-noise", "25", "--lr-decay",
+                                 "0.5,5", "--lr", "0.02", "-o", str(out), *FAST])
+    assert result.exit_code == 0, result.output
+    config = json.loads(out.with_suffix(".json").read_text())["config"]
+    assert config["lr_decay"] == [0.5, 5]
+    assert config["final_learning_rate"] == pytest.approx(0.005)  # 15 iterations: halved twice
 
 
 def test_regularizer_options_reach_the_fit_and_errors_are_one_line(clean_png, tmp_path):
@@ -341,6 +352,9 @@ def test_overwrite_failure_restores_the_old_outputs(clean_png, tmp_path, monkeyp
         (["{img}", "--stop", "sometimes"], "sometimes"),
         (["{img}", "--stop", "oracle"], "--stop oracle needs the clean image"),
         (["{img}", "--lr", "0"], "--lr must be a number > 0"),
+        (["{img}", "--lr-decay", "0.5"], "--lr-decay must be FACTOR,EVERY with 0 < FACTOR <= 1 "
+                                         "and EVERY an integer >= 1 (e.g. 0.5,1500) or none"),
+        (["{img}", "--lr-decay", "1.5,100"], "--lr-decay must be FACTOR,EVERY"),
         (["{img}", "--max-pixels", "100"], "--max-pixels 1440"),
         (["{img}", "--clean", "{tiny}"], "1x1 pixels"),
         (["{img}", "--clean", "{other}"], "--clean {other} is 20x20 but the reconstruction is "
