@@ -140,24 +140,20 @@ def test_dips_default_denoising_mixes_a_fit_without_and_one_with_tv(clean_png, t
     summary, config = run("--regularizer", "none")
     assert config["regularizer"] is None and "average" not in summary
 
-def test_precision_reaches_the_fit_and_the_report(clean_png, tmp_path):
+@pytest.mark.parametrize(("args", "expected"), [
+    (["--precision", "bf16"], {"precision": "bf16"}),
+    (["--lr-decay", "0.5,5", "--lr", "0.02"],  # 15 iterations: the rate halved twice
+     {"lr_decay": [0.5, 5], "final_learning_rate": pytest.approx(0.005)}),
+])
+def test_fitting_options_reach_the_fit_and_the_report(args, expected, clean_png, tmp_path):
     out = tmp_path / "b.png"
-    result = runner.invoke(app, ["denoise", str(clean_png), "--add-noise", "25", "--precision",
-                                 "bf16", "-o", str(out), *FAST])
-    assert result.exit_code == 0, result.output
-    assert json.loads(out.with_suffix(".json").read_text())["config"]["precision"] == "bf16"
-    result = runner.invoke(app, ["denoise", str(clean_png), "--precision", "fp16", *FAST])
-    assert result.exit_code == 2 and "fp16" in result.output
-
-
-def test_lr_decay_reaches_the_fit_and_the_report(clean_png, tmp_path):
-    out = tmp_path / "decay.png"
-    result = runner.invoke(app, ["denoise", str(clean_png), "--add-noise", "25", "--lr-decay",
-                                 "0.5,5", "--lr", "0.02", "-o", str(out), *FAST])
+    result = runner.invoke(app, ["denoise", str(clean_png), "--add-noise", "25", *args,
+                                 "-o", str(out), *FAST])
     assert result.exit_code == 0, result.output
     config = json.loads(out.with_suffix(".json").read_text())["config"]
-    assert config["lr_decay"] == [0.5, 5]
-    assert config["final_learning_rate"] == pytest.approx(0.005)  # 15 iterations: halved twice
+    assert {key: config[key] for key in expected} == expected
+    result = runner.invoke(app, ["denoise", str(clean_png), "--precision", "fp16", *FAST])
+    assert result.exit_code == 2 and "fp16" in result.output
 
 
 def test_regularizer_options_reach_the_fit_and_errors_are_one_line(clean_png, tmp_path):
