@@ -15,6 +15,7 @@ import os
 import platform
 import re
 import shlex
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -44,10 +45,22 @@ def machine_info() -> dict[str, Any]:
         "torch": torch.__version__,
         "numpy": np.__version__,
         "deepprior": deepprior.__version__,
+        "commit": _git_commit(),
     }
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
     return info
+
+
+def _git_commit() -> str | None:
+    """The checkout's commit ("-dirty" with uncommitted changes); None outside a git checkout."""
+    try:
+        out = subprocess.run(["git", "describe", "--always", "--dirty", "--abbrev=12"],
+                             cwd=Path(__file__).resolve().parent, capture_output=True,
+                             text=True, timeout=10, check=True)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
 
 
 def _cpu_name() -> str:
@@ -231,7 +244,12 @@ class Store:
     def add(self, row: dict[str, Any], *, keep_replaced: bool = False) -> None:
         """Store ``row`` (replacing a stored row with the same key) and write the file; with
         ``keep_replaced`` the row it replaces is kept in it, under ``previous`` (a case
-        re-run after a default changed keeps what the old default gave)."""
+        re-run after a default changed keeps what the old default gave).
+
+        The row is stamped with where it was measured (``run``: date, processor, commit):
+        the same fit on another CPU, or another commit, can stop elsewhere, so a row must
+        say which it came from."""
+        row = {**row, "run": {k: self.run.get(k) for k in ("date", "processor", "commit")}}
         with locked(self.path):
             if self.path.exists():
                 on_disk = json.loads(self.path.read_text())
