@@ -39,6 +39,10 @@ def machine_info() -> dict[str, Any]:
         "command": " ".join(shlex.quote(a) for a in [Path(sys.argv[0]).as_posix(), *sys.argv[1:]]),
         "platform": platform.platform(),
         "processor": _cpu_name(),
+        # the VM may report a generic name ("Intel(R) Xeon(R) Processor"): the family and
+        # model numbers, and the kernels torch dispatches, tell two CPUs apart
+        "cpu_id": _cpu_id(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "python": platform.python_version(),
@@ -61,6 +65,21 @@ def _git_commit() -> str | None:
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip() or None
+
+
+def _cpu_id() -> str | None:
+    """"family F model M stepping S" from /proc/cpuinfo (x86), None where there is none."""
+    try:
+        fields = dict(line.split(":", 1) for line in
+                      Path("/proc/cpuinfo").read_text().split("\n\n")[0].splitlines()
+                      if ":" in line)
+    except OSError:
+        return None
+    fields = {k.strip(): v.strip() for k, v in fields.items()}
+    if "cpu family" not in fields:
+        return None
+    return " ".join(f"{k.removeprefix('cpu ')} {fields.get(k, '?')}"
+                    for k in ("cpu family", "model", "stepping"))
 
 
 def _cpu_name() -> str:
@@ -216,6 +235,10 @@ def locked(path: Path) -> Iterator[None]:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
+#: The fields of a run (``machine_info``) that :meth:`Store.add` copies into every row.
+STAMP = ("date", "processor", "cpu_id", "commit")
+
+
 class Store:
     """The JSON file of a study: rows keyed by ``row["key"]``, written after every row.
 
@@ -246,10 +269,10 @@ class Store:
         ``keep_replaced`` the row it replaces is kept in it, under ``previous`` (a case
         re-run after a default changed keeps what the old default gave).
 
-        The row is stamped with where it was measured (``run``: date, processor, commit):
-        the same fit on another CPU, or another commit, can stop elsewhere, so a row must
-        say which it came from."""
-        row = {**row, "run": {k: self.run.get(k) for k in ("date", "processor", "commit")}}
+        The row is stamped with where it was measured (``run``: the :data:`STAMP` fields of
+        the run): the same fit on another CPU, or another commit, can stop elsewhere, so a
+        row must say which it came from."""
+        row = {**row, "run": {k: self.run.get(k) for k in STAMP}}
         with locked(self.path):
             if self.path.exists():
                 on_disk = json.loads(self.path.read_text())
