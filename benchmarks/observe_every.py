@@ -109,10 +109,13 @@ def time_case(case: dict[str, Any], seed: int = 0, repeats: int = 2,
     defaults = problem_defaults(case["problem"], "dip")
     spec = defaults.auto_stop(sigma is not None, m)
     given = {"sigma": sigma} if sigma is not None else {}
-    calls = {"default": {"stop": "auto"},  # the same spec, penalty, members and refit,
-             "every=1": {"stop": f"{harness.without_every(spec)},every=1",  # reading each
-                         "ensemble": defaults.auto_ensemble(sigma is not None, m),
-                         "regularizer": defaults.auto_regularizer(sigma is not None) or "none"}}
+    penalty = defaults.auto_regularizer(sigma is not None) or "none"
+    # the same spec, penalty, members and refit, reading each iteration ("auto" chooses its
+    # penalty, then makes one refit, as the default does with no ensemble given)
+    every1 = {"stop": f"{harness.without_every(spec)},every=1", "regularizer": penalty,
+              **({} if penalty == "auto" else
+                 {"ensemble": defaults.auto_ensemble(sigma is not None, m)})}
+    calls = {"default": {"stop": "auto"}, "every=1": every1}
     timings = []
     for _ in range(repeats):
         for name, options in calls.items():

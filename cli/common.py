@@ -90,9 +90,10 @@ Regularizer = Annotated[
                                   "the data: three fits; four in compressive sensing "
                                   "without σ), mix (the average of a fit without and one with "
                                   "tv; --ensemble K: K fits taking turns), none, or default: "
-                                  "mix for dip when denoising with the automatic stop, tv for "
-                                  "dip in cs when the noise level is given, else none "
-                                  "(measured, see the README).",
+                                  "mix for dip when denoising with the automatic stop; for "
+                                  "dip in cs tv when the noise level is given, auto when it "
+                                  "is not (with the automatic stop); else none (measured, "
+                                  "see the README).",
                                   rich_help_panel=FIT_PANEL)
 ]
 RegularizerWeight = Annotated[

@@ -432,6 +432,26 @@ def test_dip_with_sigma_stops_by_discrepancy_from_512_measurements_on():
     assert (dip.auto_ensemble(True, 511), dip.auto_ensemble(True, 512)) == (2, 1)
 
 
+def test_dip_without_sigma_chooses_tv_or_none_on_held_out_measurements_by_default():
+    x, op, y, _ = _cs_problem()
+    tiny = {"net": "dip", "max_num_iter": 6, "net_options": {"channels": 4}}
+
+    def call(**options):
+        config = reconstruct(y[0], op, **tiny, **options).config
+        return (config["regularizer"], len(config.get("regularizer_choice") or []),
+                len(config.get("members") or [None]))
+
+    assert deepprior.problem_defaults("compressive_sensing", "dip").auto_regularizer(False) \
+        == "auto"
+    # none and the SNR 20 / 30 dB weights, each fitted without the held-out share; the
+    # chosen one is member 0, then a refit of all the measurements
+    assert call() == ("auto", 1 + len(deepprior.api.TV_SNRS_DB), 2)
+    assert call(sigma=0.05)[0] == "tv"  # σ given: TV at its weight, no choice
+    assert call(ensemble=1) == (None, 0, 1)  # one fit asked for: no choice, no penalty
+    assert call(stop="fixed:6") == (None, 0, 1)  # a rule of the user's: one fit
+    assert call(regularizer="none")[:2] == (None, 0)
+
+
 def test_a_rows_default_penalty_applies_when_sigma_is_given(registry):
     x, op, y, _ = _cs_problem()
     _register_tiny_cs_net("tiny_tv_decoder",

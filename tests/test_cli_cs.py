@@ -169,6 +169,23 @@ def test_a_tv_penalty_on_own_measurements_takes_its_weight_from_sigma_or_held_ou
         assert config["net"] == "dip" and config["regularizer"] == expected
 
 
+def test_dip_without_sigma_chooses_tv_or_none_and_the_cost_note_counts_every_fit(
+        system, tmp_path, monkeypatch):
+    import deepprior_cli.fitting as fitting
+
+    monkeypatch.setattr(fitting, "DIP_CPU_SECONDS_PER_PIXEL", 1.0)  # so that the note shows
+    matrix, y, _ = system
+    a_path, y_path = _write(tmp_path, "A.npy", matrix), _write(tmp_path, "y.npy", y)
+    result = runner.invoke(app, ["cs", "--matrix", a_path, "--measurements-file", y_path,
+                                 "--iters", "4", "--channels", "4", "--device", "cpu",
+                                 "-o", str(tmp_path / "c.png")])
+    assert result.exit_code == 0, result.output
+    # none and the two σ-free TV weights on the held-out split, then the refit
+    assert "runs 4 fits of up to 4 iterations" in result.stderr
+    config = json.loads((tmp_path / "c.json").read_text())["config"]
+    assert config["regularizer"] == "auto" and len(config["regularizer_choice"]) == 3
+
+
 def test_key_chooses_among_several_arrays(system, tmp_path):
     matrix, y, _ = system
     np.savez(tmp_path / "data.npz", first=y, second=y[::-1])
