@@ -191,6 +191,10 @@ RULE_CASES: list[tuple[Any, ...]] = [
     # ... and on the 128² case the σ-free default misses (m/n 0.1, SNR 20 dB; "tv" above: +0.84)
     ("dip", 128, 0.1, 20.0, "holdout:fraction=0.1,patience=1000,smoothing=0.99", 1,
      {"regularizer": "auto"}),
+    # ... and at the other 128² SNR 20 dB ratios, where the no-penalty rule is above TV: does
+    # the choice hold at 128² where TV has less to give?
+    *(("dip", 128, r, 20.0, "holdout:fraction=0.1,patience=1000,smoothing=0.99", 1,
+       {"regularizer": "auto"}) for r in (0.25, 0.05, 0.5)),
 ]
 QUICK_RULE_CASES = [("deep_decoder", 64, 0.25, 20.0, "holdout:fraction=0.1,patience=5", 2),
                     ("deep_decoder", 64, 0.25, 20.0, "holdout:fraction=0.1,patience=5", 1,
