@@ -125,7 +125,12 @@ def run_task(task: Task, options: FitOptions) -> None:
         if net == "dip" and deepprior.resolve_device(options.device).type == "cpu":
             defaults = deepprior.problem_defaults(problem_of(task), "dip")
             iters = options.iters or defaults.max_num_iter
-            fits = dip_fits(task, options, defaults)
+            kwargs = fit_kwargs(options)
+            fits = deepprior.planned_fits(
+                problem_of(task), "dip", sigma_known=task.sigma is not None,
+                num_measurements=task.observation.size,
+                **{k: kwargs[k] for k in ("stop", "ensemble", "regularizer",
+                                          "regularizer_weight")})
             pixels = task.image_shape[0] * task.image_shape[1]
             minutes = fits * iters * DIP_CPU_SECONDS_PER_PIXEL * pixels / 60
             if options.precision == "bf16":
@@ -387,22 +392,6 @@ def check_stop(task: Task, names: list[str], clean: np.ndarray | None, *,
     if "discrepancy" in names and task.sigma is None and task.operator is not None:
         raise ValueError(f"--stop discrepancy needs the noise level of the measurements: pass "
                          f"{task.sigma_option}, or choose another --stop")
-
-
-def dip_fits(task: Task, options: FitOptions, defaults: deepprior.Defaults) -> int:
-    """How many fits the call makes: the ensemble (or the default's), and with ``"auto"`` —
-    asked for, or the default with the automatic stop — first one per candidate weight."""
-    sigma_known = task.sigma is not None
-    asked = None if options.regularizer == "default" else options.regularizer
-    automatic = options.stop == "auto"
-    fits = options.ensemble or (defaults.auto_ensemble(sigma_known, task.observation.size,
-                                                       regularizer=asked) if automatic else 1)
-    if (asked or defaults.auto_regularizer(sigma_known)) == "auto" and (
-            asked or (automatic and options.ensemble != 1)):
-        several = not sigma_known and problem_of(task) == "compressive_sensing"
-        weights = len(deepprior.api.TV_SNRS_DB) if several else 1
-        fits = 1 + weights + (options.ensemble or 1)  # none, each weight, then the refit(s)
-    return fits
 
 
 def check_regularizer(task: Task, options: FitOptions) -> None:

@@ -666,21 +666,15 @@ def reconstruct(
             raise ValueError("the discrepancy rule needs the noise level: pass sigma=... (the std "
                              "of the measurement noise) or choose another stopping rule")
         sigma = estimate_sigma(array)
-    if isinstance(regularizer, str) and regularizer == "none":
-        regularizer = None
-    elif regularizer is None and regularizer_weight is None:
-        regularizer = defaults.auto_regularizer(given_sigma)  # the measured default penalty
-        if regularizer in ("mix", "auto") and (not isinstance(stop, str) or stop != "auto"
-                                               or ensemble == 1):
-            regularizer = None  # the default mix / choice are several fits of stop="auto"
+    regularizer = _resolve_regularizer(regularizer, regularizer_weight, stop=stop,
+                                       ensemble=ensemble, defaults=defaults,
+                                       sigma_known=given_sigma)
     candidates = _penalties(regularizer, regularizer_weight, problem=problem, sigma=sigma,
                             array=array, op=op, y=y)
     mix = isinstance(regularizer, str) and regularizer == "mix"
-    if ensemble is None:  # a choice of weights refits on its own (its members 1..K)
-        refits = isinstance(stop, str) and stop == "auto" and len(candidates) == 1
-        ensemble = len(candidates) if mix else defaults.auto_ensemble(  # mix: handled here
-            given_sigma, op.num_measurements, regularizer="none") if refits else 1
-    ensemble = check_int("ensemble", ensemble, minimum=1)
+    ensemble = _resolve_ensemble(ensemble, stop=stop, candidates=len(candidates), mix=mix,
+                                 defaults=defaults, sigma_known=given_sigma,
+                                 num_measurements=op.num_measurements)
     if mix and ensemble < len(candidates):
         raise ValueError(f"regularizer='mix' averages fits without and with the penalty "
                          f"(weights {[w for _, w in candidates]}): it needs ensemble >= "
@@ -882,6 +876,62 @@ def _default_tv_weights(name: str, problem: str, op: Any, y: torch.Tensor,
         sigmas = [rms * 10 ** (-snr / 20) for snr in TV_SNRS_DB]
     scale = _tv_scale(op)
     return [TV_WEIGHT_PER_SIGMA * s * scale for s in sigmas]
+
+
+def _resolve_regularizer(regularizer: Any, weight: Any, *, stop: Any, ensemble: int | None,
+                         defaults: Defaults, sigma_known: bool) -> Any:
+    """The penalty asked for (``"none"``: None) or, where none is, the measured default —
+    whose ``"mix"`` / ``"auto"`` are several fits of ``stop="auto"``, so not with another
+    rule or ``ensemble=1``."""
+    if isinstance(regularizer, str) and regularizer == "none":
+        return None
+    if regularizer is None and weight is None:
+        regularizer = defaults.auto_regularizer(sigma_known)
+        if regularizer in ("mix", "auto") and (not isinstance(stop, str) or stop != "auto"
+                                               or ensemble == 1):
+            return None
+    return regularizer
+
+
+def _resolve_ensemble(ensemble: int | None, *, stop: Any, candidates: int, mix: bool,
+                      defaults: Defaults, sigma_known: bool,
+                      num_measurements: int | None) -> int:
+    """The members fitted after any held-out choice among ``candidates`` weights: those asked
+    for; with ``"mix"`` one per candidate; a single candidate with ``stop="auto"``, the
+    default's (a refit after a rule that holds data out); else 1 (a choice refits on its own)."""
+    if ensemble is None:
+        refits = isinstance(stop, str) and stop == "auto" and candidates == 1
+        ensemble = candidates if mix else defaults.auto_ensemble(
+            sigma_known, num_measurements, regularizer="none") if refits else 1
+    return check_int("ensemble", ensemble, minimum=1)
+
+
+def planned_fits(problem: str, net: str = "deep_decoder", *, sigma_known: bool = False,
+                 num_measurements: int | None = None, stop: Any = "auto",
+                 ensemble: int | None = None, regularizer: Any = None,
+                 regularizer_weight: Any = None) -> int:
+    """How many fits :func:`reconstruct` makes with these arguments, known before any runs (its
+    cost): one per candidate weight when several are compared on held-out data, then the
+    ensemble's members. ``num_measurements``: None for as many as any rule needs."""
+    defaults = problem_defaults(problem, net)
+    regularizer = _resolve_regularizer(regularizer, regularizer_weight, stop=stop,
+                                       ensemble=ensemble, defaults=defaults,
+                                       sigma_known=sigma_known)
+    named = regularizer if isinstance(regularizer, str) else None
+    if regularizer is None:
+        candidates = 1
+    elif regularizer_weight is not None:
+        candidates = len(regularizer_weight) if isinstance(
+            regularizer_weight, (list, tuple, np.ndarray)) else 1
+    else:  # :func:`_default_tv_weights`: one per level of TV_SNRS_DB in CS without σ
+        candidates = 1 if named is None or sigma_known or problem != "compressive_sensing" \
+            else len(TV_SNRS_DB)
+    candidates += named in ("auto", "mix")  # ... and the fit without a penalty
+    mix = named == "mix"
+    ensemble = _resolve_ensemble(ensemble, stop=stop, candidates=candidates, mix=mix,
+                                 defaults=defaults, sigma_known=sigma_known,
+                                 num_measurements=num_measurements)
+    return ensemble + (candidates if candidates > 1 and not mix else 0)
 
 
 def _penalties(regularizer: Any, weight: Any, *, problem: str, sigma: float | None,

@@ -452,6 +452,37 @@ def test_dip_without_sigma_chooses_tv_or_none_on_held_out_measurements_by_defaul
     assert call(regularizer="none")[:2] == (None, 0)
 
 
+@pytest.mark.parametrize("problem, options", [
+    ("compressive_sensing", {}),  # σ-free: none and the two TV weights, then the refit
+    ("compressive_sensing", {"sigma": 0.05}),
+    ("compressive_sensing", {"ensemble": 1}),
+    ("compressive_sensing", {"stop": "fixed:4"}),
+    ("compressive_sensing", {"regularizer": "none"}),
+    ("compressive_sensing", {"regularizer": "tv", "regularizer_weight": [0.01, 0.02]}),
+    ("compressive_sensing", {"regularizer": "auto", "regularizer_weight": 0.01, "ensemble": 2}),
+    ("compressive_sensing", {"regularizer": "mix", "regularizer_weight": [0.01, 0.02]}),
+    ("compressive_sensing", {"net": "deep_decoder"}),
+    ("denoise", {}),  # σ estimated: the mix of a fit without and one with TV
+    ("denoise", {"sigma": 0.1, "regularizer": "auto"}),
+    ("denoise", {"ensemble": 3, "regularizer": "none"}),
+])
+def test_planned_fits_counts_the_fits_reconstruct_runs(problem, options, monkeypatch):
+    x, op, y, _ = _cs_problem()
+    observation, op = (y[0], op) if problem == "compressive_sensing" else (
+        add_gaussian_noise(sample_image("camera", size=16), 0.1, seed=0), None)
+    counted = []
+    real_fit = deepprior.api.fit
+    monkeypatch.setattr(deepprior.api, "fit",
+                        lambda *a, **k: counted.append(1) or real_fit(*a, **k))
+    options = {"net": "dip", "net_options": {"channels": 4}, "max_num_iter": 4, **options}
+    reconstruct(observation, op, **options)
+    asked = {k: v for k, v in options.items() if k not in ("net_options", "max_num_iter",
+                                                           "sigma")}
+    assert deepprior.planned_fits(problem, sigma_known="sigma" in options,
+                                  num_measurements=None if op is None else op.num_measurements,
+                                  **asked) == len(counted)
+
+
 def test_a_rows_default_penalty_applies_when_sigma_is_given(registry):
     x, op, y, _ = _cs_problem()
     _register_tiny_cs_net("tiny_tv_decoder",
