@@ -569,7 +569,7 @@ def reconstruct(
         and, for the losers, ``margin_z``: how many standard errors its held-out loss lies
         above the winner's (the mean of the per-entry differences over their standard error;
         under ~2 the choice is a near tie), ``config["members"]`` the members. Costs one fit
-        per weight plus ``ensemble``.
+        per weight plus ``ensemble``; :func:`planned_fits` counts a call's fits before any runs.
 
     Returns
     -------
