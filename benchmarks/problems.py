@@ -226,40 +226,52 @@ def run_study(args: argparse.Namespace, store: harness.Store) -> None:
         cs_from_files(args, store)
 
 
+#: ``deepprior cs --matrix ...`` as run by a user, and with options beside it: the method label
+#: of each row and the options added to the command.
+FILE_VARIANTS = (("deepprior cs --matrix (default network)", ()),
+                 ("deepprior cs --matrix --regularizer none", ("--regularizer", "none")))
+
+
 def cs_from_files(args: argparse.Namespace, store: harness.Store) -> None:
-    """``deepprior cs --matrix A.npy --measurements-file y.npy``: a user's own sensing files."""
+    """``deepprior cs --matrix A.npy --measurements-file y.npy``: a user's own sensing files,
+    with the defaults and with each of :data:`FILE_VARIANTS`' options."""
     size, m = (32, 300) if args.quick else (64, 1000)
-    row = {"problem": "cs", "image": "camera", "size": size, "setting": f"m={m} from files",
-           "sigma255": 0, "method": "deepprior cs --matrix (default network)"}
-    row["key"] = _key(row)
-    if store.key(row) in store.done and not args.recompute:
-        return
     clean = sample_image("camera", size=size)
     operator = GaussianSensing(m, (size, size), seed=args.seed)
     y, _ = simulate_measurements(operator, clean, seed=args.seed)
-    with tempfile.TemporaryDirectory() as folder:
-        a_path, y_path = Path(folder, "A.npy"), Path(folder, "y.npy")
-        np.save(a_path, operator.matrix.numpy())
-        np.save(y_path, y.reshape(-1))
-        output = Path(folder, "x.png")
-        command = ["deepprior", "cs", "--matrix", str(a_path), "--measurements-file",
-                   str(y_path), "--shape", f"{size}x{size}", "-o", str(output), "--quiet",
-                   "--seed", str(args.seed)]
-        if args.quick:
-            command += ["--iters", "40", "--channels", "16"]
-        start = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "deepprior", *command[1:]], check=True)
-        seconds = time.perf_counter() - start
-        report = json.loads(output.with_suffix(".json").read_text())
-        from deepprior import load_image
+    for method, extra in FILE_VARIANTS:
+        row = {"problem": "cs", "image": "camera", "size": size, "setting": f"m={m} from files",
+               "sigma255": 0, "method": method}
+        row["key"] = _key(row)
+        if store.key(row) in store.done and not args.recompute:
+            continue
+        with tempfile.TemporaryDirectory() as folder:
+            a_path, y_path = Path(folder, "A.npy"), Path(folder, "y.npy")
+            np.save(a_path, operator.matrix.numpy())
+            np.save(y_path, y.reshape(-1))
+            output = Path(folder, "x.png")
+            command = ["deepprior", "cs", "--matrix", str(a_path), "--measurements-file",
+                       str(y_path), "--shape", f"{size}x{size}", *extra, "-o", str(output),
+                       "--quiet", "--seed", str(args.seed)]
+            if args.quick:
+                command += ["--iters", "40", "--channels", "16"]
+            start = time.perf_counter()
+            subprocess.run([sys.executable, "-m", "deepprior", *command[1:]], check=True)
+            seconds = time.perf_counter() - start
+            report = json.loads(output.with_suffix(".json").read_text())
+            from deepprior import load_image
 
-        image = load_image(output)
-    row.update(psnr=psnr(clean, image), ssim=ssim(clean, image), seconds=seconds,
-               net=report["config"]["net"], num_iter=report.get("num_iter"),
-               stop_reason=report.get("stop_reason"),
-               command=" ".join(command[:-5] if not args.quick else command))
-    store.add(row)
-    _log(row)
+            image = load_image(output)
+        config = report["config"]
+        row.update(psnr=psnr(clean, image), ssim=ssim(clean, image), seconds=seconds,
+                   net=config["net"], num_iter=report.get("num_iter"),
+                   stop_reason=report.get("stop_reason"),
+                   regularizer=config.get("regularizer"),
+                   regularizer_weight=config.get("regularizer_weight"),
+                   regularizer_choice=config.get("regularizer_choice"),
+                   command=" ".join(command[:-5] if not args.quick else command))
+        store.add(row)
+        _log(row)
 
 
 def _log(row: dict[str, Any]) -> None:
