@@ -59,6 +59,7 @@ from deepprior import (
     Mask,
     gaussian_kernel,
     image_to_tensor,
+    load_image,
     motion_kernel,
     psnr,
     random_mask,
@@ -239,39 +240,35 @@ def cs_from_files(args: argparse.Namespace, store: harness.Store) -> None:
     clean = sample_image("camera", size=size)
     operator = GaussianSensing(m, (size, size), seed=args.seed)
     y, _ = simulate_measurements(operator, clean, seed=args.seed)
-    for method, extra in FILE_VARIANTS:
-        row = {"problem": "cs", "image": "camera", "size": size, "setting": f"m={m} from files",
-               "sigma255": 0, "method": method}
-        row["key"] = _key(row)
-        if store.key(row) in store.done and not args.recompute:
-            continue
-        with tempfile.TemporaryDirectory() as folder:
-            a_path, y_path = Path(folder, "A.npy"), Path(folder, "y.npy")
-            np.save(a_path, operator.matrix.numpy())
-            np.save(y_path, y.reshape(-1))
-            output = Path(folder, "x.png")
+    with tempfile.TemporaryDirectory() as folder:  # the files, written once for every variant
+        a_path, y_path = Path(folder, "A.npy"), Path(folder, "y.npy")
+        np.save(a_path, operator.matrix.numpy())
+        np.save(y_path, y.reshape(-1))
+        for method, extra in FILE_VARIANTS:
+            row = {"problem": "cs", "image": "camera", "size": size,
+                   "setting": f"m={m} from files", "sigma255": 0, "method": method}
+            row["key"] = _key(row)
+            if store.key(row) in store.done and not args.recompute:
+                continue
+            output = Path(folder, f"x{len(store.payload['rows'])}.png")
             command = ["deepprior", "cs", "--matrix", str(a_path), "--measurements-file",
-                       str(y_path), "--shape", f"{size}x{size}", *extra, "-o", str(output),
-                       "--quiet", "--seed", str(args.seed)]
-            if args.quick:
-                command += ["--iters", "40", "--channels", "16"]
+                       str(y_path), "--shape", f"{size}x{size}", *extra]
+            run = [*command, "-o", str(output), "--quiet", "--seed", str(args.seed),
+                   *(["--iters", "40", "--channels", "16"] if args.quick else [])]
             start = time.perf_counter()
-            subprocess.run([sys.executable, "-m", "deepprior", *command[1:]], check=True)
+            subprocess.run([sys.executable, "-m", "deepprior", *run[1:]], check=True)
             seconds = time.perf_counter() - start
             report = json.loads(output.with_suffix(".json").read_text())
-            from deepprior import load_image
-
-            image = load_image(output)
-        config = report["config"]
-        row.update(psnr=psnr(clean, image), ssim=ssim(clean, image), seconds=seconds,
-                   net=config["net"], num_iter=report.get("num_iter"),
-                   stop_reason=report.get("stop_reason"),
-                   regularizer=config.get("regularizer"),
-                   regularizer_weight=config.get("regularizer_weight"),
-                   regularizer_choice=config.get("regularizer_choice"),
-                   command=" ".join(command[:-5] if not args.quick else command))
-        store.add(row)
-        _log(row)
+            config, image = report["config"], load_image(output)
+            row.update(psnr=psnr(clean, image), ssim=ssim(clean, image), seconds=seconds,
+                       net=config["net"], num_iter=report.get("num_iter"),
+                       stop_reason=report.get("stop_reason"),
+                       regularizer=config.get("regularizer"),
+                       regularizer_weight=config.get("regularizer_weight"),
+                       regularizer_choice=config.get("regularizer_choice"),
+                       command=" ".join(run if args.quick else command))
+            store.add(row)
+            _log(row)
 
 
 def _log(row: dict[str, Any]) -> None:
