@@ -288,13 +288,10 @@ def choice_line(choice: list[dict[str, Any]]) -> str:
     line = (f"regularizer: {name(chosen)}, the lowest held-out loss ({losses}); its fit "
             "averaged with a fit to all the data")
     for row in choice:
-        if row.get("margin_z") is not None and row["margin_z"] < NEAR_TIE_Z:
-            line += (f"; a near tie: {name(row)} is only {row['margin_z']:.1f} standard errors "
-                     "behind, so the choice is uncertain")
-        if not row["chosen"] and "did not fire" in row.get("stop_reason", ""):
-            line += (f"; {name(row)} lost still improving: it ran all {row['num_steps']} "
-                     f"iterations (its best at {row['num_iter']}), and more --iters may "
-                     "change the choice")
+        if row.get("margin_z") is None or row["margin_z"] >= NEAR_TIE_Z:
+            continue
+        line += (f"; a near tie: {name(row)} is only {row['margin_z']:.1f} standard errors "
+                 "behind, so the choice is uncertain")
     return line
 
 

@@ -203,23 +203,6 @@ def test_the_choice_line_flags_a_near_tie():
     assert "only 0.0 standard errors" in choice_line(rows)
 
 
-def test_the_choice_line_says_when_a_loser_ran_out_of_iterations():
-    from deepprior_cli.fitting import choice_line
-
-    budget = "the hold-out rule did not fire by iteration 6000; best iterate by lowest hold-out"
-    rows = [{"weight": 0.0, "holdout_loss": 0.00256, "chosen": False, "margin_z": 0.28,
-             "num_iter": 5992, "num_steps": 6000, "stop_reason": budget},
-            {"weight": 0.077, "holdout_loss": 0.00243, "chosen": True, "margin_z": None,
-             "num_iter": 3608, "num_steps": 4608, "stop_reason": "no new minimum ... (hold-out)"}]
-    assert choice_line(rows).endswith("; none lost still improving: it ran all 6000 iterations "
-                                      "(its best at 5992), and more --iters may change the "
-                                      "choice")
-    rows[0]["stop_reason"] = "no new minimum of the averaged hold-out loss for 1000 iterations"
-    assert "still improving" not in choice_line(rows)
-    rows[0]["stop_reason"], rows[0]["chosen"], rows[1]["chosen"] = budget, True, False
-    assert "still improving" not in choice_line(rows)  # the winner's stop: the "stopped:" line
-
-
 @pytest.mark.parametrize(("precision", "bf16_units", "minutes", "hint"), [
     ("fp32", True, 18, True), ("fp32", False, 18, False), ("bf16", True, 12, False)])
 def test_the_dip_cost_note_gives_minutes_and_the_bf16_hint(clean_png, monkeypatch, precision,
