@@ -195,6 +195,10 @@ RULE_CASES: list[tuple[Any, ...]] = [
     # the choice hold at 128² where TV has less to give?
     *(("dip", 128, r, 20.0, "holdout:fraction=0.1,patience=1000,smoothing=0.99", 1,
        {"regularizer": "auto"}) for r in (0.25, 0.05, 0.5)),
+    # ... and at 64² SNR 40 dB at the ratios not run above (0.1 is case 72): the σ-free
+    # default on the whole 64² noisy grid of the target
+    *(("dip", 64, r, 40.0, "holdout:fraction=0.1,patience=1000,smoothing=0.99", 1,
+       {"regularizer": "auto"}) for r in (0.05, 0.25, 0.5)),
 ]
 QUICK_RULE_CASES = [("deep_decoder", 64, 0.25, 20.0, "holdout:fraction=0.1,patience=5", 2),
                     ("deep_decoder", 64, 0.25, 20.0, "holdout:fraction=0.1,patience=5", 1,
