@@ -578,8 +578,11 @@ def plot(payload: dict[str, Any], path: Path) -> Path | None:
             ax.set_xlabel("m/n", fontsize=7)
             ax.set_ylabel("PSNR (dB)", fontsize=7)
             ax.tick_params(labelsize=7)
-            if i == 0 and j == 0:
-                ax.legend(fontsize=6)
+    legend: dict[str, Any] = {}  # every panel's lines, once each, in the first panel
+    for ax in fig.axes:
+        for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            legend.setdefault(label, handle)
+    fig.axes[0].legend(list(legend.values()), list(legend), fontsize=6)
     fig.savefig(path)
     return path
 
