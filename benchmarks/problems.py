@@ -256,10 +256,13 @@ def cs_from_files(args: argparse.Namespace, store: harness.Store) -> None:
             if store.key(row) in store.done and not args.recompute:
                 continue
             output = Path(folder, f"x{len(store.payload['rows'])}.png")
+            options = dict(zip(extra[::2], extra[1::2], strict=True))
+            if args.quick:  # a smoke run's budget and width replace a variant's own
+                options |= {"--iters": "40", "--channels": "16"}
             command = ["deepprior", "cs", "--matrix", str(a_path), "--measurements-file",
-                       str(y_path), "--shape", f"{size}x{size}", *extra]
-            run = [*command, "-o", str(output), "--quiet", "--seed", str(args.seed),
-                   *(["--iters", "40", "--channels", "16"] if args.quick else [])]
+                       str(y_path), "--shape", f"{size}x{size}",
+                       *(word for option in options.items() for word in option)]
+            run = [*command, "-o", str(output), "--quiet", "--seed", str(args.seed)]
             start = time.perf_counter()
             subprocess.run([sys.executable, "-m", "deepprior", *run[1:]], check=True)
             seconds = time.perf_counter() - start
@@ -271,7 +274,7 @@ def cs_from_files(args: argparse.Namespace, store: harness.Store) -> None:
                        regularizer=config.get("regularizer"),
                        regularizer_weight=config.get("regularizer_weight"),
                        regularizer_choice=config.get("regularizer_choice"),
-                       command=" ".join(run if args.quick else command))
+                       command=" ".join(command))
             store.add(row)
             _log(row)
 
