@@ -8,6 +8,7 @@ and packages the result as a :class:`Reconstruction`.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
@@ -702,11 +703,21 @@ def reconstruct(
                             *(p.num_iter for p in members(policy) if isinstance(p, Fixed))])
     max_num_iter = check_int("max_num_iter", max_num_iter, minimum=1)
 
+    choosing = len(candidates) > 1 and not mix  # fits: one per weight, then the ensemble
+    planned = (len(candidates) if choosing else 0) + ensemble
+    numbers = itertools.count(1)
+
     def fit_member(k: int, fit_op: Any, fit_y: torch.Tensor, truth_k: torch.Tensor | None,
                    penalty: Callable[[torch.Tensor], torch.Tensor] | None, member_spec: Any,
-                   budget: int = max_num_iter):
+                   budget: int = max_num_iter, label: str = ""):
         """Fit member ``k`` (its seed) to ``fit_y = fit_op(x)`` in at most ``budget``
-        iterations: the module and the FitResult."""
+        iterations: the module and the FitResult. The progress bar names the fit (``label``
+        says which) when there are several."""
+        if progress and planned > 1:
+            progress_label = f"fit {next(numbers)}/{planned}"
+            progress_label += f" ({label})" if label else ""
+        else:
+            progress_label = progress
         module, z, _ = _network(net, net_input, fit_op.image_shape, norm, seed + k, options)
         member_policy, fit_op, fit_y = make_policy(member_spec, operator=fit_op, y=fit_y,
                                                    sigma=sigma, ground_truth=truth_k,
@@ -715,12 +726,12 @@ def reconstruct(
             module, z, fit_y, fit_op, policy=member_policy, max_num_iter=budget,
             learning_rate=learning_rate, lr_decay=lr_decay, reg_noise_std=defaults.reg_noise_std,
             ema=defaults.ema, ground_truth=truth_k, device=torch_device, seed=seed + k,
-            progress=progress, callback=callback, precision=precision, penalty=penalty,
+            progress=progress_label, callback=callback, precision=precision, penalty=penalty,
         )
 
     choice, trials, fits = [], [], []
     penalty, regularizer_weight = candidates[0]
-    if len(candidates) > 1 and not mix:  # each weight fitted without the held-out share:
+    if choosing:  # each weight fitted without the held-out share:
         # a stop that holds data out compares the weights on its own share (member 0 splits
         # with this seed); any other stop fits what is left of a share set aside here
         own = next((p for p in members(policy) if isinstance(p, Holdout)), None)
@@ -728,7 +739,8 @@ def reconstruct(
             split_measurements(op, y, HOLDOUT_FRACTION, seed)
         errors = []  # the chosen one becomes member 0
         for candidate, weight in candidates:
-            module, trial = fit_member(0, fit_op, fit_y, truth, candidate, spec)
+            module, trial = fit_member(0, fit_op, fit_y, truth, candidate, spec,
+                                       label=f"held out, λ={weight:.2g}")
             errors.append(squared_errors(held_op, held_y, trial.output.to(torch_device)))
             trials.append(trial)
             choice.append(_choice_row(weight, float(errors[-1].mean()), trial, truth))
@@ -758,7 +770,10 @@ def reconstruct(
         budget = max_num_iter  # mix: a penalized member that stops by its own rule (not a
         if mix and regularizer_weight and member_spec is spec:  # refit) runs ≤ MIX_BUDGET × 0
             budget = min(max_num_iter, int(MIX_BUDGET * fits[0][1].num_steps))
-        module, result = fit_member(k, op_k, y_k, truth_k, penalty, member_spec, budget)
+        label = ", ".join([*([f"λ={regularizer_weight:.2g}"] if len(candidates) > 1 else []),
+                           *([f"refit to iteration {stops[regularizer_weight]}"]
+                             if member_spec is not spec else [])])
+        module, result = fit_member(k, op_k, y_k, truth_k, penalty, member_spec, budget, label)
         if budget < max_num_iter and result.num_steps == budget:
             result = replace(result, stop_reason=f"{result.stop_reason} (the mix's budget: "
                              f"{MIX_BUDGET}× the {fits[0][1].num_steps} iterations of fit 1)")

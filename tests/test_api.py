@@ -470,17 +470,38 @@ def test_planned_fits_counts_the_fits_reconstruct_runs(problem, options, monkeyp
     x, op, y, _ = _cs_problem()
     observation, op = (y[0], op) if problem == "compressive_sensing" else (
         add_gaussian_noise(sample_image("camera", size=16), 0.1, seed=0), None)
-    counted = []
+    counted = []  # each fit's progress bar: True, or its label when there are several
     real_fit = deepprior.api.fit
     monkeypatch.setattr(deepprior.api, "fit",
-                        lambda *a, **k: counted.append(1) or real_fit(*a, **k))
+                        lambda *a, **k: counted.append(k["progress"]) or real_fit(*a, **k))
     options = {"net": "dip", "net_options": {"channels": 4}, "max_num_iter": 4, **options}
-    reconstruct(observation, op, **options)
+    reconstruct(observation, op, progress=True, **options)
     asked = {k: v for k, v in options.items() if k not in ("net_options", "max_num_iter",
                                                            "sigma")}
-    assert deepprior.planned_fits(problem, sigma_known="sigma" in options,
-                                  num_measurements=None if op is None else op.num_measurements,
-                                  **asked) == len(counted)
+    planned = deepprior.planned_fits(
+        problem, sigma_known="sigma" in options,
+        num_measurements=None if op is None else op.num_measurements, **asked)
+    assert planned == len(counted)
+    assert [label if label is True else label.split(" (")[0] for label in counted] == (
+        [True] if planned == 1 else [f"fit {i}/{planned}" for i in range(1, planned + 1)])
+
+
+def test_the_progress_bars_of_several_fits_say_which_fit_each_is(monkeypatch, capsys):
+    x, op, y, _ = _cs_problem()
+    labels = []
+    real_fit = deepprior.api.fit
+    monkeypatch.setattr(deepprior.api, "fit",
+                        lambda *a, **k: labels.append(k["progress"]) or real_fit(*a, **k))
+    result = reconstruct(y[0], op, net="dip", net_options={"channels": 4}, max_num_iter=6,
+                         progress=True)
+    weights = [row["weight"] for row in result.config["regularizer_choice"]]
+    chosen = result.config["regularizer_weight"]
+    assert labels == [*(f"fit {i}/4 (held out, λ={w:.2g})" for i, w in enumerate(weights, 1)),
+                      f"fit 4/4 (λ={chosen:.2g}, refit to iteration {result.num_iter})"]
+    assert "fit 4/4 (λ=" in capsys.readouterr().err  # tqdm draws the label
+    labels.clear()
+    reconstruct(y[0], op, net="dip", net_options={"channels": 4}, max_num_iter=6)
+    assert labels == [False] * 4  # no bar unless asked
 
 
 def test_a_rows_default_penalty_applies_when_sigma_is_given(registry):
