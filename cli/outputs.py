@@ -13,6 +13,7 @@ import contextlib
 import json
 import os
 import secrets
+import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -64,15 +65,26 @@ def _same_file(a: Path, b: Path) -> bool:
 
 def check_writable_folder(folder: Path) -> None:
     """The folder, or its nearest existing ancestor (missing folders are created), is a
-    writable directory."""
+    writable directory: its permissions allow it and a file can be made there (a probe, made
+    and removed at once, catches what permissions do not say: read-only or special file
+    systems, a network share that maps root to nobody)."""
     existing = folder.absolute()
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent
     if not existing.is_dir():
         raise ValueError(f"cannot create the folder {folder}: {existing} is a file")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise ValueError(f"cannot write to the folder {existing} (permission denied); choose "
-                         "another output folder with -o")
+    reason = None if os.access(existing, os.W_OK | os.X_OK) else "permission denied"
+    if reason is None:
+        try:
+            handle, probe = tempfile.mkstemp(prefix=".deepprior-probe-", dir=existing)
+        except OSError as error:
+            reason = (error.strerror or str(error)).lower()
+        else:
+            os.close(handle)
+            os.unlink(probe)
+    if reason is not None:
+        raise ValueError(f"cannot write to the folder {existing} ({reason}); choose another "
+                         "output folder with -o")
 
 
 # --------------------------------------------------------------------------- all or none

@@ -5,8 +5,10 @@ Ctrl-C, divergence, bit depth) is tested here, mostly on ``denoise``; the comman
 paths are in test_cli_cs.py and test_cli_inverse.py.
 """
 
+import errno
 import json
 import os
+import tempfile
 import types
 
 import numpy as np
@@ -292,6 +294,20 @@ def test_unwritable_folder_is_refused_before_the_fit(clean_png, tmp_path, monkey
                                  str(tmp_path / "new" / "o.png"), *FAST])
     assert_one_line_error(result, "permission denied")
     assert not fitted and not (tmp_path / "new").exists()
+
+
+def test_a_folder_whose_permissions_allow_writing_but_that_takes_no_file_is_refused_too(
+        clean_png, tmp_path, monkeypatch):
+    fitted = []
+    monkeypatch.setattr(deepprior, "reconstruct", lambda *a, **k: fitted.append(1))
+
+    def read_only(*args, **kwargs):  # e.g. a read-only mount or root on a squashed share
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS))
+
+    monkeypatch.setattr(tempfile, "mkstemp", read_only)
+    result = runner.invoke(app, ["denoise", str(clean_png), "-o", str(tmp_path / "o.png"), *FAST])
+    assert_one_line_error(result, f"cannot write to the folder {tmp_path} (read-only file system)")
+    assert not fitted and sorted(p.name for p in tmp_path.iterdir()) == [clean_png.name]
 
 
 @pytest.mark.parametrize("failure", [OSError("disk full"), KeyboardInterrupt()])
