@@ -703,8 +703,8 @@ def reconstruct(
                             *(p.num_iter for p in members(policy) if isinstance(p, Fixed))])
     max_num_iter = check_int("max_num_iter", max_num_iter, minimum=1)
 
-    choosing = len(candidates) > 1 and not mix  # fits: one per weight, then the ensemble
-    planned = (len(candidates) if choosing else 0) + ensemble
+    choosing = len(candidates) > 1 and not mix
+    planned = _fit_count(len(candidates), ensemble, mix)
     numbers = itertools.count(1)
 
     def fit_member(k: int, fit_op: Any, fit_y: torch.Tensor, truth_k: torch.Tensor | None,
@@ -770,10 +770,11 @@ def reconstruct(
         budget = max_num_iter  # mix: a penalized member that stops by its own rule (not a
         if mix and regularizer_weight and member_spec is spec:  # refit) runs ≤ MIX_BUDGET × 0
             budget = min(max_num_iter, int(MIX_BUDGET * fits[0][1].num_steps))
-        label = ", ".join([*([f"λ={regularizer_weight:.2g}"] if len(candidates) > 1 else []),
-                           *([f"refit to iteration {stops[regularizer_weight]}"]
-                             if member_spec is not spec else [])])
-        module, result = fit_member(k, op_k, y_k, truth_k, penalty, member_spec, budget, label)
+        label = [f"λ={regularizer_weight:.2g}"] if len(candidates) > 1 else []
+        if member_spec is not spec:
+            label.append(f"refit to iteration {stops[regularizer_weight]}")
+        module, result = fit_member(k, op_k, y_k, truth_k, penalty, member_spec, budget,
+                                    ", ".join(label))
         if budget < max_num_iter and result.num_steps == budget:
             result = replace(result, stop_reason=f"{result.stop_reason} (the mix's budget: "
                              f"{MIX_BUDGET}× the {fits[0][1].num_steps} iterations of fit 1)")
@@ -956,6 +957,13 @@ def planned_fits(problem: str, net: str = "deep_decoder", *, sigma_known: bool =
     ensemble = _resolve_ensemble(ensemble, stop=stop, candidates=candidates, mix=mix,
                                  defaults=defaults, sigma_known=sigma_known,
                                  num_measurements=num_measurements)
+    return _fit_count(candidates, ensemble, mix)
+
+
+def _fit_count(candidates: int, ensemble: int, mix: bool) -> int:
+    """The fits of :func:`reconstruct`: one per candidate weight when several are compared on
+    held-out data (not with ``"mix"``, whose members take the weights in turn), then the
+    ensemble's members."""
     return ensemble + (candidates if candidates > 1 and not mix else 0)
 
 
