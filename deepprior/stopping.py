@@ -650,8 +650,9 @@ def parse_stop(spec: str) -> list[tuple[str, dict[str, int | float]]]:
     Raises
     ------
     ValueError
-        On an unknown rule or parameter (the message lists the valid ones), bad syntax or a
-        non-numeric value.
+        On an unknown rule or parameter (the message lists the valid ones), bad syntax, a
+        non-numeric value, a value out of its rule's range or a required parameter left out:
+        everything but the data a rule needs, which :func:`make_policy` checks.
 
     Examples
     --------
@@ -682,8 +683,32 @@ def parse_stop(spec: str) -> list[tuple[str, dict[str, int | float]]]:
                     f"parameter {item.strip()!r} of stopping rule {name!r} is {problem}; its "
                     f"parameters: {', '.join(tunable)}")
             params[key] = _number(raw, f"parameter {key!r} of stopping rule {name!r}")
+        _build(name, _STAND_INS, params)  # the rule's own checks of its values, on stand-in data
         rules.append((name, params))
     return rules
+
+
+#: Data for :func:`parse_stop` to build a rule with, so that it checks the rule's values
+#: before the real data exist; no rule's constructor reads more of them than this.
+_STAND_INS: dict[str, Any] = {"operator": object(), "y": torch.zeros(1), "sigma": 1.0,
+                              "ground_truth": torch.zeros(1)}
+
+
+def _build(name: str, context: dict[str, Any], params: dict[str, int | float]) -> Rule:
+    """Rule ``name`` with its parameters and, from ``context``, the data it needs."""
+    cls = RULES[name]
+    signature = inspect.signature(cls).parameters
+    needed = [k for k in signature if k in CONTEXT]
+    for key in needed:
+        if context[key] is None:
+            raise ValueError(f"stopping rule {name!r} needs {CONTEXT[key]}")
+    for key in _tunable(cls):
+        if key not in params and signature[key].default is inspect.Parameter.empty:
+            raise ValueError(f"stopping rule {name!r} needs its {key}, e.g. '{name}:{key}=…'")
+    try:
+        return cls(**{k: context[k] for k in needed}, **params)
+    except (TypeError, ValueError) as exc:  # a value out of range or of the wrong kind
+        raise ValueError(f"stopping rule {name!r}: {exc}") from None
 
 
 def holds_out(stop: Any) -> bool:
@@ -738,28 +763,13 @@ def make_policy(
     holdouts = [params for name, params in rules if name == "holdout"]
     if len(holdouts) > 1:
         raise ValueError(f"at most one holdout rule per spec, got {len(holdouts)} in {stop!r}")
-    if holdouts:
-        fraction = check_float("fraction", holdouts[0].get("fraction", HOLDOUT_FRACTION),
-                               low=0, high=1, low_open=True, high_open=True)
+    if holdouts:  # its fraction was checked by parse_stop
+        fraction = holdouts[0].get("fraction", HOLDOUT_FRACTION)
         fit_op, fit_y, held["operator"], held["y"] = split_measurements(operator, y, fraction,
                                                                         seed)
         context.update(operator=fit_op, y=fit_y)
-    policies = []
-    for name, params in rules:
-        cls = RULES[name]
-        given = {**context, **held} if name == "holdout" else context
-        signature = inspect.signature(cls).parameters
-        needed = [k for k in signature if k in CONTEXT]
-        for key in needed:
-            if given[key] is None:
-                raise ValueError(f"stopping rule {name!r} needs {CONTEXT[key]}")
-        for key in _tunable(cls):
-            if key not in params and signature[key].default is inspect.Parameter.empty:
-                raise ValueError(f"stopping rule {name!r} needs its {key}, e.g. '{name}:{key}=…'")
-        try:
-            policies.append(cls(**{k: given[k] for k in needed}, **params))
-        except TypeError as exc:  # a value of the wrong kind in the text, e.g. window=2.5
-            raise ValueError(f"stopping rule {name!r}: {exc}") from None
+    policies = [_build(name, {**context, **held} if name == "holdout" else context, params)
+                for name, params in rules]
     policy = policies[0] if len(policies) == 1 else FirstOf(*policies)
     return policy, context["operator"], context["y"]
 

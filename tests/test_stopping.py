@@ -801,6 +801,13 @@ VALID_RULES = "valid rules: fixed, patience, wmv, emv, discrepancy, holdout, ora
         ("wmv:", "'' of stopping rule 'wmv' is unknown or without a value"),
         ("wmv:=3", "'=3' of stopping rule 'wmv' is unknown or without a value"),
         ("wmv:window=3,,patience=4", "'' of stopping rule 'wmv' is unknown or without a value"),
+        # values out of the rule's range, checked by the rule itself before any data exist
+        ("holdout:fraction=2", "stopping rule 'holdout': fraction must satisfy 0 < fraction < 1"),
+        ("wmv:window=2.5", "stopping rule 'wmv': window must be an integer, got 2.5"),
+        ("patience:0", "stopping rule 'patience': patience must be an integer >= 1, got 0"),
+        ("emv:alpha=1", "stopping rule 'emv': alpha must satisfy 0 < alpha < 1"),
+        ("discrepancy:tau=-1", "stopping rule 'discrepancy': tau must satisfy 0 < tau, got -1"),
+        ("wmv+fixed", "stopping rule 'fixed' needs its num_iter"),
     ],
 )
 def test_parse_stop_invalid(spec, message):
