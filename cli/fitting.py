@@ -395,8 +395,21 @@ def check_stop(task: Task, names: list[str], clean: np.ndarray | None, *,
 
 
 def check_regularizer(task: Task, options: FitOptions) -> None:
-    """``--regularizer tv|auto|mix`` without a weight has one only for denoising and compressive
-    sensing (``deepprior.api.TV_WEIGHT_PROBLEMS``)."""
+    """``--regularizer-weight`` weighs a named penalty; ``--regularizer tv|auto|mix`` without a
+    weight has one only for denoising and compressive sensing
+    (``deepprior.api.TV_WEIGHT_PROBLEMS``); ``mix`` needs a member per weight, 0 included."""
+    if options.regularizer in ("default", "none") and options.regularizer_weight is not None:
+        raise ValueError(f"--regularizer-weight needs the penalty it weighs: --regularizer tv, "
+                         f"auto or mix (got {options.regularizer})")
+    if options.regularizer == "mix" and options.ensemble is not None:
+        members = deepprior.planned_fits(  # without --ensemble: one member per weight
+            problem_of(task), network(task, options), sigma_known=task.sigma is not None,
+            num_measurements=task.observation.size, regularizer="mix",
+            regularizer_weight=options.regularizer_weight)
+        if options.ensemble < members:
+            raise ValueError(f"--regularizer mix gives its fits no penalty and each TV weight "
+                             f"in turn: it needs --ensemble {members} or more, got "
+                             f"{options.ensemble}")
     if (options.regularizer in ("tv", "auto", "mix") and options.regularizer_weight is None
             and problem_of(task) not in deepprior.api.TV_WEIGHT_PROBLEMS):
         raise ValueError(f"--regularizer {options.regularizer} needs --regularizer-weight W for "

@@ -686,10 +686,6 @@ def reconstruct(
     ensemble = _resolve_ensemble(ensemble, stop=stop, candidates=len(candidates), mix=mix,
                                  defaults=defaults, sigma_known=given_sigma,
                                  num_measurements=op.num_measurements)
-    if mix and ensemble < len(candidates):
-        raise ValueError(f"regularizer='mix' averages fits without and with the penalty "
-                         f"(weights {[w for _, w in candidates]}): it needs ensemble >= "
-                         f"{len(candidates)}, got {ensemble}")
     if not isinstance(spec, str) and (ensemble > 1 or len(candidates) > 1):
         raise ValueError(f"{'an ensemble' if ensemble > 1 else 'choosing the regularizer weight'}"
                          " needs a stopping spec such as 'auto': a policy object serves one fit")
@@ -929,7 +925,12 @@ def _resolve_ensemble(ensemble: int | None, *, stop: Any, candidates: int, mix: 
         refits = isinstance(stop, str) and stop == "auto" and candidates == 1
         ensemble = candidates if mix else defaults.auto_ensemble(
             sigma_known, num_measurements, regularizer="none") if refits else 1
-    return check_int("ensemble", ensemble, minimum=1)
+    ensemble = check_int("ensemble", ensemble, minimum=1)
+    if mix and ensemble < candidates:
+        raise ValueError(f"regularizer='mix' gives its members no penalty and each of its "
+                         f"TV weights ({candidates - 1}) in turn: it needs ensemble >= "
+                         f"{candidates}, got {ensemble}")
+    return ensemble
 
 
 def planned_fits(problem: str, net: str = "deep_decoder", *, sigma_known: bool = False,

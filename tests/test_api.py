@@ -486,6 +486,14 @@ def test_planned_fits_counts_the_fits_reconstruct_runs(problem, options, monkeyp
         [True] if planned == 1 else [f"fit {i}/{planned}" for i in range(1, planned + 1)])
 
 
+def test_planned_fits_refuses_a_mix_with_fewer_members_than_weights():
+    assert deepprior.planned_fits("compressive_sensing", regularizer="mix") == 3  # 0 and two
+    for weights, needed in ((None, 3), ([0.01, 0.02, 0.03], 4)):
+        with pytest.raises(ValueError, match=f"needs ensemble >= {needed}, got 2"):
+            deepprior.planned_fits("compressive_sensing", regularizer="mix", ensemble=2,
+                                   regularizer_weight=weights)
+
+
 def test_the_progress_bars_of_several_fits_say_which_fit_each_is(monkeypatch, capsys):
     x, op, y, _ = _cs_problem()
     labels = []

@@ -392,6 +392,29 @@ def test_errors_are_one_line_without_traceback(args, message, clean_png, tmp_pat
     assert not (tmp_path / "x.png").exists()
 
 
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--stop", "holdout:fraction=2"], "--stop holdout:fraction=2: stopping rule 'holdout': "
+                                           "fraction must satisfy 0 < fraction < 1, got 2.0"),
+        (["--stop", "fixed"], "stopping rule 'fixed' needs its num_iter"),
+        (["--regularizer-weight", "0.1"], "--regularizer-weight needs the penalty it weighs: "
+                                          "--regularizer tv, auto or mix (got default)"),
+        (["--regularizer", "none", "--regularizer-weight", "0.1"], "(got none)"),
+        (["--regularizer", "mix", "--ensemble", "1"], "--regularizer mix gives its fits no "
+                                                      "penalty and each TV weight in turn: it "
+                                                      "needs --ensemble 2 or more, got 1"),
+    ],
+)
+def test_option_values_are_checked_before_the_headline_and_notes(args, message, tmp_path):
+    """Not quiet, with the Deep Image Prior's time note due: the error comes first, alone."""
+    result = runner.invoke(app, ["denoise", "--add-noise", "25", "--net", "dip",
+                                 "-o", str(tmp_path / "x.png"), *args])
+    assert_one_line_error(result, message)
+    assert result.stdout == ""  # no headline
+    assert not (tmp_path / "x.png").exists()
+
+
 def test_typer_validation_exits_2(clean_png):
     assert runner.invoke(app, ["denoise", str(clean_png), "--iters", "0"]).exit_code == 2
     result = runner.invoke(app, ["denoise", str(clean_png), "--net", "unet"])
