@@ -192,6 +192,10 @@ def check_fit_options(options: FitOptions) -> list[str]:
     if options.lr is not None and not (math.isfinite(options.lr) and options.lr > 0):
         raise ValueError(f"--lr must be a number > 0, got {options.lr:g}")
     lr_decay(options.lr_decay)
+    try:
+        deepprior.resolve_device(options.device)
+    except ValueError as exc:
+        raise ValueError(f"--device {options.device}: {exc}") from None
     return stop_names(options.stop)
 
 
@@ -401,6 +405,10 @@ def check_regularizer(task: Task, options: FitOptions) -> None:
     if options.regularizer in ("default", "none") and options.regularizer_weight is not None:
         raise ValueError(f"--regularizer-weight needs the penalty it weighs: --regularizer tv, "
                          f"auto or mix (got {options.regularizer})")
+    if options.regularizer in ("auto", "mix") and options.regularizer_weight == 0:
+        raise ValueError(f"--regularizer {options.regularizer} pairs a fit without a penalty "
+                         "with TV at --regularizer-weight W, so W must be > 0 (no penalty "
+                         "alone: --regularizer none)")
     if options.regularizer == "mix" and options.ensemble is not None:
         members = deepprior.planned_fits(  # without --ensemble: one member per weight
             problem_of(task), network(task, options), sigma_known=task.sigma is not None,

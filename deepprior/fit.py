@@ -133,10 +133,17 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
         raise ValueError(
             f"device must be 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps', got {device!r}"
         ) from exc
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device={device!r} was requested but CUDA is not available; use 'cpu'")
+    if resolved.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if not count:
+            raise ValueError(f"CUDA is not available here, so device={device!r} cannot be used; "
+                             "use 'cpu' or 'auto'")
+        if resolved.index is not None and resolved.index >= count:
+            raise ValueError(f"device={device!r}: this machine has {count} CUDA device(s), "
+                             f"cuda:0 to cuda:{count - 1}")
     if resolved.type == "mps" and not torch.backends.mps.is_available():
-        raise ValueError(f"device={device!r} was requested but MPS is not available; use 'cpu'")
+        raise ValueError(f"Apple's MPS is not available here, so device={device!r} cannot be "
+                         "used; use 'cpu' or 'auto'")
     return resolved
 
 

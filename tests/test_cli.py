@@ -401,6 +401,8 @@ def test_errors_are_one_line_without_traceback(args, message, clean_png, tmp_pat
         (["--regularizer-weight", "0.1"], "--regularizer-weight needs the penalty it weighs: "
                                           "--regularizer tv, auto or mix (got default)"),
         (["--regularizer", "none", "--regularizer-weight", "0.1"], "(got none)"),
+        (["--device", "cuda:99"], "--device cuda:99: "),
+        (["--regularizer", "auto", "--regularizer-weight", "0"], "so W must be > 0"),
         (["--regularizer", "mix", "--ensemble", "1"], "--regularizer mix gives its fits no "
                                                       "penalty and each TV weight in turn: it "
                                                       "needs --ensemble 2 or more, got 1"),

@@ -130,8 +130,18 @@ def test_resolve_device():
     with pytest.raises(ValueError, match="device must be"):
         resolve_device("gpu-please")
     if not torch.cuda.is_available():
-        with pytest.raises(ValueError, match="CUDA is not available"):
+        with pytest.raises(ValueError, match="CUDA is not available here, so device='cuda' "
+                                             "cannot be used; use 'cpu' or 'auto'"):
             resolve_device("cuda")
+
+
+def test_resolve_device_refuses_a_cuda_index_the_machine_lacks(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert resolve_device("cuda:1") == torch.device("cuda:1")
+    with pytest.raises(ValueError, match=r"device='cuda:2': this machine has 2 CUDA device\(s\), "
+                                         "cuda:0 to cuda:1"):
+        resolve_device("cuda:2")
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
