@@ -41,6 +41,7 @@ from .common import (
     Quiet,
     Seed,
     Width,
+    check_device,
     error_funnel,
     image_or_demo,
     sigma_from_cli,
@@ -117,6 +118,7 @@ def analyze(
     """
     with error_funnel(debug):
         norms = _norms(norm)
+        check_device(device)
         noise_sigma = sigma_from_cli(sigma, "--sigma")
         if output is None:
             output = Path("camera_analysis") if image is None else image.with_name(

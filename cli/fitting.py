@@ -30,6 +30,7 @@ from .common import (
     EXIT_DIVERGED,
     EXIT_INTERRUPTED,
     FitOptions,
+    check_device,
     load_image,
     note,
     shape_text,
@@ -192,10 +193,7 @@ def check_fit_options(options: FitOptions) -> list[str]:
     if options.lr is not None and not (math.isfinite(options.lr) and options.lr > 0):
         raise ValueError(f"--lr must be a number > 0, got {options.lr:g}")
     lr_decay(options.lr_decay)
-    try:
-        deepprior.resolve_device(options.device)
-    except ValueError as exc:
-        raise ValueError(f"--device {options.device}: {exc}") from None
+    check_device(options.device)
     return stop_names(options.stop)
 
 

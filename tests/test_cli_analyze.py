@@ -85,12 +85,14 @@ def test_existing_outputs_are_kept_without_overwrite(image_png, tmp_path):
         (["--norm", "layer"], "--norm must be channel, none, batch or all"),
         (["--sigma", "-3"], "--sigma must be a noise std in 0-255 units, > 0"),
         (["{missing}"], "missing.png"),
+        (["--device", "cuda:99"], "--device cuda:99: "),  # before the first fit's headline
     ],
 )
 def test_errors_are_one_line(extra, message, tmp_path):
     extra = [e.replace("{missing}", str(tmp_path / "missing.png")) for e in extra]
     result = runner.invoke(app, ["analyze", "-o", str(tmp_path / "o"), *extra])
     assert_one_line_error(result, message)
+    assert result.stdout == ""
 
 
 def test_default_output_folder_next_to_the_image(image_png):
