@@ -927,8 +927,8 @@ def _resolve_ensemble(ensemble: int | None, *, stop: Any, candidates: int, mix: 
             sigma_known, num_measurements, regularizer="none") if refits else 1
     ensemble = check_int("ensemble", ensemble, minimum=1)
     if mix and ensemble < candidates:
-        raise ValueError(f"regularizer='mix' gives its members no penalty and each of its "
-                         f"TV weights ({candidates - 1}) in turn: it needs ensemble >= "
+        raise ValueError(f"regularizer='mix' gives its members, in turn, no penalty and each "
+                         f"of its {candidates - 1} TV weight(s): it needs ensemble >= "
                          f"{candidates}, got {ensemble}")
     return ensemble
 

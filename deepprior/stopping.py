@@ -685,6 +685,9 @@ def parse_stop(spec: str) -> list[tuple[str, dict[str, int | float]]]:
             params[key] = _number(raw, f"parameter {key!r} of stopping rule {name!r}")
         _build(name, _STAND_INS, params)  # the rule's own checks of its values, on stand-in data
         rules.append((name, params))
+    holdouts = sum(name == "holdout" for name, _ in rules)
+    if holdouts > 1:  # one split of the data
+        raise ValueError(f"at most one holdout rule per spec, got {holdouts} in {spec!r}")
     return rules
 
 
@@ -760,11 +763,9 @@ def make_policy(
     context: dict[str, Any] = {"operator": operator, "y": y, "sigma": sigma,
                                "ground_truth": ground_truth}
     held: dict[str, Any] = {}
-    holdouts = [params for name, params in rules if name == "holdout"]
-    if len(holdouts) > 1:
-        raise ValueError(f"at most one holdout rule per spec, got {len(holdouts)} in {stop!r}")
-    if holdouts:  # its fraction was checked by parse_stop
-        fraction = holdouts[0].get("fraction", HOLDOUT_FRACTION)
+    holdout = next((params for name, params in rules if name == "holdout"), None)
+    if holdout is not None:  # the only one, its fraction checked by parse_stop
+        fraction = holdout.get("fraction", HOLDOUT_FRACTION)
         fit_op, fit_y, held["operator"], held["y"] = split_measurements(operator, y, fraction,
                                                                         seed)
         context.update(operator=fit_op, y=fit_y)
