@@ -808,7 +808,7 @@ VALID_RULES = "valid rules: fixed, patience, wmv, emv, discrepancy, holdout, ora
         ("emv:alpha=1", "stopping rule 'emv': alpha must satisfy 0 < alpha < 1"),
         ("discrepancy:tau=-1", "stopping rule 'discrepancy': tau must satisfy 0 < tau, got -1"),
         ("wmv+fixed", "stopping rule 'fixed' needs its num_iter"),
-        ("holdout+fixed:9+holdout:0.2", "at most one holdout rule per spec, got 2 in"),
+        ("holdout+fixed:9+holdout:fraction=0.2", "at most one holdout rule per spec, got 2 in"),
     ],
 )
 def test_parse_stop_invalid(spec, message):
