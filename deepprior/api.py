@@ -225,7 +225,7 @@ PROBLEMS: dict[str, dict[str, Defaults]] = {
             "SNR 40 dB astronaut m/n 0.25 / 0.5 and seed 1 m/n 0.1 / 0.25 0 (none), astronaut "
             "m/n 0.25 noiseless -0.77 (TV chosen), astronaut 128² m/n 0.5 SNR 20 dB +0.45 "
             "(TV chosen): +0.16 dB on average over the twenty-nine compared; above "
-            "oracle-tuned TV in all thirty-three run"),
+            "oracle-tuned TV in all thirty-five run"),
         "conv_decoder": Defaults(
             3000, 0.01, stop_with_sigma="discrepancy",
             source=f"Darestani & Heckel 2021 (lr 0.01); patience: 0.42 dB mean gap; with noise "
