@@ -224,8 +224,8 @@ PROBLEMS: dict[str, dict[str, Defaults]] = {
             "m/n 0.5 0 (none), astronaut m/n 0.05 / 0.5 SNR 20 dB +0.28 / -0.07 (TV chosen), "
             "SNR 40 dB astronaut m/n 0.25 / 0.5 and seed 1 m/n 0.1 / 0.25 0 (none), astronaut "
             "m/n 0.25 noiseless -0.77 (TV chosen), astronaut 128² m/n 0.5 SNR 20 dB +0.45 "
-            "(TV chosen), camera 64² m/n 0.1 noiseless +0.18 (TV chosen): +0.16 dB on "
-            "average over the thirty compared; above "
+            "(TV chosen), camera 64² m/n 0.1 noiseless seeds 0 / 1 +0.18 / -0.26 (TV chosen): "
+            "+0.14 dB on average over the thirty-one compared; above "
             "oracle-tuned TV in all thirty-five run"),
         "conv_decoder": Defaults(
             3000, 0.01, stop_with_sigma="discrepancy",
@@ -553,8 +553,8 @@ def reconstruct(
         Deep Image Prior when denoising with ``stop="auto"`` and no ``ensemble`` or one of 2
         or more (benchmarks/RESULTS.md §5); for the Deep Image Prior in compressive sensing
         TV where σ is given, and without σ ``"auto"`` with ``stop="auto"`` unless
-        ``ensemble=1`` (§2: +0.16 dB on average over the fit without a penalty on the same
-        CPU in thirty cases, below it seven times, by 0.04-1.07 dB, six of them without
+        ``ensemble=1`` (§2: +0.14 dB on average over the fit without a penalty on the same
+        CPU in thirty-one cases, below it eight times, by 0.04-1.07 dB, seven of them without
         noise or at SNR 40 dB; 1.1-3.3x its time);
         else no penalty. TV helps
         piecewise-smooth images and costs a little on textured ones (DIP, 128², σ = 25:
