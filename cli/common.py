@@ -376,13 +376,12 @@ def measurement_sigma_from_cli(value: float | None, option: str) -> float | None
     return float(value)
 
 
-def check_device(device: str) -> str:
-    """``--device`` as given, refused here when this machine cannot run it (before a fit)."""
+def check_device(device: str) -> None:
+    """Refuse ``--device`` here, before a fit, when this machine cannot run it."""
     try:
         deepprior.resolve_device(device)
     except ValueError as exc:
         raise ValueError(f"--device {device}: {exc}") from None
-    return device
 
 
 # --------------------------------------------------------------------------- inputs
