@@ -20,7 +20,7 @@ from torch import nn
 
 from . import nets
 from .checks import as_array, check_choice, check_float, check_int, check_lr_decay
-from .fit import FitState, fit, resolve_device
+from .fit import FitState, fit, resolve_device, short_repr
 from .metrics import psnr as _psnr
 from .metrics import ssim as _ssim
 from .metrics import total_variation
@@ -372,6 +372,9 @@ class Reconstruction:
     elapsed: float
     device: str
     config: dict[str, Any]
+
+    def __repr__(self) -> str:
+        return short_repr(self)
 
 
 def image_to_tensor(image: np.ndarray) -> torch.Tensor:

@@ -13,7 +13,7 @@ import copy
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 import numpy as np
@@ -65,6 +65,9 @@ class FitState:
     output: torch.Tensor
     optimizer: torch.optim.Optimizer
 
+    def __repr__(self) -> str:
+        return short_repr(self)
+
     def loss_fn(self, out: torch.Tensor) -> torch.Tensor:
         """The fit's data term as a function of the network output, ``mean((A·out − y)²)``
         (without a ``penalty``)."""
@@ -108,6 +111,28 @@ class FitResult:
     elapsed: float
     num_restarts: int
     final_learning_rate: float
+
+    def __repr__(self) -> str:
+        return short_repr(self)
+
+
+def short_repr(result: Any) -> str:
+    """A dataclass in one line that a notebook can show: arrays and tensors as their dtype and
+    shape, floats to four digits, long dicts cut after two entries, multi-line objects (a
+    network, an optimizer) as their type."""
+    def brief(value: Any) -> str:
+        if isinstance(value, (np.ndarray, torch.Tensor)):
+            return f"{str(value.dtype).removeprefix('torch.')}{tuple(value.shape)}"
+        if isinstance(value, float):
+            return f"{value:.4g}"
+        if isinstance(value, dict):
+            items = [f"{key!r}: {brief(item)}" for key, item in value.items()]
+            return "{" + ", ".join(items if len(items) <= 3 else items[:2] + ["…"]) + "}"
+        text = repr(value)  # a network or an optimizer: its type, not its pages
+        return f"<{type(value).__name__}>" if "\n" in text else text
+
+    shown = ", ".join(f"{f.name}={brief(getattr(result, f.name))}" for f in fields(result))
+    return f"{type(result).__name__}({shown})"
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:

@@ -772,3 +772,34 @@ def test_auto_regularizer_averages_the_held_out_winner_with_a_fit_to_all_pixels(
     members = default.config["members"]
     assert len(members) == 3 and default.num_steps == 4 * 60  # two candidates, two more
     assert default.config["regularizer_weight"] in weights
+
+
+def test_results_print_as_one_short_line():
+    """A notebook that shows a result (or a callback that prints its state) gets shapes and
+    the outcome, not pages of numbers."""
+    from deepprior.fit import FitResult
+
+    config = {"problem": "denoising", "net": "dip", "stop": "auto", "seed": 0}
+    result = Reconstruction(image=np.zeros((256, 256, 3), np.float32), num_iter=700,
+                            num_steps=900, stop_reason="discrepancy fired",
+                            history={"loss": np.zeros(900), "psnr": np.zeros(900)},
+                            psnr=28.43187, ssim=None, elapsed=61.25, device="cpu", config=config)
+    text = repr(result)
+    assert text == (
+        "Reconstruction(image=float32(256, 256, 3), num_iter=700, num_steps=900, "
+        "stop_reason='discrepancy fired', history={'loss': float64(900,), 'psnr': "
+        "float64(900,)}, psnr=28.43, ssim=None, elapsed=61.25, device='cpu', "
+        "config={'problem': 'denoising', 'net': 'dip', …})")
+    fitted = FitResult(output=torch.zeros(1, 3, 64, 64), best_step=5, num_steps=9,
+                       stop_reason="x", loss=np.zeros(9, np.float32), psnr=None, elapsed=0.5,
+                       num_restarts=0, final_learning_rate=0.01)
+    assert repr(fitted) == (
+        "FitResult(output=float32(1, 3, 64, 64), best_step=5, num_steps=9, stop_reason='x', "
+        "loss=float32(9,), psnr=None, elapsed=0.5, num_restarts=0, final_learning_rate=0.01)")
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 1, 1), torch.nn.ReLU())  # a multi-line repr
+    state = deepprior.FitState(step=3, net=net, z=torch.zeros(1, 1, 4, 4), y=torch.zeros(1, 16),
+                               operator=None, loss=0.25, output=torch.zeros(1, 1, 4, 4),
+                               optimizer=torch.optim.Adam(net.parameters()))
+    assert repr(state) == (
+        "FitState(step=3, net=<Sequential>, z=float32(1, 1, 4, 4), y=float32(1, 16), "
+        "operator=None, loss=0.25, output=float32(1, 1, 4, 4), optimizer=<Adam>)")
