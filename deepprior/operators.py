@@ -703,12 +703,21 @@ class RestrictedOperator(LinearOperator):
         self.register_buffer("indices", indices)
 
     def A(self, x: torch.Tensor) -> torch.Tensor:  # noqa: N802
-        return self.base.A(x).reshape(1, -1).index_select(1, self.indices)
+        out = self.base.A(x).reshape(1, -1)
+        return out.index_select(1, self._indices(out))
 
     def A_adjoint(self, y: torch.Tensor) -> torch.Tensor:  # noqa: N802
         full = y.new_zeros(1, math.prod(self.base.measurement_shape))
-        full = full.index_copy(1, self.indices, y)
+        full = full.index_copy(1, self._indices(y), y)
         return self.base.A_adjoint(full.reshape(1, *self.base.measurement_shape))
+
+    def _indices(self, like: torch.Tensor) -> torch.Tensor:
+        """The kept positions on ``like``'s device. The two parts of a split share their base:
+        a fit moves its part, and with it the base, to the GPU, while the held-out part, which
+        the fit never sees, keeps its positions where they were made; they follow, once."""
+        if self.indices.device != like.device:
+            self.indices = self.indices.to(like.device)
+        return self.indices
 
     def describe(self) -> dict[str, Any]:
         return {"kind": "restricted", "base": self.base.describe(),

@@ -428,6 +428,24 @@ def test_restrict_selects_entries_and_scatters_back():
     assert adjointness_error(user) < 1e-6
 
 
+def test_the_held_out_part_of_a_split_follows_its_base_to_the_fits_device():
+    """On a GPU the fit moves its part of a hold-out split to the device, and with it the base
+    both parts share; the held-out part, which the rule and the choice of a TV weight apply to
+    the fit's outputs, must follow. The meta device stands in for CUDA: like CUDA, it refuses
+    an index_copy whose positions lie on another device."""
+    from deepprior.stopping import split_measurements
+
+    base = GaussianSensing(40, (1, H, W), seed=0)
+    y = base.A(_image((1, H, W)))
+    fit_op, _, held_op, _ = split_measurements(base, y, 0.25, seed=0)
+    fit_op.to("meta")  # what the fit does with its operator
+    assert base.matrix.device.type == "meta"
+    x = torch.empty(1, 1, H, W, device="meta")
+    assert held_op.A(x).shape == (1, held_op.num_measurements)
+    adjoint = held_op.A_adjoint(torch.empty(1, held_op.num_measurements, device="meta"))
+    assert adjoint.device.type == "meta" and held_op.indices.device.type == "meta"
+
+
 # ------------------------------------------------------------------------------- descriptions
 
 
