@@ -8,6 +8,7 @@ and packages the result as a :class:`Reconstruction`.
 
 from __future__ import annotations
 
+import copy
 import itertools
 import math
 from collections.abc import Callable, Mapping
@@ -25,7 +26,7 @@ from .metrics import psnr as _psnr
 from .metrics import ssim as _ssim
 from .metrics import total_variation
 from .noise import estimate_sigma
-from .operators import Identity, as_operator, check_operator
+from .operators import Identity, _module_device, as_operator, check_operator
 from .stopping import (
     HOLDOUT_FRACTION,
     Fixed,
@@ -481,8 +482,10 @@ def reconstruct(
     net : str, nn.Module or None
         A registered network name (:func:`deepprior.available_nets`) or a module; a module
         needs ``net_input`` or an ``input_shape`` attribute (then ``z`` is drawn uniform in
-        [0, 0.1) from ``seed``). None: the problem kind's default, :data:`DEFAULT_NETS` (the
-        Deep Image Prior for denoising and compressive sensing, the Deep Decoder otherwise).
+        [0, 0.1) from ``seed``); every fit starts from a copy of it as given, and the module
+        itself keeps its weights (:func:`deepprior.fit` trains a module in place). None: the
+        problem kind's default, :data:`DEFAULT_NETS` (the Deep Image Prior for denoising and
+        compressive sensing, the Deep Decoder otherwise).
     net_input : torch.Tensor, optional
         The fixed input of a module ``net``.
     norm : {"channel", "batch", "none"}
@@ -1112,10 +1115,11 @@ def _network(net: Any, net_input: Any, image_shape: tuple[int, int, int], norm: 
         net_input = nets.INPUT_SCALE * torch.rand(tuple(net.input_shape), generator=generator)
     if not isinstance(net_input, torch.Tensor) or not net_input.is_floating_point():
         raise TypeError("net_input must be a floating-point torch.Tensor")
+    module = copy.deepcopy(net)  # every fit starts from the module as given; the user's stays so
     with torch.no_grad():
-        out = net(net_input)
+        out = module(net_input.to(_module_device(module)))
     if tuple(out.shape) != (1, *image_shape):
         raise ValueError(f"net(net_input) has shape {tuple(out.shape)}, expected "
                          f"{(1, *image_shape)} (the image the operator takes)")
-    return net, net_input, {}
+    return module, net_input, {}
 

@@ -294,6 +294,22 @@ def test_user_module_and_three_member_policy_through_reconstruct():
         reconstruct(noisy, net=TinyNet())
 
 
+def test_a_user_module_starts_every_fit_as_given_and_keeps_its_weights():
+    """Comparing TV weights fits the module once per weight, then refits: each fit starts
+    from the module as the user gave it (on a GPU the copy also leaves the user's module where
+    it was); before, each began from the last one's trained weights."""
+    noisy = add_gaussian_noise(sample_image("camera", size=16), 0.1, seed=0)
+    z = torch.rand(1, 4, 16, 16, generator=torch.Generator().manual_seed(0))
+    module = TinyNet()
+    before = {k: v.clone() for k, v in module.state_dict().items()}
+    options = {"net": module, "net_input": z, "stop": "fixed:5", "regularizer": "tv",
+               "regularizer_weight": [0.0, 0.05]}
+    first, second = reconstruct(noisy, **options), reconstruct(noisy, **options)
+    assert all(torch.equal(v, before[k]) for k, v in module.state_dict().items())
+    assert len(first.config["regularizer_choice"]) == 2
+    np.testing.assert_array_equal(first.image, second.image)
+
+
 def test_user_module_and_policy_through_make_policy_and_fit():
     noisy = add_gaussian_noise(sample_image("camera", size=16), 0.1, seed=0)
     y = image_to_tensor(noisy)
