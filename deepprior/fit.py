@@ -211,8 +211,10 @@ class _Guard:
         if self.num_restarts >= self.max_restarts:
             return False
         self.num_restarts += 1
-        self.net.load_state_dict(self.state[0])
-        self.optimizer.load_state_dict(self.state[1])
+        self.net.load_state_dict(self.state[0])  # copies into the weights
+        # the optimizer would take the snapshot's moment tensors as they are and update them in
+        # place, so a second restart from this snapshot would load the diverged run's moments
+        self.optimizer.load_state_dict(copy.deepcopy(self.state[1]))
         for group in self.optimizer.param_groups:
             group["lr"] *= 0.5
         return True

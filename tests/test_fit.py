@@ -1,5 +1,7 @@
 """The fitting loop on a toy generator (a free image behind a sigmoid) — no real network."""
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -100,6 +102,30 @@ def test_divergence_guard_restores_and_halves_lr():
     assert torch.isfinite(result.output).all()
     assert not np.isfinite(result.loss[30])  # the poisoned step is in the history
     assert np.isfinite(result.loss[-1])
+
+
+def test_a_second_restart_from_one_snapshot_reloads_its_adam_state():
+    from deepprior.fit import _Guard
+
+    net = nn.Linear(2, 1)
+    optimizer = torch.optim.Adam(net.parameters(), lr=0.1)
+
+    def step():
+        optimizer.zero_grad()
+        net(torch.ones(1, 2)).sum().backward()
+        optimizer.step()
+
+    step()
+    guard = _Guard(net, optimizer, max_restarts=2)  # the snapshot: after one step
+    saved = copy.deepcopy(optimizer.state_dict()["state"])
+    for _ in range(2):  # diverging twice before the next snapshot
+        assert guard.restore()
+        restored = optimizer.state_dict()["state"]
+        for index, moments in saved.items():
+            for key, value in moments.items():
+                torch.testing.assert_close(restored[index][key], value)
+        step()
+        step()
 
 
 def test_persistent_divergence_stops_with_reason():
