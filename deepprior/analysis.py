@@ -23,7 +23,8 @@ Monitors only read: they add no parameters and no hooks, never write ``.grad`` (
 products use :func:`torch.autograd.grad`), leave the optimizer alone, draw their random
 numbers from their own :class:`torch.Generator`, and restore the network's buffers (BatchNorm's
 running statistics) after their extra forward passes — the fit returns bit-identical results
-with and without them. A monitor instance records one fit.
+with and without them (on the CPU; on a GPU two fits of a network differ in the last bits
+anyway, :func:`deepprior.reconstruct_many`'s notes say why). A monitor instance records one fit.
 
 The papers behind the quantities: Dai & Heckel, "Channel Normalization in Convolutional Neural
 Networks avoids Vanishing Gradients" (ICML workshop 2019) for gradient norms; Huang et al.,

@@ -79,7 +79,7 @@ class BatchResult:
         Wall time spent on the item: reading its files and fitting, not waiting in the queue.
     seed : int
         The seed the item was fitted with (:func:`item_seed`); ``reconstruct(..., seed=seed)``
-        on the same device repeats the fit.
+        repeats the fit (on the CPU to the bit; see :func:`reconstruct_many`'s notes).
     warnings : tuple of str
         Warnings the item's fit raised (e.g. a size the network pads). They are also re-issued
         with :func:`warnings.warn` in this process, where the usual filters show a repeated
@@ -204,8 +204,10 @@ def reconstruct_many(
     -----
     **Reproducible.** Item ``name`` is fitted by ``reconstruct(..., seed=item_seed(seed, name))``
     with ``max(1, int(cpus_per_fit))`` torch threads (the caller's thread count is restored
-    after an in-process fit), so on one kind of device its image is bit-identical whatever the
-    engine, the worker count or the items' order.
+    after an in-process fit), so on the CPU its image is bit-identical whatever the engine,
+    the worker count or the items' order. On a GPU it is close, not equal: CUDA sums some of
+    a network's gradients (bilinear upsampling, reflection padding) in no fixed order, and a
+    fit amplifies those last bits.
 
     **Checked first.** Every item and option is checked when ``reconstruct_many`` is called;
     files are read only when their item is submitted, and an unreadable or corrupt file becomes
