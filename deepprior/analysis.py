@@ -314,7 +314,9 @@ def lanczos(matvec: Callable[[Tensor], Tensor], start: Tensor, num_steps: int) -
     if num_steps > MAX_LANCZOS_STEPS:
         raise ValueError(f"num_steps must be at most {MAX_LANCZOS_STEPS}, got {num_steps}")
     num_steps = min(num_steps, limit)
-    v = start.detach().reshape(-1).to(torch.float64)
+    # float64 where the vectors are, on the CPU for Apple's MPS, which has no float64
+    home = torch.device("cpu") if start.device.type == "mps" else start.device
+    v = start.detach().reshape(-1).to(home, torch.float64)
     norm = float(v.norm())
     if not math.isfinite(norm) or norm == 0.0:
         raise ValueError("the Lanczos start vector must be non-zero and finite")
@@ -323,7 +325,8 @@ def lanczos(matvec: Callable[[Tensor], Tensor], start: Tensor, num_steps: int) -
     betas: list[float] = []
     exhausted = False
     for j in range(num_steps):
-        w = matvec(basis[j].to(start.dtype)).detach().reshape(-1).to(torch.float64)
+        w = matvec(basis[j].to(start.device, start.dtype)).detach().reshape(-1).to(
+            home, torch.float64)
         alphas.append(float(w @ basis[j]))
         q = torch.stack(basis)
         for _ in range(2):  # full reorthogonalisation, twice ("twice is enough")
@@ -482,7 +485,7 @@ def _start_vector(gradient: Tensor, start: str, generator: torch.Generator) -> T
     if start == "gradient" and bool(gradient.abs().sum() > 0):
         return gradient.detach().reshape(-1).clone()
     noise = torch.randn(gradient.numel(), generator=generator, dtype=torch.float64)
-    return noise.to(device=gradient.device, dtype=gradient.dtype)
+    return noise.to(gradient.dtype).to(gradient.device)  # cast on the CPU: MPS has no float64
 
 
 def curvature_eigenvalues(

@@ -881,7 +881,7 @@ def _tv_scale(op: Any) -> float:
     # a seed of its own: probes drawn like a seed-0 sensing matrix would correlate with its rows
     probes = torch.randn((4, 1, *op.image_shape), generator=torch.Generator().manual_seed(7919))
     with torch.no_grad():  # one image at a time: an operator need not take a batch
-        gain = sum(float(op.A(u.to(op.device)).double().square().sum()) for u in probes) \
+        gain = sum(float(op.A(u.to(op.device)).cpu().double().square().sum()) for u in probes) \
             / float(probes.double().square().sum())
     n = math.prod(op.image_shape)
     return n * math.sqrt(gain) / op.num_measurements
