@@ -688,7 +688,7 @@ def reconstruct(
                                        ensemble=ensemble, defaults=defaults,
                                        sigma_known=given_sigma)
     candidates = _penalties(regularizer, regularizer_weight, problem=problem, sigma=sigma,
-                            array=array, op=op, y=y)
+                            array=array, op=op, y=y, device=torch_device)
     mix = isinstance(regularizer, str) and regularizer == "mix"
     ensemble = _resolve_ensemble(ensemble, stop=stop, candidates=len(candidates), mix=mix,
                                  defaults=defaults, sigma_known=given_sigma,
@@ -976,9 +976,11 @@ def _fit_count(candidates: int, ensemble: int, mix: bool) -> int:
 
 
 def _penalties(regularizer: Any, weight: Any, *, problem: str, sigma: float | None,
-               array: np.ndarray, op: Any, y: torch.Tensor) -> list[tuple[Any, Any]]:
+               array: np.ndarray, op: Any, y: torch.Tensor,
+               device: torch.device) -> list[tuple[Any, Any]]:
     """The candidate ``(penalty(output) or None, λ)`` pairs: one, or several to choose from
-    (or, with ``"mix"``, for the ensemble's members to take in turn).
+    (or, with ``"mix"``, for the ensemble's members to take in turn). A function is probed
+    once on ``device``, where the fit will call it.
 
     ``regularizer="auto"`` and ``"mix"``: TV or nothing, i.e. the weights 0 and
     ``regularizer_weight`` (one or several; by default :func:`_default_tv_weights`). A
@@ -996,8 +998,12 @@ def _penalties(regularizer: Any, weight: Any, *, problem: str, sigma: float | No
             weight = _default_tv_weights(name, problem, op, y, sigma, array)
     elif callable(regularizer):
         name, function, weight = None, regularizer, 1.0 if weight is None else weight
-        probe = torch.full((1, *op.image_shape), 0.5, requires_grad=True)
-        value = function(probe)
+        probe = torch.full((1, *op.image_shape), 0.5, device=device, requires_grad=True)
+        try:
+            value = function(probe)
+        except Exception as exc:  # the user's code: say where it failed, whatever it raised
+            raise ValueError(f"the regularizer function failed on a grey image of shape "
+                             f"{tuple(probe.shape)}: {type(exc).__name__}: {exc}") from exc
         if not (isinstance(value, torch.Tensor) and value.ndim == 0 and value.requires_grad
                 and torch.isfinite(value)):
             raise ValueError("a regularizer function must return a finite scalar tensor that "

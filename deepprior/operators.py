@@ -820,8 +820,11 @@ class FunctionOperator(LinearOperator):
 
     Notes
     -----
-    The shape of ``y`` is read off one call of ``A`` on zeros. ``A`` may return ``(1, …)`` or
-    drop the batch axis; :attr:`measurement_shape` is the shape without it.
+    The shape of ``y`` is read off one call of ``A`` on zeros (on ``owner``'s device, else the
+    CPU). ``A`` may return ``(1, …)`` or drop the batch axis; :attr:`measurement_shape` is the
+    shape without it. The fit calls ``A`` on its own device (CUDA or MPS when there is one):
+    tensors the callables hold must follow their argument (``M.to(x.device)``) or be buffers
+    of ``owner``.
     """
 
     def __init__(

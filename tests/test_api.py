@@ -596,6 +596,9 @@ def test_a_users_regularizer_function_and_every_refusal():
         reconstruct(noisy, regularizer_weight=0.1, **options)
     with pytest.raises(ValueError, match="finite scalar tensor that depends on the image"):
         reconstruct(noisy, regularizer=lambda image: torch.tensor(1.0), **options)
+    with pytest.raises(ValueError, match=r"function failed on a grey image of shape "
+                       r"\(1, 1, 32, 32\): RuntimeError: "):  # the user's own error, named
+        reconstruct(noisy, regularizer=lambda image: image @ torch.ones(3), **options)
     with pytest.raises(ValueError, match="regularizer_weight must satisfy 0 <="):
         reconstruct(noisy, regularizer="tv", regularizer_weight=-1.0, **options)
     op = GaussianSensing(300, (32, 32))

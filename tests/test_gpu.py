@@ -133,3 +133,16 @@ def test_k_fits_at_once_on_cuda_match_the_fits_in_turn(camera, net, options):
         # a few iterations, averaged (DIP's EMA): a fit amplifies the order of float
         # operations, which batching (and TF32) changes
         torch.testing.assert_close(a.output, b.output, rtol=0, atol=1e-2)
+
+
+def test_a_users_penalty_holding_cuda_tensors_is_probed_on_cuda(camera):
+    noisy = deepprior.add_gaussian_noise(camera, 0.1, seed=0)
+    weights = torch.linspace(0.5, 1.5, 64, device="cuda")  # the penalty's own CUDA tensor
+
+    def penalty(image):
+        return (weights[:, None] * image[0, 0].diff(dim=-1).abs()).mean()
+
+    result = deepprior.reconstruct(noisy, net="deep_decoder", stop="fixed:5", device="cuda",
+                                   regularizer=penalty, regularizer_weight=0.01,
+                                   net_options=SMALL)
+    assert np.isfinite(result.image).all()
