@@ -49,10 +49,11 @@ Examples
 
 from __future__ import annotations
 
+import contextlib
 import math
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -396,6 +397,19 @@ def _condition_number(lambda_max: float, lambda_min: float, kind: str, dtype: to
     return math.inf
 
 
+@contextlib.contextmanager
+def _full_float32_convolutions() -> Iterator[None]:
+    """cuDNN's convolutions in full float32 for the curvature products: its default, TF32,
+    keeps about 1e-3 of a product, and :func:`_condition_number`'s floor assumes float32."""
+    conv = torch.backends.cudnn.conv
+    saved = conv.fp32_precision
+    conv.fp32_precision = "ieee"
+    try:
+        yield
+    finally:
+        conv.fp32_precision = saved
+
+
 def _save_buffers(net: nn.Module) -> list[tuple[Tensor, Tensor]]:
     return [(b, b.detach().clone()) for b in net.buffers()]
 
@@ -582,7 +596,7 @@ def curvature_eigenvalues(
     generator = torch.Generator().manual_seed(seed)
     saved = _save_buffers(net)
     try:
-        with torch.enable_grad():
+        with torch.enable_grad(), _full_float32_convolutions():
             curvature = _Curvature(net, z, loss_fn, [w for _, w in chosen], kind)
             estimates = {}
             for index, (name, _) in enumerate(chosen):

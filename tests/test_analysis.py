@@ -79,6 +79,22 @@ def test_extreme_eigenvalues_match_dense_eigendecomposition(norm, kind):
         assert abs(estimate.lambda_min - bottom) <= 0.01 * max(abs(bottom), 1e-6 * scale), name
 
 
+def test_curvature_products_run_in_full_float32_and_the_setting_is_restored():
+    """cuDNN's TF32 (its default for convolutions on a GPU) keeps ~1e-3 of a product: too
+    coarse for the condition numbers; the curvature products turn it off, and only they."""
+    net, z, target = _tiny_problem("none")
+    conv = torch.backends.cudnn.conv
+    before = conv.fp32_precision
+    seen = set()
+
+    def loss_fn(out):
+        seen.add(conv.fp32_precision)
+        return mse_loss(target)(out)
+
+    curvature_eigenvalues(net, z, loss_fn, num_steps=3)
+    assert seen == {"ieee"} and conv.fp32_precision == before
+
+
 def test_hessian_block_of_normalized_layer_is_indefinite_without_it_equals_gauss_newton():
     # without normalization the output is piecewise linear in one ReLU layer's weights, so that
     # layer's Hessian block is its Gauss-Newton block; channel norm makes it indefinite
