@@ -269,6 +269,18 @@ def test_build_net_leaves_the_global_rng_untouched():
     assert torch.equal(after, torch.rand(5))
 
 
+def test_build_net_seeds_only_the_cpu_generator(monkeypatch):
+    """The weights are drawn on the CPU; a GPU's generators belong to the caller (torch's
+    manual_seed would reseed them all, and fork_rng(devices=[]) restores only the CPU's)."""
+    calls = []
+    monkeypatch.setattr(torch.cuda, "manual_seed_all", lambda seed: calls.append(seed))
+    monkeypatch.setattr(torch.mps, "manual_seed", lambda seed: calls.append(seed))
+    build_quiet("deep_decoder", (1, 64, 64), seed=5)
+    assert calls == []
+    torch.manual_seed(5)  # the check itself: this one would have been seen
+    assert calls
+
+
 def test_available_nets_and_the_skip_alias():
     assert available_nets() == ("deep_decoder", "dip", "conv_decoder", "conv_generator")
     classes = [DeepDecoder, SkipNet, ConvDecoder, ConvGenerator]

@@ -132,9 +132,10 @@ def build_net(
 
     Notes
     -----
-    The weights (PyTorch's default initialisation) and ``z`` are drawn from the global RNG
-    inside ``torch.random.fork_rng`` after ``torch.manual_seed(seed)``: the same seed gives
-    identical weights and ``z``, and the caller's global RNG state is restored afterwards.
+    The weights (PyTorch's default initialisation) and ``z`` are drawn from the global CPU
+    generator inside ``torch.random.fork_rng``, seeded with ``seed``: the same seed gives
+    identical weights and ``z``, and the caller's generator state is restored afterwards (a
+    GPU's generators are not touched).
 
     Examples
     --------
@@ -157,8 +158,8 @@ def build_net(
         options["norm"] = norm
     elif norm != "channel":
         raise ValueError(f"network {name!r} has no norm option; leave norm at its default")
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    with torch.random.fork_rng(devices=[]):  # restores the CPU generator, the one seeded
+        torch.random.default_generator.manual_seed(seed)  # (torch.manual_seed: GPUs' too)
         net = factory(check_image_shape(image_shape), **options)
         if not isinstance(net, nn.Module) or not hasattr(net, "input_shape"):
             raise TypeError(f"the factory of network {name!r} must return an nn.Module with an "
