@@ -2,7 +2,8 @@
 # The GPU checks in one run (under 5 minutes on one GPU): the CUDA tests, then the GPU speed
 # study (benchmarks/gpu_speed.py). Needs deepprior importable (pip install -e ".[test]", or
 # PYTHONPATH=. with torch, numpy, scipy, scikit-image, pillow, typer, tqdm and pytest present).
-# Results go to $OUT when set (a device run), else to benchmarks/results.
+# Results go to $OUT when set (a device run), else to benchmarks/results. The study's code is
+# checked on the CPU by the test suite (gpu_speed.py --smoke --device cpu) before a GPU runs it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${OUT:-benchmarks/results}

@@ -284,6 +284,23 @@ def harness():
         sys.path.remove(str(BENCH))
 
 
+def test_the_gpu_study_runs_on_the_cpu_and_writes_where_it_is_told(tmp_path, harness,
+                                                                   monkeypatch):
+    """gpu_speed.py's code, checked before a GPU's time is spent on it (``--smoke``: 32²,
+    2 iterations; the numbers mean nothing)."""
+    gpu_speed = _load("gpu_speed")
+    monkeypatch.setattr(gpu_speed.harness, "RESULTS", gpu_speed.harness.RESULTS)  # restored
+    assert gpu_speed.main(["--smoke", "--device", "cpu", "--out-dir", str(tmp_path)]) == 0
+    payload = json.loads((tmp_path / "gpu_speed_smoke.json").read_text())
+    assert [row["network"] for row in payload["per_iteration"]] == list(gpu_speed.NETS)
+    assert [(row["network"], row["precision"]) for row in payload["time_to_result"]] == [
+        (net, p) for net in gpu_speed.NETS[:2] for p in ("fp32", "bf16")]
+    assert [row["K"] for row in payload["k_fits"]] == [2, 2]
+    assert payload["fits_at_once"][0]["images"] == 8 and not payload["fits_at_once"][0]["failed"]
+    with pytest.raises(SystemExit, match="--smoke checks the script on cpu"):
+        gpu_speed.main(["--device", "cpu", "--out-dir", str(tmp_path)])
+
+
 def test_library_loop_against_a_plain_loop(tmp_path, harness, monkeypatch):
     variants = _load("speed_variants")
     monkeypatch.setattr(variants.harness, "RESULTS", tmp_path)
