@@ -1,5 +1,6 @@
 """Benchmark scripts: the baseline solvers are right, and every script's --quick mode runs."""
 
+import importlib
 import importlib.util
 import json
 import os
@@ -131,6 +132,27 @@ def _run(script: str, *args: str) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.fixture
+def study(harness, capsys, monkeypatch):
+    """``study("cs.py", *args)`` runs a study's ``main`` in this process, as its command line
+    would (a subprocess would import torch and the rest again): its exit code and stdout."""
+    shared = importlib.import_module("harness")  # the studies' own import of it
+    monkeypatch.setattr(shared, "RESULTS", shared.RESULTS)  # a study may point it elsewhere
+
+    def run(script: str, *args: str) -> tuple[int, str]:
+        module = _load(script.removesuffix(".py"))
+        monkeypatch.setattr(sys, "argv", [str(BENCH / script), *args])  # the recorded command
+        threads = torch.get_num_threads()
+        capsys.readouterr()
+        try:
+            code = module.main(list(args))
+        finally:
+            torch.set_num_threads(threads)
+        return code, capsys.readouterr().out
+
+    return run
+
+
 def _check_outputs(out: Path, name: str) -> dict:
     payload = json.loads((out / f"{name}.json").read_text())
     png = out / f"{name}.png"
@@ -138,10 +160,9 @@ def _check_outputs(out: Path, name: str) -> dict:
     return payload
 
 
-def test_denoise_quick(tmp_path):
+def test_denoise_quick(tmp_path, study):
     pytest.importorskip("bm3d")
-    done = _run("denoise.py", "--quick", "--out-dir", str(tmp_path))
-    assert done.returncode == 0, done.stderr
+    assert study("denoise.py", "--quick", "--out-dir", str(tmp_path))[0] == 0
     payload = _check_outputs(tmp_path, "denoise")
     rows = {(r["image"], r["clip"], r["method"]): r for r in payload["rows"]}
     bm3d = rows[("camera", False, "bm3d")]
@@ -151,32 +172,30 @@ def test_denoise_quick(tmp_path):
     assert dd["psnr_oracle"] >= dd["psnr_final"] - 1e-6
     assert {"auto_rule", "auto_step", "auto_seconds", "curve"} <= set(dd)
     assert payload["runs"][0]["command"].endswith(f"--quick --out-dir {tmp_path}")
-    report = _run("denoise.py", "--report", "--out-dir", str(tmp_path))
-    assert report.returncode == 0, report.stderr
-    assert "BM3D" in report.stdout and "deepprior arms" in report.stdout
+    code, report = study("denoise.py", "--report", "--out-dir", str(tmp_path))
+    assert code == 0 and "BM3D" in report and "deepprior arms" in report
 
 
-def test_cs_quick(tmp_path):
-    done = _run("cs.py", "--quick", "--out-dir", str(tmp_path))
-    assert done.returncode == 0, done.stderr
+def test_cs_quick(tmp_path, study):
+    code, stdout = study("cs.py", "--quick", "--out-dir", str(tmp_path))
+    assert code == 0
     payload = _check_outputs(tmp_path, "cs")
     methods = {r["method"] for r in payload["rows"]}
     assert {"least_squares", "tv_fista", "wavelet_fista", "deep_decoder"} <= methods
-    assert "TV (oracle λ)" in done.stdout
+    assert "TV (oracle λ)" in stdout
     rule, tv = (r for r in payload["rows"] if "stop" in r)  # a hold-out rule: its own fit
     assert rule["key"][-2:] == [rule["stop"], 2] and 0 < rule["num_iter"] <= 40
     first, second = rule["members"]  # the hold-out fit, then all the data to its iterate
     assert second["num_steps"] == first["num_iter"] == rule["num_iter"]
     assert rule["num_steps"] == first["num_steps"] + second["num_steps"]
-    assert "Other σ-free rules" in done.stdout and rule["stop"] in done.stdout
+    assert "Other σ-free rules" in stdout and rule["stop"] in stdout
     # with TV, no σ: two weights fitted to 90%, the held-out choice, a refit of all the data
     assert tv["options"] == {"regularizer": "tv"} and tv["key"][-1] == "regularizer=tv"
     assert len(tv["regularizer_choice"]) == 2 and len(tv["members"]) == 2
     assert tv["regularizer_weight"] in [c["weight"] for c in tv["regularizer_choice"]]
-    assert f"regularizer=tv + λ={tv['regularizer_weight']:.3g}" in done.stdout
-    report = _run("cs.py", "--report", "--out-dir", str(tmp_path))  # the rows read back
-    assert report.returncode == 0, report.stderr
-    assert f"regularizer=tv + λ={tv['regularizer_weight']:.3g}" in report.stdout
+    assert f"regularizer=tv + λ={tv['regularizer_weight']:.3g}" in stdout
+    code, report = study("cs.py", "--report", "--out-dir", str(tmp_path))  # the rows read back
+    assert code == 0 and f"regularizer=tv + λ={tv['regularizer_weight']:.3g}" in report
 
 
 def test_clean_images_are_square_crops_in_range(harness):
@@ -238,40 +257,37 @@ def test_defaults_report_of_the_photographs(harness):
     assert "camera 128² σ=25" not in text.split("Photographs")[1]
 
 
-def test_defaults_quick(tmp_path):
+def test_defaults_quick(tmp_path, study):
     pytest.importorskip("bm3d")
-    done = _run("defaults.py", "--quick", "--nets", "deep_decoder", "--variants",
-                "--out-dir", str(tmp_path))
-    assert done.returncode == 0, done.stderr
+    code, _ = study("defaults.py", "--quick", "--nets", "deep_decoder", "--variants",
+                    "--out-dir", str(tmp_path))
+    assert code == 0
     payload = _check_outputs(tmp_path, "defaults")  # the plot: each fit's gap to BM3D
     rows = {r["method"]: r for r in payload["rows"]}
     assert set(rows) == {"bm3d", "deep_decoder"}
     assert rows["deep_decoder"]["num_iter"] <= 40 and rows["deep_decoder"]["seconds"] > 0
-    report = _run("defaults.py", "--report", "--out-dir", str(tmp_path))
-    assert report.returncode == 0, report.stderr
-    assert f"{rows['deep_decoder']['psnr']:.2f}" in report.stdout
+    code, report = study("defaults.py", "--report", "--out-dir", str(tmp_path))
+    assert code == 0 and f"{rows['deep_decoder']['psnr']:.2f}" in report
     for sigma in ("50", "25"):  # no case at σ = 50; the σ = 25 one re-run
-        again = _run("defaults.py", "--quick", "--resume", "--recompute", "--sigmas", sigma,
-                     "--nets", "deep_decoder", "--variants", "--out-dir", str(tmp_path))
-        assert again.returncode == 0, again.stderr
-        assert ("seed 0 deep_decoder:" in again.stdout) == (sigma == "25")
+        code, again = study("defaults.py", "--quick", "--resume", "--recompute", "--sigmas",
+                            sigma, "--nets", "deep_decoder", "--variants", "--out-dir",
+                            str(tmp_path))
+        assert code == 0 and ("seed 0 deep_decoder:" in again) == (sigma == "25")
     rerun = {r["method"]: r for r in json.loads((tmp_path / "defaults.json").read_text())["rows"]}
     assert rerun["deep_decoder"]["seconds"] != rows["deep_decoder"]["seconds"]
     assert "previous" not in rerun["deep_decoder"]  # kept only when the stop rule changed
 
 
-def test_speed_quick(tmp_path):
-    done = _run("speed.py", "--quick", "--out-dir", str(tmp_path))
-    assert done.returncode == 0, done.stderr
+def test_speed_quick(tmp_path, study):
+    assert study("speed.py", "--quick", "--out-dir", str(tmp_path))[0] == 0
     payload = _check_outputs(tmp_path, "speed")
     assert payload["ceilings"]["matmul_gflops"] > 0
     for row in payload["rows"]:
         assert row["flops"] > 0 and row["bytes"] > 0 and row["seconds_per_iter"] > 0
         assert 0 < row["roofline_fraction"] < float("inf")
-    two = _run("speed.py", "--quick", "--threads", "2", "--out-dir", str(tmp_path))
-    assert two.returncode == 0, two.stderr
+    code, two = study("speed.py", "--quick", "--threads", "2", "--out-dir", str(tmp_path))
+    assert code == 0 and "2 threads against 1" in two
     assert json.loads((tmp_path / "speed_2threads.json").read_text())["threads"] == 2
-    assert "2 threads against 1" in two.stdout
     assert json.loads((tmp_path / "speed.json").read_text())["threads"] == 1  # kept
 
 
@@ -284,21 +300,19 @@ def harness():
         sys.path.remove(str(BENCH))
 
 
-def test_the_gpu_study_runs_on_the_cpu_and_writes_where_it_is_told(tmp_path, harness,
-                                                                   monkeypatch):
+def test_the_gpu_study_runs_on_the_cpu_and_writes_where_it_is_told(tmp_path, study):
     """gpu_speed.py's code, checked before a GPU's time is spent on it (``--smoke``: 32²,
     2 iterations; the numbers mean nothing)."""
-    gpu_speed = _load("gpu_speed")
-    monkeypatch.setattr(gpu_speed.harness, "RESULTS", gpu_speed.harness.RESULTS)  # restored
-    assert gpu_speed.main(["--smoke", "--device", "cpu", "--out-dir", str(tmp_path)]) == 0
+    assert study("gpu_speed.py", "--smoke", "--device", "cpu", "--out-dir", str(tmp_path))[0] == 0
     payload = json.loads((tmp_path / "gpu_speed_smoke.json").read_text())
-    assert [row["network"] for row in payload["per_iteration"]] == list(gpu_speed.NETS)
+    nets = ["deep_decoder", "dip", "conv_decoder"]
+    assert [row["network"] for row in payload["per_iteration"]] == nets
     assert [(row["network"], row["precision"]) for row in payload["time_to_result"]] == [
-        (net, p) for net in gpu_speed.NETS[:2] for p in ("fp32", "bf16")]
+        (net, p) for net in nets[:2] for p in ("fp32", "bf16")]
     assert [row["K"] for row in payload["k_fits"]] == [2, 2]
     assert payload["fits_at_once"][0]["images"] == 8 and not payload["fits_at_once"][0]["failed"]
     with pytest.raises(SystemExit, match="--smoke checks the script on cpu"):
-        gpu_speed.main(["--device", "cpu", "--out-dir", str(tmp_path)])
+        study("gpu_speed.py", "--device", "cpu", "--out-dir", str(tmp_path))
 
 
 def test_library_loop_against_a_plain_loop(tmp_path, harness, monkeypatch):
