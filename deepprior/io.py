@@ -117,7 +117,8 @@ def load_image(path: str | os.PathLike[str], *, max_pixels: int = 64_000_000) ->
     -----
     Integer samples are scaled by their full range: ``v / 255`` for 8 bits and ``v / 65535``
     for 16 bits, computed in float64, so 16-bit precision is kept. 16-bit and float colour
-    TIFFs are read with ``tifffile``, at full precision. Bilevel ("1") images become 0 and 1;
+    TIFFs are read with ``tifffile``, at full precision (CMYK made RGB, grey stored with 0 as
+    white inverted). Bilevel ("1") images become 0 and 1;
     palette images become RGB, or grayscale when every palette entry used is grey. The
     EXIF/TIFF orientation tag, if present, is applied, so the array is upright as image
     viewers show it. ``(H, W, 1)`` arrays come back as ``(H, W)``.
@@ -264,8 +265,7 @@ def _load_pixels(path: pathlib.Path, max_pixels: int) -> np.ndarray:
         raise ImageError(f"{path}: the image header could not be read ({exc})") from None
     with im:
         _check_dimensions(path, im.height, im.width, max_pixels)
-        bits = im.tag_v2.get(258, 8) if im.format == "TIFF" else 8  # BitsPerSample
-        if len(im.getbands()) > 1 and np.max(bits) > 8:  # Pillow would keep 8 bits of colour
+        if im.format == "TIFF" and _tifffile_reads(im):
             return _read_tiff(path, max_pixels)
         try:
             frames = getattr(im, "n_frames", 1)
@@ -332,8 +332,22 @@ def _palette_pixels(im: Image.Image) -> np.ndarray:
     return pixels
 
 
+_MINISWHITE, _SEPARATED = 0, 5  # TIFF PhotometricInterpretation: grey with 0 white; ink
+
+
+def _tifffile_reads(im: Image.Image) -> bool:
+    """Whether a TIFF Pillow opened is read with tifffile instead: colour of more than 8 bits
+    (Pillow keeps 8), 16-bit grey with 0 as white (Pillow leaves it a negative), and one band
+    to be turned by 90° (Pillow, from version 13 on, garbles an uncompressed one)."""
+    bits, photometric = np.max(im.tag_v2.get(258, 8)), im.tag_v2.get(262)  # BitsPerSample
+    bands = len(im.getbands())
+    return (bits > 8 and (bands > 1 or photometric == 0)) or (
+        bands == 1 and _orientation(im) in (5, 6, 7, 8))
+
+
 def _read_tiff(path: pathlib.Path, max_pixels: int) -> np.ndarray:
-    """Read the first page of a TIFF at full precision with tifffile, channels last, upright."""
+    """Read the first page of a TIFF at full precision with tifffile, channels last, upright;
+    0-is-white grey inverted, CMYK made RGB."""
     import tifffile  # imported here: only 16-bit and float colour TIFFs need it
 
     try:
@@ -345,6 +359,7 @@ def _read_tiff(path: pathlib.Path, max_pixels: int) -> np.ndarray:
             if page.axes.startswith("S"):  # planar layout (C, H, W)
                 pixels = np.moveaxis(pixels, 0, -1)
             orientation = page.tags.valueof(274, 1)
+            photometric = int(page.photometric)
     except ImageError:
         raise
     except Exception as exc:  # tifffile raises many unrelated types
@@ -358,6 +373,18 @@ def _read_tiff(path: pathlib.Path, max_pixels: int) -> np.ndarray:
             UserWarning,
             stacklevel=4,
         )
+    kind = {_MINISWHITE: "grey with 0 as white", _SEPARATED: "CMYK"}.get(photometric)
+    if kind and (pixels.dtype.kind not in "iu" or (photometric == _SEPARATED and (
+            pixels.ndim != 3 or pixels.shape[2] != 4))):
+        raise ImageError(f"{path}: a {pixels.dtype} TIFF in {kind} with "
+                         f"{pixels.shape[2] if pixels.ndim == 3 else 1} channel(s) is not "
+                         "supported; convert it to grey or RGB")
+    if photometric == _MINISWHITE:
+        pixels = np.iinfo(pixels.dtype).max - pixels
+    elif photometric == _SEPARATED:  # ink: C, M, Y, K; the light left: (1 − C)(1 − K), ...
+        full = float(np.iinfo(pixels.dtype).max)
+        ink = pixels.astype(np.float64) / full
+        pixels = np.rint((1 - ink[:, :, :3]) * (1 - ink[:, :, 3:]) * full).astype(pixels.dtype)
     return _apply_orientation(pixels, orientation)
 
 

@@ -205,6 +205,42 @@ def test_orientation_tag_of_16_bit_rgb_tiff_is_applied(tmp_path, rng, orientatio
     np.testing.assert_array_equal(deep.astype(np.uint16) >> 8, shallow)
 
 
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+@pytest.mark.parametrize("compression", [None, "zlib"])
+@pytest.mark.parametrize("orientation", [5, 6, 7, 8])
+def test_grey_tiff_turned_by_its_orientation_tag(tmp_path, rng, dtype, compression, orientation):
+    """Pillow 13 turns a TIFF upright as it loads it, and garbles an uncompressed one-band
+    file turned by 90°; such files are read with tifffile."""
+    samples = rng.integers(0, np.iinfo(dtype).max + 1, (HEIGHT, WIDTH), dtype=dtype)
+    tifffile.imwrite(tmp_path / "turned.tif", samples, compression=compression,
+                     extratags=[(274, "H", 1, orientation, True)])
+    upright = {5: samples.T, 6: np.rot90(samples, -1), 7: samples[::-1, ::-1].T,
+               8: np.rot90(samples, 1)}[orientation]
+    loaded = load_image(tmp_path / "turned.tif").astype(np.float64) * np.iinfo(dtype).max
+    np.testing.assert_array_equal(np.rint(loaded), upright)
+
+
+def test_16_bit_tiffs_in_cmyk_and_with_0_as_white(tmp_path, rng):
+    """The photometric tag of the TIFFs tifffile reads: CMYK ink to RGB light, grey 0 =
+    white inverted (Pillow does both for 8 bits)."""
+    ink = np.zeros((HEIGHT, WIDTH, 4), np.uint16)
+    ink[:, :WIDTH // 2, 0] = 65535  # cyan on the left, black ink on the bottom rows
+    ink[HEIGHT // 2:, :, 3] = 65535
+    tifffile.imwrite(tmp_path / "cmyk.tif", ink, photometric="separated")
+    rgb = load_image(tmp_path / "cmyk.tif")
+    np.testing.assert_array_equal(rgb[0, 0], [0, 1, 1])
+    np.testing.assert_array_equal(rgb[0, -1], [1, 1, 1])
+    assert not rgb[HEIGHT // 2:].any()
+    grey = rng.integers(0, 65536, (HEIGHT, WIDTH), dtype=np.uint16)
+    tifffile.imwrite(tmp_path / "white0.tif", grey, photometric="miniswhite")
+    loaded = load_image(tmp_path / "white0.tif").astype(np.float64) * 65535
+    np.testing.assert_array_equal(np.rint(loaded), 65535 - grey)
+    tifffile.imwrite(tmp_path / "ink5.tif", np.zeros((HEIGHT, WIDTH, 5), np.uint16),
+                     photometric="separated", extrasamples=[0])
+    with pytest.raises(ImageError, match="CMYK with 5 channel"):
+        load_image(tmp_path / "ink5.tif")
+
+
 def test_multi_page_16_bit_rgb_tiff_reads_first_page_with_warning(tmp_path, rng):
     pages = rng.integers(0, 65536, (2, HEIGHT, WIDTH, 3), dtype=np.uint16)
     tifffile.imwrite(tmp_path / "pages.tif", pages, photometric="rgb")
