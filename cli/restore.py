@@ -16,6 +16,7 @@ import numpy as np
 import typer
 
 import deepprior
+from deepprior.io import load_samples
 
 from .common import (
     FitOptions,
@@ -270,7 +271,8 @@ def read_kernel(spec: str, options: FitOptions) -> tuple[np.ndarray, Path | None
     if path.suffix.lower() in (".npy", ".npz", ".mat", ".txt", ".csv"):
         psf = np.asarray(deepprior.load_array(path), dtype=np.float64)
     else:
-        psf = deepprior.load_image(path, max_pixels=options.max_pixels).astype(np.float64)
+        # as stored: a PSF's scale is its own (photon counts, a peak of 1); it is normalised
+        psf = load_samples(path, max_pixels=options.max_pixels).astype(np.float64)
         if psf.ndim == 3:
             raise ValueError(f"--kernel {spec} is a colour image; a blur kernel is grayscale")
     if psf.ndim != 2:

@@ -146,6 +146,16 @@ def load_image(path: str | os.PathLike[str], *, max_pixels: int = 64_000_000) ->
     return _to_float_image(path, _drop_alpha(path, pixels))
 
 
+def load_samples(path: str | os.PathLike[str], *, max_pixels: int = 64_000_000) -> np.ndarray:
+    """An image file's samples as stored, for a file that holds data rather than a picture
+    (a blur kernel measured in photon counts, say): integers or floats, upright, channels
+    last, an alpha channel dropped, neither scaled nor checked against [0, 1] as
+    :func:`load_image` does."""
+    path = pathlib.Path(os.fspath(path))
+    _check_is_readable_file(path)
+    return _drop_alpha(path, _load_pixels(path, int(max_pixels)))
+
+
 def _check_is_readable_file(path: pathlib.Path, kind: str = "an image file",
                             error: type[ValueError] = ImageError) -> None:
     """Raise `error` unless `path` is an existing, non-empty regular file (`kind`, in words)."""

@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import pytest
+import tifffile
 from cli_asserts import assert_one_line_error
 from typer.testing import CliRunner
 
@@ -105,12 +106,14 @@ def test_superres_simulate_crops_to_a_multiple_of_the_factor(tmp_path):
 # --------------------------------------------------------------------------- deblur
 
 
-@pytest.mark.parametrize("kernel", ["gaussian:1.5", "motion:5,30", "psf.npy", "psf.png"])
+@pytest.mark.parametrize("kernel", ["gaussian:1.5", "motion:5,30", "psf.npy", "psf.png",
+                                    "psf.tif"])
 def test_deblur_kernels(photo, tmp_path, kernel):
     psf = np.zeros((5, 5))
     psf[2, :] = 1  # a horizontal motion; sums to 5, normalised with a note
     np.save(tmp_path / "psf.npy", psf)
     save_image(tmp_path / "psf.png", psf / 1.0 / psf.max())
+    tifffile.imwrite(tmp_path / "psf.tif", (300 * psf).astype(np.float32))  # photon counts
     if kernel.startswith("psf"):
         kernel = str(tmp_path / kernel)
     out = tmp_path / "sharp.png"
@@ -119,7 +122,7 @@ def test_deblur_kernels(photo, tmp_path, kernel):
     assert result.exit_code == 0, result.output
     report = report_of(out)
     assert report["psnr"] is not None and report["boundary"] == "circular"
-    if kernel.endswith("psf.npy"):
+    if kernel.endswith(("psf.npy", "psf.tif")):
         assert report["kernel_shape"] == [5, 5] and "normalised to sum 1" in result.stderr
 
 
