@@ -152,12 +152,19 @@ def prepare(mask: Path | None, missing: float | None, text: bool, noise_sigma: f
 def read_mask(path: Path, options: FitOptions) -> np.ndarray:
     """A mask file as a boolean (H, W) array, True = known: white, thresholded at 0.5."""
     if path.suffix.lower() == ".npy":
-        values = np.asarray(deepprior.load_array(path), dtype=np.float64)
+        stored = np.asarray(deepprior.load_array(path))
+        values = stored.astype(np.float64)
+        if stored.dtype in (np.uint8, np.uint16) and values.max() > 1:  # 0/255, 0/65535
+            values /= np.iinfo(stored.dtype).max
         if values.ndim == 3 and values.shape[2] == 1:
             values = values[:, :, 0]
-        if values.ndim != 2 or values.min() < 0 or values.max() > 1:
-            raise ValueError(f"--mask {path}: a .npy mask must be a 2-D array with values in "
-                             f"[0, 1] (or booleans), got shape {values.shape}")
+        if values.ndim != 2:
+            raise ValueError(f"--mask {path}: a .npy mask must be a 2-D array, got shape "
+                             f"{values.shape}")
+        if values.min() < 0 or values.max() > 1:
+            raise ValueError(f"--mask {path}: a .npy mask holds values in [0, 1], booleans or "
+                             f"uint8 / uint16 image values, got {stored.dtype} values in "
+                             f"[{stored.min():g}, {stored.max():g}]")
     else:
         values = deepprior.load_image(path, max_pixels=options.max_pixels)
         if values.ndim == 3:

@@ -756,7 +756,11 @@ class MatrixOperator(LinearOperator):
             ).coalesce()
             values = tensor.values()
         else:
-            tensor = torch.as_tensor(np.asarray(matrix) if not torch.is_tensor(matrix) else matrix)
+            if not torch.is_tensor(matrix):
+                matrix = np.asarray(matrix)
+                if not matrix.dtype.isnative:  # e.g. a big-endian file: torch takes native only
+                    matrix = matrix.astype(matrix.dtype.newbyteorder("="))
+            tensor = torch.as_tensor(matrix)
             if tensor.ndim != 2:
                 raise ValueError(f"a sensing matrix must be 2-D (m, n), got {tuple(tensor.shape)}")
             tensor = tensor.detach().to(torch.float32).cpu()

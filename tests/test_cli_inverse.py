@@ -52,6 +52,19 @@ def test_inpaint_with_a_16_bit_grey_level_mask(photo, tmp_path):
     assert load_image(out).shape == (24, 20)
 
 
+def test_inpaint_with_an_8_bit_npy_mask_and_the_values_it_refuses(photo, tmp_path):
+    keep = np.full((24, 20), 255, np.uint8)
+    keep[5:15, 4:12] = 0
+    np.save(tmp_path / "mask.npy", keep)  # as an image library would write it: 0 / 255
+    out = tmp_path / "in.png"
+    result = run("inpaint", photo, "--mask", tmp_path / "mask.npy", "-o", out)
+    assert result.exit_code == 0, result.output
+    assert report_of(out)["known_pixels"] == 24 * 20 - 80
+    np.save(tmp_path / "signed.npy", keep.astype(np.int16))
+    assert_one_line_error(run("inpaint", photo, "--mask", tmp_path / "signed.npy"),
+                          "booleans or uint8 / uint16 image values, got int16 values in [0, 255]")
+
+
 @pytest.mark.parametrize(
     ("args", "missing"),
     [(["--missing", "0.3"], 0.3), ([], 0.5), (["--text"], None)],

@@ -631,6 +631,7 @@ def test_constructor_validation(build, error, message):
 EQUIVALENTS = {
     "numpy-wrapper": (lambda m, s: NumpyWrapper(m, s), FunctionOperator, True, True),
     "numpy": (lambda m, s: m, MatrixOperator, True, True),
+    "numpy-big-endian": (lambda m, s: m.astype(">f8"), MatrixOperator, True, True),  # a .mat
     "torch": (lambda m, s: torch.from_numpy(m), MatrixOperator, True, True),
     "scipy-csr": (lambda m, s: scipy.sparse.csr_matrix(m), MatrixOperator, True, True),
     "pair": (_functions, FunctionOperator, True, True),
