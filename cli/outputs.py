@@ -184,7 +184,8 @@ class Outputs:
     overwrite : bool
         Replace existing files (never an input).
     inputs : iterable of Path
-        The run's input files, which no output may be.
+        The run's input files, which no output may be; the image is written with the colour
+        profile the first one (the observed image) embeds, if any.
     extra : dict of role → Path
         Further files of the run (e.g. saved measurements), checked and written with the rest.
     """
@@ -198,15 +199,19 @@ class Outputs:
         self.plot = image_path.with_name(image_path.stem + "_curve.png")
         self.extra = dict(extra or {})
         self.overwrite = overwrite
+        inputs = list(inputs)
         check_outputs({"image": self.image, "report": self.report, "plot": self.plot,
                        **self.extra}, overwrite=overwrite, inputs=inputs)
+        observed = inputs[0] if inputs else None
+        self.icc_profile = deepprior.image_icc_profile(observed) if observed else None
 
     def write(self, image: np.ndarray, report: dict[str, Any], result, *, bits: int = 8,
               extra: dict[str, Callable[[Any], object]] | None = None) -> None:
         """Write everything, all or none; ``extra`` maps a role to a writer of a binary handle."""
         text = json.dumps(deepprior.jsonable(report), indent=2)
         with all_or_none(overwrite=self.overwrite) as staging:
-            staging.add(self.image, lambda t: deepprior.save_image(t, image, bits=bits))
+            staging.add(self.image, lambda t: deepprior.save_image(
+                t, image, bits=bits, icc_profile=self.icc_profile))
             staging.add_bytes(self.report, lambda f: f.write(text.encode()))
             staging.add_bytes(self.plot, lambda f: plot_fit(result, f))
             for role, write in (extra or {}).items():

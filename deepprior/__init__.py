@@ -29,6 +29,7 @@ from .fit import PRECISIONS, FitState, fit, fit_many, resolve_device
 from .io import (
     ImageError,
     image_bit_depth,
+    image_icc_profile,
     jsonable,
     load_array,
     load_image,
@@ -97,6 +98,7 @@ __all__ = [
     "fit_many",
     "gaussian_kernel",
     "image_bit_depth",
+    "image_icc_profile",
     "image_to_tensor",
     "item_seed",
     "jsonable",

@@ -736,6 +736,7 @@ def save_image(
     *,
     bits: int = 8,
     overwrite: bool = False,
+    icc_profile: bytes | None = None,
 ) -> pathlib.Path:
     """Write a float image with values in [0, 1] to a file, atomically.
 
@@ -752,6 +753,10 @@ def save_image(
         stores float32.
     overwrite : bool, optional
         Replace an existing file. By default an existing file is left untouched.
+    icc_profile : bytes, optional
+        A colour profile to embed (PNG, TIFF, JPEG), e.g. the input's, from
+        :func:`image_icc_profile`, so that viewers show the pixels in the input's colour
+        space. Left out where its colour space (RGB or grey) is not the image's.
 
     Returns
     -------
@@ -814,8 +819,30 @@ def save_image(
         )
     _check_destination(path, overwrite)
     path.parent.mkdir(parents=True, exist_ok=True)
-    _write_atomically(path, lambda target: _encode(target, pixels, file_format, bits))
+    if icc_profile is not None and _profile_space(icc_profile) != ("RGB" if pixels.ndim == 3
+                                                                  else "GRAY"):
+        icc_profile = None
+    _write_atomically(path, lambda target: _encode(target, pixels, file_format, bits,
+                                                   icc_profile))
     return path
+
+
+def image_icc_profile(path: str | os.PathLike[str]) -> bytes | None:
+    """The colour profile an image file embeds (ICC), for :func:`save_image` to write an
+    output in its input's colour space. Reads only the header. None when the file has none,
+    its colour space is neither RGB nor grey, or Pillow cannot open it."""
+    try:
+        with _open_with_pillow(pathlib.Path(os.fspath(path))) as im:
+            profile = im.info.get("icc_profile")
+    except (UnidentifiedImageError, *_DECODE_ERRORS):  # not an image Pillow opens
+        return None
+    return bytes(profile) if profile and _profile_space(profile) else None
+
+
+def _profile_space(profile: bytes) -> str | None:
+    """An ICC profile's data colour space (bytes 16-19 of its header), "RGB" or "GRAY"."""
+    space = bytes(profile[16:20]).decode("ascii", "replace").strip()
+    return space if space in ("RGB", "GRAY") else None
 
 
 def write_atomic(
@@ -948,7 +975,8 @@ def _create_temporary(path: pathlib.Path) -> pathlib.Path:
     raise FileExistsError(f"could not create a temporary file next to {path}")
 
 
-def _encode(target: pathlib.Path, pixels: np.ndarray, file_format: str, bits: int) -> None:
+def _encode(target: pathlib.Path, pixels: np.ndarray, file_format: str, bits: int,
+            icc_profile: bytes | None = None) -> None:
     """Write `pixels` (float64 in [0, 1]) to `target` in the given format."""
     if file_format == "NPY":
         with target.open("wb") as fh:
@@ -958,9 +986,11 @@ def _encode(target: pathlib.Path, pixels: np.ndarray, file_format: str, bits: in
     if bits == 16 and quantised.ndim == 3:  # a TIFF (save_image refuses other formats)
         import tifffile  # imported here: only 16-bit colour needs it (Pillow has no such mode)
 
-        tifffile.imwrite(target, quantised, photometric="rgb")
+        tifffile.imwrite(target, quantised, photometric="rgb", iccprofile=icc_profile)
     else:
         options = {"quality": _JPEG_QUALITY} if file_format == "JPEG" else {}
+        if icc_profile is not None:
+            options["icc_profile"] = icc_profile
         Image.fromarray(quantised).save(target, format=file_format, **options)
 
 

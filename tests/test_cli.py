@@ -86,6 +86,18 @@ def test_denoise_writes_three_outputs(clean_png, tmp_path):
     assert files(tmp_path / "res") == ["out.json", "out.png", "out_curve.png"]  # no temporaries
 
 
+def test_the_output_keeps_the_inputs_colour_profile(tmp_path):
+    from PIL import Image, ImageCms
+
+    profile = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    photo = (sample_image("astronaut", size=32) * 255).astype(np.uint8)
+    Image.fromarray(photo).save(tmp_path / "photo.jpg", icc_profile=profile)
+    out = tmp_path / "out.png"
+    result = runner.invoke(app, ["denoise", str(tmp_path / "photo.jpg"), "-o", str(out), *FAST])
+    assert result.exit_code == 0, result.output
+    assert deepprior.image_icc_profile(out) == profile
+
+
 def test_denoise_default_output_name_and_json(clean_png):
     result = runner.invoke(app, ["denoise", str(clean_png), "--json", *FAST])
     assert result.exit_code == 0, result.output

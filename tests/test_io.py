@@ -18,6 +18,7 @@ from PIL import Image, ImageOps
 from deepprior.io import (
     ImageError,
     image_bit_depth,
+    image_icc_profile,
     load_array,
     load_image,
     save_image,
@@ -907,3 +908,21 @@ def test_load_array_errors(tmp_path):
     (tmp_path / "a.json").write_text("[1]")
     with pytest.raises(ValueError, match="unsupported file type '.json'"):
         load_array(tmp_path / "a.json")
+
+
+@pytest.mark.parametrize("suffix, bits", [(".png", 8), (".jpg", 8), (".tif", 8), (".tif", 16)])
+def test_a_colour_profile_is_read_and_written(tmp_path, rng, suffix, bits):
+    """A photo in another colour space than sRGB keeps its profile through a run."""
+    from PIL import ImageCms
+
+    profile = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    colour = rng.random((HEIGHT, WIDTH, 3))
+    Image.fromarray((colour * 255).astype(np.uint8)).save(tmp_path / "in.png",
+                                                          icc_profile=profile)
+    assert image_icc_profile(tmp_path / "in.png") == profile
+    out = save_image(tmp_path / f"out{suffix}", colour, bits=bits, icc_profile=profile)
+    assert image_icc_profile(out) == profile
+    grey = save_image(tmp_path / f"grey{suffix}", colour[:, :, 0], icc_profile=profile)
+    assert image_icc_profile(grey) is None  # an RGB profile does not describe a grey image
+    plain = save_image(tmp_path / "plain.png", colour)
+    assert image_icc_profile(plain) is None and image_icc_profile(tmp_path / "none.npy") is None
