@@ -168,8 +168,9 @@ Ensemble = Annotated[
         "--ensemble", min=1, metavar="K", help="Fit K networks (seeds SEED to SEED+K-1; "
         "denoising: also the 8 flips/rotations of the image) and return their average; costs "
         "K fits. With a hold-out stop, fits 2..K use all the data, to the iteration the first "
-        "chose. Default: 1; 2 for DIP compressive sensing without σ (a hold-out stop, then a "
-        "refit).", rich_help_panel=FIT_PANEL)
+        "chose. Default: 1, except for DIP: denoising 2 (--regularizer mix: one fit without "
+        "and one with TV); compressive sensing without σ, the held-out fit --regularizer auto "
+        "chose and 1 refit of all the measurements, averaged.", rich_help_panel=FIT_PANEL)
 ]
 Threads = Annotated[
     int | None, typer.Option("--threads", min=1, metavar="N", help="Torch CPU threads for the "

@@ -211,9 +211,10 @@ PROBLEMS: dict[str, dict[str, Defaults]] = {
             "27.59 against 24.24 / 27.29; astronaut 64² SNR 20 dB 15.79 / 18.54 against 15.56 / "
             "18.20; from 819 on within -0.31 to +0.22 dB at 3.5-10x the time (cs.json, "
             "astronaut/). Without σ, TV or none chosen on the held-out measurements ('auto': "
-            "none and the SNR 20 / 30 dB weights, then the refit): over thirteen 64² cases "
-            "(camera at every m/n, noiseless and SNR 20 / 40 dB; the astronaut at m/n 0.1 / "
-            "0.25 and seed 1 at 0.05 / 0.1 / 0.25, SNR 20 dB) never below the fit without a "
+            "none and the SNR 20 / 30 dB weights, then the refit): over the first thirteen 64² "
+            "cases compared (camera at every m/n at SNR 20 dB, at 0.05 / 0.25 / 0.5 noiseless "
+            "and at 0.1 at SNR 40 dB; the astronaut at m/n 0.1 / 0.25 and seed 1 at 0.05 / "
+            "0.1 / 0.25, SNR 20 dB; benchmarks/RESULTS.md §2) never below the fit without a "
             "penalty on the same CPU, +0.47 dB on average (TV chosen in nine: +0.05 to +1.40; "
             "none in four, where it returns that fit), 1.1-3.3x its time; above oracle-tuned "
             "TV in all thirteen, and "
@@ -535,10 +536,13 @@ def reconstruct(
         ``ground_truth``); ``history`` and ``num_iter`` are the first member's,
         ``num_steps`` and ``elapsed`` the sums. Costs ``ensemble`` fits. With several
         regularizer weights to choose from, the chosen weight's held-out fit (already paid
-        for) is averaged in as one more member, member 0. None (default): 1, or 2 where the
-        problem's defaults refit after their automatic hold-out stop (``Defaults.refit``:
-        the Deep Image Prior in compressive sensing without σ), and with ``"mix"`` one per
-        weight (2: without and with TV; the Deep Image Prior's denoising default).
+        for) is averaged in as one more member, member 0. None (default): 1, so that after
+        such a choice (the Deep Image Prior's compressive sensing default without σ,
+        ``"auto"``) the chosen held-out fit and one refit of all the data are averaged; 2 where
+        a single fit's automatic hold-out stop is followed by a refit (``Defaults.refit``: the
+        Deep Image Prior in compressive sensing with ``regularizer="none"`` and no σ, or with
+        σ below ``sigma_rule_min_measurements`` measurements); with ``"mix"`` one per weight
+        (2: without and with TV; the Deep Image Prior's denoising default).
     precision : {"fp32", "bf16"}
         ``"bf16"``: the network runs in bfloat16 mixed precision (``torch.autocast``; weights,
         loss and the image stay float32) — faster where the hardware has bfloat16 units, see
@@ -631,7 +635,9 @@ def reconstruct(
     → inpainting, ``Downsample`` → super_resolution, ``Blur`` → deblurring, anything else →
     generic. EMA: the returned output is the 0.99 average of the iterates (the Deep Image
     Prior perturbs its input by 1/30 too). Refit: after the hold-out stop, a second fit of all
-    the data to the iteration it chose, averaged with it (``ensemble`` defaults to 2). σ: TV:
+    the data to the iteration it chose, averaged with it (with ``"auto"``'s choice the chosen
+    held-out fit is that first member, so ``ensemble`` stays 1; without a choice it defaults
+    to 2). σ: TV:
     with σ given, ``regularizer=None`` adds TV at its σ-derived weight (``"none"``: without).
     Mix: with ``stop="auto"`` (and not ``ensemble=1``), ``regularizer=None`` is ``"mix"``:
     the average of a fit without a penalty and one with TV (``"none"``: the first alone).
