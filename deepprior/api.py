@@ -84,7 +84,8 @@ class Defaults:
     refit : bool
         When ``stop="auto"`` resolves to a rule that holds data out: fit all the data again,
         for the iterations the hold-out fit chose, and return the average of the two fits (the
-        ``ensemble`` of ``reconstruct`` defaults to 2 there).
+        ``ensemble`` of ``reconstruct`` defaults to 2 there, or stays 1 after a choice of
+        penalty on held-out data, whose chosen fit is the first of the two).
     lr_decay : (factor, every) or None
         The learning rate times ``factor`` every ``every`` iterations (None: constant).
     source : str
