@@ -90,6 +90,8 @@ def check_image_shape(shape: object, name: str = "image_shape") -> tuple[int, in
 def as_array(name: str, value: object) -> np.ndarray:
     """A real, finite, non-empty numpy/torch array as float32 numpy."""
     if isinstance(value, torch.Tensor):
+        if value.dtype in (torch.bfloat16, torch.float16):  # numpy has no bfloat16
+            value = value.float()
         value = value.detach().cpu().numpy()
     if not isinstance(value, np.ndarray):
         raise TypeError(f"{name} must be a numpy array or torch tensor, got {type(value).__name__}")

@@ -113,6 +113,9 @@ def test_tensor_input_and_batch_axis(camera64):
     y = torch.from_numpy(camera64[:32, :32])
     result = reconstruct(y, max_num_iter=2, stop="fixed:2", net_options=SMALL, **DD)
     assert result.image.shape == (32, 32)
+    half = reconstruct(y.to(torch.bfloat16), max_num_iter=2, stop="fixed:2",
+                       net_options=SMALL, **DD)  # numpy has no bfloat16
+    assert half.image.shape == (32, 32)
 
 
 @pytest.mark.parametrize(
