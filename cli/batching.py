@@ -239,6 +239,14 @@ def _items(paths: list[Path], outdir: Path, options: FitOptions,
         raise ValueError(f"{len(clashes)} output name(s) are taken by several inputs, e.g. "
                          f"{', '.join(map(str, found))} would all write {outdir / name}."
                          f"{engine.ext}; rename them or run them separately")
+    writers: dict[str, str] = {}  # every file of every item: image, report, plot
+    for name in by_name:
+        for file in (f"{name}.{engine.ext}", f"{name}.json", f"{name}_curve.png"):
+            other = writers.setdefault(file, name)
+            if other != name:  # e.g. X_curve.png: X's plot and the image of input X_curve
+                raise ValueError(f"the inputs {by_name[other][0]} and {by_name[name][0]} would "
+                                 f"both write {outdir / file}; rename one or run them "
+                                 "separately")
     resolved = outdir.resolve()
     for path in paths:
         if path.resolve().parent == resolved:
@@ -322,7 +330,7 @@ def _prepare(item: _Item, build: Builder, names: list[str], options: FitOptions,
             raise ValueError(f"its report would be the batch's {SUMMARY_JSON}; rename the file")
         clean = clean_image(task, clean_path, options)
         outputs = Outputs(item.image, overwrite=engine.force,
-                          inputs=(*task.inputs, clean_path))
+                          inputs=(*task.inputs, clean_path), option="--force")
     except KNOWN_ERRORS as exc:
         row.status, row.error = "failed", one_line(exc)
         return
@@ -348,7 +356,10 @@ def _skip(item: _Item) -> None:
         row.num_iter, row.num_steps = report.get("num_iter"), report.get("num_steps")
         row.stop_reason = report.get("stop_reason")
         row.stop = short_reason(row.stop_reason) if isinstance(row.stop_reason, str) else None
-        row.seconds, row.psnr, row.ssim = (report.get(k) for k in ("elapsed_s", "psnr", "ssim"))
+        row.psnr, row.ssim = report.get("psnr"), report.get("ssim")
+        batch = report.get("batch")  # the seconds a done row gave: reading and fitting
+        row.seconds = batch.get("seconds", report.get("elapsed_s")) if isinstance(
+            batch, dict) else report.get("elapsed_s")
 
 
 def _shared_sigma(todo: list[_Item]) -> float | None:
@@ -443,24 +454,30 @@ def _thrower(results: Iterator[Any]) -> Callable[[], Any]:
 def _finish(item: _Item, result, options: FitOptions, engine: EngineOptions) -> None:
     """Record an item's result and write its outputs (a failure to write fails the item)."""
     row = item.row
-    row.seconds = round(result.seconds, 3)
     if not result.ok:
         row.status, row.error = "failed", result.error
+        row.seconds = round(result.seconds, 3)
         return
     fit = result.result
     row.warnings = list(result.warnings)
     status = status_of(fit)
+    if fit.num_iter == 0 and status != "done":  # no iterate accepted: nothing to write
+        row.status, row.error = "failed", (
+            f"{'interrupted' if status == 'interrupted' else 'the fit diverged'} before any "
+            "iteration was accepted; nothing was written")
+        return
     report = task_report(item.task, fit, clean=item.clean, clean_path=item.clean_path,
                          output=item.image, bits=item.bits, status=status,
                          code=EXIT_DIVERGED if status == "diverged" else 0)
     report["batch"] = {"name": row.name, "seed": options.seed, "item_seed": result.seed,
-                       "engine": engine.engine}
+                       "engine": engine.engine, "seconds": round(result.seconds, 3)}
     try:
         item.outputs.write(fit.image, report, fit, bits=item.bits)
     except KNOWN_ERRORS as exc:
         row.status, row.error = "failed", f"writing the outputs: {one_line(exc)}"
         return
-    row.status, row.output = status, str(item.image)
+    row.seconds = round(result.seconds, 3)  # only once written: a Ctrl-C during the write
+    row.status, row.output = status, str(item.image)  # leaves the item unfinished
     row.num_iter, row.num_steps = fit.num_iter, fit.num_steps
     row.stop_reason, row.stop = fit.stop_reason, short_reason(fit.stop_reason)
     row.psnr, row.ssim = fit.psnr, fit.ssim
@@ -589,7 +606,8 @@ def _finish_summary(command: str, items: list[_Item], outdir: Path, options: Fit
         writer.writerow({key: "" if row[key] is None else row[key] for key in CSV_COLUMNS})
     text = json.dumps(summary, indent=2)
     outdir.mkdir(parents=True, exist_ok=True)
-    deepprior.write_atomic(outdir / SUMMARY_CSV, lambda f: f.write(table.getvalue().encode()),
+    deepprior.write_atomic(outdir / SUMMARY_CSV,  # a name's undecodable bytes as they are
+                           lambda f: f.write(table.getvalue().encode("utf-8", "surrogateescape")),
                            overwrite=True)
     deepprior.write_atomic(outdir / SUMMARY_JSON, lambda f: f.write(text.encode()),
                            overwrite=True)

@@ -8,6 +8,8 @@ TASK`` runs one fit per input; it exits 1 when an input failed (the others are d
 
 from __future__ import annotations
 
+import io
+import sys
 from typing import Annotated
 
 import typer
@@ -49,6 +51,9 @@ def main(
     ] = False,
 ) -> None:
     """Recover an image from one corrupted observation with an untrained neural network."""
+    for stream in (sys.stdout, sys.stderr):  # a file name no encoding decodes (its bytes are
+        if isinstance(stream, io.TextIOWrapper):  # kept as surrogates) prints as \udcff escapes
+            stream.reconfigure(errors="backslashreplace")
 
 
 app.command(epilog=DENOISE_EPILOG)(denoise)

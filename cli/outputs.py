@@ -28,13 +28,14 @@ IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".npy")
 # --------------------------------------------------------------------------- checks
 
 
-def check_outputs(paths: dict[str, Path], *, overwrite: bool, inputs: Iterable[Path] = ()) -> None:
+def check_outputs(paths: dict[str, Path], *, overwrite: bool, inputs: Iterable[Path] = (),
+                  option: str = "--overwrite") -> None:
     """Refuse outputs that cannot or must not be written, before any fit.
 
     ``paths`` maps a role ("image", "report", ...) to a path. Each must not be a directory,
-    must be free unless ``overwrite``, must never be one of ``inputs`` (even with
-    ``overwrite``), must differ from the others, and its folder must be writable (or
-    creatable inside a writable folder).
+    must be free unless ``overwrite`` (the command's ``option``), must never be one of
+    ``inputs`` (even with ``overwrite``), must differ from the others, and its folder must be
+    writable (or creatable inside a writable folder).
     """
     inputs = [Path(p) for p in inputs if p is not None]
     seen: dict[Path, str] = {}
@@ -50,10 +51,10 @@ def check_outputs(paths: dict[str, Path], *, overwrite: bool, inputs: Iterable[P
         for source in inputs:
             if _same_file(path, source):
                 raise ValueError(f"{path} (the {role} output) is the input file {source}; choose "
-                                 "another output name (inputs are never overwritten, even with "
-                                 "--overwrite)")
+                                 f"another output name (inputs are never overwritten, even with "
+                                 f"{option})")
         if not overwrite and (path.exists() or path.is_symlink()):
-            raise FileExistsError(f"{path} already exists; pass --overwrite to replace it")
+            raise FileExistsError(f"{path} already exists; pass {option} to replace it")
         check_writable_folder(path.parent)
 
 
@@ -93,8 +94,8 @@ def check_writable_folder(folder: Path) -> None:
 class Staging:
     """Files staged next to their destinations, moved into place together by :meth:`commit`."""
 
-    def __init__(self, *, overwrite: bool):
-        self.overwrite = overwrite
+    def __init__(self, *, overwrite: bool, option: str = "--overwrite"):
+        self.overwrite, self.option = overwrite, option
         self.staged: list[tuple[Path, Path]] = []  # (temporary, destination)
         self.created: list[Path] = []  # folders made for the outputs, outermost first
 
@@ -122,7 +123,7 @@ class Staging:
                 if path.exists() or path.is_symlink():
                     if not self.overwrite:
                         raise FileExistsError(f"{path} appeared during the fit; nothing was "
-                                              "written (pass --overwrite to replace it)")
+                                              f"written (pass {self.option} to replace it)")
                     backup = path.with_name(f".{path.name}.{secrets.token_hex(4)}.backup")
                     os.replace(path, backup)
                     backups.append((backup, path))
@@ -160,9 +161,9 @@ class Staging:
 
 
 @contextlib.contextmanager
-def all_or_none(*, overwrite: bool) -> Iterator[Staging]:
+def all_or_none(*, overwrite: bool, option: str = "--overwrite") -> Iterator[Staging]:
     """Stage files in the block; they are all moved into place at its end, or none is."""
-    staging = Staging(overwrite=overwrite)
+    staging = Staging(overwrite=overwrite, option=option)
     try:
         yield staging
         staging.commit()
@@ -188,20 +189,23 @@ class Outputs:
         profile the first one (the observed image) embeds, if any.
     extra : dict of role → Path
         Further files of the run (e.g. saved measurements), checked and written with the rest.
+    option : str
+        The command's option that allows replacing files, named in the errors (``batch``:
+        ``--force``).
     """
 
     def __init__(self, image_path: Path, *, overwrite: bool, inputs: Iterable[Path] = (),
-                 extra: dict[str, Path] | None = None):
+                 extra: dict[str, Path] | None = None, option: str = "--overwrite"):
         if image_path.suffix.lower() not in IMAGE_SUFFIXES:
             raise ValueError(f"output {image_path} must end in {', '.join(IMAGE_SUFFIXES)}")
         self.image = image_path
         self.report = image_path.with_suffix(".json")
         self.plot = image_path.with_name(image_path.stem + "_curve.png")
         self.extra = dict(extra or {})
-        self.overwrite = overwrite
+        self.overwrite, self.option = overwrite, option
         inputs = list(inputs)
         check_outputs({"image": self.image, "report": self.report, "plot": self.plot,
-                       **self.extra}, overwrite=overwrite, inputs=inputs)
+                       **self.extra}, overwrite=overwrite, inputs=inputs, option=option)
         observed = inputs[0] if inputs else None
         self.icc_profile = deepprior.image_icc_profile(observed) if observed else None
 
@@ -209,7 +213,7 @@ class Outputs:
               extra: dict[str, Callable[[Any], object]] | None = None) -> None:
         """Write everything, all or none; ``extra`` maps a role to a writer of a binary handle."""
         text = json.dumps(deepprior.jsonable(report), indent=2)
-        with all_or_none(overwrite=self.overwrite) as staging:
+        with all_or_none(overwrite=self.overwrite, option=self.option) as staging:
             staging.add(self.image, lambda t: deepprior.save_image(
                 t, image, bits=bits, icc_profile=self.icc_profile))
             staging.add_bytes(self.report, lambda f: f.write(text.encode()))

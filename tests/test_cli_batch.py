@@ -102,8 +102,10 @@ def test_two_workers_write_every_output_and_the_summary_without_ray(two_workers)
         assert (out / f"{name}_curve.png").stat().st_size > 1000
         report = json.loads((out / f"{name}.json").read_text())
         assert report["command"] == "denoise" and report["num_steps"] == 8
-        assert report["batch"] == {"name": name, "seed": 0, "item_seed": item_seed(0, name),
-                                   "engine": "local"}
+        seconds = report["batch"].pop("seconds")  # reading the file and fitting
+        assert 0 < seconds and report["batch"] == {"name": name, "seed": 0,
+                                                   "item_seed": item_seed(0, name),
+                                                   "engine": "local"}
         assert report["config"]["seed"] == item_seed(0, name) and report["psnr"] is not None
     summary = summary_of(out)
     assert summary["done"] == summary["images"] == 6 and summary["failed"] == 0
@@ -188,6 +190,7 @@ def test_a_rerun_skips_finished_images_and_force_redoes_them(one_worker, two_wor
         assert row["status"] == "skipped"
         assert row["psnr"] == pytest.approx(first[row["name"]]["psnr"])
         assert row["num_iter"] == 8 and row["stop"] == "fixed"
+        assert row["seconds"] == first[row["name"]]["seconds"]  # reading and fitting, as done
     result = batch(*args, "--force", "-q")
     assert result.exit_code == 0, result.output
     assert set(statuses(out).values()) == {"done"}
@@ -408,3 +411,49 @@ def test_a_tv_penalty_without_its_weight_outside_denoising_fails_before_any_fit(
     lines = [line for line in result.stderr.splitlines() if not line.startswith("warning: ")]
     assert len(lines) == 1 and "--regularizer tv needs --regularizer-weight W" in lines[0]
     assert not (tmp_path / "out").exists()
+
+
+def test_an_input_whose_image_would_be_another_inputs_plot_is_refused_before_any_fit(
+        data, tmp_path):
+    photos = tmp_path / "photos"
+    for name in ("a", "a_curve"):  # a's plot is a_curve.png, the image of input a_curve
+        save_image(photos / f"{name}.png", load_image(data / "photos" / "img0.png"))
+    result = batch("denoise", photos, "-o", tmp_path / "out", "--workers", "1", *FAST)
+    assert result.exit_code == 1 and "would both write" in result.stderr
+    assert str(tmp_path / "out" / "a_curve.png") in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_fit_with_no_accepted_iteration_writes_nothing_and_a_rerun_redoes_it(data, tmp_path):
+    out = tmp_path / "out"
+    args = ["denoise", data / "photos" / "img0.png", "-o", out, "--workers", "1", "--net",
+            "deep_decoder", "--regularizer", "tv", *FAST]
+    result = batch(*args, "--regularizer-weight", "1e300")  # diverges at once
+    assert result.exit_code == 1, result.output
+    (row,) = summary_of(out)["items"]
+    assert row["status"] == "failed" and "before any iteration was accepted" in row["error"]
+    assert sorted(p.name for p in out.iterdir()) == ["summary.csv", "summary.json"]
+    result = batch(*args, "--regularizer-weight", "0.01")
+    assert result.exit_code == 0 and statuses(out) == {"img0": "done"}
+
+
+def test_a_name_that_is_not_utf8_still_gets_its_summary(data, tmp_path):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    odd = os.fsdecode(b"\xffx.png")  # bytes no encoding decodes: a surrogate in the name
+    (photos / odd).write_bytes((data / "photos" / "img0.png").read_bytes())
+    out = tmp_path / "out"
+    result = batch("denoise", photos, "-o", out, "--workers", "1", *FAST)
+    assert result.exit_code == 0, result.output
+    assert (out / "summary.csv").read_bytes().splitlines()[1].startswith(b"\xffx,done,")
+
+
+def test_the_error_for_an_existing_output_names_the_batchs_option(data, tmp_path):
+    out = tmp_path / "out"
+    args = ["denoise", data / "photos" / "img0.png", "-o", out, "--workers", "1", *FAST]
+    assert batch(*args).exit_code == 0
+    result = batch(*args, "--ext", "tif")  # img0.tif is new, its report img0.json is not
+    assert statuses(out) == {"img0": "failed"}
+    error = summary_of(out)["items"][0]["error"]
+    assert "pass --force to replace it" in error and "--overwrite" not in error
+    assert result.exit_code == 1
