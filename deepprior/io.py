@@ -347,12 +347,12 @@ _MINISWHITE, _SEPARATED = 0, 5  # TIFF PhotometricInterpretation: grey with 0 wh
 
 def _tifffile_reads(im: Image.Image) -> bool:
     """Whether a TIFF Pillow opened is read with tifffile instead: colour of more than 8 bits
-    (Pillow keeps 8), 16-bit grey with 0 as white (Pillow leaves it a negative), and one band
-    to be turned by 90° (Pillow, from version 13 on, garbles an uncompressed one)."""
+    (Pillow keeps 8), 16-bit grey with 0 as white (Pillow leaves it a negative), and one
+    uncompressed band to be turned by 90° (Pillow, from version 13 on, garbles it)."""
     bits, photometric = np.max(im.tag_v2.get(258, 8)), im.tag_v2.get(262)  # BitsPerSample
-    bands = len(im.getbands())
+    bands, uncompressed = len(im.getbands()), im.tag_v2.get(259, 1) == 1  # Compression
     return (bits > 8 and (bands > 1 or photometric == 0)) or (
-        bands == 1 and _orientation(im) in (5, 6, 7, 8))
+        bands == 1 and uncompressed and _orientation(im) in (5, 6, 7, 8))
 
 
 def _read_tiff(path: pathlib.Path, max_pixels: int) -> np.ndarray:
@@ -384,6 +384,8 @@ def _read_tiff(path: pathlib.Path, max_pixels: int) -> np.ndarray:
             stacklevel=4,
         )
     kind = {_MINISWHITE: "grey with 0 as white", _SEPARATED: "CMYK"}.get(photometric)
+    if photometric == _MINISWHITE and pixels.dtype == np.bool_:  # bilevel (a fax): 0 is white
+        return _apply_orientation(~pixels, orientation)
     if kind and (pixels.dtype.kind not in "iu" or (photometric == _SEPARATED and (
             pixels.ndim != 3 or pixels.shape[2] != 4))):
         raise ImageError(f"{path}: a {pixels.dtype} TIFF in {kind} with "
