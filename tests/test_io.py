@@ -221,6 +221,20 @@ def test_grey_tiff_turned_by_its_orientation_tag(tmp_path, rng, dtype, compressi
     np.testing.assert_array_equal(np.rint(loaded), upright)
 
 
+@pytest.mark.parametrize("compression", [None, "group4"])
+def test_a_bilevel_tiff_turned_by_90_degrees(tmp_path, rng, compression):
+    """A fax: CCITT group 4 (which Pillow decodes, tifffile not without imagecodecs) or
+    uncompressed with 0 as white (read by tifffile), turned upright either way."""
+    bits = rng.random((HEIGHT, WIDTH)) < 0.5
+    if compression:
+        Image.fromarray(bits).save(tmp_path / "fax.tif", compression=compression,
+                                   tiffinfo={274: 6})
+    else:
+        tifffile.imwrite(tmp_path / "fax.tif", ~bits, photometric="miniswhite",
+                         extratags=[(274, "H", 1, 6, True)])
+    np.testing.assert_array_equal(load_image(tmp_path / "fax.tif"), np.rot90(bits, -1))
+
+
 def test_16_bit_tiffs_in_cmyk_and_with_0_as_white(tmp_path, rng):
     """The photometric tag of the TIFFs tifffile reads: CMYK ink to RGB light, grey 0 =
     white inverted (Pillow does both for 8 bits)."""
