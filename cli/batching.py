@@ -362,21 +362,20 @@ def _skip(item: _Item) -> None:
             batch, dict) else report.get("elapsed_s")
 
 
-def _shared_sigma(todo: list[_Item]) -> float | None:
-    """The one noise level of the batch (reconstruct_many takes one for every item)."""
-    given = {item.task.sigma for item in todo if not item.task.sigma_estimated}
-    if len(given) > 1:
-        shown = ", ".join(f"{s:g}" for s in sorted(s for s in given if s is not None)[:4])
-        raise ValueError(f"the inputs carry different noise levels ({shown}); pass "
-                         "--noise-sigma to use one for all, or run them in separate batches")
-    return given.pop() if given else None
+def _shared_sigma(todo: list[_Item]) -> float | dict[str, float | None] | None:
+    """The noise level of the batch: one for every item, or each item's own where they
+    differ (files saved with different levels; an estimate is left to reconstruct)."""
+    given = {item.row.name: item.task.sigma for item in todo if not item.task.sigma_estimated}
+    if len(set(given.values())) > 1:
+        return given
+    return next(iter(given.values()), None)
 
 
 # --------------------------------------------------------------------------- fitting
 
 
-def _fit_all(todo: list[_Item], sigma: float | None, options: FitOptions,
-             engine: EngineOptions, fitting: _Fitting) -> bool:
+def _fit_all(todo: list[_Item], sigma: float | dict[str, float | None] | None,
+             options: FitOptions, engine: EngineOptions, fitting: _Fitting) -> bool:
     """Run the fits, write each image's outputs as it finishes; True after Ctrl-C."""
     from tqdm import tqdm
 

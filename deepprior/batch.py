@@ -174,7 +174,9 @@ def reconstruct_many(
           function ``name -> clean image or None``, for PSNR/SSIM per item. A mapping must
           only name items of the batch; a function is called in this process when the item is
           submitted (so ``clean.get`` suits a dict holding more images than the batch);
-        - ``progress``: refused, a batch is silent; report progress from the loop.
+        - ``progress``: refused, a batch is silent; report progress from the loop;
+        - ``sigma``: one noise level for every item, or a mapping name → σ (or None) for items
+          whose levels differ; items it does not name are fitted without σ.
 
         A ``net`` module, a ``stop`` policy object and the operators are copied for each fit.
         With worker processes every option must pickle, and a ``callback`` runs in the worker.
@@ -262,10 +264,13 @@ def reconstruct_many(
     if engine == "ray" and importlib.util.find_spec("ray") is None:
         raise ImportError(_RAY_HINT)
     truth_option = reconstruct_kwargs.pop("ground_truth", None)
+    sigmas = reconstruct_kwargs.pop("sigma") if isinstance(
+        reconstruct_kwargs.get("sigma"), Mapping) else None
     kwargs = _check_options(reconstruct_kwargs)
     parsed = _parse_items(items, kwargs.get("operator"), kwargs.get("image_shape"),
                           truth_option is not None)
     truth = _truth_source(truth_option, {item.name for item in parsed})
+    levels = None if sigmas is None else _sigma_levels(sigmas, {item.name for item in parsed})
     shared = _Shared(kwargs, max(1, int(cpus_per_fit)), _registration(kwargs.get("net")))
     parts = {**{f"option {k}": v for k, v in kwargs.items()},
              **{f"the operator of item {i.name!r}": i.operator for i in parsed
@@ -278,12 +283,12 @@ def reconstruct_many(
         _check_sendable(parts, ray.cloudpickle.dumps, "Ray tasks")
         gpu = _ray_gpu_request(device, gpus_per_fit)
         start = {"address": address, "workers": workers, "cpus_per_fit": cpus_per_fit, "gpu": gpu}
-        return _stream(parsed, truth, seed, lambda: _RayEngine(shared, **start))
+        return _stream(parsed, truth, levels, seed, lambda: _RayEngine(shared, **start))
     slots = _local_slots(device, workers, gpus_per_fit, cpus_per_fit)
     if sum(size for _, size in slots) == 1:
-        return _stream(parsed, truth, seed, lambda: _InProcess(shared, slots[0][0]))
+        return _stream(parsed, truth, levels, seed, lambda: _InProcess(shared, slots[0][0]))
     _check_sendable(parts, pickle.dumps, "worker processes")
-    return _stream(parsed, truth, seed, lambda: _LocalPool(shared, slots))
+    return _stream(parsed, truth, levels, seed, lambda: _LocalPool(shared, slots))
 
 
 # --------------------------------------------------------------------------- checks
@@ -420,6 +425,17 @@ def _check_unique(names: list[str]) -> None:
                          "(name, item) pairs")
 
 
+def _sigma_levels(sigmas: Mapping[str, Any], names: set[str]) -> dict[str, float | None]:
+    """Each item's noise level from a ``sigma`` mapping, checked (unnamed items: None)."""
+    unknown = sorted(str(key) for key in sigmas if key not in names)
+    if unknown:
+        raise ValueError(f"sigma names {len(unknown)} items that are not in the batch: "
+                         f"{', '.join(unknown[:5])}")
+    given = {name: None if value is None else check_float(f"sigma of {name!r}", value, low=0.0)
+             for name, value in sigmas.items()}
+    return {name: given.get(name) for name in names}
+
+
 def _truth_source(option: Any, names: set[str]) -> Callable[[str], Any]:
     """``name -> clean image, path or None`` from the ``ground_truth`` option, checked."""
     if option is None:
@@ -550,6 +566,7 @@ class _Task:
     load_seconds: float
     device: str | None = None
     attempts: int = 0
+    sigma: tuple[float | None] | None = None  # (σ,): the item's own level; None: the option
 
 
 @dataclass(frozen=True)
@@ -591,6 +608,8 @@ def _fit_one(task: _Task, shared: _Shared | None = None) -> _Outcome:
         kwargs["operator"] = copy.deepcopy(kwargs["operator"])
     if task.device is not None:
         kwargs["device"] = task.device
+    if task.sigma is not None:
+        kwargs["sigma"] = task.sigma[0]
     result = error = None
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -867,8 +886,8 @@ class _RayEngine:
 # --------------------------------------------------------------------------- the loop
 
 
-def _tasks(items: list[_Item], truth: Callable[[str], Any],
-           seed: int) -> Iterator[_Task | BatchResult]:
+def _tasks(items: list[_Item], truth: Callable[[str], Any], seed: int,
+           levels: dict[str, float | None] | None) -> Iterator[_Task | BatchResult]:
     """Read each item's files when it is due; a failure to do so is the item's result."""
     for item in items:
         start = time.perf_counter()
@@ -887,7 +906,8 @@ def _tasks(items: list[_Item], truth: Callable[[str], Any],
                               item_seed_)
             continue
         yield _Task(item.name, item_seed_, observation, item.operator, clean,
-                    time.perf_counter() - start)
+                    time.perf_counter() - start,
+                    sigma=None if levels is None else (levels[item.name],))
 
 
 def _result(task: _Task, outcome: _Outcome) -> BatchResult:
@@ -897,10 +917,11 @@ def _result(task: _Task, outcome: _Outcome) -> BatchResult:
                        tuple(message for message, _ in outcome.warnings))
 
 
-def _stream(items: list[_Item], truth: Callable[[str], Any], seed: int,
+def _stream(items: list[_Item], truth: Callable[[str], Any],
+            levels: dict[str, float | None] | None, seed: int,
             start_engine: Callable[[], Any]) -> Iterator[BatchResult]:
     """Keep the engine's capacity busy, yield results as they come; see reconstruct_many."""
-    tasks = _tasks(items, truth, seed)
+    tasks = _tasks(items, truth, seed, levels)
     engine = None
     in_flight = 0
     ready: list[BatchResult] = []

@@ -208,6 +208,14 @@ def test_ground_truth_as_a_function_and_operators_per_item(noisy, clean, tmp_pat
     assert results["masked"].ok and results["masked"].result.config["problem"] == "inpainting"
 
 
+def test_each_item_its_own_noise_level(noisy):
+    items = [("crop0", noisy["crop0"]), ("crop1", noisy["crop1"]), ("crop2", noisy["crop2"])]
+    results = {r.name: r.result for r in reconstruct_many(
+        items, workers=1, sigma={"crop0": 0.1, "crop1": None}, **FIT)}
+    assert results["crop0"].config["sigma"] == pytest.approx(0.1)
+    assert results["crop1"].config["sigma"] is None is results["crop2"].config["sigma"]
+
+
 def test_a_module_and_a_policy_start_afresh_for_each_fit(noisy):
     net = DeepDecoder((1, 32, 32), channels=8)
     weights = [p.detach().clone() for p in net.parameters()]
@@ -345,6 +353,8 @@ def test_ray_ctrl_c_yields_the_finished_items_then_raises(ray_cluster, noisy):
     ([BRIGHT], {"gpus_per_fit": 0.5, "device": "cpu"}, ValueError, "needs a CUDA device"),
     ([BRIGHT], {"address": "auto"}, ValueError, "address='auto' is for engine='ray'"),
     ([BRIGHT], {"ground_truth": {"nope": BRIGHT}}, ValueError, "not in the batch: nope"),
+    ([BRIGHT], {"sigma": {"nope": 0.1}}, ValueError, "sigma names 1 items that are not in"),
+    ([BRIGHT], {"sigma": {"item0": -1.0}}, ValueError, "sigma of 'item0' must satisfy"),
     ([BRIGHT], {"ground_truth": BRIGHT}, TypeError, "ground_truth must map item names"),
     ([BRIGHT, BRIGHT[::-1]], {"workers": 2, "callback": lambda state: None}, ValueError,
      "option callback cannot be sent to worker processes"),

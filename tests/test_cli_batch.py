@@ -457,3 +457,20 @@ def test_the_error_for_an_existing_output_names_the_batchs_option(data, tmp_path
     error = summary_of(out)["items"][0]["error"]
     assert "pass --force to replace it" in error and "--overwrite" not in error
     assert result.exit_code == 1
+
+
+def test_measurement_files_with_their_own_noise_levels_keep_them(tmp_path):
+    """Files saved with different levels (one noiseless): each is fitted with its own."""
+    operator = GaussianSensing(100, (1, 16, 16), seed=3)
+    folder = tmp_path / "y"
+    folder.mkdir()
+    for name, sigma in (("noisy", 0.05), ("clean", None)):
+        y, _ = simulate_measurements(operator, sample_image("camera", size=16), sigma=sigma)
+        np.savez(folder / f"{name}.npz", y=y, operator=json.dumps(operator.describe()),
+                 sigma=np.nan if sigma is None else sigma)
+    out = tmp_path / "out"
+    result = batch("cs", folder, "-o", out, "--workers", "1", "-q", *FAST)
+    assert result.exit_code == 0, result.output  # before: refused, "different noise levels"
+    noisy, clean = (json.loads((out / f"{name}.json").read_text())["config"]["sigma"]
+                    for name in ("noisy", "clean"))
+    assert noisy == pytest.approx(0.05) and clean is None
