@@ -23,7 +23,7 @@ from torch.func import functional_call, vmap
 
 from .checks import check_choice, check_int, check_lr_decay
 from .metrics import psnr_tensor
-from .stopping import _finalize
+from .stopping import _finalize, feed
 
 __all__ = ["PRECISIONS", "FitResult", "FitState", "fit", "fit_many", "resolve_device"]
 
@@ -567,7 +567,7 @@ class _Member:
                 guard.snapshot(loss_value)
             self.kept_average = candidate if self.ema is not None else None
             self.last = (at, candidate)
-            stop = bool(policy.update(at, loss_value, seen))
+            stop = feed(policy, at, loss_value, candidate, seen)  # each rule the one it reads
             candidates = getattr(policy, "candidates", (policy.best_step,))
             if at in candidates:
                 self.kept[at] = candidate

@@ -18,7 +18,8 @@ absent), ``finalize(last_step)`` (called when the loop ends for another reason, 
 unperturbed input; the Deep Image Prior perturbs its input at every iteration, and that output
 costs the loop one more forward pass) and ``every`` (the policy reads the output only at
 iterations that are multiples of ``every``; the loop then computes the unperturbed output only
-there and passes ``None`` as ``output`` in between).
+there and passes ``None`` as ``output`` in between). In a group (:class:`FirstOf`,
+:class:`Shadow`) each policy gets the output it asks for (:func:`feed`).
 
 The built-in rules (REFERENCES §4), written as text specs such as
 ``"wmv:window=100,patience=1000"``, ``"fixed:3000"``, ``"holdout:fraction=0.1,patience=200"``
@@ -121,14 +122,14 @@ class Rule:
     A subclass implements ``_update`` (set ``best_step``; set ``reason`` and return True to
     stop) and names itself with ``label`` and ``criterion`` (used in reasons). A rule whose
     ``every`` is k > 1 sees only the iterations that are multiples of k (``update`` returns
-    False on the others without calling ``_update``); ``reads_output`` False says the rule
-    never looks at ``output`` (it may be None).
+    False on the others without calling ``_update``). A rule with
+    ``needs_unperturbed_output`` gets the output from the unperturbed input, which the loop
+    computes only at the iterations it reads (see :func:`feed`).
     """
 
     label: ClassVar[str] = ""
     criterion: ClassVar[str] = ""
     needs_unperturbed_output: ClassVar[bool] = False
-    reads_output: ClassVar[bool] = True
     every: int = 1
 
     def __init__(self) -> None:
@@ -184,7 +185,6 @@ class Fixed(Rule):
     """
 
     label = criterion = "fixed"
-    reads_output = False
 
     def __init__(self, num_iter: int) -> None:
         super().__init__()
@@ -211,7 +211,6 @@ class Patience(Rule):
 
     label = "patience"
     criterion = "lowest training loss"
-    reads_output = False
 
     def __init__(self, patience: int = 500, min_delta: float = 0.0) -> None:
         super().__init__()
@@ -357,7 +356,7 @@ class EMV(_VarianceRule):
         super().__init__(patience, min_delta)
         self.alpha = check_float("alpha", alpha, low=0, high=1, low_open=True, high_open=True)
         self.burn_in = math.ceil(10 / self.alpha) if burn_in is None else check_int(
-            "burn_in", burn_in, minimum=0)
+            "burn_in", burn_in, minimum=1)  # the first iterate has no variance yet (0)
         self._count, self._emv = 0, 0.0
 
     def _update(self, step: int, loss: float, output: Tensor) -> bool:
@@ -430,7 +429,8 @@ class Discrepancy(Rule):
         self._min.update(step, value)
         if self.smoothed_residual <= self.level:
             self.best_step = step
-            self.reason = (f"residual ‖y − A f‖² = {self.smoothed_residual:.4g} (smoothed) "
+            smoothed = " (smoothed)" if self.smoothing else ""
+            self.reason = (f"residual ‖y − A f‖² = {self.smoothed_residual:.4g}{smoothed} "
                            f"reached the noise level {self._level} at iteration "
                            f"{step} (discrepancy principle)")
             return True
@@ -490,6 +490,9 @@ class Holdout(Rule):
         return False
 
 
+_SAME = object()  # feed's default: the unperturbed output is the output itself
+
+
 class FirstOf:
     """Several policies at once: stop as soon as the first of them fires.
 
@@ -519,8 +522,11 @@ class FirstOf:
     def candidates(self) -> frozenset[int]:
         return frozenset().union(*(_candidates(p) for p in self.policies))
 
-    def update(self, step: int, loss: float, output: Tensor) -> bool:
-        fired = [bool(p.update(step, loss, output)) for p in self.policies]
+    def update(self, step: int, loss: float, output: Tensor,
+               unperturbed: Tensor | None | object = _SAME) -> bool:
+        """Iteration ``step`` for every policy, each with the output it reads (see
+        :func:`feed`)."""
+        fired = [feed(p, step, loss, output, unperturbed) for p in self.policies]
         if self.fired is None and any(fired):
             self.fired = self.policies[fired.index(True)]
         return any(fired)
@@ -558,10 +564,13 @@ class Shadow:
         self.best_step = 0
         self.reason = "shadow run: every rule evaluated, none allowed to stop the fit"
 
-    def update(self, step: int, loss: float, output: Tensor) -> bool:
+    def update(self, step: int, loss: float, output: Tensor,
+               unperturbed: Tensor | None | object = _SAME) -> bool:
+        """Iteration ``step`` for every rule not stopped yet, each with the output it reads
+        (see :func:`feed`); never stops the fit."""
         self.best_step = step
         for label, policy in self.policies.items():
-            if label not in self.stopped and policy.update(step, loss, output):
+            if label not in self.stopped and feed(policy, step, loss, output, unperturbed):
                 self._record(label, step)
         return False
 
@@ -577,6 +586,21 @@ class Shadow:
         self.reasons[label] = policy.reason
 
 
+def feed(policy: Any, step: int, loss: float, output: Tensor,
+         unperturbed: Tensor | None | object = _SAME) -> bool:
+    """Give ``policy`` iteration ``step``: the output the loop keeps and returns (``output``),
+    or, to a policy that asks for it (``needs_unperturbed_output``), the output from the
+    unperturbed input (``unperturbed``; None where it was not computed, at iterations the
+    policy does not read). :class:`FirstOf` and :class:`Shadow` get both and pass each of
+    their policies its own. True to stop."""
+    if unperturbed is _SAME:
+        unperturbed = output
+    if isinstance(policy, FirstOf | Shadow):
+        return bool(policy.update(step, loss, output, unperturbed))
+    wants = getattr(policy, "needs_unperturbed_output", False)
+    return bool(policy.update(step, loss, unperturbed if wants else output))
+
+
 def _check_policy(policy: Any) -> Any:
     missing = [m for m in ("update", "best_step", "reason") if not hasattr(policy, m)]
     if missing:
@@ -588,10 +612,12 @@ def _check_policy(policy: Any) -> Any:
 
 
 def _common_every(policies: Any) -> int:
-    """The iterations at which a group of policies reads outputs: every k-th, k the greatest
-    common divisor of their ``every`` (1 when absent), over those that read outputs at all."""
+    """The iterations at which a group's policies read the output from the unperturbed input,
+    which the loop then computes: every k-th, k the greatest common divisor of the ``every``
+    (1 when absent) of those that ask for it (the others read the output the loop keeps,
+    there at every iteration)."""
     return math.gcd(*(int(getattr(p, "every", 1)) for p in policies
-                      if getattr(p, "reads_output", True))) or 1
+                      if getattr(p, "needs_unperturbed_output", False))) or 1
 
 
 def _candidates(policy: Any) -> frozenset[int]:

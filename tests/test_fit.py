@@ -340,6 +340,31 @@ def test_the_unperturbed_output_is_computed_only_where_the_policy_reads_it(every
     torch.testing.assert_close(result.output, reference.output, rtol=0, atol=0)
 
 
+class Kept(Reading):
+    """The same, reading the output the loop keeps (an Oracle or a WMV does)."""
+
+    needs_unperturbed_output = False
+
+
+@pytest.mark.parametrize("group", ["FirstOf", "Shadow"])
+def test_in_a_group_each_policy_reads_the_output_it_asks_for(group):
+    """A rule beside one that asks for the unperturbed output still judges the iterate the
+    loop keeps and returns; before, it was handed the unperturbed one, or None."""
+    from deepprior.stopping import FirstOf, Shadow
+
+    clean, noisy, op, z = _problem()
+    kept, unperturbed, states = Kept(1), Reading(4), []
+    policy = FirstOf(kept, unperturbed) if group == "FirstOf" else Shadow(
+        {"kept": kept, "unperturbed": unperturbed})
+    fit(PixelNet(op.image_shape, seed=1), z, noisy, op, policy=policy, max_num_iter=8,
+        reg_noise_std=0.1, ema=0.9, seed=5, device="cpu",
+        callback=lambda state: states.append(state.output.clone()))
+    assert [step for step, _ in kept.seen] == list(range(1, 9))
+    for (_, output), state in zip(kept.seen, states, strict=True):
+        torch.testing.assert_close(output, state, rtol=0, atol=0)  # the kept iterate
+    assert [step for step, output in unperturbed.seen if output is not None] == [4, 8]
+
+
 def test_a_budget_that_ends_before_the_policy_reads_returns_the_last_iterate():
     clean, noisy, op, z = _problem()
     policy = Reading(8)  # reads iteration 8, 16, ...: none of a budget of 5

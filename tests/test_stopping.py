@@ -364,12 +364,14 @@ def test_wmv_validation():
 
 
 def test_emv_by_hand():
-    policy = EMV(alpha=0.5, patience=10, burn_in=0)
+    policy = EMV(alpha=0.5, patience=10, burn_in=1)
     policy.update(1, 0.0, torch.tensor([[[[0.0]]]]))
-    assert policy.last_variance == 0.0
+    assert policy.last_variance is None  # one iterate: no variance yet
     policy.update(2, 0.0, torch.tensor([[[[2.0]]]]))
     # EMV_2 = (1 − α)(0 + α·(2 − 0)²) = 1
     assert policy.last_variance == 1.0
+    with pytest.raises(ValueError, match="burn_in must be an integer >= 1"):
+        EMV(burn_in=0)  # it would track the 0 it starts from, and always return iteration 1
 
 
 def test_emv_matches_reference():
@@ -407,7 +409,7 @@ def test_emv_validation():
         EMV(alpha="0.1")
     with pytest.raises(ValueError, match="patience must be an integer >= 1, got 0"):
         EMV(patience=0)
-    with pytest.raises(ValueError, match="burn_in must be an integer >= 0, got -1"):
+    with pytest.raises(ValueError, match="burn_in must be an integer >= 1, got -1"):
         EMV(burn_in=-1)
     with pytest.raises(ValueError, match="min_delta must satisfy 0 <= min_delta < 1, got 1.0"):
         EMV(min_delta=1.0)
@@ -580,15 +582,20 @@ def test_every_k_reads_the_multiples_of_k_as_k_iterations_of_averaging(cls):
 
 
 def test_groups_read_outputs_at_the_common_divisor_of_their_members_every():
+    """The loop computes the unperturbed output where the members that ask for it read it;
+    the others read the output it keeps, there at every iteration."""
     _, operator, y = held_out_data()
     sigma = {"sigma": 0.1}
     assert FirstOf(Holdout(operator, y, every=4), Fixed(10), Patience()).every == 4
     assert FirstOf(Holdout(operator, y, every=4), Discrepancy(operator, y, every=6,
                                                               **sigma)).every == 2
-    assert FirstOf(Holdout(operator, y, every=4), WMV()).every == 1  # WMV reads every output
+    assert FirstOf(Holdout(operator, y, every=4), WMV()).every == 4
     assert FirstOf(Fixed(10), Patience()).every == 1
     assert Shadow({"a": Holdout(operator, y, every=8), "b": Fixed(3)}).every == 8
-    assert Shadow({"a": Holdout(operator, y, every=8), "b": Minimal()}).every == 1
+    assert Shadow({"a": Holdout(operator, y, every=8), "b": Minimal()}).every == 8
+    nested = Shadow({"a": Discrepancy(operator, y, every=8, **sigma),
+                     "b": FirstOf(Fixed(10), Patience())})
+    assert nested.every == 8
 
 
 def test_holdout_validation():
