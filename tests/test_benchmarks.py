@@ -453,3 +453,14 @@ def test_mix_members_add_up_to_the_default_call(harness, tmp_path):
     with pytest.raises(SystemExit):  # another budget needs the default's row: checked first
         mix.main(["--case", "camera:25:0", "--budget", "1.5", "--out-dir", str(tmp_path)])
     assert f"single fit {30 - row['A']['psnr']:.2f} dB, A + B {30 - row['AB']:.2f} dB" in table
+
+
+def test_engine_check_compares_two_runs_bit_for_bit(tmp_path, study):
+    assert study("engine_check.py", "--quick", "--name", "a", "--out-dir", str(tmp_path))[0] == 0
+    payload = json.loads((tmp_path / "engine_check_a.json").read_text())
+    rows = payload["rows"]
+    assert len(rows) == 7 and all(len(row["hash"]) == 16 for row in rows.values())
+    rows["dip denoise (default: mix)"]["hash"] = "0" * 16  # another engine's image
+    (tmp_path / "engine_check_b.json").write_text(json.dumps(payload))
+    code, table = study("engine_check.py", "--compare", "a", "b", "--out-dir", str(tmp_path))
+    assert code == 0 and table.count("bit-identical") == 6 and table.count("DIFFERENT") == 1
