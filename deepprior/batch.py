@@ -566,7 +566,7 @@ class _Task:
     load_seconds: float
     device: str | None = None
     attempts: int = 0
-    sigma: tuple[float | None] | None = None  # (σ,): the item's own level; None: the option
+    options: dict[str, Any] = field(default_factory=dict)  # the item's own (its σ)
 
 
 @dataclass(frozen=True)
@@ -608,8 +608,7 @@ def _fit_one(task: _Task, shared: _Shared | None = None) -> _Outcome:
         kwargs["operator"] = copy.deepcopy(kwargs["operator"])
     if task.device is not None:
         kwargs["device"] = task.device
-    if task.sigma is not None:
-        kwargs["sigma"] = task.sigma[0]
+    kwargs.update(task.options)
     result = error = None
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -907,7 +906,7 @@ def _tasks(items: list[_Item], truth: Callable[[str], Any], seed: int,
             continue
         yield _Task(item.name, item_seed_, observation, item.operator, clean,
                     time.perf_counter() - start,
-                    sigma=None if levels is None else (levels[item.name],))
+                    options={} if levels is None else {"sigma": levels[item.name]})
 
 
 def _result(task: _Task, outcome: _Outcome) -> BatchResult:
