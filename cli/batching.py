@@ -358,8 +358,8 @@ def _skip(item: _Item) -> None:
         row.stop = short_reason(row.stop_reason) if isinstance(row.stop_reason, str) else None
         row.psnr, row.ssim = report.get("psnr"), report.get("ssim")
         batch = report.get("batch")  # the seconds a done row gave: reading and fitting
-        row.seconds = batch.get("seconds", report.get("elapsed_s")) if isinstance(
-            batch, dict) else report.get("elapsed_s")
+        batch = batch if isinstance(batch, dict) else {}  # (reports from before: the fit's)
+        row.seconds = batch.get("seconds", report.get("elapsed_s"))
 
 
 def _shared_sigma(todo: list[_Item]) -> float | dict[str, float | None] | None:

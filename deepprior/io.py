@@ -132,6 +132,23 @@ def load_image(path: str | os.PathLike[str], *, max_pixels: int = 64_000_000) ->
     >>> image.shape, image.dtype, float(image.max())
     ((3, 4), dtype('float32'), 1.0)
     """
+    path, limit = _readable(path, max_pixels)
+    if path.suffix.lower() == ".npy":
+        return _load_npy(path, limit)
+    return _to_float_image(path, _drop_alpha(path, _load_pixels(path, limit)))
+
+
+def load_samples(path: str | os.PathLike[str], *, max_pixels: int = 64_000_000) -> np.ndarray:
+    """An image file's samples as stored, for a file that holds data rather than a picture
+    (a blur kernel measured in photon counts, say): integers or floats, upright, channels
+    last, an alpha channel dropped, neither scaled nor checked against [0, 1] as
+    :func:`load_image` does."""
+    path, limit = _readable(path, max_pixels)
+    return _drop_alpha(path, _load_pixels(path, limit))
+
+
+def _readable(path: str | os.PathLike[str], max_pixels: object) -> tuple[pathlib.Path, int]:
+    """The path of an image file that exists and is not empty, and the pixel limit, checked."""
     if isinstance(max_pixels, bool) or not isinstance(max_pixels, int | np.integer):
         raise TypeError(
             f"max_pixels must be an integer, got {type(max_pixels).__name__} {max_pixels!r}"
@@ -140,20 +157,7 @@ def load_image(path: str | os.PathLike[str], *, max_pixels: int = 64_000_000) ->
         raise ValueError(f"max_pixels must be a positive integer, got {max_pixels}")
     path = pathlib.Path(os.fspath(path))
     _check_is_readable_file(path)
-    if path.suffix.lower() == ".npy":
-        return _load_npy(path, int(max_pixels))
-    pixels = _load_pixels(path, int(max_pixels))
-    return _to_float_image(path, _drop_alpha(path, pixels))
-
-
-def load_samples(path: str | os.PathLike[str], *, max_pixels: int = 64_000_000) -> np.ndarray:
-    """An image file's samples as stored, for a file that holds data rather than a picture
-    (a blur kernel measured in photon counts, say): integers or floats, upright, channels
-    last, an alpha channel dropped, neither scaled nor checked against [0, 1] as
-    :func:`load_image` does."""
-    path = pathlib.Path(os.fspath(path))
-    _check_is_readable_file(path)
-    return _drop_alpha(path, _load_pixels(path, int(max_pixels)))
+    return path, int(max_pixels)
 
 
 def _check_is_readable_file(path: pathlib.Path, kind: str = "an image file",
