@@ -120,32 +120,28 @@ def run_task(task: Task, options: FitOptions) -> None:
                       inputs=(*task.inputs, options.clean),
                       extra={role: path for role, (path, _) in task.extra_outputs.items()})
     bits, bits_note = output_bits(output, task.bits, colour=len(task.image_shape) == 3)
-    if not options.silent:
-        net = network(task, options)
-        typer.echo(f"{task.headline} with {net}, norm={options.norm}")
-        if net == "dip" and deepprior.resolve_device(options.device).type == "cpu":
-            defaults = deepprior.problem_defaults(problem_of(task), "dip")
-            iters = options.iters or defaults.max_num_iter
-            kwargs = fit_kwargs(options)
-            fits = deepprior.planned_fits(
-                problem_of(task), "dip", sigma_known=task.sigma is not None,
-                num_measurements=task.observation.size,
-                **{k: kwargs[k] for k in ("stop", "ensemble", "regularizer",
-                                          "regularizer_weight")})
-            pixels = task.image_shape[0] * task.image_shape[1]
-            minutes = fits * iters * DIP_CPU_SECONDS_PER_PIXEL * pixels / 60
-            if options.precision == "bf16":
-                minutes /= DIP_BF16_SPEEDUP
-            if minutes >= 1:
-                faster = ("; --precision bf16 is about 1.5x faster on this CPU"
-                          if options.precision == "fp32" and cpu_has_bf16_units() else "")
-                runs = f"{fits} fits of up to {iters:,} iterations" if fits > 1 else \
-                    f"up to {iters:,} iterations"
-                note(f"the Deep Image Prior runs {runs}, about {minutes:.0f} min on one CPU "
-                     "core at this size (fewer when it stops early); --net deep_decoder is "
-                     f"9-24x faster per fit and returns less (benchmarks/RESULTS.md §2, §5)"
-                     f"{faster}",
-                     options)
+
+    def announce(plan: dict[str, Any]) -> None:
+        """The headline and, for a long CPU fit, the note on its time: once the library has
+        checked the call, so that an invalid one says only its error."""
+        if options.silent:
+            return
+        typer.echo(f"{task.headline} with {plan['net']}, norm={options.norm}")
+        if plan["net"] != "dip" or plan["device"] != "cpu":
+            return
+        pixels = task.image_shape[0] * task.image_shape[1]
+        fits, iters = plan["fits"], plan["max_num_iter"]
+        minutes = fits * iters * DIP_CPU_SECONDS_PER_PIXEL * pixels / 60
+        if options.precision == "bf16":
+            minutes /= DIP_BF16_SPEEDUP
+        if minutes >= 1:
+            faster = ("; --precision bf16 is about 1.5x faster on this CPU"
+                      if options.precision == "fp32" and cpu_has_bf16_units() else "")
+            runs = f"{fits} fits of up to {iters:,} iterations" if fits > 1 else \
+                f"up to {iters:,} iterations"
+            note(f"the Deep Image Prior runs {runs}, about {minutes:.0f} min on one CPU core at "
+                 "this size (fewer when it stops early); --net deep_decoder is 9-24x faster "
+                 f"per fit and returns less (benchmarks/RESULTS.md §2, §5){faster}", options)
 
     with torch_threads(options.threads):
         result = deepprior.reconstruct(
@@ -155,6 +151,7 @@ def run_task(task: Task, options: FitOptions) -> None:
             ground_truth=clean,
             seed=options.seed,
             progress=not options.silent,
+            on_start=announce,
             **fit_kwargs(options),
         )
     status = status_of(result)

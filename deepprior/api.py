@@ -465,6 +465,7 @@ def reconstruct(
     precision: str = "fp32",
     regularizer: str | Callable[[torch.Tensor], torch.Tensor] | None = None,
     regularizer_weight: float | None = None,
+    on_start: Callable[[dict[str, Any]], None] | None = None,
 ) -> Reconstruction:
     """Reconstruct an image from one corrupted observation with an untrained network.
 
@@ -593,6 +594,13 @@ def reconstruct(
         above the winner's (the mean of the per-entry differences over their standard error;
         under ~2 the choice is a near tie), ``config["members"]`` the members. Costs one fit
         per weight plus ``ensemble``; :func:`planned_fits` counts a call's fits before any runs.
+    on_start : callable, optional
+        Called once, after every check and before the first fit, with the plan: a dict of
+        ``problem``, ``net`` (its name), ``fits`` (how many, as :func:`planned_fits`),
+        ``max_num_iter`` (each fit's budget), ``stop`` (the spec ``"auto"`` resolved to),
+        ``ensemble``, ``regularizer_weights`` (0 for no penalty; several: chosen between) and
+        ``device``. A command line prints its headline here, so that an invalid call says only
+        its error.
 
     Returns
     -------
@@ -715,6 +723,20 @@ def reconstruct(
 
     choosing = len(candidates) > 1 and not mix
     planned = _fit_count(len(candidates), ensemble, mix)
+    if choosing:  # each weight fitted without the held-out share:
+        # a stop that holds data out compares the weights on its own share (member 0 splits
+        # with this seed); any other stop fits what is left of a share set aside here
+        own = next((p for p in members(policy) if isinstance(p, Holdout)), None)
+        fit_op, fit_y, held_op, held_y = (op, y, own.operator, own.y) if own else \
+            split_measurements(op, y, HOLDOUT_FRACTION, seed)
+    # the first fit's network (member 0's seed, the image unturned), built before any fit
+    first = [_network(net, net_input, op.image_shape, norm, seed, options)]
+    if on_start is not None:
+        on_start({"problem": problem, "net": net_name, "fits": planned,
+                  "max_num_iter": max_num_iter, "stop": spec if isinstance(spec, str)
+                  else type(spec).__name__, "ensemble": ensemble,
+                  "regularizer_weights": [weight for _, weight in candidates],
+                  "device": str(torch_device)})
     numbers = itertools.count(1)
 
     def fit_member(k: int, fit_op: Any, fit_y: torch.Tensor, truth_k: torch.Tensor | None,
@@ -728,7 +750,8 @@ def reconstruct(
             progress_label += f" ({label})" if label else ""
         else:
             progress_label = progress
-        module, z, _ = _network(net, net_input, fit_op.image_shape, norm, seed + k, options)
+        module, z, _ = first.pop() if first else _network(net, net_input, fit_op.image_shape,
+                                                          norm, seed + k, options)
         member_policy, fit_op, fit_y = make_policy(member_spec, operator=fit_op, y=fit_y,
                                                    sigma=sigma, ground_truth=truth_k,
                                                    seed=seed + k)
@@ -741,12 +764,7 @@ def reconstruct(
 
     choice, trials, fits = [], [], []
     penalty, regularizer_weight = candidates[0]
-    if choosing:  # each weight fitted without the held-out share:
-        # a stop that holds data out compares the weights on its own share (member 0 splits
-        # with this seed); any other stop fits what is left of a share set aside here
-        own = next((p for p in members(policy) if isinstance(p, Holdout)), None)
-        fit_op, fit_y, held_op, held_y = (op, y, own.operator, own.y) if own else \
-            split_measurements(op, y, HOLDOUT_FRACTION, seed)
+    if choosing:
         errors = []  # the chosen one becomes member 0
         for candidate, weight in candidates:
             module, trial = fit_member(0, fit_op, fit_y, truth, candidate, spec,

@@ -812,8 +812,10 @@ def split_measurements(operator: Any, y: Tensor, fraction: float, seed: int):
     held = (torch.rand(shape, generator=generator) < fraction) & observed
     keep = observed & ~held
     if not keep.any() or not held.any():
+        side = "holds out all of them, leaving none to fit: a smaller fraction" if held.any() \
+            else "holds out none: a larger fraction, more data or a rule that holds none out"
         raise ValueError(f"holdout fraction {fraction} leaves no data on one side of the split "
-                         f"of {int(observed.sum())} measurements")
+                         f"of {int(observed.sum())} measurements (this seed's draw {side})")
     flat = y.reshape(shape)
     return (operator.restrict(keep), flat[keep.to(y.device)][None],
             operator.restrict(held), flat[held.to(y.device)][None])

@@ -494,15 +494,52 @@ def test_planned_fits_counts_the_fits_reconstruct_runs(problem, options, monkeyp
     monkeypatch.setattr(deepprior.api, "fit",
                         lambda *a, **k: counted.append(k["progress"]) or real_fit(*a, **k))
     options = {"net": "dip", "net_options": {"channels": 4}, "max_num_iter": 4, **options}
-    reconstruct(observation, op, progress=True, **options)
+    plans = []  # on_start's plan, and how many fits had begun when it came
+    reconstruct(observation, op, progress=True, on_start=lambda plan: plans.append(
+        (plan, len(counted))), **options)
     asked = {k: v for k, v in options.items() if k not in ("net_options", "max_num_iter",
                                                            "sigma")}
     planned = deepprior.planned_fits(
         problem, sigma_known="sigma" in options,
         num_measurements=None if op is None else op.num_measurements, **asked)
     assert planned == len(counted)
+    [(plan, begun)] = plans
+    assert begun == 0 and plan["fits"] == planned and plan["net"] == options["net"]
+    assert plan["max_num_iter"] == 4 and plan["device"] == "cpu"
     assert [label if label is True else label.split(" (")[0] for label in counted] == (
         [True] if planned == 1 else [f"fit {i}/{planned}" for i in range(1, planned + 1)])
+
+
+def test_on_start_comes_after_every_check_and_before_any_fit(monkeypatch):
+    """An invalid call raises before on_start: a split with nothing held out, a module whose
+    output is not the image; a valid one reports the resolved plan once."""
+    x, op, y, _ = _cs_problem()
+    started = []
+    monkeypatch.setattr(deepprior.api, "fit", lambda *a, **k: pytest.fail("a fit began"))
+    with pytest.raises(ValueError, match="holds out all of them"):
+        reconstruct(y[0], op, net="dip", stop="holdout:fraction=0.99999",
+                    on_start=started.append)
+    module = deepprior.build_net("deep_decoder", (1, 8, 8), channels=4)[0]
+    with pytest.raises(ValueError, match=r"net\(net_input\) has shape \(1, 1, 8, 8\)"):
+        reconstruct(y[0], op, net=module, stop="fixed:3", on_start=started.append)
+    assert started == []
+
+    class Started(Exception):
+        pass
+
+    def stop_here(plan):
+        started.append(plan)
+        raise Started
+
+    with pytest.raises(Started):
+        reconstruct(y[0], op, net="dip", stop="auto", on_start=stop_here)
+    assert started == [{"problem": "compressive_sensing", "net": "dip", "fits": 4,
+                        "max_num_iter": 6000, "ensemble": 1, "stop": deepprior.problem_defaults(
+                            "compressive_sensing", "dip").auto_stop(False, 300),
+                        "regularizer_weights": started[0]["regularizer_weights"],
+                        "device": "cpu"}]
+    assert len(started[0]["regularizer_weights"]) == 3  # none and the two TV weights
+    assert started[0]["regularizer_weights"][0] == 0
 
 
 def test_planned_fits_refuses_a_mix_with_fewer_members_than_weights():

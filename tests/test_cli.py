@@ -429,6 +429,19 @@ def test_option_values_are_checked_before_the_headline_and_notes(args, message, 
     assert not (tmp_path / "x.png").exists()
 
 
+@pytest.mark.parametrize(("args", "message"), [
+    (["-m", "3"], "holdout fraction 0.1 leaves no data on one side of the split of 3 "
+                  "measurements (this seed's draw holds out none"),
+    (["-m", "100", "--stop", "holdout:fraction=0.999"], "holds out all of them"),
+])
+def test_an_error_only_the_library_can_find_comes_before_the_headline(args, message, tmp_path):
+    """The hold-out split is drawn by the library: its error still comes alone, no headline."""
+    result = runner.invoke(app, ["cs", *args, "-o", str(tmp_path / "x.png")])
+    assert_one_line_error(result, message)
+    assert result.stdout == ""
+    assert not (tmp_path / "x.png").exists()
+
+
 def test_typer_validation_exits_2(clean_png):
     assert runner.invoke(app, ["denoise", str(clean_png), "--iters", "0"]).exit_code == 2
     result = runner.invoke(app, ["denoise", str(clean_png), "--net", "unet"])

@@ -957,6 +957,11 @@ def test_make_policy_holdout_errors():
     for fraction in (0.1, 0.5, 0.9):
         with pytest.raises(ValueError, match="leaves no data on one side of the split of 1 "):
             make_policy(f"holdout:fraction={fraction}", operator=mask, y=y)
+    y = operator.A(torch.rand(SHAPE))
+    with pytest.raises(ValueError, match="holds out all of them, leaving none to fit"):
+        make_policy("holdout:fraction=0.99999", operator=operator, y=y)
+    with pytest.raises(ValueError, match="holds out none: a larger fraction, more data or a "):
+        make_policy("holdout:fraction=0.00001", operator=operator, y=y)
 
 
 def test_spec_errors_are_value_errors_that_say_what_to_pass():
