@@ -502,7 +502,9 @@ class _Member:
         self.reason: str | None = None
         self.last: tuple[int, torch.Tensor] | None = None  # the last accepted iterate
         self.step = self.done = 0  # iterations computed / processed (given to the policy)
-        self.pending: list[tuple[int, torch.Tensor, torch.Tensor, torch.Tensor | None]] = []
+        self.pending: list[tuple[int, torch.Tensor, torch.Tensor, torch.Tensor | None,
+                                 float]] = []
+        self.stop_learning_rate: float | None = None  # the rate at a stop before the last
         self.elapsed = 0.0
         self.forward = forward  # forward(net, x): the network in the fit's precision
 
@@ -537,7 +539,8 @@ class _Member:
         scalars = [loss.detach()]
         if self.gt is not None:
             scalars.append(psnr_tensor(self.gt, candidate))
-        self.pending.append((self.step, torch.stack(scalars), candidate, seen))
+        self.pending.append((self.step, torch.stack(scalars), candidate, seen,
+                             self.optimizer.param_groups[0]["lr"]))
         if self.ema is not None:
             self.average = candidate
 
@@ -551,8 +554,8 @@ class _Member:
         PSNR, read from the device); the live weights are those of the last one."""
         guard, policy = self.guard, self.policy
         snapshot_due = False
-        for (at, _, candidate, seen), (loss_value, *psnr) in zip(self.pending, values,
-                                                                 strict=True):
+        for (at, _, candidate, seen, rate), (loss_value, *psnr) in zip(self.pending, values,
+                                                                       strict=True):
             self.losses.append(loss_value)
             self.psnrs.extend(psnr)
             self.done = at
@@ -580,8 +583,9 @@ class _Member:
                 self.reason = f"stopped by the callback at iteration {at}"
                 stop = True
             _update_bar(bar, at, loss_value, self.psnrs)
-            if stop:
-                self.reason = self.reason or policy.reason
+            if stop:  # the rate of this iteration: the schedule has stepped for later pending
+                self.reason = self.reason or policy.reason  # ones, which are discarded
+                self.stop_learning_rate = rate
                 break
         else:  # every pending iteration accepted
             if self.reason is None:
@@ -617,7 +621,8 @@ class _Member:
             psnr=np.asarray(self.psnrs, dtype=np.float64) if self.gt is not None else None,
             elapsed=self.elapsed,
             num_restarts=self.guard.num_restarts,
-            final_learning_rate=self.optimizer.param_groups[0]["lr"],
+            final_learning_rate=self.optimizer.param_groups[0]["lr"]
+            if self.stop_learning_rate is None else self.stop_learning_rate,
         )
 
 

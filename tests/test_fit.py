@@ -244,9 +244,13 @@ def test_batched_reads_give_the_policy_every_iteration_in_order(sync_every):
     clean, noisy, op, z = _problem()
     policy = Recorder(stop_at=11)
     result = fit(PixelNet(op.image_shape), z, noisy, op, policy=policy, max_num_iter=40,
-                 sync_every=sync_every, device="cpu", ground_truth=clean)
+                 sync_every=sync_every, device="cpu", ground_truth=clean, lr_decay=(0.5, 2))
     reference = fit(PixelNet(op.image_shape), z, noisy, op, policy=Recorder(stop_at=11),
-                    max_num_iter=40, sync_every=1, device="cpu", ground_truth=clean)
+                    max_num_iter=40, sync_every=1, device="cpu", ground_truth=clean,
+                    lr_decay=(0.5, 2))
+    # the schedule stepped for the discarded iterations 12..16 too (sync_every=8), but the
+    # rate reported is the stop's: 5 halvings in the 10 steps before iteration 11
+    assert result.final_learning_rate == reference.final_learning_rate == 0.01 / 2 ** 5
     assert policy.seen == list(range(1, 12))  # in order, none skipped, none after the stop
     assert (result.best_step, result.num_steps) == (7, 11)
     assert torch.equal(result.output, reference.output)  # the same iterate, computed late
