@@ -54,7 +54,7 @@ from .fitting import (
     status_of,
     task_report,
 )
-from .outputs import Outputs, check_outputs, check_writable_folder
+from .outputs import Outputs, check_outputs, check_writable_folder, folds_case
 
 #: Files a folder or a glob contributes: images (denoise, inpaint, superres, deblur) ...
 IMAGE_INPUTS = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp", ".webp", ".npy")
@@ -229,24 +229,29 @@ def _expand(spec: str, suffixes: tuple[str, ...], where: str) -> list[Path]:
 
 def _items(paths: list[Path], outdir: Path, options: FitOptions,
            engine: EngineOptions) -> list[_Item]:
-    """Each input named by its stem, with its seed and output image; clashes refused."""
+    """Each input named by its stem, with its seed and output image; clashes refused (names
+    that differ only in case too, where the output folder's file system takes them for one)."""
+    same: Callable[[str], str] = str.casefold if folds_case(outdir) else str
     by_name: dict[str, list[Path]] = {}
     for path in paths:
-        by_name.setdefault(path.stem, []).append(path)
-    clashes = {name: found for name, found in by_name.items() if len(found) > 1}
+        by_name.setdefault(same(path.stem), []).append(path)
+    clashes = [found for found in by_name.values() if len(found) > 1]
     if clashes:
-        name, found = next(iter(clashes.items()))
+        found = clashes[0]
         raise ValueError(f"{len(clashes)} output name(s) are taken by several inputs, e.g. "
-                         f"{', '.join(map(str, found))} would all write {outdir / name}."
-                         f"{engine.ext}; rename them or run them separately")
-    writers: dict[str, str] = {}  # every file of every item: image, report, plot
-    for name in by_name:
-        for file in (f"{name}.{engine.ext}", f"{name}.json", f"{name}_curve.png"):
-            other = writers.setdefault(file, name)
-            if other != name:  # e.g. X_curve.png: X's plot and the image of input X_curve
-                raise ValueError(f"the inputs {by_name[other][0]} and {by_name[name][0]} would "
-                                 f"both write {outdir / file}; rename one or run them "
-                                 "separately")
+                         f"{', '.join(map(str, found))} would all write "
+                         f"{outdir / found[0].stem}.{engine.ext}; rename them or run them "
+                         "separately")
+    writers: dict[str, Path | None] = {same(SUMMARY_CSV): None, same(SUMMARY_JSON): None}
+    for (path,) in by_name.values():  # every file of every item: image, report, plot
+        for file in (f"{path.stem}.{engine.ext}", f"{path.stem}.json", f"{path.stem}_curve.png"):
+            other = writers.setdefault(same(file), path)
+            if other is None:
+                raise ValueError(f"the input {path} would write {outdir / file}, the batch's "
+                                 "summary; rename it")
+            if other != path:  # e.g. X_curve.png: X's plot and the image of input X_curve
+                raise ValueError(f"the inputs {other} and {path} would both write "
+                                 f"{outdir / file}; rename one or run them separately")
     resolved = outdir.resolve()
     for path in paths:
         if path.resolve().parent == resolved:
@@ -326,8 +331,6 @@ def _prepare(item: _Item, build: Builder, names: list[str], options: FitOptions,
         if "oracle" in names and clean_path is None and task.clean is None:
             raise ValueError(f"--stop oracle needs the clean image: no {row.name}.* in "
                              f"--clean {options.clean}")
-        if row.name == Path(SUMMARY_JSON).stem:
-            raise ValueError(f"its report would be the batch's {SUMMARY_JSON}; rename the file")
         clean = clean_image(task, clean_path, options)
         outputs = Outputs(item.image, overwrite=engine.force,
                           inputs=(*task.inputs, clean_path), option="--force")

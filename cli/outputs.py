@@ -64,14 +64,32 @@ def _same_file(a: Path, b: Path) -> bool:
     return os.path.samefile(a, b)
 
 
+def _nearest_existing(folder: Path) -> Path:
+    """The folder, or its nearest ancestor that exists (missing folders are created there)."""
+    existing = folder.absolute()
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    return existing
+
+
+def folds_case(folder: Path) -> bool:
+    """Whether the folder's file system takes names that differ only in case for one file
+    (macOS and Windows by default): a probe file in lower case, looked up in upper case. The
+    folder (or its nearest existing ancestor) must be writable: :func:`check_writable_folder`."""
+    handle, probe = tempfile.mkstemp(prefix=".deepprior-case-", dir=_nearest_existing(folder))
+    os.close(handle)
+    try:
+        return os.path.exists(os.path.join(os.path.dirname(probe), os.path.basename(probe).upper()))
+    finally:
+        os.unlink(probe)
+
+
 def check_writable_folder(folder: Path) -> None:
     """The folder, or its nearest existing ancestor (missing folders are created), is a
     writable directory: its permissions allow it and a file can be made there (a probe, made
     and removed at once, catches what permissions do not say: read-only or special file
     systems, a network share that maps root to nobody)."""
-    existing = folder.absolute()
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
+    existing = _nearest_existing(folder)
     if not existing.is_dir():
         raise ValueError(f"cannot create the folder {folder}: {existing} is a file")
     reason = None if os.access(existing, os.W_OK | os.X_OK) else "permission denied"

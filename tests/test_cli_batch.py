@@ -424,6 +424,48 @@ def test_an_input_whose_image_would_be_another_inputs_plot_is_refused_before_any
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("folds", [False, True])
+def test_names_that_differ_in_case_clash_only_where_the_file_system_folds_case(
+        data, tmp_path, monkeypatch, folds):
+    """On macOS or Windows (folding case), A.png and a.png would write one a.png: the second
+    overwritten, or skipped as done on a rerun. Refused there before any fit, as is an input
+    whose report would be the batch's summary.json."""
+    from deepprior_cli.outputs import folds_case
+
+    if folds_case(tmp_path):
+        pytest.skip("this file system folds case: A.png and a.png cannot both exist")
+    monkeypatch.setattr("deepprior_cli.batching.folds_case", lambda folder: folds)
+    photos, out = tmp_path / "photos", tmp_path / "out"
+    for name in ("A", "a"):
+        save_image(photos / f"{name}.png", load_image(data / "photos" / "img0.png"))
+    result = batch("denoise", photos, "-o", out, "--workers", "1", *FAST)
+    if folds:
+        assert result.exit_code == 1 and "output name(s) are taken by several inputs, e.g. " \
+            f"{photos / 'A.png'}, {photos / 'a.png'} would all write" in result.stderr
+        assert not out.exists()
+    else:
+        assert result.exit_code == 0 and statuses(out) == {"A": "done", "a": "done"}
+    for name in ("summary", "Summary"):  # the batch's own summary.json
+        (photos / "a.png").rename(photos / f"{name}.png")
+        result = batch("denoise", photos / f"{name}.png", "-o", tmp_path / name,
+                       "--workers", "1", *FAST)
+        if folds or name == "summary":
+            assert result.exit_code == 1 and f"the input {photos / name}.png would write " \
+                f"{tmp_path / name / name}.json, the batch's summary" in result.stderr
+            assert not (tmp_path / name).exists()
+        else:
+            assert result.exit_code == 0 and statuses(tmp_path / name) == {name: "done"}
+        (photos / f"{name}.png").rename(photos / "a.png")
+
+
+def test_the_case_probe_finds_what_the_file_system_does(tmp_path):
+    from deepprior_cli.outputs import folds_case
+
+    (tmp_path / "Probe").write_text("x")
+    assert folds_case(tmp_path / "missing" / "folder") == (tmp_path / "PROBE").exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["Probe"]  # the probe file is gone
+
+
 def test_a_fit_with_no_accepted_iteration_writes_nothing_and_a_rerun_redoes_it(data, tmp_path):
     out = tmp_path / "out"
     args = ["denoise", data / "photos" / "img0.png", "-o", out, "--workers", "1", "--net",
