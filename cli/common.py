@@ -76,7 +76,8 @@ Net = Annotated[
                  "with deepprior.register_net or by a package's 'deepprior.nets' entry point "
                  "(deep_decoder: Heckel & Hand 2019; dip: Ulyanov et al. 2018; conv_decoder: "
                  "Darestani & Heckel 2021). Default: per problem, dip for denoise and cs "
-                 "(better, 9-24x slower on a CPU), deep_decoder for the others.",
+                 "(better, 9-24x slower on a CPU; cs with fewer measurements than pixels), "
+                 "deep_decoder for the others.",
                  show_default=False, rich_help_panel=FIT_PANEL),
 ]
 Norm = Annotated[NormName, typer.Option("--norm", help="Normalization after each layer.",

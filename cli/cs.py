@@ -332,9 +332,13 @@ def _given(matrix_path: Path, matrix, y_path: Path, shape: str | None, key: str 
                          f"{'' if per_channel else '*C'}); they must be equal")
     if per_channel:
         note(f"y has shape {y.shape}: A is applied to each of the 3 channels", options)
+    if m >= n:
+        note(f"--matrix {matrix_path} has {m} rows for {n} pixels, not fewer: this is not "
+             "compressive sensing, and the defaults are those of a generic linear problem "
+             "(the Deep Decoder, a hold-out stop)", options)
     if (channels, height, width, per_channel) not in operators:
-        operators[channels, height, width, per_channel] = _operator(matrix, channels, height,
-                                                                    width, per_channel)
+        operators[channels, height, width, per_channel] = deepprior.as_operator(
+            matrix, (channels, height, width))  # n = H*W: applied to each channel
     operator = operators[channels, height, width, per_channel]
     image_shape = (height, width) if channels == 1 else (height, width, channels)
     return Task(
@@ -352,15 +356,6 @@ def _given(matrix_path: Path, matrix, y_path: Path, shape: str | None, key: str 
                 "matrix": str(matrix_path), "measurements_file": str(y_path)},
         summary=_summary(operator),
     )
-
-
-def _operator(matrix, channels: int, height: int, width: int, per_channel: bool):
-    """The operator of --matrix (block diagonal when applied to each of 3 channels)."""
-    if per_channel:
-        import scipy.sparse
-
-        matrix = scipy.sparse.block_diag([scipy.sparse.csr_matrix(matrix)] * 3, format="csr")
-    return deepprior.as_operator(matrix, (channels, height, width))
 
 
 def _image_shape(shape: str | None, n: int, per_channel: bool) -> tuple[int, int, int]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import itertools
 import math
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -715,6 +716,15 @@ def reconstruct(
         raise ValueError("an ensemble needs a network name (each member is built from its seed)")
     options = {**defaults.net_options, **(net_options or {})} if isinstance(net, str) \
         else net_options
+    if isinstance(net, str) and options.get("output_activation", "sigmoid") == "sigmoid" \
+            and not isinstance(op, Identity):  # an image in [0, 1]: can A give y?
+        ratio = _scale_ratio(op, y)
+        if ratio > SCALE_WARNING:
+            warnings.warn(f"the measurements are {ratio:.3g} times larger than any image in "
+                          "[0, 1] can give through this operator (‖y‖ over ‖A‖·√n); the "
+                          "networks' images are in [0, 1]: scale y (or the operator) so "
+                          "that the image it measures lies in [0, 1], e.g. 8-bit data / 255",
+                          stacklevel=2)
     policy = make_policy(spec, operator=op, y=y, sigma=sigma, ground_truth=truth, seed=seed)[0]
     if max_num_iter is None:  # "fixed:N" alone sets the budget
         max_num_iter = max([defaults.max_num_iter,
@@ -895,6 +905,26 @@ MIX_BUDGET = 2
 TV_SNRS_DB = (20.0, 30.0)
 #: The problem kinds with an automatic TV weight (others need ``regularizer_weight``).
 TV_WEIGHT_PROBLEMS = ("denoise", "compressive_sensing")
+
+
+#: :func:`reconstruct` warns when ``‖y‖`` exceeds this many times the largest ``‖A x‖`` of an
+#: image in [0, 1] (``‖A‖·√n``): only noise far above the signal gives that, or data on another
+#: scale (0-255, photon counts), which an image in [0, 1] cannot fit.
+SCALE_WARNING = 3.0
+
+
+def _scale_ratio(op: Any, y: torch.Tensor) -> float:
+    """``‖y‖ / (‖A‖·√n)``: ``‖A‖`` by eight power iterations from the constant image (the top
+    direction of masks and blurs; for sensing matrices within a few tens of percent)."""
+    u = torch.ones((1, *op.image_shape), device=op.device)
+    for _ in range(8):
+        v = op.A_adjoint(op.A(u)).detach()
+        size = float(v.norm())
+        if size == 0:
+            return 0.0 if float(y.norm()) == 0 else math.inf
+        u = v / size
+    gain = float(op.A(u).detach().norm())
+    return float(y.double().norm()) / (gain * math.sqrt(math.prod(op.image_shape)))
 
 
 def _tv_scale(op: Any) -> float:
@@ -1121,11 +1151,23 @@ def _observation(array: np.ndarray, operator: Any, image_shape: Any):
         y = image_to_tensor(array)
         return Identity(tuple(y.shape[1:])), y
     op = as_operator(operator, image_shape)
-    if array.size != math.prod(op.measurement_shape):
+    shape = op.measurement_shape
+    if array.size != math.prod(shape):
         raise ValueError(
             f"observation has shape {array.shape} ({array.size} entries) but the operator "
-            f"produces measurements of shape {op.measurement_shape}")
-    return op, torch.from_numpy(np.ascontiguousarray(array)).reshape(1, *op.measurement_shape)
+            f"produces measurements of shape {shape}")
+    if len(shape) == 3 and array.shape == (*shape[1:], shape[0]) != shape:  # an (H, W, C)
+        array = np.moveaxis(array, -1, 0)  # image, deepprior's layout, of (C, H, W) measurements
+    elif sum(d > 1 for d in shape) > 1 and [d for d in array.shape if d > 1] != [
+            d for d in shape if d > 1] and array.ndim > 1:  # not flat, and not in that shape
+        raise ValueError(f"observation has shape {array.shape} but the operator's measurements "
+                         f"have shape {shape}: pass them in that shape, flat, or as an "
+                         f"(H, W, C) image")
+    y = torch.from_numpy(np.ascontiguousarray(array)).reshape(1, *shape)
+    observed = getattr(op, "observed", None)  # a mask's holes carry no data: zero there, as
+    if observed is not None:  # A(x) is (what a user's file holds there would stay in the loss)
+        y = y * observed.to(y.device, torch.bool)
+    return op, y
 
 
 def _network(net: Any, net_input: Any, image_shape: tuple[int, int, int], norm: str, seed: int,

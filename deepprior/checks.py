@@ -84,6 +84,9 @@ def check_image_shape(shape: object, name: str = "image_shape") -> tuple[int, in
     if len(shape) not in (2, 3):
         raise ValueError(f"{name} must be (H, W) or (C, H, W), got {tuple(shape)}")
     dims = tuple(check_int(f"{name} entries", d, minimum=1) for d in shape)
+    if len(dims) == 3 and dims[2] in (1, 3) and dims[0] not in (1, 3):
+        raise ValueError(f"{name} {dims} looks like (H, W, C); deepprior's operators take "
+                         f"(C, H, W): pass {(dims[2], dims[0], dims[1])}")
     return (1, *dims) if len(dims) == 2 else dims  # type: ignore[return-value]
 
 

@@ -673,9 +673,13 @@ def _load_mat_array(path: pathlib.Path, key: str | None, names: tuple[str, ...])
 
 
 def _load_text_array(path: pathlib.Path) -> np.ndarray:
-    delimiter = "," if path.suffix.lower() == ".csv" else None
+    """Numbers separated by commas (a comma on the first line with data says so, whatever the
+    suffix) or by white space."""
     try:
-        return np.loadtxt(path, delimiter=delimiter, ndmin=1)
+        with open(path, encoding="utf-8") as handle:
+            first = next((line for line in handle if line.strip()
+                          and not line.lstrip().startswith("#")), "")
+        return np.loadtxt(path, delimiter="," if "," in first else None, ndmin=1)
     except Exception as exc:  # ValueError for text that is not numbers, UnicodeDecodeError...
         raise ValueError(f"{path}: not a table of numbers ({type(exc).__name__}: "
                          f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''})"

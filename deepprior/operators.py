@@ -728,9 +728,12 @@ class RestrictedOperator(LinearOperator):
 
 
 class MatrixOperator(LinearOperator):
-    """``y = M vec(x)``: a dense (numpy, torch) or ``scipy.sparse`` matrix of shape ``(m, n)``.
+    """``y = M vec(x)``: a dense (numpy, torch) or sparse (``scipy.sparse``, torch) matrix of
+    shape ``(m, n)``.
 
-    ``vec`` flattens the ``(C, H, W)`` image in C order, so ``n = C·H·W``.
+    ``vec`` flattens the ``(C, H, W)`` image in C order, so ``n = C·H·W``. A matrix with
+    ``n = H·W`` columns and an image of ``C > 1`` channels is applied to each channel: ``y`` is
+    ``(C, m)``, :attr:`measurement_shape` too.
 
     Parameters
     ----------
@@ -743,12 +746,28 @@ class MatrixOperator(LinearOperator):
     matrix: torch.Tensor
 
     def __init__(self, matrix: Any, image_shape: Sequence[int] | None = None) -> None:
+        if torch.is_tensor(matrix):
+            if matrix.is_complex():
+                raise TypeError(f"a sensing matrix must hold real numbers, got dtype "
+                                f"{matrix.dtype}")
+            matrix = matrix.detach().cpu()
+            if matrix.layout != torch.strided:  # a torch sparse matrix, as scipy's
+                import scipy.sparse
+
+                coo = matrix.to_sparse_coo().coalesce()
+                matrix = scipy.sparse.coo_array((coo.values().double().numpy(),
+                                                 coo.indices().numpy()), shape=tuple(coo.shape))
+            elif not matrix.is_floating_point() or matrix.dtype in (torch.bfloat16,
+                                                                     torch.float16):
+                matrix = matrix.float()  # float32, as it is stored (bool, int: exact enough)
         sparse = _is_scipy_sparse(matrix)
         kind = (matrix.dtype if sparse or not torch.is_tensor(matrix) else
                 np.dtype(str(matrix.dtype).removeprefix("torch."))).kind
         if kind not in "fiub":
             raise TypeError(f"a sensing matrix must hold real numbers, got dtype {matrix.dtype}")
         if sparse:
+            if matrix.ndim != 2:
+                raise ValueError(f"a sensing matrix must be 2-D (m, n), got {matrix.shape}")
             coo = matrix.tocoo()
             tensor = torch.sparse_coo_tensor(
                 np.vstack([coo.row, coo.col]), coo.data.astype(np.float32), coo.shape,
@@ -777,12 +796,15 @@ class MatrixOperator(LinearOperator):
                 )
             image_shape = (side, side)
         shape = check_image_shape(image_shape)
-        if math.prod(shape) != n:
+        channels, height, width = shape
+        per_channel = channels > 1 and n == height * width != math.prod(shape)
+        if math.prod(shape) != n and not per_channel:
             raise ValueError(
                 f"the matrix has {n} columns but image_shape {shape} has C·H·W = "
-                f"{math.prod(shape)} pixels; they must be equal"
+                f"{math.prod(shape)} pixels; they must be equal (or H·W = {height * width}, "
+                "to apply the matrix to each channel)"
             )
-        super().__init__(shape, (m,))
+        super().__init__(shape, (channels, m) if per_channel else (m,))
         self.register_buffer("matrix", tensor)
 
     @property
@@ -791,21 +813,26 @@ class MatrixOperator(LinearOperator):
         return "compressive_sensing" if m < n else "generic"
 
     def A(self, x: torch.Tensor) -> torch.Tensor:  # noqa: N802
-        flat = x.reshape(1, -1)
+        flat = x.reshape(-1, self.matrix.shape[1])  # one row, or one per channel
         if self.matrix.is_sparse:
-            return torch.sparse.mm(self.matrix.to(x.dtype), flat.T).T
-        return flat @ self.matrix.to(x.dtype).T
+            out = torch.sparse.mm(self.matrix.to(x.dtype), flat.T).T
+        else:
+            out = flat @ self.matrix.to(x.dtype).T
+        return out.reshape(1, *self.measurement_shape)
 
     def A_adjoint(self, y: torch.Tensor) -> torch.Tensor:  # noqa: N802
+        flat = y.reshape(-1, self.matrix.shape[0])
         if self.matrix.is_sparse:
-            back = torch.sparse.mm(self.matrix.to(y.dtype).t(), y.T).T
+            back = torch.sparse.mm(self.matrix.to(y.dtype).t(), flat.T).T
         else:
-            back = y @ self.matrix.to(y.dtype)
+            back = flat @ self.matrix.to(y.dtype)
         return back.reshape(1, *self.image_shape)
 
     def describe(self) -> dict[str, Any]:
+        per_channel = len(self.measurement_shape) == 2
         return {"kind": "matrix", "image_shape": list(self.image_shape),
-                "num_measurements": self.measurement_shape[0]}
+                "num_measurements": self.num_measurements,
+                **({"per_channel": True} if per_channel else {})}
 
 
 class FunctionOperator(LinearOperator):
@@ -894,8 +921,8 @@ def as_operator(obj: Any, image_shape: Sequence[int] | None = None) -> LinearOpe
         A deepprior operator (returned as is); a dense matrix (numpy array, torch tensor) or a
         ``scipy.sparse`` matrix (→ :class:`MatrixOperator`); any object with a method ``A``
         and optionally ``A_adjoint`` working on ``(1, C, H, W)`` tensors, such as deepinv's
-        ``LinearPhysics``; a pair ``(A, A_adjoint)`` of callables; or a single callable ``A``.
-        A missing adjoint is derived with autograd.
+        ``LinearPhysics``; a pair ``(A, A_adjoint)`` of callables (``A_adjoint`` may be None);
+        or a single callable ``A``. A missing adjoint is derived with autograd.
     image_shape : (H, W) or (C, H, W), optional
         Shape of the image. Needed for callables and objects without an ``image_shape``
         attribute, and for matrices whose column count is not a square.
@@ -935,7 +962,12 @@ def as_operator(obj: Any, image_shape: Sequence[int] | None = None) -> LinearOpe
         owner = obj if isinstance(obj, torch.nn.Module) else None
         return FunctionOperator(obj.A, adjoint if callable(adjoint) else None,
                                 image_shape=_need_shape(shape, obj), owner=owner)
-    if isinstance(obj, tuple) and len(obj) == 2 and all(callable(f) for f in obj):
+    if hasattr(obj, "matvec") and hasattr(obj, "rmatvec"):  # scipy's (or pylops') operators
+        raise TypeError(f"a {type(obj).__name__} works on numpy vectors and the fit needs torch "
+                        "tensors it can differentiate: pass its matrix (a numpy array or "
+                        "scipy.sparse matrix) or write A with torch operations")
+    if isinstance(obj, tuple | list) and len(obj) == 2 and callable(obj[0]) and (
+            obj[1] is None or callable(obj[1])):
         return FunctionOperator(obj[0], obj[1], image_shape=_need_shape(image_shape, obj))
     if callable(obj):
         owner = obj if isinstance(obj, torch.nn.Module) else None
@@ -1009,7 +1041,12 @@ def check_operator(op: LinearOperator, y: torch.Tensor | None = None) -> None:
             f"produces {out.numel()} measurements (shape {op.measurement_shape})"
         )
     if op.has_adjoint:
-        error = adjointness_error(op, dtype=torch.float32)
+        try:
+            error = adjointness_error(op, dtype=torch.float32)
+        except Exception as exc:  # the user's adjoint: say where it failed, as for A
+            raise ValueError(f"{name}.A_adjoint failed on random measurements of shape "
+                             f"{(1, *op.measurement_shape)}: {type(exc).__name__}: {exc} (leave "
+                             "it out to have it derived by autograd)") from exc
         if error > ADJOINT_TOLERANCE:
             raise ValueError(
                 f"{name}.A_adjoint is not the adjoint of A: ⟨Ax, v⟩ and ⟨x, Aᵀv⟩ differ by a "

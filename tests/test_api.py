@@ -1,6 +1,7 @@
 """reconstruct(): end to end on tiny images, and every validation message."""
 
 import time
+import warnings
 
 import numpy as np
 import pytest
@@ -862,3 +863,48 @@ def test_results_print_as_one_short_line():
     assert repr(state) == (
         "FitState(step=3, net=<Sequential>, z=float32(1, 1, 4, 4), y=float32(1, 16), "
         "operator=None, loss=0.25, output=float32(1, 1, 4, 4), optimizer=<Adam>)")
+
+
+def test_measurements_shaped_like_an_image_are_taken_in_deepprior_s_image_layout():
+    """(H, W, C), the layout of images here, for an operator whose measurements are (C, H, W)
+    (a mask, a blur): taken as that image, not reinterpreted entry by entry; a shape that is
+    neither is refused."""
+    x = sample_image("astronaut", size=16)
+    op = deepprior.Mask((3, 16, 16), keep=0.5, seed=0)
+    y_chw = op.A(image_to_tensor(x))
+    _, y = deepprior.api._observation(tensor_to_image(y_chw), op, None)
+    assert torch.equal(y, y_chw)
+    with pytest.raises(ValueError, match=r"observation has shape \(16, 3, 16\) but the "
+                                         r"operator's measurements have shape \(3, 16, 16\)"):
+        deepprior.api._observation(np.zeros((16, 3, 16), np.float32), op, None)
+    flat = y_chw.numpy().reshape(-1)  # flat, in the operator's order: as it is
+    assert torch.equal(deepprior.api._observation(flat, op, None)[1], y_chw)
+
+
+def test_what_a_mask_s_holes_hold_in_a_user_s_data_is_not_fitted_or_counted():
+    """A damaged photo whose holes are white: the discrepancy rule measures the observed
+    pixels only (the holes counted into the residual kept it from ever firing)."""
+    x = sample_image("camera", size=16)
+    op = deepprior.Mask((1, 16, 16), keep=0.5, seed=0)
+    holes = ~op.mask[0, 0].numpy()
+    white = np.where(holes, 1.0, x).astype(np.float32)
+    _, y = deepprior.api._observation(white, op, None)
+    assert torch.equal(y, op.A(image_to_tensor(x)))
+
+
+def test_data_on_another_scale_than_an_image_in_0_1_is_warned_of():
+    x = sample_image("camera", size=16)
+    op = deepprior.GaussianSensing(100, (1, 16, 16), seed=0)
+    y = op.A(image_to_tensor(x))[0].numpy()
+    quick = {"net": "deep_decoder", "net_options": {"channels": 4}, "max_num_iter": 2,
+             "stop": "fixed:2"}
+    with pytest.warns(UserWarning, match=r"the measurements are [\d.]+ times larger than any "
+                                         r"image in \[0, 1\] can give through this operator"):
+        reconstruct(255 * y, op, **quick)
+    ratio = deepprior.api._scale_ratio(op, torch.from_numpy(y))
+    assert ratio < 1 < deepprior.api._scale_ratio(op, torch.from_numpy(255 * y)) / 50
+    with warnings.catch_warnings():  # the image's own scale: no warning
+        warnings.filterwarnings("error", message="the measurements are")
+        reconstruct(y, op, **quick)
+        module = deepprior.build_net("deep_decoder", (1, 16, 16), channels=4)[0]
+        reconstruct(255 * y, op, net=module, max_num_iter=2, stop="fixed:2")  # any range

@@ -264,3 +264,18 @@ def test_errors_are_one_line_and_write_nothing(system, clean_png, tmp_path, monk
     result = invoke(*args, "-o", "out.png")
     assert_one_line_error(result, message)
     assert set(tmp_path.iterdir()) == before
+
+
+def test_a_matrix_with_as_many_rows_as_pixels_is_said_not_to_be_compressive(tmp_path):
+    rng = np.random.default_rng(0)
+    matrix = rng.standard_normal((80, 64)) / 8
+    clean = sample_image("camera", size=8)
+    a_path = _write(tmp_path, "A.npy", matrix)
+    y_path = _write(tmp_path, "y.npy", matrix @ clean.reshape(-1))
+    result = runner.invoke(app, ["cs", "--iters", "3", "--channels", "4", "--matrix",
+                                 str(a_path), "--measurements-file", str(y_path),
+                                 "-o", str(tmp_path / "t.png")])
+    assert result.exit_code == 0, result.output
+    assert "has 80 rows for 64 pixels, not fewer: this is not compressive sensing" in \
+        result.stderr
+    assert "with deep_decoder" in result.stdout

@@ -872,6 +872,11 @@ def test_load_array_formats(tmp_path):
     np.testing.assert_array_equal(load_array(tmp_path / "a.npy"), matrix)
     np.testing.assert_array_equal(load_array(tmp_path / "y.txt"), matrix[0])
     np.testing.assert_array_equal(load_array(tmp_path / "y.csv").ravel(), matrix[:, 0])
+    # the separator is read from the data, not the suffix: commas in a .txt, spaces in a .csv
+    np.savetxt(tmp_path / "comma.txt", matrix, delimiter=",", header="A, 3 x 4")
+    np.savetxt(tmp_path / "space.csv", matrix)
+    np.testing.assert_array_equal(load_array(tmp_path / "comma.txt"), matrix)
+    np.testing.assert_array_equal(load_array(tmp_path / "space.csv"), matrix)
     np.testing.assert_array_equal(load_array(tmp_path / "one.npz"), matrix)
     np.testing.assert_array_equal(load_array(tmp_path / "a.mat"), matrix)
     for name in ("s.npz", "s.mat"):

@@ -1013,3 +1013,65 @@ def test_kernels():
 def test_downsample_and_blur_validation(build, message):
     with pytest.raises(ValueError, match=message):
         build()
+
+
+# --- the user's matrices, functions and shapes -----------------------------------------------
+
+
+def test_a_matrix_of_h_w_columns_is_applied_to_each_channel():
+    rng = np.random.default_rng(0)
+    matrix = rng.normal(size=(M_ROWS, N)).astype(np.float32)
+    x = torch.rand(1, 3, H, W, generator=torch.Generator().manual_seed(1))
+    expected = np.stack([matrix @ x[0, c].reshape(-1).numpy() for c in range(3)])
+    for given in (matrix, scipy.sparse.csr_matrix(matrix)):
+        op = as_operator(given, (3, H, W))
+        assert op.measurement_shape == (3, M_ROWS) and op.num_measurements == 3 * M_ROWS
+        np.testing.assert_allclose(op.A(x)[0].numpy(), expected, rtol=1e-4, atol=1e-4)
+        assert adjointness_error(op) < 1e-6 and op.problem == "compressive_sensing"
+        assert op.describe()["per_channel"] is True
+    with pytest.raises(ValueError, match=r"or H·W = 391, to apply the matrix to each channel"):
+        as_operator(matrix[:, :-1], (3, H, W))
+
+
+def test_torch_matrices_of_any_layout_and_precision():
+    rng = np.random.default_rng(0)
+    matrix = torch.from_numpy(rng.normal(size=(M_ROWS, N)).astype(np.float32))
+    x = torch.rand(1, 1, H, W, generator=torch.Generator().manual_seed(1))
+    for given, tolerance in ((matrix.to_sparse(), 1e-5), (matrix.to_sparse_csr(), 1e-5),
+                             (matrix.bfloat16(), 0.1), (matrix.half(), 0.05)):
+        op = as_operator(given, (H, W))
+        torch.testing.assert_close(op.A(x), x.reshape(1, -1) @ matrix.T, rtol=tolerance,
+                                   atol=tolerance)
+    with pytest.raises(TypeError, match="must hold real numbers, got dtype torch.complex64"):
+        as_operator(matrix.to(torch.complex64), (H, W))
+    with pytest.raises(ValueError, match=r"must be 2-D \(m, n\), got \(5,\)"):
+        as_operator(scipy.sparse.coo_array(np.ones(5)), (1, 5))
+
+
+def test_an_image_shape_given_as_h_w_c_is_refused():
+    with pytest.raises(ValueError, match=r"image_shape \(16, 12, 3\) looks like \(H, W, C\); "
+                                         r"deepprior's operators take \(C, H, W\): pass "
+                                         r"\(3, 16, 12\)"):
+        as_operator(np.ones((10, 576)), (16, 12, 3))
+    assert as_operator(np.ones((10, 576)), (3, 16, 12)).image_shape == (3, 16, 12)
+
+
+def test_pairs_lists_and_what_as_operator_cannot_take():
+    import scipy.sparse.linalg
+
+    for pair in ((lambda x: 2 * x, None), [lambda x: 2 * x, lambda y: 2 * y]):
+        op = as_operator(pair, (4, 5))
+        assert op.measurement_shape == (1, 4, 5) and op.has_adjoint == (pair[1] is not None)
+    with pytest.raises(TypeError, match="a MatrixLinearOperator works on numpy vectors and the "
+                                        "fit needs torch tensors"):
+        as_operator(scipy.sparse.linalg.aslinearoperator(np.ones((3, 16))), (4, 4))
+
+
+def test_a_failing_adjoint_is_named_like_a_failing_a():
+    op = as_operator((lambda x: 2 * x, lambda y: torch.zeros(10)), (4, 5))
+    with pytest.raises(ValueError, match=r"FunctionOperator.A_adjoint failed on random "
+                                         r"measurements of shape \(1, 1, 4, 5\): RuntimeError"):
+        check_operator(op)
+    op = as_operator((lambda x: 2 * x, lambda y: y.numpy()), (4, 5))
+    with pytest.raises(ValueError, match="A_adjoint failed .*: AttributeError"):
+        check_operator(op)
