@@ -42,6 +42,7 @@ from .common import (
     Seed,
     Width,
     check_device,
+    check_lr,
     error_funnel,
     image_or_demo,
     sigma_from_cli,
@@ -119,17 +120,18 @@ def analyze(
     with error_funnel(debug):
         norms = _norms(norm)
         check_device(device)
+        check_lr(lr)
         noise_sigma = sigma_from_cli(sigma, "--sigma")
         if output is None:
             output = Path("camera_analysis") if image is None else image.with_name(
                 f"{image.stem}_analysis")
-        paths = _output_paths(output, overwrite, image)
+        if curvature_every is None:
+            curvature_every = max(1, iters // 2)
+        paths = _output_paths(output, overwrite, image, curvature=curvature_every > 0)
         clean, source = image_or_demo(image, size, max_pixels)
         observation = clean
         if noise_sigma is not None:
             observation = deepprior.add_gaussian_noise(clean, noise_sigma, seed=seed)
-        if curvature_every is None:
-            curvature_every = max(1, iters // 2)
         settings = {
             "every": every,
             "curvature_every": curvature_every,
@@ -139,11 +141,11 @@ def analyze(
         }
         runs: dict[str, dict[str, Any]] = {}
         for name in norms:
-            if not quiet:
-                typer.echo(f"fitting {net}, norm={name}, {iters} iterations on {source}")
-            runs[name] = run_one(
+            headline = f"fitting {net}, norm={name}, {iters} iterations on {source}"
+            runs[name] = run_one(  # the headline once the library has checked the call
                 observation, clean, net=net, norm=name, iters=iters, lr=lr, seed=seed,
                 device=device, channels=channels, settings=settings, progress=not quiet,
+                on_start=None if quiet else lambda plan, line=headline: typer.echo(line),
             )
             if runs[name]["stop_reason"].startswith("interrupted"):
                 break
@@ -161,9 +163,16 @@ def analyze(
             "comparison": compare(runs),
         }
         written = write_outputs(report, paths, overwrite=overwrite)
+        stale = [output / name for name in PLOTS.values()  # an earlier run's plots that
+                 if overwrite and output / name not in written  # this one has not made
+                 and (output / name).is_file()]
+        for path in stale:
+            path.unlink()
         if not quiet:
             typer.echo(summary_table(report))
-            typer.echo(f"wrote {', '.join(str(p) for p in written)}")
+            typer.echo(f"wrote {', '.join(str(p) for p in written)}"
+                       + (f"; removed an earlier run's {', '.join(p.name for p in stale)}"
+                          if stale else ""))
         reasons = [run["stop_reason"] for run in runs.values()]
         if any(reason.startswith("interrupted") for reason in reasons):
             typer.echo(f"interrupted (Ctrl-C); wrote the {len(runs)} run(s) so far", err=True)
@@ -192,8 +201,10 @@ def run_one(
     channels: int | None,
     settings: dict[str, Any],
     progress: bool,
+    on_start: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
-    """One fit with the diagnostics attached; its results as a JSON-ready dict."""
+    """One fit with the diagnostics attached (every series records the last iteration too);
+    its results as a JSON-ready dict."""
     curvature_every = settings["curvature_every"]
     diagnostics = Diagnostics(
         every=settings["every"],
@@ -202,6 +213,7 @@ def run_one(
         curvature=settings["curvature"],
         start=settings["lanczos_start"],
         seed=seed,
+        last=iters,
     )
     result = deepprior.reconstruct(
         observation,
@@ -216,10 +228,11 @@ def run_one(
         progress=progress,
         callback=diagnostics,
         net_options={"channels": channels} if channels else None,
+        on_start=on_start,
     )
     loss = result.history["loss"]
     return {
-        "final_loss": float(loss[-1]),
+        "final_loss": float(loss[-1]) if len(loss) else None,  # None: Ctrl-C before step 1
         "psnr": result.psnr,
         "num_steps": result.num_steps,
         "stop_reason": result.stop_reason,
@@ -273,11 +286,14 @@ def _norms(norm: str) -> tuple[str, ...]:
     return (norm,)
 
 
-def _output_paths(folder: Path, overwrite: bool, image: Path | None) -> dict[str, Path]:
-    """The report and plot paths in ``folder``, checked before any fit."""
+def _output_paths(folder: Path, overwrite: bool, image: Path | None, *,
+                  curvature: bool = True) -> dict[str, Path]:
+    """The report and plot paths in ``folder`` (the conditioning plot with ``curvature``),
+    checked before any fit."""
     if folder.exists() and not folder.is_dir():
         raise ValueError(f"--output {folder} is a file; give a folder for the report and plots")
-    paths = {"report": folder / REPORT, **{k: folder / v for k, v in PLOTS.items()}}
+    paths = {"report": folder / REPORT, **{k: folder / v for k, v in PLOTS.items()
+                                           if curvature or k != "conditioning"}}
     check_outputs(paths, overwrite=overwrite, inputs=[image] if image else [])
     return paths
 
@@ -301,7 +317,7 @@ def write_outputs(
     with all_or_none(overwrite=overwrite) as staging:
         staging.add_bytes(paths["report"], lambda f: f.write(text.encode()))
         for key, make in plots.items():
-            figure = make(report)
+            figure = make(report) if key in paths else None
             if figure is None:
                 continue
             staging.add_bytes(paths[key], lambda f, fig=figure: fig.savefig(f, format="png"))
@@ -319,7 +335,8 @@ def _figure(report: dict[str, Any], *, sharey: bool = True):
 
 
 def _layer_lines(ax, steps, values, layers: list[str], *, log: bool, iters: int) -> None:
-    """One line per layer (viridis from first to last); a note when nothing can be drawn."""
+    """One line per layer (viridis in the order of deepprior.analysis.conv_layers); a note
+    when nothing can be drawn."""
     from matplotlib import colormaps
 
     ax.set_xlim(0, iters * 1.02)

@@ -338,6 +338,12 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
     typer.echo(f"warning: {message}", err=True)
 
 
+def check_lr(lr: float | None) -> None:
+    """``--lr``: a finite number > 0 (typer lets 0, negatives and nan through)."""
+    if lr is not None and not (math.isfinite(lr) and lr > 0):
+        raise ValueError(f"--lr must be a number > 0, got {lr:g}")
+
+
 def note(text: str, options: FitOptions | None = None, *, quiet: bool = False) -> None:
     """An informative line on stderr (so that ``--json`` output stays clean), unless quiet."""
     if not (quiet or (options is not None and options.silent)):

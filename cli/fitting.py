@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -31,6 +30,7 @@ from .common import (
     EXIT_INTERRUPTED,
     FitOptions,
     check_device,
+    check_lr,
     load_image,
     note,
     shape_text,
@@ -187,8 +187,7 @@ def run_task(task: Task, options: FitOptions) -> None:
 
 def check_fit_options(options: FitOptions) -> list[str]:
     """The checks of the fitting options that typer cannot make; the --stop rule names."""
-    if options.lr is not None and not (math.isfinite(options.lr) and options.lr > 0):
-        raise ValueError(f"--lr must be a number > 0, got {options.lr:g}")
+    check_lr(options.lr)
     lr_decay(options.lr_decay)
     check_device(options.device)
     return stop_names(options.stop)

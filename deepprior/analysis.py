@@ -110,8 +110,11 @@ def conv_layers(net: nn.Module) -> list[tuple[str, nn.Parameter]]:
     Returns
     -------
     list of (str, nn.Parameter)
-        ``(module path, weight)`` in the order of ``net.named_modules()`` (for the networks of
-        :mod:`deepprior.nets`, the order of the forward pass: first layer first, output last).
+        ``(module path, weight)`` in the order of ``net.named_modules()``: for the Deep
+        Decoder and the ConvDecoder the order of the forward pass (first layer first, output
+        last); for the Deep Image Prior the encoder, the skips, the decoder blocks from the
+        finest scale to the coarsest, then the output (its forward pass runs the decoder from
+        the coarsest).
 
     Raises
     ------
@@ -615,13 +618,16 @@ class Monitor:
     """Base of the monitors: a fit callback that records per-layer values every ``every`` steps.
 
     Subclasses implement :meth:`measure`, returning one value per layer. Values are recorded at
-    step 1 and at every multiple of ``every``; calling the monitor returns False (never stops
-    the fit).
+    step 1, at every multiple of ``every`` and at ``last`` (the fit's final iteration, when it
+    is known); calling the monitor returns False (never stops the fit). A monitor records one
+    fit (``one_fit``: :func:`deepprior.reconstruct` refuses it for a call of several).
 
     Parameters
     ----------
     every : int
         Recording interval in iterations (>= 1).
+    last : int or None
+        Also record at this iteration (the budget of a fit of fixed length).
 
     Attributes
     ----------
@@ -636,9 +642,11 @@ class Monitor:
     """
 
     name = "monitor"
+    one_fit = True
 
-    def __init__(self, *, every: int = 10) -> None:
+    def __init__(self, *, every: int = 10, last: int | None = None) -> None:
         self.every = check_int("every", every, minimum=1)
+        self.last = None if last is None else check_int("last", last, minimum=1)
         self.layers: list[str] = []
         self.steps: list[int] = []
         self.values: list[list[float]] = []
@@ -647,8 +655,8 @@ class Monitor:
         self._weights: list[nn.Parameter] = []
 
     def due(self, step: int) -> bool:
-        """True at the steps where values are recorded: 1 and the multiples of ``every``."""
-        return step == 1 or step % self.every == 0
+        """True at the steps where values are recorded: 1, the multiples of ``every``, last."""
+        return step == 1 or step % self.every == 0 or step == self.last
 
     def bind(self, net: nn.Module) -> None:
         """Attach to ``net`` at the first call; a monitor records one fit only."""
@@ -725,8 +733,8 @@ class GradientOscillation(Monitor):
 
     name = "grad_cosine"
 
-    def __init__(self, *, every: int = 10) -> None:
-        super().__init__(every=every)
+    def __init__(self, *, every: int = 10, last: int | None = None) -> None:
+        super().__init__(every=every, last=last)
         self._previous: tuple[int, list[Tensor]] | None = None
 
     def observe(self, state: FitState) -> None:
@@ -763,8 +771,9 @@ class EffectiveRank(Monitor):
 
     name = "effective_rank"
 
-    def __init__(self, *, every: int = 10, threshold: float = 0.01) -> None:
-        super().__init__(every=every)
+    def __init__(self, *, every: int = 10, threshold: float = 0.01,
+                 last: int | None = None) -> None:
+        super().__init__(every=every, last=last)
         self.threshold = check_float("threshold", threshold, low=0, high=1, low_open=True,
                                      high_open=True)
         self.numerical_ranks: list[list[int]] = []
@@ -819,8 +828,9 @@ class Conditioning(Monitor):
         kind: str = "gauss_newton",
         start: str = "gradient",
         seed: int = 0,
+        last: int | None = None,
     ) -> None:
-        super().__init__(every=every)
+        super().__init__(every=every, last=last)
         self.num_steps = _check_steps(num_steps)
         self.kind = check_choice("kind", kind, CURVATURES)
         self.start = check_choice("start", start, STARTS)
@@ -873,6 +883,9 @@ class Diagnostics:
         Relative threshold of the numerical rank, by default 0.01.
     seed : int
         Seed of the random Lanczos start vectors.
+    last : int or None
+        The fit's final iteration, when it is known (a fixed budget): every series records it
+        too, so that its last value is the end of the fit.
 
     Raises
     ------
@@ -886,6 +899,8 @@ class Diagnostics:
     dict_keys(['grad_norm', 'grad_cosine', 'effective_rank'])
     """
 
+    one_fit = True  # its monitors record one network's fit
+
     def __init__(
         self,
         *,
@@ -896,18 +911,22 @@ class Diagnostics:
         start: str = "gradient",
         rank_threshold: float = 0.01,
         seed: int = 0,
+        last: int | None = None,
     ) -> None:
         self.every = check_int("every", every, minimum=1)
+        curvature_every = check_int("curvature_every", curvature_every, minimum=0)
         self.monitors: dict[str, Monitor] = {
-            "grad_norm": GradientNorms(every=every),
-            "grad_cosine": GradientOscillation(every=every),
-            "effective_rank": EffectiveRank(every=every, threshold=rank_threshold),
+            "grad_norm": GradientNorms(every=every, last=last),
+            "grad_cosine": GradientOscillation(every=every, last=last),
+            "effective_rank": EffectiveRank(every=every, threshold=rank_threshold, last=last),
         }
         conditioning = Conditioning(
             every=max(1, curvature_every), num_steps=curvature_iters,
-            kind=check_choice("curvature", curvature, CURVATURES), start=start, seed=seed)
-        if check_int("curvature_every", curvature_every, minimum=0) > 0:
+            kind=check_choice("curvature", curvature, CURVATURES), start=start, seed=seed,
+            last=last)
+        if curvature_every > 0:
             self.monitors["condition_number"] = conditioning
+        self.last = conditioning.last
         self.loss_steps: list[int] = []
         self.losses: list[float] = []
         self.seconds = 0.0
@@ -919,7 +938,7 @@ class Diagnostics:
 
     def __call__(self, state: FitState) -> bool:
         start = time.perf_counter()
-        if state.step == 1 or state.step % self.every == 0:
+        if state.step in (1, self.last) or state.step % self.every == 0:
             self.loss_steps.append(state.step)
             self.losses.append(float(state.loss))
         for monitor in self.monitors.values():

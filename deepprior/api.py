@@ -525,7 +525,9 @@ def reconstruct(
     progress : bool
         Show a progress bar.
     callback : callable, optional
-        Called after each iteration with a :class:`deepprior.fit.FitState`; True stops.
+        Called after each iteration of every fit with a :class:`deepprior.fit.FitState`; True
+        stops. One with ``one_fit = True`` (:class:`deepprior.analysis.Diagnostics`, a
+        monitor) is refused for a call that makes several fits.
     net_options : mapping, optional
         Options of a named network, e.g. ``{"channels": 128}``.
     ensemble : int or None
@@ -733,6 +735,10 @@ def reconstruct(
 
     choosing = len(candidates) > 1 and not mix
     planned = _fit_count(len(candidates), ensemble, mix)
+    if planned > 1 and getattr(callback, "one_fit", False):
+        raise ValueError(f"the callback {type(callback).__name__} records one fit, and this call "
+                         f"makes {planned} (the defaults' ensemble or choice of penalty): pass "
+                         "ensemble=1 and regularizer='none', or a stop other than 'auto'")
     if choosing:  # each weight fitted without the held-out share:
         # a stop that holds data out compares the weights on its own share (member 0 splits
         # with this seed); any other stop fits what is left of a share set aside here

@@ -321,3 +321,23 @@ def test_constructor_validation_messages():
         curvature_eigenvalues(net, z, mse_loss(target), ["body.9"])
     with pytest.raises(ValueError, match="must return a scalar"):
         curvature_eigenvalues(net, z, lambda out: out, num_steps=3)
+
+
+def test_a_monitor_is_refused_before_any_fit_for_a_call_of_several(monkeypatch):
+    """DIP's denoising default averages two fits: the monitor records one network, so the
+    second fit would have failed it after the whole first one."""
+    import deepprior
+
+    noisy = deepprior.add_gaussian_noise(deepprior.sample_image("camera", size=16), 0.1, seed=0)
+    monkeypatch.setattr(deepprior.api, "fit", lambda *a, **k: pytest.fail("a fit began"))
+    for callback in (Diagnostics(every=5), GradientNorms(every=5)):
+        with pytest.raises(ValueError, match=f"the callback {type(callback).__name__} records "
+                                             "one fit, and this call makes 2"):
+            deepprior.reconstruct(noisy, net="dip", callback=callback)
+
+
+def test_diagnostics_checks_curvature_every_by_its_name():
+    with pytest.raises(TypeError, match="curvature_every must be an integer"):
+        Diagnostics(curvature_every=2.5)
+    with pytest.raises(ValueError, match="last must be"):
+        Diagnostics(last=0)

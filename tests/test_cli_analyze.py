@@ -86,6 +86,8 @@ def test_existing_outputs_are_kept_without_overwrite(image_png, tmp_path):
         (["--sigma", "-3"], "--sigma must be a noise std in 0-255 units, > 0"),
         (["{missing}"], "missing.png"),
         (["--device", "cuda:99"], "--device cuda:99: "),  # before the first fit's headline
+        (["--lr", "-1"], "--lr must be a number > 0, got -1"),
+        (["--lr", "nan"], "--lr must be a number > 0, got nan"),
     ],
 )
 def test_errors_are_one_line(extra, message, tmp_path):
@@ -122,3 +124,58 @@ def test_outputs_checked_before_fitting(image_png, tmp_path, monkeypatch, output
 def test_net_choices_are_validated_by_typer():
     assert "analyze" in runner.invoke(app, ["--help"]).output
     assert runner.invoke(app, ["analyze", "--net", "unet"]).exit_code == 2
+
+
+def test_every_series_ends_at_the_last_iteration(tmp_path):
+    out = tmp_path / "res"
+    result = runner.invoke(app, ["analyze", "--size", "16", "--norm", "none", "-o", str(out),
+                                 "--quiet", *TINY[:4], "--iters", "5", "--every", "2",
+                                 "--curvature-every", "3", "--curvature-iters", "4"])
+    assert result.exit_code == 0, result.output
+    diagnostics = json.loads((out / "analysis.json").read_text())["runs"]["none"]["diagnostics"]
+    assert diagnostics["loss"]["steps"] == [1, 2, 4, 5]
+    assert diagnostics["grad_norm"]["steps"] == diagnostics["effective_rank"]["steps"] == [
+        1, 2, 4, 5]
+    assert diagnostics["grad_cosine"]["steps"] == [2, 4, 5]
+    assert diagnostics["condition_number"]["steps"] == [1, 3, 5]
+
+
+def test_without_curvature_an_earlier_conditioning_plot_is_not_in_the_way(tmp_path):
+    """Not refused without --overwrite (this run does not write it); removed with it, so that
+    the folder holds one run's results."""
+    out = tmp_path / "res"
+    out.mkdir()
+    (out / "conditioning.png").write_bytes(b"an earlier run's")
+    args = ["analyze", "--size", "16", "--norm", "none", "-o", str(out), *TINY[:4], "--iters",
+            "2", "--curvature-every", "0"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert (out / "conditioning.png").read_bytes() == b"an earlier run's"
+    result = runner.invoke(app, [*args, "--overwrite"])
+    assert result.exit_code == 0, result.output
+    assert "; removed an earlier run's conditioning.png" in result.stdout
+    assert not (out / "conditioning.png").exists()
+
+
+def test_ctrl_c_before_a_fit_s_first_iteration_keeps_the_runs_before_it(tmp_path, monkeypatch):
+    import importlib
+
+    member = importlib.import_module("deepprior.fit")._Member
+    calls = []
+    real_loss = member.loss
+
+    def loss(member, out):  # Ctrl-C in the first iteration of the second fit
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real_loss(member, out)
+
+    monkeypatch.setattr(member, "loss", loss)
+    out = tmp_path / "res"
+    result = runner.invoke(app, ["analyze", "--size", "16", "--norm", "all", "-o", str(out),
+                                 *TINY[:4], "--iters", "2", "--curvature-every", "0"])
+    assert result.exit_code == 130, result.output
+    report = json.loads((out / "analysis.json").read_text())
+    assert list(report["runs"]) == ["channel", "none"]
+    assert report["runs"]["none"]["final_loss"] is None
+    assert report["runs"]["channel"]["num_steps"] == 2
