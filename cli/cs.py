@@ -260,7 +260,7 @@ def _refuse_simulation_options(image, measurements, operator_kind, noise, save) 
 
 def _saved(path: Path, sigma: float | None, operators: dict[Any, Any]) -> Task:
     """A file written by --save-measurements: y, the operator's description, sigma."""
-    y = deepprior.load_array(path, names=MEASUREMENT_NAMES)
+    y = deepprior.load_array(path, names=MEASUREMENT_NAMES, choose="--key NAME")
     npz = path.suffix.lower() == ".npz"
     description, saved_sigma = _description(path) if npz else (None, None)
     if description is None:
@@ -304,7 +304,8 @@ def _description(path: Path) -> tuple[dict | None, float | None]:
 
 def _read_matrix(matrix_path: Path, matrix_key: str | None):
     """--matrix: a 2-D dense or sparse matrix."""
-    matrix = deepprior.load_array(matrix_path, key=matrix_key, names=MATRIX_NAMES)
+    matrix = deepprior.load_array(matrix_path, key=matrix_key, names=MATRIX_NAMES,
+                                  choose="--matrix-key NAME")
     if matrix.ndim != 2:
         raise ValueError(f"--matrix {matrix_path}: the matrix must be 2-D (m x n), got shape "
                          f"{matrix.shape}")
@@ -314,7 +315,7 @@ def _read_matrix(matrix_path: Path, matrix_key: str | None):
 def _given(matrix_path: Path, matrix, y_path: Path, shape: str | None, key: str | None,
            sigma: float | None, operators: dict[Any, Any], options: FitOptions) -> Task:
     """Your own matrix and measurements, checked against each other and --shape."""
-    y = deepprior.load_array(y_path, key=key, names=MEASUREMENT_NAMES)
+    y = deepprior.load_array(y_path, key=key, names=MEASUREMENT_NAMES, choose="--key NAME")
     if not isinstance(y, np.ndarray):
         raise ValueError(f"--measurements-file {y_path}: y is a sparse matrix; save it as a "
                          "dense vector")

@@ -105,6 +105,9 @@ def prepare(mask: Path | None, missing: float | None, text: bool, noise_sigma: f
     operators: dict[tuple[int, int, int], deepprior.Mask] = {}
 
     def build(image: Path | None, seed: int, *, quiet: bool = False) -> Task:
+        if not demo and image is None:
+            raise ValueError("--mask needs IMAGE, the damaged photo whose pixels it marks "
+                             "(without --mask the demo removes pixels from a sample image)")
         loaded, source = image_or_demo(image, DEMO_SIZE, options.max_pixels)
         if demo:
             keep = (deepprior.text_mask(loaded.shape[:2]) if text else

@@ -205,7 +205,7 @@ def prepare_deblur(kernel: str, simulate: bool, noise_sigma: float | None,
     """
     sigma = pixel_noise(noise_sigma, add_noise, simulating=simulate or demo,
                         simulate_how="--simulate")
-    psf, kernel_path = read_kernel(kernel, options)
+    psf, kernel_path, notes = read_kernel(kernel, options.max_pixels)
     operators: dict[tuple[int, int, int], deepprior.Blur] = {}
 
     def build(image: Path | None, seed: int, *, quiet: bool = False) -> Task:
@@ -214,6 +214,8 @@ def prepare_deblur(kernel: str, simulate: bool, noise_sigma: float | None,
         if psf.shape[0] > loaded.shape[0] or psf.shape[1] > loaded.shape[1]:
             raise ValueError(f"--kernel {kernel} is {shape_text(psf.shape)}, larger than the "
                              f"image ({shape_text(loaded.shape[:2])})")
+        while notes:  # once, after the checks that could refuse the kernel
+            note(notes.pop(0), options)
         shape = chw(loaded.shape)
         if shape not in operators:
             operators[shape] = deepprior.Blur(psf, shape)
@@ -247,40 +249,59 @@ def prepare_deblur(kernel: str, simulate: bool, noise_sigma: float | None,
 _NUMBER = r"\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*"
 
 
-def read_kernel(spec: str, options: FitOptions) -> tuple[np.ndarray, Path | None]:
-    """--kernel gaussian:STD | motion:LENGTH[,ANGLE] | FILE → (kernel summing to 1, file)."""
+def read_kernel(spec: str, max_pixels: int) -> tuple[np.ndarray, Path | None, list[str]]:
+    """--kernel gaussian:STD | motion:LENGTH[,ANGLE] | FILE → (kernel summing to 1, file,
+    notes to print), all-zero borders trimmed evenly (it stays centred)."""
+    notes = []
+    path = None
     if spec.lower().startswith("gaussian:"):
         match = re.fullmatch(_NUMBER, spec[len("gaussian:"):])
         std = float(match[1]) if match else math.nan
         if not (math.isfinite(std) and 0 < std <= 100):
             raise ValueError(f"--kernel {spec}: expected gaussian:STD with a std in pixels in "
                              "(0, 100], e.g. gaussian:2.0")
-        return deepprior.gaussian_kernel(std), None
-    if spec.lower().startswith("motion:"):
+        psf = deepprior.gaussian_kernel(std).astype(np.float64)
+    elif spec.lower().startswith("motion:"):
         match = re.fullmatch(_NUMBER + f"(?:,{_NUMBER})?", spec[len("motion:"):])
         length = float(match[1]) if match else math.nan
         angle = float(match[2]) if match and match[2] else 0.0
         if not (math.isfinite(length) and 1 <= length <= 1000 and math.isfinite(angle)):
             raise ValueError(f"--kernel {spec}: expected motion:LENGTH,ANGLE with a length in "
                              "pixels >= 1 and an angle in degrees, e.g. motion:15,30")
-        return deepprior.motion_kernel(length, angle), None
-    path = Path(spec)
-    if not path.exists():
-        raise ValueError(f"--kernel {spec}: not gaussian:STD, motion:LENGTH,ANGLE or an "
-                         "existing kernel file")
-    if path.suffix.lower() in (".npy", ".npz", ".mat", ".txt", ".csv"):
-        psf = np.asarray(deepprior.load_array(path), dtype=np.float64)
+        psf = deepprior.motion_kernel(length, angle).astype(np.float64)
     else:
-        # as stored: a PSF's scale is its own (photon counts, a peak of 1); it is normalised
-        psf = load_samples(path, max_pixels=options.max_pixels).astype(np.float64)
-        if psf.ndim == 3:
-            raise ValueError(f"--kernel {spec} is a colour image; a blur kernel is grayscale")
+        path = Path(spec)
+        if not path.exists():
+            raise ValueError(f"--kernel {spec}: not gaussian:STD, motion:LENGTH,ANGLE or an "
+                             "existing kernel file")
+        if path.suffix.lower() in (".npy", ".npz", ".mat", ".txt", ".csv"):
+            psf = np.asarray(deepprior.load_array(
+                path, names=("kernel", "psf"),
+                choose="a file holding the kernel alone, or one named 'kernel' or 'psf'"),
+                dtype=np.float64)
+        else:
+            # as stored: a PSF's scale is its own (photon counts, a peak of 1); it is normalised
+            psf = load_samples(path, max_pixels=max_pixels).astype(np.float64)
+            if psf.ndim == 3 and np.ptp(psf, axis=2).max() == 0:  # grey saved as RGB
+                psf = psf[:, :, 0]
+            if psf.ndim == 3:
+                raise ValueError(f"--kernel {spec} is a colour image with different channels; "
+                                 "a blur kernel is grayscale")
     if psf.ndim != 2:
         raise ValueError(f"--kernel {spec}: a kernel must be a 2-D array, got shape {psf.shape}")
     total = float(psf.sum())
     if total <= 0:
-        raise ValueError(f"--kernel {spec}: the kernel sums to {total:g}; a blur kernel has "
-                         "non-negative weights summing to 1")
+        raise ValueError(f"--kernel {spec}: the kernel sums to {total:g}; a blur kernel's "
+                         "weights sum to a positive total")
     if abs(total - 1) > 1e-3:
-        note(f"--kernel {spec} sums to {total:.4g}; normalised to sum 1", options)
-    return (psf / total).astype(np.float32), path
+        notes.append(f"--kernel {spec} sums to {total:.4g}; normalised to sum 1")
+    if psf.min() < 0:
+        notes.append(f"--kernel {spec} has negative weights (down to {psf.min() / total:.3g} "
+                     "after normalising); used as given")
+    for axis in (0, 1):  # zero rows (columns) cut from both sides alike: the centre stays
+        nonzero = np.flatnonzero(np.any(psf != 0, axis=1 - axis))
+        cut = min(nonzero[0], psf.shape[axis] - 1 - nonzero[-1])
+        psf = psf[cut:psf.shape[0] - cut] if axis == 0 else psf[:, cut:psf.shape[1] - cut]
+    if path is not None:  # the built-in kernels sum to 1 as they are
+        psf = psf / total
+    return psf.astype(np.float32), path, notes

@@ -564,6 +564,7 @@ def load_array(
     *,
     key: str | None = None,
     names: tuple[str, ...] = (),
+    choose: str = "key=NAME",
 ):
     """Read a numeric array (a sensing matrix, a measurement vector) from a user's file.
 
@@ -579,6 +580,9 @@ def load_array(
     names : tuple of str
         Conventional names tried in order when ``key`` is None and the container holds more
         than one numeric array (e.g. ``("A", "matrix")`` or ``("y", "measurements")``).
+    choose : str
+        How the error for a container of several arrays, none of ``names``, tells to choose
+        one (a command line names its own option).
 
     Returns
     -------
@@ -609,9 +613,9 @@ def load_array(
     if suffix == ".npy":
         array, name = _load_npy_array(path), None
     elif suffix == ".npz":
-        array, name = _load_npz_array(path, key, names)
+        array, name = _load_npz_array(path, key, names, choose)
     elif suffix == ".mat":
-        array, name = _load_mat_array(path, key, names)
+        array, name = _load_mat_array(path, key, names, choose)
     else:
         array, name = _load_text_array(path), None
     return _check_numeric(path, array, name)
@@ -628,7 +632,8 @@ def _load_npy_array(path: pathlib.Path) -> np.ndarray:
                          f"({type(exc).__name__}: {exc})") from None
 
 
-def _load_npz_array(path: pathlib.Path, key: str | None, names: tuple[str, ...]):
+def _load_npz_array(path: pathlib.Path, key: str | None, names: tuple[str, ...],
+                    choose: str):
     import zipfile
 
     try:
@@ -645,10 +650,11 @@ def _load_npz_array(path: pathlib.Path, key: str | None, names: tuple[str, ...])
                              "arrays instead") from None
         raise ValueError(f"{path}: not a readable .npz file, it looks truncated or corrupt "
                          f"({type(exc).__name__}: {exc})") from None
-    return _pick(path, arrays, key, names)
+    return _pick(path, arrays, key, names, choose)
 
 
-def _load_mat_array(path: pathlib.Path, key: str | None, names: tuple[str, ...]):
+def _load_mat_array(path: pathlib.Path, key: str | None, names: tuple[str, ...],
+                    choose: str):
     import scipy.io
 
     with path.open("rb") as fh:
@@ -669,7 +675,7 @@ def _load_mat_array(path: pathlib.Path, key: str | None, names: tuple[str, ...])
         raise ValueError(f"{path}: not a readable MATLAB .mat file, it looks truncated or "
                          f"corrupt ({type(exc).__name__}: {exc})") from None
     arrays = {name: value for name, value in contents.items() if not name.startswith("__")}
-    return _pick(path, arrays, key, names)
+    return _pick(path, arrays, key, names, choose)
 
 
 def _load_text_array(path: pathlib.Path) -> np.ndarray:
@@ -694,7 +700,8 @@ def _is_numeric(value: object) -> bool:
     return isinstance(value, np.ndarray) and value.dtype.kind in "biuf" and value.ndim >= 1
 
 
-def _pick(path: pathlib.Path, arrays: dict, key: str | None, names: tuple[str, ...]):
+def _pick(path: pathlib.Path, arrays: dict, key: str | None, names: tuple[str, ...],
+          choose: str):
     """The array named ``key``; else the only numeric one; else the first of ``names``."""
     if key is not None:
         if key not in arrays:
@@ -712,7 +719,7 @@ def _pick(path: pathlib.Path, arrays: dict, key: str | None, names: tuple[str, .
                          f"{', '.join(map(repr, arrays)) or 'nothing'})")
     raise ValueError(f"{path}: holds several arrays ({', '.join(map(repr, numeric))}) and none "
                      f"is named {' or '.join(map(repr, names)) or 'by convention'}; choose one "
-                     "with key=NAME (CLI: --key, --matrix-key)")
+                     f"with {choose}")
 
 
 def _check_numeric(path: pathlib.Path, array, name: str | None):

@@ -136,7 +136,8 @@ def test_deblur_kernels(photo, tmp_path, kernel):
     report = report_of(out)
     assert report["psnr"] is not None and report["boundary"] == "circular"
     if kernel.endswith(("psf.npy", "psf.tif")):
-        assert report["kernel_shape"] == [5, 5] and "normalised to sum 1" in result.stderr
+        assert report["kernel_shape"] == [1, 5]  # its zero rows trimmed
+        assert "normalised to sum 1" in result.stderr
 
 
 def test_deblur_of_a_blurred_image_with_known_noise(photo, tmp_path):
@@ -146,6 +147,23 @@ def test_deblur_of_a_blurred_image_with_known_noise(photo, tmp_path):
     assert result.exit_code == 0, result.output
     report = report_of(out)
     assert report["psnr"] is None and report["config"]["sigma"] == pytest.approx(3 / 255)
+
+
+def test_deblur_kernels_as_users_save_them(tmp_path):
+    """A motion blur as long as the image is wide but not tall (its zero rows trimmed), a grey
+    PSF saved as RGB, an .npz holding the kernel beside other arrays."""
+    wide = tmp_path / "wide.png"
+    save_image(wide, sample_image("camera", size=(12, 32)))
+    result = run("deblur", wide, "--kernel", "motion:15,0", "-o", tmp_path / "m.png")
+    assert result.exit_code == 0, result.output
+    assert report_of(tmp_path / "m.png")["kernel_shape"] == [1, 15]
+    save_image(tmp_path / "psf.png", np.repeat(np.eye(3)[:, :, None] / 2, 3, axis=2))
+    np.savez(tmp_path / "k.npz", psf=np.eye(3), meta=np.arange(3.0))
+    for kernel in ("psf.png", "k.npz"):
+        result = run("deblur", wide, "--kernel", tmp_path / kernel, "-o", tmp_path / "k.png",
+                     "--overwrite")
+        assert result.exit_code == 0, result.output
+        assert report_of(tmp_path / "k.png")["kernel_shape"] == [3, 3]
 
 
 # --------------------------------------------------------------------------- errors
@@ -169,7 +187,12 @@ def test_deblur_of_a_blurred_image_with_known_noise(photo, tmp_path):
          "adds noise to a simulated observation (--simulate)"),
         (["superres", "{img}", "--simulate", "--clean", "{img}"], "--clean is not needed"),
         (["superres", "{img}", "--stop", "oracle"], "--stop oracle needs the clean image"),
-        (["deblur", "{img}", "--kernel", "motion:41,0"], "is 41x41, larger than the image (24x20)"),
+        (["deblur", "{img}", "--kernel", "motion:41,0"], "is 1x41, larger than the image (24x20)"),
+        (["deblur", "{img}", "--kernel", "{big}"], "is 40x3, larger than the image (24x20)"),
+        (["deblur", "{img}", "--kernel", "{two}"], "holds several arrays ('a', 'b') and none is "
+                                                   "named 'kernel' or 'psf'; choose one with a "
+                                                   "file holding the kernel alone"),
+        (["inpaint", "--mask", "{small}"], "--mask needs IMAGE, the damaged photo"),
         (["deblur", "{img}", "--kernel", "gaussian:-1"], "expected gaussian:STD"),
         (["deblur", "{img}", "--kernel", "motion:x"], "expected motion:LENGTH,ANGLE"),
         (["deblur", "{img}", "--kernel", "nothing.png"], "not gaussian:STD, motion:LENGTH,ANGLE"),
@@ -181,10 +204,13 @@ def test_deblur_of_a_blurred_image_with_known_noise(photo, tmp_path):
 def test_errors_are_one_line_and_write_nothing(photo, tmp_path, monkeypatch, args, message):
     save_image(tmp_path / "small.png", np.ones((10, 10)))
     save_image(tmp_path / "black.png", np.zeros((24, 20)))
-    save_image(tmp_path / "rgb.png", np.ones((3, 3, 3)))
+    save_image(tmp_path / "rgb.png", np.stack([np.ones((3, 3)), np.zeros((3, 3)),
+                                               np.ones((3, 3))], axis=2))
+    np.save(tmp_path / "big.npy", np.ones((40, 3)))  # its note (sums to 120) would come first
+    np.savez(tmp_path / "two.npz", a=np.ones((3, 3)), b=np.ones((3, 3)))
     monkeypatch.chdir(tmp_path)
     names = {"{img}": str(photo), "{small}": "small.png", "{black}": "black.png",
-             "{rgb}": "rgb.png"}
+             "{rgb}": "rgb.png", "{big}": "big.npy", "{two}": "two.npz"}
     for key, value in names.items():
         args = [a.replace(key, value) for a in args]
         message = message.replace(key, value)
