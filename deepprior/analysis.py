@@ -331,6 +331,8 @@ def lanczos(matvec: Callable[[Tensor], Tensor], start: Tensor, num_steps: int) -
     for j in range(num_steps):
         w = matvec(basis[j].to(start.device, start.dtype)).detach().reshape(-1).to(
             home, torch.float64)
+        if not bool(torch.isfinite(w).all()):  # an overflowed product: no estimate at all
+            return LanczosResult(np.array([math.nan]), np.array([1.0]), j + 1, False)
         alphas.append(float(w @ basis[j]))
         q = torch.stack(basis)
         for _ in range(2):  # full reorthogonalisation, twice ("twice is enough")
@@ -596,6 +598,9 @@ def curvature_eigenvalues(
                 f"{', '.join(name for name, _ in all_layers)}"
             )
         chosen = [(name, known[name]) for name in layers]
+        if not chosen:
+            raise ValueError("layers is empty: name at least one convolution layer, or pass "
+                             "None for all")
     generator = torch.Generator().manual_seed(seed)
     saved = _save_buffers(net)
     try:

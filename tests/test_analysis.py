@@ -161,6 +161,8 @@ def test_lanczos_validates_its_input():
         lanczos(lambda v: v, torch.ones(500), 201)
     with pytest.raises(ValueError, match="integer >= 1"):
         lanczos(lambda v: v, torch.ones(5), 0)
+    overflowed = lanczos(lambda v: v * math.inf, torch.ones(5), 3)  # no estimate, not exact
+    assert math.isnan(overflowed.ritz_values[0]) and not overflowed.exhausted
 
 
 # --------------------------------------------------------------------------- ranks
@@ -334,6 +336,12 @@ def test_a_monitor_is_refused_before_any_fit_for_a_call_of_several(monkeypatch):
         with pytest.raises(ValueError, match=f"the callback {type(callback).__name__} records "
                                              "one fit, and this call makes 2"):
             deepprior.reconstruct(noisy, net="dip", callback=callback)
+
+
+def test_an_empty_layer_list_is_refused_by_name():
+    net, z, target = _tiny_problem("none")
+    with pytest.raises(ValueError, match="layers is empty"):
+        curvature_eigenvalues(net, z, mse_loss(target), layers=[])
 
 
 def test_diagnostics_checks_curvature_every_by_its_name():
