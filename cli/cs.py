@@ -316,6 +316,8 @@ def _given(matrix_path: Path, matrix, y_path: Path, shape: str | None, key: str 
            sigma: float | None, operators: dict[Any, Any], options: FitOptions) -> Task:
     """Your own matrix and measurements, checked against each other and --shape."""
     y = deepprior.load_array(y_path, key=key, names=MEASUREMENT_NAMES, choose="--key NAME")
+    if sigma is None and y_path.suffix.lower() == ".npz":  # a --save-measurements file's σ
+        sigma = _description(y_path)[1]
     if not isinstance(y, np.ndarray):
         raise ValueError(f"--measurements-file {y_path}: y is a sparse matrix; save it as a "
                          "dense vector")

@@ -60,19 +60,21 @@ def test_saved_gaussian_matrix_through_matrix_path_gives_the_same_image(tmp_path
     # the round trip is about the data path: the Deep Decoder keeps rounding differences small
     dd = ("--net", "deep_decoder")
     result = invoke(tmp_path / "x.png", "-m", M, "--operator", "gaussian", "--save-measurements",
-                    y_file, "-o", tmp_path / "builtin.npy", *dd)
+                    y_file, "-o", tmp_path / "builtin.npy", "--noise", "30", *dd)
     assert result.exit_code == 0, result.output
     with np.load(y_file) as saved:
         assert saved["matrix"].shape == (M, SIDE * SIDE)
         operator = GaussianSensing(M, (3 if colour else 1, SIDE, SIDE), seed=0)
         np.testing.assert_array_equal(saved["matrix"], operator.matrix.numpy())
+        sigma = float(saved["sigma"])
     result = invoke("--matrix", y_file, "--measurements-file", y_file, "-o", tmp_path / "m.npy",
                     *dd)
     assert result.exit_code == 0, result.output
-    # Grey: the very same float32 products. Colour: A is applied to each channel as a
-    # block-diagonal matrix, whose sums differ in the last bits; Adam amplifies that to ~2e-4.
+    # the very same float32 products (colour: the matrix applied to each channel), and the
+    # noise level saved with the measurements
     np.testing.assert_allclose(np.load(tmp_path / "m.npy"), np.load(tmp_path / "builtin.npy"),
-                               atol=1e-3 if colour else 1e-5)
+                               atol=1e-5)
+    assert json.loads((tmp_path / "m.json").read_text())["config"]["sigma"] == sigma > 0
 
 
 def test_noise_at_0_db_snr_works(clean_png, tmp_path):
