@@ -46,10 +46,12 @@ def _load_plugins() -> None:
 
     for entry in entry_points(group="deepprior.nets"):
         try:
+            if entry.name in (*deepprior.nets.BUILT_IN, "skip"):
+                raise ValueError("a built-in network has that name")
             deepprior.register_net(entry.name, entry.load(), replace=True)
         except Exception as exc:  # a broken plugin must not break the command
-            warnings.warn(f"network plugin {entry.name!r} ({entry.value}) was not loaded: "
-                          f"{exc}", UserWarning, stacklevel=1)
+            typer.echo(f"warning: network plugin {entry.name!r} ({entry.value}) was not "
+                       f"loaded: {exc}", err=True)
 
 
 _load_plugins()

@@ -301,7 +301,7 @@ DEFAULT_NETS: dict[str, str] = {
 def problem_defaults(problem: str, net: str) -> Defaults:
     """The defaults :func:`reconstruct` uses for a problem kind and a network name."""
     rows = PROBLEMS[check_choice("problem", problem, tuple(PROBLEMS))]
-    return rows.get(net, rows["*"])
+    return rows.get(nets._ALIASES.get(net, net), rows["*"])
 
 
 def register_net(
@@ -334,6 +334,8 @@ def register_net(
     ...     shape, norm=norm, channels=8), replace=True)
     """
     nets.add_net(name, factory, replace=replace)
+    for rows_of_problem in PROBLEMS.values():  # a replaced network's rows go with it
+        rows_of_problem.pop(name, None)
     rows = defaults if isinstance(defaults, Mapping) else dict.fromkeys(PROBLEMS, defaults)
     for problem, row in rows.items():
         if row is not None:
@@ -669,6 +671,9 @@ def reconstruct(
     ((32, 32), 20)
     """
     seed = check_int("seed", seed, minimum=0)
+    if seed >= 2**63:  # member k takes seed + k: a torch seed is below 2**64
+        raise ValueError(f"seed must be below 2**63, got {seed}")
+    check_choice("norm", norm, nets.NORMS)
     torch_device = resolve_device(device)
     array = as_array("observation", observation)
     truth = None if ground_truth is None else image_to_tensor(as_array("ground_truth",
@@ -747,6 +752,13 @@ def reconstruct(
             split_measurements(op, y, HOLDOUT_FRACTION, seed)
     # the first fit's network (member 0's seed, the image unturned), built before any fit
     first = [_network(net, net_input, op.image_shape, norm, seed, options)]
+    channels, height, width = op.image_shape
+    if problem == "denoise" and isinstance(op, Identity) and planned > 1 and height != width:
+        try:  # member 1 fits the image turned by 90° (see the ensemble's flips below)
+            _network(net, None, (channels, width, height), norm, seed + 1, options)
+        except (ValueError, TypeError) as exc:
+            raise ValueError(f"ensemble member 1 fits the image turned by 90° ({width}x{height}),"
+                             f" and the network cannot: {exc}") from exc
     if on_start is not None:
         on_start({"problem": problem, "net": net_name, "fits": planned,
                   "max_num_iter": max_num_iter, "stop": spec if isinstance(spec, str)
@@ -1180,6 +1192,11 @@ def _network(net: Any, net_input: Any, image_shape: tuple[int, int, int], norm: 
              options: Mapping[str, Any] | None):
     """The module, its fixed input and the options used."""
     if isinstance(net, str):
+        if net_input is not None:
+            raise ValueError("net_input is the fixed input of a module net=...; a named "
+                             "network draws its own from the seed")
+        if "norm" in (options or {}):
+            raise ValueError("pass norm=... to reconstruct, not in net_options")
         module, z = nets.build_net(net, image_shape, norm=norm, seed=seed, **(options or {}))
         return module, z, dict(options or {})
     if not isinstance(net, nn.Module):

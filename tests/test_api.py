@@ -908,3 +908,29 @@ def test_data_on_another_scale_than_an_image_in_0_1_is_warned_of():
         reconstruct(y, op, **quick)
         module = deepprior.build_net("deep_decoder", (1, 16, 16), channels=4)[0]
         reconstruct(255 * y, op, net=module, max_num_iter=2, stop="fixed:2")  # any range
+
+
+def test_arguments_of_the_other_kind_of_network_are_refused_before_any_fit(monkeypatch):
+    image = sample_image("camera", size=16)
+    monkeypatch.setattr(deepprior.api, "fit", lambda *a, **k: pytest.fail("a fit began"))
+    module, z = deepprior.build_net("deep_decoder", (1, 16, 16), channels=4)
+    cases = [({"net": module, "net_input": z, "norm": "bogus"}, "norm must be one of"),
+             ({"net": "deep_decoder", "net_input": z}, "net_input is the fixed input of a "
+                                                      "module net=..."),
+             ({"net": "deep_decoder", "net_options": {"norm": "batch"}}, "pass norm=... to "
+                                                                         "reconstruct"),
+             ({"net": "deep_decoder", "seed": 2**64 - 1}, "seed must be below 2\\*\\*63")]
+    for options, message in cases:
+        with pytest.raises(ValueError, match=message):
+            reconstruct(image, stop="fixed:2", **options)
+
+
+def test_an_ensemble_member_on_the_turned_image_is_checked_before_any_fit(monkeypatch):
+    """Denoising, member 1 fits the image turned by 90°: a network that cannot take that
+    shape fails before the first fit, not after it."""
+    noisy = add_gaussian_noise(sample_image("camera", size=(16, 40)), 0.1, seed=0)
+    monkeypatch.setattr(deepprior.api, "fit", lambda *a, **k: pytest.fail("a fit began"))
+    with pytest.raises(ValueError, match=r"ensemble member 1 fits the image turned by 90° "
+                                         r"\(40x16\), and the network cannot: input_size 4x20"):
+        reconstruct(noisy, net="conv_decoder", ensemble=2, stop="fixed:3",
+                    net_options={"input_size": (4, 20), "channels": 4})

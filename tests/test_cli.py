@@ -578,3 +578,34 @@ def test_network_plugins_come_from_entry_points(registry, monkeypatch):
     monkeypatch.setattr(importlib.metadata, "entry_points", lambda group: [Entry()])
     common._load_plugins()
     assert "plugin_decoder" in deepprior.available_nets()
+
+
+def test_a_plugin_neither_replaces_a_built_in_network_nor_breaks_a_command(
+        registry, monkeypatch, capsys):
+    import importlib.metadata
+
+    import deepprior_cli.common as common
+    from deepprior.nets import DeepDecoder
+
+    class Entry:
+        def __init__(self, name, load):
+            self.name, self.value, self.load = name, f"package:{name}", load
+
+    def broken():
+        raise ImportError("no module named 'package'")
+
+    built_in = deepprior.nets.build_net("deep_decoder", (1, 8, 8))[0]
+    monkeypatch.setattr(importlib.metadata, "entry_points", lambda group: [
+        Entry("deep_decoder", lambda: DeepDecoder), Entry("skip", lambda: DeepDecoder),
+        Entry("broken", broken)])
+    common._load_plugins()
+    lines = capsys.readouterr().err.splitlines()
+    assert lines == [
+        "warning: network plugin 'deep_decoder' (package:deep_decoder) was not loaded: a "
+        "built-in network has that name",
+        "warning: network plugin 'skip' (package:skip) was not loaded: a built-in network has "
+        "that name",
+        "warning: network plugin 'broken' (package:broken) was not loaded: no module named "
+        "'package'"]
+    again = deepprior.nets.build_net("deep_decoder", (1, 8, 8))[0]
+    assert type(again) is type(built_in) and "broken" not in deepprior.available_nets()

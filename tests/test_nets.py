@@ -10,6 +10,7 @@ import torch
 from skimage import data
 from torch import nn
 
+import deepprior
 from deepprior.nets import (
     ChannelNorm,
     ConvDecoder,
@@ -374,3 +375,44 @@ def test_channel_norm_avoids_vanishing_gradients_of_a_deep_conv_generator():
     assert min(with_cn[-10:]) < 1e-3 * with_cn[0]  # falls by more than 3 orders of magnitude
     assert without[-1] > 0.99 * without[0]  # barely moves
     assert grad_none < 1e-2 * grad_cn  # orders of magnitude smaller gradients
+
+
+def test_a_registered_network_s_output_must_be_the_image(registry):
+    from deepprior.nets import DeepDecoder
+
+    deepprior.register_net("grey_only", lambda shape, norm="channel": DeepDecoder(
+        (1, *shape[1:]), norm=norm, channels=4))
+    assert deepprior.build_net("grey_only", (1, 16, 16))[0] is not None
+    with pytest.raises(ValueError, match=r"network 'grey_only' made an output of shape "
+                                         r"\(1, 1, 16, 16\) for an image of shape "
+                                         r"\(1, 3, 16, 16\)"):
+        deepprior.build_net("grey_only", (3, 16, 16))
+
+
+def test_registering_an_alias_or_replacing_a_network_and_its_defaults(registry):
+    from deepprior.nets import DeepDecoder
+
+    factory = lambda shape, norm="channel": DeepDecoder(shape, norm=norm, channels=4)  # noqa: E731
+    with pytest.raises(ValueError, match="'skip' is another name of 'dip'; choose another name"):
+        deepprior.register_net("skip", factory, replace=True)
+    deepprior.register_net("deep_decoder", factory, replace=True)  # the built-in's rows go
+    assert "deep_decoder" not in deepprior.PROBLEMS["denoise"]
+    result = deepprior.reconstruct(deepprior.sample_image("camera", size=16),
+                                   net="deep_decoder", max_num_iter=2, stop="fixed:2")
+    assert result.config["net_options"] == {}
+    assert deepprior.problem_defaults("denoise", "skip") is deepprior.PROBLEMS["denoise"]["dip"]
+
+
+def test_integral_floats_are_taken_as_the_integers_they_are():
+    for name in ("deep_decoder", "dip", "conv_decoder"):
+        net, z = deepprior.build_net(name, (1, 64, 64), channels=8.0)
+        assert tuple(net(z).shape) == (1, 1, 64, 64)
+
+
+def test_an_unknown_option_lists_the_factory_s_own(registry):
+    from deepprior.nets import DeepDecoder
+
+    deepprior.register_net("positional", lambda shape, norm="channel", channels=4: DeepDecoder(
+        shape, norm=norm, channels=channels))
+    with pytest.raises(TypeError, match="its options are: channels"):
+        deepprior.build_net("positional", (1, 16, 16), widht=3)

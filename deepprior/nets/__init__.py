@@ -56,6 +56,9 @@ _NETS: dict[str, Callable[..., nn.Module]] = {
     "conv_generator": ConvGenerator,
 }
 _ALIASES: dict[str, str] = {"skip": "dip"}
+#: The networks deepprior defines (a factory of another package's gets its output checked).
+BUILT_IN: tuple[str, ...] = tuple(_NETS)
+_BUILT_IN_FACTORIES = dict(_NETS)
 
 
 def available_nets() -> tuple[str, ...]:
@@ -69,7 +72,9 @@ def add_net(name: str, factory: Callable[..., nn.Module], *, replace: bool = Fal
         raise ValueError(f"a network name must be an identifier such as 'my_net', got {name!r}")
     if not callable(factory):
         raise TypeError(f"factory must be callable, got {type(factory).__name__}")
-    if (name in _NETS or name in _ALIASES) and not replace:
+    if name in _ALIASES:
+        raise ValueError(f"{name!r} is another name of {_ALIASES[name]!r}; choose another name")
+    if name in _NETS and not replace:
         raise ValueError(f"a network named {name!r} exists already; pass replace=True")
     _NETS[name] = factory
 
@@ -149,7 +154,8 @@ def build_net(
     seed = check_int("seed", seed, minimum=0)
     parameters = inspect.signature(factory).parameters
     open_ended = any(p.kind is p.VAR_KEYWORD for p in parameters.values())
-    valid = [p for p, v in parameters.items() if v.kind is v.KEYWORD_ONLY and p != "norm"]
+    valid = [p for i, (p, v) in enumerate(parameters.items()) if p != "norm" and (
+        v.kind is v.KEYWORD_ONLY or (i > 0 and v.kind is v.POSITIONAL_OR_KEYWORD))]
     unknown = [o for o in options if o not in parameters or o == "norm"]
     if unknown and not open_ended:
         raise TypeError(f"unknown option {', '.join(map(repr, unknown))} for network {name!r}; "
@@ -166,4 +172,10 @@ def build_net(
                             "input_shape attribute (the shape of its fixed input z)")
         net = net.to(torch.float32)
         z = INPUT_SCALE * torch.rand(tuple(net.input_shape), dtype=torch.float32)
+    if _NETS[name] is not _BUILT_IN_FACTORIES.get(name):  # another package's: its output
+        with torch.no_grad():  # must be the image (the loss would broadcast a wrong one)
+            shape = tuple(net(z).shape)
+        if shape != (1, *check_image_shape(image_shape)):
+            raise ValueError(f"network {name!r} made an output of shape {shape} for an image of "
+                             f"shape {(1, *check_image_shape(image_shape))}")
     return net, z

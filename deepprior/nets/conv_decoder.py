@@ -77,8 +77,8 @@ class ConvDecoder(GeneratorNet):
         input_size: tuple[int, int] | None = None,
         output_activation: str = "sigmoid",
     ) -> None:
-        check_int("channels", channels, minimum=1)
-        check_int("num_layers", num_layers, minimum=2)
+        channels = check_int("channels", channels, minimum=1)
+        num_layers = check_int("num_layers", num_layers, minimum=2)
         super().__init__(
             image_shape,
             minimum=2,
@@ -183,8 +183,8 @@ class ConvGenerator(GeneratorNet):
         num_layers: int = 6,
         output_activation: str = "none",
     ) -> None:
-        check_int("channels", channels, minimum=1)
-        check_int("num_layers", num_layers, minimum=1)
+        channels = check_int("channels", channels, minimum=1)
+        num_layers = check_int("num_layers", num_layers, minimum=1)
         super().__init__(
             image_shape,
             minimum=2,

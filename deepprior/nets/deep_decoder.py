@@ -63,8 +63,8 @@ class DeepDecoder(GeneratorNet):
         num_layers: int = 6,
         upsample_first: bool = False,
     ) -> None:
-        check_int("channels", channels, minimum=1)
-        check_int("num_layers", num_layers, minimum=1)
+        channels = check_int("channels", channels, minimum=1)
+        num_layers = check_int("num_layers", num_layers, minimum=1)
         if not isinstance(upsample_first, bool):
             raise TypeError(f"upsample_first must be True or False, got {upsample_first!r}")
         stride = 2 ** (num_layers - 1)

@@ -73,13 +73,10 @@ class SkipNet(GeneratorNet):
         num_scales: int = 5,
         input_channels: int = 32,
     ) -> None:
-        for name, value in [
-            ("channels", channels),
-            ("skip_channels", skip_channels),
-            ("num_scales", num_scales),
-            ("input_channels", input_channels),
-        ]:
-            check_int(name, value, minimum=1)
+        channels, skip_channels, num_scales, input_channels = (
+            check_int(name, value, minimum=1) for name, value in [
+                ("channels", channels), ("skip_channels", skip_channels),
+                ("num_scales", num_scales), ("input_channels", input_channels)])
         stride = 2**num_scales
         super().__init__(
             image_shape,
