@@ -22,7 +22,7 @@ from torch import nn
 
 from . import nets
 from .checks import as_array, check_choice, check_float, check_int, check_lr_decay
-from .fit import FitState, fit, resolve_device, short_repr
+from .fit import PRECISIONS, FitState, fit, resolve_device, short_repr
 from .metrics import psnr as _psnr
 from .metrics import ssim as _ssim
 from .metrics import total_variation
@@ -674,6 +674,7 @@ def reconstruct(
     if seed >= 2**63:  # member k takes seed + k: a torch seed is below 2**64
         raise ValueError(f"seed must be below 2**63, got {seed}")
     check_choice("norm", norm, nets.NORMS)
+    check_choice("precision", precision, PRECISIONS)
     torch_device = resolve_device(device)
     array = as_array("observation", observation)
     truth = None if ground_truth is None else image_to_tensor(as_array("ground_truth",

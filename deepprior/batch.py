@@ -44,7 +44,14 @@ import torch
 from torch import nn
 
 from . import nets
-from .api import PROBLEMS, Reconstruction, reconstruct, register_net
+from .api import (
+    DEFAULT_NETS,
+    PROBLEMS,
+    Reconstruction,
+    _observation,
+    reconstruct,
+    register_net,
+)
 from .checks import as_array, check_choice, check_float, check_int, check_lr_decay
 from .fit import resolve_device
 from .io import load_image
@@ -178,7 +185,9 @@ def reconstruct_many(
         - ``sigma``: one noise level for every item, or a mapping name → σ (or None) for items
           whose levels differ; items it does not name are fitted without σ.
 
-        A ``net`` module, a ``stop`` policy object and the operators are copied for each fit.
+        A ``net`` module, a ``stop`` policy object and operators that are torch modules (the
+        built-in ones) are copied for each fit; another operator object is shared by the fits
+        of a process.
         With worker processes every option must pickle, and a ``callback`` runs in the worker.
 
     Returns
@@ -207,7 +216,8 @@ def reconstruct_many(
     **Reproducible.** Item ``name`` is fitted by ``reconstruct(..., seed=item_seed(seed, name))``
     with ``max(1, int(cpus_per_fit))`` torch threads (the caller's thread count is restored
     after an in-process fit), so on the CPU its image is bit-identical whatever the engine,
-    the worker count or the items' order. On a GPU it is close, not equal: CUDA sums some of
+    the worker count or the items' order — for named items (a path's stem, a pair's name): an
+    unnamed array is ``item<i>`` by its position. On a GPU it is close, not equal: CUDA sums some of
     a network's gradients (bilinear upsampling, reflection padding) in no fixed order, and a
     fit amplifies those last bits.
 
@@ -271,11 +281,13 @@ def reconstruct_many(
                           truth_option is not None)
     truth = _truth_source(truth_option, {item.name for item in parsed})
     levels = None if sigmas is None else _sigma_levels(sigmas, {item.name for item in parsed})
+    _dry_run(parsed, kwargs, levels, truth_option is not None)
     shared = _Shared(kwargs, max(1, int(cpus_per_fit)), _registration(kwargs.get("net")))
     parts = {**{f"option {k}": v for k, v in kwargs.items()},
              **{f"the operator of item {i.name!r}": i.operator for i in parsed
                 if i.operator is not None},
-             "the network factory": shared.registration}
+             **{f"the network factory of {name!r}": factory
+                for name, factory, _ in shared.registration}}
     device = kwargs.get("device", "auto")
     if engine == "ray":
         import ray.cloudpickle  # engine="ray" was chosen: Ray may be imported now
@@ -349,6 +361,8 @@ def _parse_items(items: Iterable[Any], operator: Any, image_shape: Any,
     if isinstance(items, str | os.PathLike | np.ndarray | torch.Tensor):
         raise TypeError(f"items must be an iterable of items, got a single "
                         f"{type(items).__name__}; wrap it in a list: [item]")
+    if isinstance(items, Mapping):  # name -> item, as sigma and ground_truth take them
+        items = list(items.items())
     parsed, missing = [], []
     for index, raw in enumerate(items):
         name = None
@@ -380,10 +394,11 @@ def _parse_item(index: int, name: str | None, raw: Any) -> _Item:
     if isinstance(raw, str | os.PathLike):
         path = Path(os.fspath(raw))
         return _Item(name or path.stem, path=path)
+    label = name or f"item{index}"  # an array is copied now: a generator may reuse its buffer
     if isinstance(raw, np.ndarray | torch.Tensor):
-        return _Item(name or f"item{index}", array=raw)
+        return _Item(label, array=as_array(f"item {label!r}", raw).copy())
     if isinstance(raw, tuple) and len(raw) == 2 and isinstance(raw[0], np.ndarray | torch.Tensor):
-        return _Item(name or f"item{index}", array=raw[0], operator=raw[1])
+        return _Item(label, array=as_array(f"item {label!r}", raw[0]).copy(), operator=raw[1])
     what = f"item {index}" + (f" ({name!r})" if name else "")
     raise TypeError(f"{what} must be a path, an array, a pair (measurements, operator) or a "
                     f"pair (name, item), got {type(raw).__name__}")
@@ -391,26 +406,54 @@ def _parse_item(index: int, name: str | None, raw: Any) -> _Item:
 
 def _check_observation(label: str, item: _Item, operator: Any, image_shape: Any,
                        has_truth: bool) -> None:
-    """The array is finite; an image for denoising, or as many entries as the operator gives."""
-    array = as_array(label, item.array)
+    """What reconstruct checks of an observation: an image on the [0, 1] scale, at least 4×4,
+    for denoising; as many entries as its operator gives, in its shape or flat."""
     operator = item.operator if item.operator is not None else operator
-    if operator is None:
-        if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] not in (1, 3)):
-            raise ValueError(f"{label} must be an image (H, W) or (H, W, C) with C = 1 or 3, got "
-                             f"shape {array.shape}; pair measurements with their operator: "
-                             "(measurements, operator)")
-        return
+    if operator is not None:
+        try:
+            operator = as_operator(operator, image_shape)
+        except ValueError as exc:
+            if has_truth and image_shape is None:  # reconstruct takes it from the ground truth
+                return
+            raise ValueError(f"{label}: {exc}") from exc
+        except TypeError as exc:
+            raise TypeError(f"{label}: {exc}") from exc
     try:
-        op = as_operator(operator, image_shape)
+        _observation(item.array, operator, None)
     except ValueError as exc:
-        if has_truth and image_shape is None:  # reconstruct takes it from the ground truth
-            return
         raise ValueError(f"{label}: {exc}") from exc
-    except TypeError as exc:
-        raise TypeError(f"{label}: {exc}") from exc
-    if array.size != math.prod(op.measurement_shape):
-        raise ValueError(f"{label} has shape {array.shape} ({array.size} entries) but its "
-                         f"operator produces measurements of shape {op.measurement_shape}")
+
+
+class _Checked(Exception):
+    """Raised from :func:`_dry_run`'s ``on_start``: reconstruct found nothing wrong."""
+
+
+def _dry_run(items: list[_Item], kwargs: dict[str, Any],
+             levels: dict[str, float | None] | None, has_truth: bool) -> None:
+    """reconstruct's own checks, up to its first fit, on the first item held in memory: the
+    options whose errors only data shows (net_options, the penalty, the ensemble, σ's scale)
+    fail now rather than in every fit. Skipped for files (read when due) and where the image
+    shape will come from a ground truth."""
+    item = next((item for item in items if item.array is not None), None)
+    operator = item.operator if item is not None and item.operator is not None \
+        else kwargs.get("operator")
+    if item is None or (has_truth and operator is not None and kwargs.get("image_shape") is None):
+        return
+
+    def started(plan: dict[str, Any]) -> None:
+        raise _Checked
+
+    options = {**kwargs, "operator": operator, "device": "cpu"}  # the engines check devices
+    if levels is not None:
+        options["sigma"] = levels[item.name]
+    with warnings.catch_warnings():  # the fits will say them
+        warnings.simplefilter("ignore")
+        try:
+            reconstruct(item.array, on_start=started, **options)
+        except _Checked:
+            return
+        except (ValueError, TypeError) as exc:
+            raise type(exc)(f"checked on item {item.name!r}: {exc}") from exc
 
 
 def _check_unique(names: list[str]) -> None:
@@ -460,13 +503,24 @@ def _truth_source(option: Any, names: set[str]) -> Callable[[str], Any]:
                     "image use reconstruct(image, ground_truth=clean)")
 
 
-def _registration(net: Any) -> tuple[str, Callable[..., nn.Module], dict[str, Any]] | None:
-    """What a fresh worker needs to build the named network as this process does."""
-    if not isinstance(net, str):  # a module, or None (a built-in default network)
-        return None
-    name = nets.canonical_name(net)
-    rows = {problem: row[name] for problem, row in PROBLEMS.items() if name in row}
-    return name, nets._NETS[name], rows  # the registry of this package
+def _registration(net: Any) -> tuple[tuple[str, Callable[..., nn.Module], dict[str, Any]], ...]:
+    """What a fresh worker needs to build the batch's network as this process does: the one
+    named, or (``net=None``) the problems' default networks that were registered anew."""
+    if isinstance(net, str):
+        names = [nets.canonical_name(net)]
+    elif net is None:
+        names = [name for name in dict.fromkeys(DEFAULT_NETS.values())
+                 if nets._NETS[name] is not nets._BUILT_IN_FACTORIES.get(name)]
+    else:  # a module: sent as it is
+        names = []
+    return tuple((name, nets._NETS[name], {problem: row[name] for problem, row in
+                                           PROBLEMS.items() if name in row}) for name in names)
+
+
+def _register(shared: _Shared) -> None:
+    """In a worker: the networks of the batch, registered as in the calling process."""
+    for name, factory, rows in shared.registration:
+        register_net(name, factory, defaults=rows, replace=True)
 
 
 def _check_sendable(parts: Mapping[str, Any], dumps: Callable[[Any], bytes], where: str) -> None:
@@ -551,7 +605,7 @@ class _Shared:
 
     kwargs: dict[str, Any]
     threads: int
-    registration: tuple[str, Callable[..., nn.Module], dict[str, Any]] | None
+    registration: tuple[tuple[str, Callable[..., nn.Module], dict[str, Any]], ...]
 
 
 @dataclass(frozen=True)
@@ -588,9 +642,7 @@ def _init_worker(shared: _Shared) -> None:
     global _WORKER_SHARED
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     torch.set_num_threads(shared.threads)
-    if shared.registration is not None:
-        name, factory, rows = shared.registration
-        register_net(name, factory, defaults=rows, replace=True)
+    _register(shared)
     _WORKER_SHARED = shared
 
 
@@ -734,7 +786,9 @@ class _LocalPool:
                 return None
             outcome = _Outcome(
                 error="the worker process died twice, the second time running this fit alone "
-                      f"(out of memory, or a crash in native code): {_one_line(exc)}",
+                      "(out of memory, a crash in native code, or a script calling "
+                      "reconstruct_many without the if __name__ == '__main__': guard): "
+                      f"{_one_line(exc)}",
                 seconds=task.load_seconds)
         except Exception as exc:  # e.g. a result that cannot be sent back
             outcome = _Outcome(error=_one_line(exc), seconds=task.load_seconds)
@@ -796,9 +850,7 @@ def _terminate(executor: cf.ProcessPoolExecutor) -> None:
 def _ray_fit(task: _Task, shared: _Shared) -> _Outcome:
     """The body of a Ray task (a plain function: ``ray.remote`` wraps it when chosen)."""
     torch.set_num_threads(shared.threads)
-    if shared.registration is not None:
-        name, factory, rows = shared.registration
-        register_net(name, factory, defaults=rows, replace=True)
+    _register(shared)
     return _fit_one(task, shared)
 
 
@@ -893,13 +945,11 @@ def _tasks(items: list[_Item], truth: Callable[[str], Any], seed: int,
         item_seed_ = item_seed(seed, item.name)
         try:
             observation = load_image(item.path) if item.path is not None else item.array
-            if isinstance(observation, torch.Tensor):
-                observation = observation.detach().cpu().numpy()
             clean = truth(item.name)
             if isinstance(clean, str | os.PathLike):
                 clean = load_image(clean)
-            elif isinstance(clean, torch.Tensor):
-                clean = clean.detach().cpu().numpy()
+            elif clean is not None:  # numpy float32, whatever came (bfloat16 tensors too)
+                clean = as_array(f"ground_truth of {item.name!r}", clean)
         except Exception as exc:  # a corrupt file, a ground truth that cannot be had
             yield BatchResult(item.name, None, _one_line(exc), time.perf_counter() - start,
                               item_seed_)
@@ -909,10 +959,22 @@ def _tasks(items: list[_Item], truth: Callable[[str], Any], seed: int,
                     options={} if levels is None else {"sigma": levels[item.name]})
 
 
-def _result(task: _Task, outcome: _Outcome) -> BatchResult:
-    for message, category in outcome.warnings:
-        warnings.warn(message, category, stacklevel=3)  # repeats shown once, as usual
-    return BatchResult(task.name, outcome.result, outcome.error, outcome.seconds, task.seed,
+def _result(task: _Task, outcome: _Outcome, shown: set[tuple[str, type]]) -> BatchResult:
+    """The item's result, its arrays writable (Ray's come read-only from its object store);
+    its warnings re-issued here, each once per batch (``shown``: those issued so far). A
+    warning the caller's filter turns into an error fails the item, not the batch."""
+    result, error = outcome.result, outcome.error
+    try:
+        for message, category in outcome.warnings:
+            if (message, category) not in shown:
+                shown.add((message, category))
+                warnings.warn(message, category, stacklevel=3)
+    except Warning as exc:
+        result, error = None, f"a warning the warnings filter makes an error: {_one_line(exc)}"
+    if result is not None and not result.image.flags.writeable:
+        result = replace(result, image=result.image.copy(), history={
+            key: np.array(value) for key, value in result.history.items()})
+    return BatchResult(task.name, result, error, outcome.seconds, task.seed,
                        tuple(message for message, _ in outcome.warnings))
 
 
@@ -924,6 +986,7 @@ def _stream(items: list[_Item], truth: Callable[[str], Any],
     engine = None
     in_flight = 0
     ready: list[BatchResult] = []
+    shown: set[tuple[str, type]] = set()  # the warnings issued, each once
     try:
         engine = start_engine() if items else None
         exhausted = engine is None
@@ -948,12 +1011,13 @@ def _stream(items: list[_Item], truth: Callable[[str], Any],
                 in_flight -= 1
                 interrupted = interrupted or outcome.interrupted
                 if not outcome.interrupted:
-                    ready.append(_result(task, outcome))
+                    ready.append(_result(task, outcome, shown))
             if interrupted:
                 raise KeyboardInterrupt
     except KeyboardInterrupt:
         finished = engine.stop() if engine is not None else []
-        ready += [_result(task, outcome) for task, outcome in finished if not outcome.interrupted]
+        ready += [_result(task, outcome, shown) for task, outcome in finished
+                  if not outcome.interrupted]
         while ready:
             yield ready.pop(0)
         raise

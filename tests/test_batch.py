@@ -13,6 +13,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import warnings
 
 import numpy as np
 import pytest
@@ -443,3 +444,69 @@ def test_each_device_gets_its_own_pool_and_the_least_loaded_one_the_next_fit(mon
     ("auto", None, None), ("auto", 0.25, 0.25), ("cuda", None, 1.0), ("cpu", None, 0.0)])
 def test_ray_gpu_requests(device, gpus_per_fit, request_):
     assert batch_module._ray_gpu_request(device, gpus_per_fit) == request_
+
+
+# --------------------------------------------------------------------------- as users call it
+
+
+def test_results_come_back_writable_and_warnings_once_and_as_errors_fail_the_item(registered):
+    """Ray's results come read-only from its object store; each warning is re-issued once per
+    batch; a warnings filter that makes one an error fails that item, not the batch."""
+    image = np.zeros((8, 8), np.float32)
+    image.flags.writeable = False
+    result = dataclasses.replace(reconstruct(BRIGHT, **FIT), image=image)
+    task = batch_module._Task("a", 0, BRIGHT, None, None, 0.0)
+    outcome = batch_module._Outcome(result, warnings=(("odd size", UserWarning),))
+    shown: set = set()
+    with pytest.warns(UserWarning, match="odd size") as caught:
+        first = batch_module._result(task, outcome, shown)
+        second = batch_module._result(task, outcome, shown)
+    assert len(caught) == 1 and first.ok and second.warnings == ("odd size",)
+    first.result.image[0, 0] = 1  # a copy, writable
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        failed = batch_module._result(task, outcome, set())
+    assert failed.result is None and "a warning the warnings filter makes an error: " \
+        "UserWarning: odd size" in failed.error
+
+
+def test_a_replaced_default_network_goes_to_the_workers(registry):
+    register_net("dip", small_decoder, replace=True)
+    [(name, factory, rows)] = batch_module._registration(None)
+    assert (name, factory, rows) == ("dip", small_decoder, {})
+    assert batch_module._registration(DeepDecoder((1, 8, 8))) == ()
+
+
+def test_items_as_a_mapping_a_reused_buffer_and_bfloat16_tensors(registered):
+    def frames():
+        buffer = np.empty((16, 16), np.float32)
+        for k in range(2):
+            buffer[:] = 0.2 + 0.5 * k  # one buffer, refilled: each item keeps its own frame
+            yield f"frame{k}", buffer
+
+    parsed = batch_module._parse_items(frames(), None, None, False)
+    assert [float(item.array.mean()) for item in parsed] == pytest.approx([0.2, 0.7])
+    items = {"bf16": torch.from_numpy(BRIGHT).bfloat16(), "plain": BRIGHT}
+    done = {r.name: r for r in reconstruct_many(items, workers=1, **FIT)}
+    assert done["bf16"].ok and done["plain"].ok, [r.error for r in done.values()]
+
+
+@pytest.mark.parametrize(("options", "error", "message"), [
+    ({"norm": "bogus"}, ValueError, "norm must be one of"),
+    ({"precision": "bogus"}, ValueError, "precision"),
+    ({"net_options": {"bogus": 1}}, TypeError, "keyword argument 'bogus'"),
+    ({"sigma": 25}, ValueError, "sigma must be on the \\[0, 1\\] intensity scale"),
+    ({"ensemble": 0}, ValueError, "ensemble must be an integer >= 1"),
+])
+def test_options_only_data_can_check_are_refused_before_any_fit(registered, monkeypatch, options,
+                                                                error, message):
+    monkeypatch.setattr(batch_module, "_fit_one", lambda *a, **k: pytest.fail("a fit began"))
+    with pytest.raises(error, match=f"checked on item 'a': .*{message}"):
+        reconstruct_many([("a", BRIGHT)], workers=1, **{**FIT, **options})
+
+
+def test_an_image_on_the_0_255_scale_or_too_small_is_refused_by_name():
+    with pytest.raises(ValueError, match="item 'a': observation values go up to 242.2"):
+        reconstruct_many([("a", BRIGHT * 255)])
+    with pytest.raises(ValueError, match="item 'b': the image is 3x3 pixels"):
+        reconstruct_many([("b", BRIGHT[:3, :3])])

@@ -12,7 +12,7 @@ BLOCKS = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
 
 @pytest.mark.parametrize("index", range(len(BLOCKS)))
 def test_readme_example_runs(index, capsys):
-    namespace: dict = {}
+    namespace: dict = {"__name__": "__main__"}  # as a script run with python
     exec(compile(BLOCKS[index], f"README.md python block {index}", "exec"), namespace)  # noqa: S102
     printed = capsys.readouterr().out
     if "fits" in namespace:  # fit_many's example: FitResults, and the iterations it prints
