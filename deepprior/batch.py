@@ -281,7 +281,7 @@ def reconstruct_many(
                           truth_option is not None)
     truth = _truth_source(truth_option, {item.name for item in parsed})
     levels = None if sigmas is None else _sigma_levels(sigmas, {item.name for item in parsed})
-    _dry_run(parsed, kwargs, levels, truth_option is not None)
+    _dry_run(parsed, kwargs, levels, truth)
     shared = _Shared(kwargs, max(1, int(cpus_per_fit)), _registration(kwargs.get("net")))
     parts = {**{f"option {k}": v for k, v in kwargs.items()},
              **{f"the operator of item {i.name!r}": i.operator for i in parsed
@@ -429,21 +429,26 @@ class _Checked(Exception):
 
 
 def _dry_run(items: list[_Item], kwargs: dict[str, Any],
-             levels: dict[str, float | None] | None, has_truth: bool) -> None:
-    """reconstruct's own checks, up to its first fit, on the first item held in memory: the
-    options whose errors only data shows (net_options, the penalty, the ensemble, σ's scale)
-    fail now rather than in every fit. Skipped for files (read when due) and where the image
-    shape will come from a ground truth."""
+             levels: dict[str, float | None] | None, truth: Callable[[str], Any]) -> None:
+    """reconstruct's own checks, up to its first fit, on the first item held in memory (with
+    its ground truth): the options whose errors only data shows (net_options, the penalty, the
+    ensemble, σ's scale) fail now rather than in every fit. Skipped for files (read when due)
+    and for a ground truth that cannot be had now (its item will fail alone)."""
     item = next((item for item in items if item.array is not None), None)
-    operator = item.operator if item is not None and item.operator is not None \
-        else kwargs.get("operator")
-    if item is None or (has_truth and operator is not None and kwargs.get("image_shape") is None):
+    if item is None:
+        return
+    try:
+        clean = truth(item.name)
+        clean = load_image(clean) if isinstance(clean, str | os.PathLike) else clean
+    except Exception:  # noqa: BLE001 - the item's own result will say what went wrong
         return
 
     def started(plan: dict[str, Any]) -> None:
         raise _Checked
 
-    options = {**kwargs, "operator": operator, "device": "cpu"}  # the engines check devices
+    operator = item.operator if item.operator is not None else kwargs.get("operator")
+    options = {**kwargs, "operator": operator, "device": "cpu",  # the engines check devices
+               "ground_truth": None if clean is None else as_array("ground truth", clean)}
     if levels is not None:
         options["sigma"] = levels[item.name]
     with warnings.catch_warnings():  # the fits will say them

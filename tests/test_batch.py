@@ -510,3 +510,13 @@ def test_an_image_on_the_0_255_scale_or_too_small_is_refused_by_name():
         reconstruct_many([("a", BRIGHT * 255)])
     with pytest.raises(ValueError, match="item 'b': the image is 3x3 pixels"):
         reconstruct_many([("b", BRIGHT[:3, :3])])
+
+
+def test_the_check_before_any_fit_sees_the_ground_truth(registered, monkeypatch):
+    """stop='oracle' needs the clean image: the up-front check has it, as the fit will."""
+    monkeypatch.setattr(batch_module, "_fit_one", lambda *a, **k: pytest.fail("a fit began"))
+    items = reconstruct_many([("a", BRIGHT)], workers=1, ground_truth={"a": BRIGHT},
+                             **{**FIT, "stop": "oracle"})
+    with pytest.raises(ValueError, match="checked on item 'a': .*oracle"):
+        reconstruct_many([("a", BRIGHT)], workers=1, **{**FIT, "stop": "oracle"})
+    items.close()
