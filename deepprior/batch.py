@@ -280,8 +280,13 @@ def reconstruct_many(
     parsed = _parse_items(items, kwargs.get("operator"), kwargs.get("image_shape"),
                           truth_option is not None)
     truth = _truth_source(truth_option, {item.name for item in parsed})
-    levels = None if sigmas is None else _sigma_levels(sigmas, {item.name for item in parsed})
-    _dry_run(parsed, kwargs, levels, truth)
+    images = {item.name for item in parsed if item.operator is None} if kwargs.get(
+        "operator") is None and kwargs.get("problem") in (None, "denoise") else set()
+    if kwargs.get("sigma") is not None:
+        _check_sigma("sigma", kwargs["sigma"], bool(images))
+    levels = None if sigmas is None else _sigma_levels(sigmas, {item.name for item in parsed},
+                                                       images)
+    _dry_run(parsed, kwargs, truth_option is not None)
     shared = _Shared(kwargs, max(1, int(cpus_per_fit)), _registration(kwargs.get("net")))
     parts = {**{f"option {k}": v for k, v in kwargs.items()},
              **{f"the operator of item {i.name!r}": i.operator for i in parsed
@@ -428,29 +433,26 @@ class _Checked(Exception):
     """Raised from :func:`_dry_run`'s ``on_start``: reconstruct found nothing wrong."""
 
 
-def _dry_run(items: list[_Item], kwargs: dict[str, Any],
-             levels: dict[str, float | None] | None, truth: Callable[[str], Any]) -> None:
-    """reconstruct's own checks, up to its first fit, on the first item held in memory (with
-    its ground truth): the options whose errors only data shows (net_options, the penalty, the
-    ensemble, σ's scale) fail now rather than in every fit. Skipped for files (read when due)
-    and for a ground truth that cannot be had now (its item will fail alone)."""
+def _dry_run(items: list[_Item], kwargs: dict[str, Any], has_truth: bool) -> None:
+    """reconstruct's own checks, up to its first fit, on the first item held in memory: the
+    options whose errors only data shows (net_options, the penalty, the ensemble, σ's scale)
+    fail now rather than in every fit. What belongs to an item (its ground truth, its σ) is
+    left to its fit, to fail alone; so is everything where the check would need it (an oracle
+    stop, an image shape that comes from the ground truth). Files are read when due."""
     item = next((item for item in items if item.array is not None), None)
     if item is None:
         return
-    try:
-        clean = truth(item.name)
-        clean = load_image(clean) if isinstance(clean, str | os.PathLike) else clean
-    except Exception:  # noqa: BLE001 - the item's own result will say what went wrong
+    operator = item.operator if item.operator is not None else kwargs.get("operator")
+    stop = kwargs.get("stop", "auto")
+    if (isinstance(stop, str) and stop != "auto" and "oracle" in (
+            name for name, _ in parse_stop(stop))) or (
+            has_truth and operator is not None and kwargs.get("image_shape") is None):
         return
 
     def started(plan: dict[str, Any]) -> None:
         raise _Checked
 
-    operator = item.operator if item.operator is not None else kwargs.get("operator")
-    options = {**kwargs, "operator": operator, "device": "cpu",  # the engines check devices
-               "ground_truth": None if clean is None else as_array("ground truth", clean)}
-    if levels is not None:
-        options["sigma"] = levels[item.name]
+    options = {**kwargs, "operator": operator, "device": "cpu"}  # the engines check devices
     with warnings.catch_warnings():  # the fits will say them
         warnings.simplefilter("ignore")
         try:
@@ -473,15 +475,27 @@ def _check_unique(names: list[str]) -> None:
                          "(name, item) pairs")
 
 
-def _sigma_levels(sigmas: Mapping[str, Any], names: set[str]) -> dict[str, float | None]:
-    """Each item's noise level from a ``sigma`` mapping, checked (unnamed items: None)."""
+def _sigma_levels(sigmas: Mapping[str, Any], names: set[str],
+                  images: set[str]) -> dict[str, float | None]:
+    """Each item's noise level from a ``sigma`` mapping, checked (unnamed items: None); for
+    the ``images`` to denoise, on the [0, 1] scale."""
     unknown = sorted(str(key) for key in sigmas if key not in names)
     if unknown:
         raise ValueError(f"sigma names {len(unknown)} items that are not in the batch: "
                          f"{', '.join(unknown[:5])}")
-    given = {name: None if value is None else check_float(f"sigma of {name!r}", value, low=0.0)
+    given = {name: None if value is None else _check_sigma(f"sigma of {name!r}", value,
+                                                           name in images)
              for name, value in sigmas.items()}
     return {name: given.get(name) for name in names}
+
+
+def _check_sigma(label: str, value: Any, denoising: bool) -> float:
+    """A noise std >= 0; when denoising on the [0, 1] scale, as reconstruct wants it."""
+    value = check_float(label, value, low=0.0)
+    if denoising and value > 1:
+        raise ValueError(f"{label} must be on the [0, 1] intensity scale for denoising, got "
+                         f"{value:g}; for {value:g} in 0-255 units pass {value:g}/255")
+    return value
 
 
 def _truth_source(option: Any, names: set[str]) -> Callable[[str], Any]:

@@ -495,7 +495,6 @@ def test_items_as_a_mapping_a_reused_buffer_and_bfloat16_tensors(registered):
     ({"norm": "bogus"}, ValueError, "norm must be one of"),
     ({"precision": "bogus"}, ValueError, "precision"),
     ({"net_options": {"bogus": 1}}, TypeError, "keyword argument 'bogus'"),
-    ({"sigma": 25}, ValueError, "sigma must be on the \\[0, 1\\] intensity scale"),
     ({"ensemble": 0}, ValueError, "ensemble must be an integer >= 1"),
 ])
 def test_options_only_data_can_check_are_refused_before_any_fit(registered, monkeypatch, options,
@@ -512,11 +511,15 @@ def test_an_image_on_the_0_255_scale_or_too_small_is_refused_by_name():
         reconstruct_many([("b", BRIGHT[:3, :3])])
 
 
-def test_the_check_before_any_fit_sees_the_ground_truth(registered, monkeypatch):
-    """stop='oracle' needs the clean image: the up-front check has it, as the fit will."""
-    monkeypatch.setattr(batch_module, "_fit_one", lambda *a, **k: pytest.fail("a fit began"))
+def test_what_belongs_to_an_item_fails_it_alone_and_a_sigma_scale_is_checked_up_front(
+        registered, monkeypatch):
+    """The check before any fit leaves an item's ground truth to its fit (stop='oracle' runs;
+    a wrong one fails that item only, see _run_mixed); σ in 0-255 units is refused at once."""
     items = reconstruct_many([("a", BRIGHT)], workers=1, ground_truth={"a": BRIGHT},
                              **{**FIT, "stop": "oracle"})
-    with pytest.raises(ValueError, match="checked on item 'a': .*oracle"):
-        reconstruct_many([("a", BRIGHT)], workers=1, **{**FIT, "stop": "oracle"})
-    items.close()
+    assert next(items).ok
+    monkeypatch.setattr(batch_module, "_fit_one", lambda *a, **k: pytest.fail("a fit began"))
+    for sigma, label in ((25, "sigma"), ({"a": 25}, "sigma of 'a'")):
+        with pytest.raises(ValueError, match=f"{label} must be on the \\[0, 1\\] intensity "
+                                             "scale for denoising, got 25"):
+            reconstruct_many([("a", BRIGHT)], workers=1, sigma=sigma, **FIT)
