@@ -21,9 +21,10 @@ import torch
 from torch import nn
 from torch.func import functional_call, vmap
 
-from .checks import check_choice, check_int, check_lr_decay
+from .checks import check_choice, check_float, check_int, check_lr_decay
 from .metrics import psnr_tensor
-from .stopping import _finalize, feed
+from .stopping import _check_policy, _finalize, feed
+from .stopping import members as rules_of
 
 __all__ = ["PRECISIONS", "FitResult", "FitState", "fit", "fit_many", "resolve_device"]
 
@@ -143,8 +144,8 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     ValueError
         If the device string is malformed or names a backend that is not available.
     """
-    if isinstance(device, torch.device):
-        return device
+    if isinstance(device, torch.device):  # checked as its name is
+        device = str(device)
     if device == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
@@ -158,6 +159,9 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
         raise ValueError(
             f"device must be 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps', got {device!r}"
         ) from exc
+    if resolved.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"device must be 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps', got "
+                         f"{device!r}")
     if resolved.type == "cuda":
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if not count:
@@ -211,12 +215,13 @@ class _Guard:
         if self.num_restarts >= self.max_restarts:
             return False
         self.num_restarts += 1
-        self.net.load_state_dict(self.state[0])  # copies into the weights
+        rates = [group["lr"] for group in self.optimizer.param_groups]  # the run's, not the
+        self.net.load_state_dict(self.state[0])  # snapshot's: each restart halves it again
         # the optimizer would take the snapshot's moment tensors as they are and update them in
         # place, so a second restart from this snapshot would load the diverged run's moments
         self.optimizer.load_state_dict(copy.deepcopy(self.state[1]))
-        for group in self.optimizer.param_groups:
-            group["lr"] *= 0.5
+        for group, rate in zip(self.optimizer.param_groups, rates, strict=True):
+            group["lr"] = 0.5 * rate
         return True
 
 
@@ -296,8 +301,10 @@ def fit(
         Read the losses to the host every this many iterations (one device→host sync for all
         of them); the policy then learns of each iteration in order, up to ``sync_every − 1``
         iterations late, and the iterates it may select are kept, so the returned iterate is
-        the same. Iterations computed after the stop are discarded. None: 1 on the CPU (a sync
-        costs nothing there) and with a callback, 8 on a GPU.
+        the same (unless the divergence guard restores weights: the iterations computed after
+        the bad one have advanced the input noise and the schedule). Iterations computed after
+        the stop are discarded. None: 1 on the CPU (a sync costs nothing there) and with a
+        callback, 8 on a GPU.
     precision : {"fp32", "bf16"}
         ``"bf16"`` runs the network under ``torch.autocast`` with bfloat16 (mixed precision:
         weights, optimizer state, loss and outputs stay float32). Worth it where the hardware
@@ -312,16 +319,30 @@ def fit(
     -------
     FitResult
 
+    Raises
+    ------
+    ValueError, TypeError
+        Before the first iteration: a ``y`` or ``ground_truth`` whose shape is not the
+        operator's, a policy without ``update``/``best_step``/``reason``, a penalty or callback
+        that is not callable, a learning rate, input noise, EMA factor or interval out of range.
+
     Notes
     -----
+    The network is trained in place: it is left in training mode, on ``device``, at its last
+    weights, with the last gradients.
+
     Minimises ``mean((A f_θ(z) − y)²)`` (plus ``penalty(f_θ(z))``) over θ with Adam. The loss
     (stacked with the PSNR when a ground truth is tracked) is read from the device once per
     ``sync_every`` iterations; rules that measure the output (discrepancy, hold-out, WMV,
     oracle) read one more scalar each when they learn of an iteration. The kept iterates stay
     on the device.
     """
-    if max_num_iter < 1:
-        raise ValueError(f"max_num_iter must be >= 1, got {max_num_iter}")
+    max_num_iter = check_int("max_num_iter", max_num_iter, minimum=1)
+    learning_rate, reg_noise_std, ema, snapshot_every, max_restarts = _check_settings(
+        learning_rate, reg_noise_std, ema, snapshot_every, max_restarts)
+    if callback is not None and not callable(callback):
+        raise TypeError(f"callback must be callable, got {type(callback).__name__}")
+    _check_member(net, y, operator, policy, penalty, ground_truth)
     check_choice("precision", precision, PRECISIONS)
     lr_decay = check_lr_decay(lr_decay)
     device = resolve_device(device)
@@ -426,6 +447,21 @@ snapshot_every, sync_every, precision
         raise ValueError("fit_many needs one policy object per network (a policy keeps its "
                          "fit's state): pass [Fixed(50) for _ in range(k)], not [Fixed(50)] * k")
     budgets = [check_int("max_num_iter", b, minimum=1) for b in per_member["max_num_iter"]]
+    learning_rate, reg_noise_std, ema, snapshot_every, max_restarts = _check_settings(
+        learning_rate, reg_noise_std, ema, snapshot_every, max_restarts)
+    shared_nets = {id(p) for net in nets for p in net.parameters()}
+    if len({id(net) for net in nets}) < k or len(shared_nets) < sum(
+            1 for net in nets for _ in net.parameters()):
+        raise ValueError("fit_many needs one network per fit, sharing no parameter: build each "
+                         "(build_net(..., seed=k)), not [net] * k")
+    rules = [id(rule) for policy in policies for rule in rules_of(policy)]
+    if len(set(rules)) < len(rules):
+        raise ValueError("fit_many needs its own stopping rules per fit: a rule appears in the "
+                         "policies of two members (inside a FirstOf)")
+    for i, (net, y, operator, policy, truth, penalty) in enumerate(zip(
+            nets, ys, operators, policies, per_member["ground_truths"], per_member["penalties"],
+            strict=True)):
+        _check_member(net, y, operator, policy, penalty, truth, f" of fit {i}")
     layout = _layout(nets[0])
     for i, net in enumerate(nets):
         if type(net) is not type(nets[0]) or _layout(net) != layout:
@@ -455,6 +491,35 @@ snapshot_every, sync_every, precision
     return [member.result() for member in members]
 
 
+def _check_settings(learning_rate: Any, reg_noise_std: Any, ema: Any, snapshot_every: Any,
+                    max_restarts: Any) -> tuple[float, float, float | None, int, int]:
+    """The optimiser's settings, checked before the first iteration."""
+    return (check_float("learning_rate", learning_rate, low=0.0, low_open=True),
+            check_float("reg_noise_std", reg_noise_std, low=0.0),
+            None if ema is None else check_float("ema", ema, low=0.0, high=1.0, high_open=True),
+            check_int("snapshot_every", snapshot_every, minimum=1),
+            check_int("max_restarts", max_restarts, minimum=0))
+
+
+def _check_member(net: Any, y: Any, operator: Any, policy: Any, penalty: Any, truth: Any,
+                  where: str = "") -> None:
+    """One fit's network, data, policy and penalty, checked before the first iteration."""
+    if torch.is_inference_mode_enabled():
+        raise RuntimeError("a fit trains its network: call it outside torch.inference_mode()")
+    if not isinstance(net, nn.Module):
+        raise TypeError(f"net{where} must be an nn.Module, got {type(net).__name__}")
+    _check_policy(policy)
+    if penalty is not None and not callable(penalty):
+        raise TypeError(f"penalty{where} must be a function of the image, got "
+                        f"{type(penalty).__name__}")
+    for name, value, shape in (("y", y, getattr(operator, "measurement_shape", None)),
+                               ("ground_truth", truth, getattr(operator, "image_shape", None))):
+        if value is not None and shape is not None and tuple(value.shape) != (1, *shape):
+            raise ValueError(f"{name}{where} has shape {tuple(value.shape)}; the operator "
+                             f"needs {(1, *shape)} (a batch axis of 1, then "
+                             f"{'its measurements' if name == 'y' else 'the image'})")
+
+
 def _layout(net: nn.Module) -> list[tuple[str, tuple[int, ...]]]:
     """The names and shapes of a network's parameters and buffers."""
     return [(name, tuple(t.shape)) for name, t in [*net.named_parameters(),
@@ -478,8 +543,8 @@ class _Member:
                  device, learning_rate, lr_decay, reg_noise_std, ema, max_restarts, forward):
         self.net = net.to(device).train()
         self.operator = operator.to(device)
-        self.z, self.y = z.to(device), y.to(device)
-        self.gt = ground_truth.to(device) if ground_truth is not None else None
+        self.z, self.y = z.detach().to(device), y.detach().to(device)
+        self.gt = ground_truth.detach().to(device) if ground_truth is not None else None
         self.policy, self.budget, self.penalty = policy, budget, penalty
         self.reg_noise_std, self.ema = reg_noise_std, ema
         self.optimizer = torch.optim.Adam(self.net.parameters(), lr=learning_rate)
@@ -587,8 +652,8 @@ class _Member:
                 self.reason = self.reason or policy.reason  # ones, which are discarded
                 self.stop_learning_rate = rate
                 break
-        else:  # every pending iteration accepted
-            if self.reason is None:
+        else:  # every pending iteration accepted; none after the budget's last
+            if self.reason is None and self.step < self.budget:
                 self.optimizer_step()
         self.pending.clear()
 
@@ -597,7 +662,7 @@ class _Member:
         policy, reason = self.policy, self.reason
         if reason is None:
             _finalize(policy, self.done)
-            reason = policy.reason
+            reason = policy.reason or f"reached max_num_iter={self.budget}"
         elif reason.startswith(("interrupted", "diverged")):
             _finalize(policy, self.done)
             reason = f"{reason}; {policy.reason}" if policy.reason else reason
@@ -613,7 +678,7 @@ class _Member:
                 output = self.forward(self.net, self.z)
             best_step = 0
         return FitResult(
-            output=output.detach().cpu(),
+            output=output.detach().cpu().clone(memory_format=torch.contiguous_format),
             best_step=best_step,
             num_steps=self.done,
             stop_reason=reason,
@@ -626,6 +691,7 @@ class _Member:
         )
 
 
+@torch.enable_grad()  # a caller's torch.no_grad() would leave nothing to step
 def _run(members: list[_Member], *, sync_every: int, snapshot_every: int, progress: bool | str,
          callback) -> None:
     """Step the running members together until each has stopped or spent its budget."""
@@ -663,8 +729,9 @@ def _run(members: list[_Member], *, sync_every: int, snapshot_every: int, progre
             active = [m for m in active if m.running]
     except KeyboardInterrupt:
         for m in active:
-            m.reason = f"interrupted at iteration {m.done}"
-            m.elapsed = time.perf_counter() - start
+            if m.reason is None:  # a fit that had ended keeps its own reason
+                m.reason = f"interrupted at iteration {m.done}"
+                m.elapsed = time.perf_counter() - start
     finally:
         if bar is not None:
             bar.close()

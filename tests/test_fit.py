@@ -375,7 +375,7 @@ def test_a_budget_that_ends_before_the_policy_reads_returns_the_last_iterate():
     result = fit(PixelNet(op.image_shape, seed=1), z, noisy, op, policy=policy,
                  max_num_iter=5, reg_noise_std=0.1, ema=0.9, seed=5, device="cpu")
     assert policy.best_step == 0 and result.best_step == 5
-    assert result.stop_reason == "returning the last iterate (iteration 5)"
+    assert result.stop_reason == "reached max_num_iter=5; returning the last iterate (iteration 5)"
     # the same fit run with a budget the policy reads at its end returns the same iterate
     same = fit(PixelNet(op.image_shape, seed=1), z, noisy, op, policy=Reading(5),
                max_num_iter=5, reg_noise_std=0.1, ema=0.9, seed=5, device="cpu")
@@ -499,3 +499,113 @@ def test_fit_many_refuses_mismatched_members_before_fitting():
         fit_many(nets, zs, ys, ops, policies=two, max_num_iter=np.array([2, 2, 2]))
     with pytest.raises(ValueError, match="at least one network"):
         fit_many([], [], [], [], policies=[], max_num_iter=2)
+
+
+# --------------------------------------------------------------------------- as users call it
+
+
+def test_each_restart_halves_the_learning_rate_again():
+    """Three restarts from one snapshot: 0.01 → 0.005 → 0.0025 → 0.00125 (each halved the
+    snapshot's rate before, so all three ran at 0.005)."""
+    clean, noisy, op, z = _problem()
+    calls = []
+
+    def penalty(out):  # the loss is NaN at calls 12, 13 and 14, then finite again
+        calls.append(1)
+        return out.sum() * (torch.nan if len(calls) in (12, 13, 14) else 0.0)
+
+    result = fit(PixelNet(op.image_shape), z, noisy, op, policy=Fixed(20), max_num_iter=20,
+                 penalty=penalty, snapshot_every=5, device="cpu")
+    assert result.num_restarts == 3 and result.final_learning_rate == pytest.approx(0.00125)
+
+
+def test_arguments_are_checked_before_the_first_iteration():
+    clean, noisy, op, z = _problem()
+    net = PixelNet(op.image_shape)
+    before = [p.detach().clone() for p in net.parameters()]
+    cases = [({"snapshot_every": 0}, ValueError, "snapshot_every must be an integer >= 1"),
+             ({"penalty": 0.1}, TypeError, "penalty must be a function"),
+             ({"policy": "fixed:5"}, TypeError, "a stopping policy needs update"),
+             ({"callback": 5}, TypeError, "callback must be callable"),
+             ({"ema": 1.5}, ValueError, "ema must"),
+             ({"reg_noise_std": -0.05}, ValueError, "reg_noise_std must"),
+             ({"learning_rate": 0.0}, ValueError, "learning_rate must"),
+             ({"max_num_iter": 2.5}, TypeError, "max_num_iter must be an integer"),
+             ({"y": noisy.reshape(-1, 1)}, ValueError, r"y has shape \(143, 1\); the operator "
+                                                      r"needs \(1, 1, 13, 11\)"),
+             ({"ground_truth": clean[0, 0]}, ValueError, "ground_truth has shape"),
+             ({"device": "meta"}, ValueError, "device must be 'auto', 'cpu'")]
+    for options, error, message in cases:
+        arguments = {"policy": Fixed(5), "max_num_iter": 5, "y": noisy, **options}
+        with pytest.raises(error, match=message):
+            fit(net, z, arguments.pop("y"), op, **arguments)
+    assert all(torch.equal(a, b) for a, b in zip(before, net.parameters(), strict=True))
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA is not available here"):
+            resolve_device(torch.device("cuda:7"))
+
+
+def test_a_fit_runs_under_no_grad_and_with_data_that_carries_a_graph():
+    clean, noisy, op, z = _problem()
+    graph = noisy.clone().requires_grad_() * 1.0  # e.g. y = A(x) of a tensor with a gradient
+    with torch.no_grad():
+        result = fit(PixelNet(op.image_shape), z, graph, op, policy=Fixed(4), max_num_iter=4,
+                     device="cpu")
+    assert result.num_steps == 4 and torch.isfinite(torch.as_tensor(result.loss)).all()
+    with torch.inference_mode(), pytest.raises(RuntimeError, match="outside "
+                                                                   "torch.inference_mode"):
+        fit(PixelNet(op.image_shape), z, noisy, op, policy=Fixed(4), max_num_iter=4)
+
+
+class Silent:
+    """The three members a policy needs, and no more: it never stops and says nothing."""
+
+    best_step, reason = 0, ""
+
+    def update(self, step, loss, output):
+        self.best_step = step
+        return False
+
+
+def test_the_end_of_the_budget_is_said_and_takes_no_extra_step():
+    clean, noisy, op, z = _problem()
+    silent = fit(PixelNet(op.image_shape), z, noisy, op, policy=Silent(), max_num_iter=4,
+                 device="cpu")
+    assert silent.stop_reason == "reached max_num_iter=4"
+    assert silent.output.is_contiguous() and silent.output.untyped_storage().nbytes() == \
+        silent.output.numel() * 4  # its own storage, not a view of a larger one
+    decayed = {"max_num_iter": 5, "lr_decay": (0.5, 5), "device": "cpu"}
+    by_rule = fit(PixelNet(op.image_shape), z, noisy, op, policy=Fixed(5), **decayed)
+    by_budget = fit(PixelNet(op.image_shape), z, noisy, op, policy=Fixed(10), **decayed)
+    assert by_rule.final_learning_rate == by_budget.final_learning_rate == 0.01
+
+
+def test_fit_many_refuses_what_two_fits_would_share():
+    clean, noisy, op, z = _problem()
+    net = PixelNet(op.image_shape)
+    with pytest.raises(ValueError, match="one network per fit, sharing no parameter"):
+        fit_many([net, net], [z, z], [noisy, noisy], [op, op], policies=[Fixed(3), Fixed(3)],
+                 max_num_iter=3, device="cpu")
+    from deepprior.stopping import FirstOf
+
+    shared = Patience(3)
+    with pytest.raises(ValueError, match="a rule appears in the policies of two members"):
+        fit_many([PixelNet(op.image_shape), PixelNet(op.image_shape)], [z, z], [noisy, noisy],
+                 [op, op], policies=[FirstOf(shared, Fixed(9)), FirstOf(shared, Fixed(9))],
+                 max_num_iter=9, device="cpu")
+
+
+def test_ctrl_c_in_fit_many_keeps_the_reason_of_a_fit_that_had_ended():
+    clean, noisy, op, z = _problem()
+
+    class Interrupting(Fixed):
+        def update(self, step, loss, output):
+            if step == 3:
+                raise KeyboardInterrupt
+            return super().update(step, loss, output)
+
+    done, cut = fit_many([PixelNet(op.image_shape), PixelNet(op.image_shape)], [z, z],
+                         [noisy, noisy], [op, op], policies=[Fixed(3), Interrupting(9)],
+                         max_num_iter=9, device="cpu")
+    assert done.stop_reason.startswith("reached num_iter=3")
+    assert cut.stop_reason.startswith("interrupted at iteration")
