@@ -495,6 +495,8 @@ def _say_plan(command: str, items: list[_Item], todo: list[_Item], outdir: Path,
     for item in items:
         if item.row.status == "failed":
             typer.echo(f"failed: {item.row.name}: {item.row.error}", err=True)
+    for text in dict.fromkeys(text for item in todo for text in item.task.notes):
+        note(text, options)  # the inputs' notes (a kernel, a mask), each once
     noted = [item for item in todo if item.bits_note]
     if noted:
         note(f"{len(noted)} inputs have more than 8 bits per sample, which .{engine.ext} "

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import numpy as np
+import torch
 import typer
 
 import deepprior
@@ -325,6 +326,13 @@ def error_funnel(debug: bool) -> Iterator[None]:
             raise
         typer.echo(f"error: {one_line(exc)}", err=True)
         raise typer.Exit(code=EXIT_ERROR) from None
+    except (MemoryError, RuntimeError) as exc:  # torch's allocators say so in a RuntimeError
+        if debug or not isinstance(exc, MemoryError | torch.OutOfMemoryError) and \
+                "allocate" not in str(exc):
+            raise
+        typer.echo(f"error: out of memory ({one_line(exc)}); try a smaller image, "
+                   "--channels or --device cpu", err=True)
+        raise typer.Exit(code=EXIT_ERROR) from None
 
 
 def one_line(exc: BaseException) -> str:
@@ -340,10 +348,15 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
     typer.echo(f"warning: {message}", err=True)
 
 
+#: The largest --lr taken (a rate of 1e38 overflowed Adam's float32 arithmetic after the
+#: headline; 1e6 makes a fit diverge, which the divergence guard handles).
+MAX_LR = 1e6
+
+
 def check_lr(lr: float | None) -> None:
-    """``--lr``: a finite number > 0 (typer lets 0, negatives and nan through)."""
-    if lr is not None and not (math.isfinite(lr) and lr > 0):
-        raise ValueError(f"--lr must be a number > 0, got {lr:g}")
+    """``--lr``: a number in (0, MAX_LR] (typer lets 0, negatives, nan and 1e38 through)."""
+    if lr is not None and not (math.isfinite(lr) and 0 < lr <= MAX_LR):
+        raise ValueError(f"--lr must be a number in (0, {MAX_LR:g}], got {lr:g}")
 
 
 def note(text: str, options: FitOptions | None = None, *, quiet: bool = False) -> None:

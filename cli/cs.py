@@ -30,7 +30,6 @@ from .common import (
     fit_options,
     image_or_demo,
     measurement_sigma_from_cli,
-    note,
     parse_shape,
 )
 from .fitting import Builder, Task, chw, default_output, image_bits, run_task
@@ -333,12 +332,12 @@ def _given(matrix_path: Path, matrix, y_path: Path, shape: str | None, key: str 
         raise ValueError(f"--matrix {matrix_path} has {n} columns but --shape {shape} has "
                          f"{pixels} pixels{' per channel' if per_channel else ''} (H*W"
                          f"{'' if per_channel else '*C'}); they must be equal")
-    if per_channel:
-        note(f"y has shape {y.shape}: A is applied to each of the 3 channels", options)
+    notes = [f"y has shape {y.shape}: A is applied to each of the 3 channels"] \
+        if per_channel else []
     if m >= n:
-        note(f"--matrix {matrix_path} has {m} rows for {n} pixels, not fewer: this is not "
-             "compressive sensing, and the defaults are those of a generic linear problem "
-             "(the Deep Decoder, a hold-out stop)", options)
+        notes.append(f"--matrix {matrix_path} has {m} rows for {n} pixels, not fewer: this is "
+                     "not compressive sensing, and the defaults are those of a generic linear "
+                     "problem (the Deep Decoder, a hold-out stop)")
     if (channels, height, width, per_channel) not in operators:
         operators[channels, height, width, per_channel] = deepprior.as_operator(
             matrix, (channels, height, width))  # n = H*W: applied to each channel
@@ -355,6 +354,7 @@ def _given(matrix_path: Path, matrix, y_path: Path, shape: str | None, key: str 
         inputs=(matrix_path, y_path),
         headline=(f"reconstructing {height}x{width}x{channels} from {y.size} measurements "
                   f"({y_path}) with the {m}x{n} matrix {matrix_path}"),
+        notes=tuple(notes),
         report={**_report(operator, snr_db=None, sigma=sigma),
                 "matrix": str(matrix_path), "measurements_file": str(y_path)},
         summary=_summary(operator),

@@ -10,7 +10,7 @@ import typer
 
 import deepprior
 
-from .common import FitOptions, epilog, error_funnel, fit_options, image_or_demo, note, shape_text
+from .common import FitOptions, epilog, error_funnel, fit_options, image_or_demo, shape_text
 from .common import sigma_from_cli as sigma_255
 from .fitting import Builder, Task, default_output, image_bits, run_task
 
@@ -69,10 +69,11 @@ def prepare(sigma: float | None, add_noise: float | None, options: FitOptions) -
         clean = loaded if added is not None else None
         noisy = loaded if clean is None else deepprior.add_gaussian_noise(clean, added, seed=seed)
         level = known if known is not None else added
+        notes = []
         if level is None:
             level = deepprior.estimate_sigma(noisy)
-            note(f"estimated noise level: --sigma {level * 255:.1f} (0-255 units)", options,
-                 quiet=quiet)
+            if not quiet:
+                notes.append(f"estimated noise level: --sigma {level * 255:.1f} (0-255 units)")
 
         def metrics(truth: np.ndarray) -> dict:
             return {"noisy_psnr": deepprior.psnr(truth, np.clip(noisy, 0, 1))}
@@ -91,6 +92,7 @@ def prepare(sigma: float | None, add_noise: float | None, options: FitOptions) -
             inputs=(image,),
             bits=image_bits(image),
             headline=f"denoising {source} ({shape_text(noisy.shape)})",
+            notes=tuple(notes),
             report={
                 "simulated_noise_sigma_255": None if added is None else added * 255,
                 "sigma_255": level * 255,

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -74,6 +75,10 @@ class Task:
         where its format allows.
     headline : str
         What is being done, printed before the fit.
+    notes : tuple of str
+        What the user should know about the input (an estimated noise level, a crop, a
+        normalised kernel): printed with the headline, once every check has passed, so that
+        an invalid command line says only its error.
     report : dict
         Command-specific report fields.
     metrics : callable, optional
@@ -99,6 +104,7 @@ class Task:
     inputs: tuple[Path | None, ...] = ()
     bits: int = 8
     headline: str = ""
+    notes: tuple[str, ...] = ()
     report: dict[str, Any] = field(default_factory=dict)
     metrics: Callable[[np.ndarray], dict[str, Any]] | None = None
     summary: Callable[[Any, dict[str, Any]], str] | None = None
@@ -126,11 +132,16 @@ def run_task(task: Task, options: FitOptions) -> None:
         checked the call, so that an invalid one says only its error."""
         if options.silent:
             return
+        for text in task.notes:
+            note(text, options)
         typer.echo(f"{task.headline} with {plan['net']}, norm={options.norm}")
         if plan["net"] != "dip" or plan["device"] != "cpu":
             return
         pixels = task.image_shape[0] * task.image_shape[1]
         fits, iters = plan["fits"], plan["max_num_iter"]
+        if isinstance(plan["stop"], str):  # a fixed rule ends each fit by its count at latest
+            iters = min([iters, *(params["num_iter"] for name, params in
+                                  deepprior.parse_stop(plan["stop"]) if name == "fixed")])
         minutes = fits * iters * DIP_CPU_SECONDS_PER_PIXEL * pixels / 60
         if options.precision == "bf16":
             minutes /= DIP_BF16_SPEEDUP
@@ -170,7 +181,7 @@ def run_task(task: Task, options: FitOptions) -> None:
         config = result.config if isinstance(result.config, dict) else {}
         choice = config.get("regularizer_choice", [])
         if choice:
-            typer.echo(choice_line(choice))
+            typer.echo(choice_line(choice, len(config.get("members") or [None, None]) - 1))
         typer.echo(f"stopped: {result.stop_reason}")
         fits = len(config.get("members", [None])) + max(len(choice) - 1, 0)  # member 0: a trial
         steps = (f"{fits} fits, {result.num_steps} iterations in all" if fits > 1
@@ -277,14 +288,16 @@ def default_summary(result, report: dict[str, Any]) -> str:
 NEAR_TIE_Z = 2.0
 
 
-def choice_line(choice: list[dict[str, Any]]) -> str:
-    """Which regularizer weight the held-out pixels/measurements chose, and the losses."""
+def choice_line(choice: list[dict[str, Any]], refits: int = 1) -> str:
+    """Which regularizer weight the held-out pixels/measurements chose, and the losses; its
+    fit is averaged with ``refits`` fits to all the data."""
     def name(row):
         return "none" if row["weight"] == 0 else f"λ = {row['weight']:.4g}"
     chosen = next(row for row in choice if row["chosen"])
     losses = ", ".join(f"{name(row)} {row['holdout_loss']:.4g}" for row in choice)
+    others = "a fit" if refits == 1 else f"{refits} fits"
     line = (f"regularizer: {name(chosen)}, the lowest held-out loss ({losses}); its fit "
-            "averaged with a fit to all the data")
+            f"averaged with {others} to all the data")
     for row in choice:
         if row.get("margin_z") is None or row["margin_z"] >= NEAR_TIE_Z:
             continue
@@ -396,6 +409,9 @@ def check_regularizer(task: Task, options: FitOptions) -> None:
     """``--regularizer-weight`` weighs a named penalty; ``--regularizer tv|auto|mix`` without a
     weight has one only for denoising and compressive sensing
     (``deepprior.api.TV_WEIGHT_PROBLEMS``); ``mix`` needs a member per weight, 0 included."""
+    weight = options.regularizer_weight
+    if weight is not None and not (math.isfinite(weight) and weight >= 0):
+        raise ValueError(f"--regularizer-weight must be a finite number >= 0, got {weight:g}")
     if options.regularizer in ("default", "none") and options.regularizer_weight is not None:
         raise ValueError(f"--regularizer-weight needs the penalty it weighs: --regularizer tv, "
                          f"auto or mix (got {options.regularizer})")

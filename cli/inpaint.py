@@ -22,7 +22,6 @@ from .common import (
     error_funnel,
     fit_options,
     image_or_demo,
-    note,
     pixel_noise,
     shape_text,
 )
@@ -100,7 +99,7 @@ def prepare(mask: Path | None, missing: float | None, text: bool, noise_sigma: f
                          f"(exclusive), got {missing:g}")
     sigma = pixel_noise(noise_sigma, add_noise, simulating=demo,
                         simulate_how="the demo, without --mask")
-    given = None if demo else read_mask(mask, options)
+    given, notes = (None, ()) if demo else read_mask(mask, options)
     fraction = DEFAULT_MISSING if missing is None else missing
     operators: dict[tuple[int, int, int], deepprior.Mask] = {}
 
@@ -141,6 +140,7 @@ def prepare(mask: Path | None, missing: float | None, text: bool, noise_sigma: f
             bits=image_bits(image),
             headline=(f"inpainting {source} ({shape_text(loaded.shape)}), "
                       f"{keep.size - known} of {keep.size} pixels missing ({mask_source})"),
+            notes=notes,
             report={
                 "mask": mask_source,
                 "known_pixels": known,
@@ -152,8 +152,9 @@ def prepare(mask: Path | None, missing: float | None, text: bool, noise_sigma: f
     return build
 
 
-def read_mask(path: Path, options: FitOptions) -> np.ndarray:
-    """A mask file as a boolean (H, W) array, True = known: white, thresholded at 0.5."""
+def read_mask(path: Path, options: FitOptions) -> tuple[np.ndarray, tuple[str, ...]]:
+    """A mask file as a boolean (H, W) array, True = known: white, thresholded at 0.5; and
+    the notes on it for the Task."""
     if path.suffix.lower() == ".npy":
         stored = np.asarray(deepprior.load_array(path))
         values = stored.astype(np.float64)
@@ -174,12 +175,11 @@ def read_mask(path: Path, options: FitOptions) -> np.ndarray:
             values = values.mean(axis=2)
     keep = values >= 0.5
     grey = int(np.count_nonzero((values > 0) & (values < 1)))
-    if grey:
-        note(f"--mask {path} has {grey} grey pixels; thresholded at 0.5 (white = known)",
-             options)
+    notes = [f"--mask {path} has {grey} grey pixels; thresholded at 0.5 (white = known)"] \
+        if grey else []
     if not keep.any():
         raise ValueError(f"--mask {path} marks no pixel as known (white = known, black = "
                          "missing); is it inverted?")
     if keep.all():
-        note(f"--mask {path} marks every pixel as known: nothing to inpaint", options)
-    return keep
+        notes.append(f"--mask {path} marks every pixel as known: nothing to inpaint")
+    return keep, tuple(notes)

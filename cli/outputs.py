@@ -119,8 +119,10 @@ class Staging:
 
     def add(self, path: Path, write: Callable[[Path], object]) -> None:
         """Stage ``path``: ``write(temporary)`` writes the content to a file with its suffix."""
+        path = Path(os.path.normpath(path))  # "new/../out/x.png": out/x.png, no folder new
         self._make_folder(path.parent)
-        temporary = path.with_name(f".{path.stem}.{secrets.token_hex(4)}.part{path.suffix}")
+        # a short name: the file system's limit is the output's, not the output's plus ours
+        temporary = path.with_name(f".{path.stem[:32]}.{secrets.token_hex(4)}.part{path.suffix}")
         self.staged.append((temporary, path))
         write(temporary)
 
@@ -214,8 +216,12 @@ class Outputs:
 
     def __init__(self, image_path: Path, *, overwrite: bool, inputs: Iterable[Path] = (),
                  extra: dict[str, Path] | None = None, option: str = "--overwrite"):
-        if image_path.suffix.lower() not in IMAGE_SUFFIXES:
-            raise ValueError(f"output {image_path} must end in {', '.join(IMAGE_SUFFIXES)}")
+        if image_path.is_dir():
+            raise ValueError(f"{image_path} (the image output) is a directory; give a file "
+                             f"name, e.g. -o {image_path / 'result.png'}")
+        if image_path.suffix.lower() not in IMAGE_SUFFIXES or not image_path.stem:
+            raise ValueError(f"output {image_path} must be a file name ending in "
+                             f"{', '.join(IMAGE_SUFFIXES)}")
         self.image = image_path
         self.report = image_path.with_suffix(".json")
         self.plot = image_path.with_name(image_path.stem + "_curve.png")
@@ -275,7 +281,9 @@ def plot_fit(result, handle) -> None:
     ax.semilogy(steps, np.where(np.isfinite(loss) & (loss > 0), loss, np.nan),
                 color="tab:blue", lw=1)
     ax.set_xlabel("iteration")
-    ax.set_ylabel("training loss (MSE)", color="tab:blue")
+    config = result.config if isinstance(result.config, dict) else {}
+    penalized = config.get("regularizer_weight") not in (None, 0, 0.0)
+    ax.set_ylabel(f"training loss (MSE{' + penalty' if penalized else ''})", color="tab:blue")
     if result.num_iter > 0:
         ax.axvline(result.num_iter, color="k", ls="--", lw=1, label=f"returned: {result.num_iter}")
         ax.legend(loc="upper right", fontsize=8)

@@ -25,7 +25,6 @@ from .common import (
     epilog,
     error_funnel,
     fit_options,
-    note,
     pixel_noise,
     shape_text,
 )
@@ -126,12 +125,13 @@ def prepare_superres(factor: int, kernel: KernelName, simulate: bool, noise_sigm
     def build(image: Path | None, seed: int, *, quiet: bool = False) -> Task:
         loaded, source, simulated = _observation(image, simulate, options)
         height, width = loaded.shape[:2]
+        notes = []
         if simulated:
             cropped = (height - height % factor, width - width % factor)
             check_size(cropped, f"IMAGE {source} cropped to a multiple of --factor {factor}")
-            if cropped != (height, width):
-                note(f"IMAGE is {height}x{width}, not a multiple of --factor {factor}: cropped "
-                     f"to {cropped[0]}x{cropped[1]} (top left)", options, quiet=quiet)
+            if cropped != (height, width) and not quiet:
+                notes.append(f"IMAGE is {height}x{width}, not a multiple of --factor "
+                             f"{factor}: cropped to {cropped[0]}x{cropped[1]} (top left)")
             clean = loaded[: cropped[0], : cropped[1]]
             operator = operator_for(clean.shape)
             y, _ = deepprior.simulate_measurements(operator, clean, sigma=sigma, seed=seed)
@@ -157,6 +157,7 @@ def prepare_superres(factor: int, kernel: KernelName, simulate: bool, noise_sigm
             bits=image_bits(image),
             headline=(f"super-resolving {source}: {low[0]}x{low[1]} -> {shape_text(shape[:2])} "
                       f"(x{factor}, {kernel_name} kernel)"),
+            notes=tuple(notes),
             report={"factor": factor, "kernel": kernel_name, "simulated": simulated,
                     "low_resolution_shape": list(low),
                     "noise_sigma_255": None if sigma is None else sigma * 255},
@@ -205,7 +206,7 @@ def prepare_deblur(kernel: str, simulate: bool, noise_sigma: float | None,
     """
     sigma = pixel_noise(noise_sigma, add_noise, simulating=simulate or demo,
                         simulate_how="--simulate")
-    psf, kernel_path, notes = read_kernel(kernel, options.max_pixels)
+    psf, kernel_path, notes = read_kernel(kernel, options.max_pixels)  # in every Task
     operators: dict[tuple[int, int, int], deepprior.Blur] = {}
 
     def build(image: Path | None, seed: int, *, quiet: bool = False) -> Task:
@@ -214,8 +215,6 @@ def prepare_deblur(kernel: str, simulate: bool, noise_sigma: float | None,
         if psf.shape[0] > loaded.shape[0] or psf.shape[1] > loaded.shape[1]:
             raise ValueError(f"--kernel {kernel} is {shape_text(psf.shape)}, larger than the "
                              f"image ({shape_text(loaded.shape[:2])})")
-        while notes:  # once, after the checks that could refuse the kernel
-            note(notes.pop(0), options)
         shape = chw(loaded.shape)
         if shape not in operators:
             operators[shape] = deepprior.Blur(psf, shape)
@@ -238,6 +237,7 @@ def prepare_deblur(kernel: str, simulate: bool, noise_sigma: float | None,
             bits=image_bits(image),
             headline=(f"deblurring {source} ({shape_text(loaded.shape)}), kernel {kernel} "
                       f"({shape_text(psf.shape)})"),
+            notes=tuple(notes),
             report={"kernel": kernel, "kernel_shape": list(psf.shape), "simulated": simulated,
                     "boundary": "circular",
                     "noise_sigma_255": None if sigma is None else sigma * 255},

@@ -815,6 +815,7 @@ def reconstruct(
     # per weight, the iterate its first member returned; each member's weight
     stops = {regularizer_weight: fits[0][1].best_step} if fits else {}
     weights = [regularizer_weight] * len(fits)
+    left_out: list[Any] = []  # members cut short after the first, not averaged
     for k in [] if interrupted else ks:  # member k: seed + k and, when denoising, the
         turn = _DIHEDRAL[k % 8] if flips else _DIHEDRAL[0]  # k-th flip/rotation
         y_k, truth_k = _turn(y, turn), None if truth is None else _turn(truth, turn)
@@ -835,13 +836,18 @@ def reconstruct(
         if budget < max_num_iter and result.num_steps == budget:
             result = replace(result, stop_reason=f"{result.stop_reason} (the mix's budget: "
                              f"{MIX_BUDGET}× the {fits[0][1].num_steps} iterations of fit 1)")
-        stops.setdefault(regularizer_weight, result.best_step)
-        weights.append(regularizer_weight)
-        fits.append((turn, result, _turn(result.output, turn, inverse=True)))
+        if fits and (result.stop_reason.startswith("interrupted") or (
+                result.stop_reason.startswith("diverged") and result.best_step == 0)):
+            left_out.append(result)  # cut short after the first: averaged in, it would pull
+        else:  # the image towards an untrained network (its stop still says what happened)
+            stops.setdefault(regularizer_weight, result.best_step)
+            weights.append(regularizer_weight)
+            fits.append((turn, result, _turn(result.output, turn, inverse=True)))
         if result.stop_reason.startswith("interrupted"):
             break
     result = fits[0][1]
-    runs = [*trials, *(r for _, r, _ in fits[1 if trials else 0:])]  # fits[0]: a trial
+    # every fit run: fits[0] is a trial after a choice
+    runs = [*trials, *(r for _, r, _ in fits[1 if trials else 0:]), *left_out]
     image = tensor_to_image(torch.stack([out for _, _, out in fits]).mean(0).clamp(0, 1))
     history = {"loss": result.loss}
     scores: dict[str, float | None] = {"psnr": None, "ssim": None}

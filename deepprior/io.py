@@ -983,7 +983,7 @@ def _create_temporary(path: pathlib.Path) -> pathlib.Path:
     """
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
     for _ in range(100):
-        candidate = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp{path.suffix}")
+        candidate = path.with_name(f".{path.stem[:32]}.{secrets.token_hex(4)}.tmp{path.suffix}")
         try:
             os.close(os.open(candidate, flags, 0o666))
         except FileExistsError:

@@ -63,6 +63,11 @@ def add_gaussian_noise(
     return noisy.astype(np.float32, copy=False)
 
 
+#: :func:`estimate_sigma` returns at least this: a constant image holds no noise, and a rule
+#: that stops at the noise level (the discrepancy principle) needs a level above 0.
+SIGMA_FLOOR = 1e-6
+
+
 def estimate_sigma(image: np.ndarray) -> float:
     """Estimate the standard deviation of additive Gaussian noise in an image.
 
@@ -74,7 +79,7 @@ def estimate_sigma(image: np.ndarray) -> float:
     Returns
     -------
     float
-        σ on the [0, 1] scale, averaged over colour channels.
+        σ on the [0, 1] scale, averaged over colour channels; at least :data:`SIGMA_FLOOR`.
 
     Notes
     -----
@@ -91,11 +96,14 @@ def estimate_sigma(image: np.ndarray) -> float:
     >>> y = add_gaussian_noise(np.full((64, 64), 0.5), 0.1, seed=0)
     >>> abs(estimate_sigma(y) - 0.1) < 0.01
     True
+    >>> estimate_sigma(np.zeros((8, 8)))  # a constant image: the floor
+    1e-06
     """
     image = np.asarray(image, dtype=np.float64)
     if image.ndim not in (2, 3) or min(image.shape[:2]) < 2:
         raise ValueError(f"expected an image of shape (H, W) or (H, W, C), got {image.shape}")
+    if np.ptp(image) == 0:  # a constant image holds no noise (the wavelet estimator: NaN)
+        return SIGMA_FLOOR
     channel_axis = -1 if image.ndim == 3 else None
-    return float(
-        _skimage_estimate_sigma(image, channel_axis=channel_axis, average_sigmas=True)
-    )
+    return max(SIGMA_FLOOR, float(
+        _skimage_estimate_sigma(image, channel_axis=channel_axis, average_sigmas=True)))

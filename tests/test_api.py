@@ -768,7 +768,8 @@ def test_an_ensemble_says_first_when_a_member_diverged_or_was_interrupted():
             raise KeyboardInterrupt
 
     stopped = reconstruct(noisy, callback=stop_in_member_1, **options)
-    assert stopped.stop_reason.startswith("interrupted at iteration 5 (fit 2 of 2); average")
+    assert stopped.stop_reason.startswith("interrupted at iteration 5 (fit 2 of 2); reached "
+                                          "num_iter=40")  # the cut fit is left out
 
 def test_after_a_held_out_stop_mixed_members_refit_to_their_own_weights_iterate():
     x, op, y, _ = _cs_problem()
@@ -934,3 +935,23 @@ def test_an_ensemble_member_on_the_turned_image_is_checked_before_any_fit(monkey
                                          r"\(40x16\), and the network cannot: input_size 4x20"):
         reconstruct(noisy, net="conv_decoder", ensemble=2, stop="fixed:3",
                     net_options={"input_size": (4, 20), "channels": 4})
+
+
+def test_a_later_member_cut_short_is_left_out_of_the_average():
+    """Ctrl-C in the second fit of an ensemble: the image is the first fit's, not an average
+    with a network that has barely started; the reason says the run was interrupted."""
+    noisy = add_gaussian_noise(sample_image("camera", size=16), 0.1, seed=0)
+    calls = []
+
+    def interrupt_in_the_second_fit(state):
+        calls.append(state.step)
+        if len(calls) == 5:  # the first fit ran 4 iterations
+            raise KeyboardInterrupt
+
+    options = {"net": "deep_decoder", "net_options": {"channels": 4}, "max_num_iter": 4,
+               "stop": "fixed:4", "regularizer": "none"}
+    cut = reconstruct(noisy, ensemble=2, callback=interrupt_in_the_second_fit, **options)
+    alone = reconstruct(noisy, ensemble=1, **options)
+    np.testing.assert_array_equal(cut.image, alone.image)
+    assert cut.stop_reason.startswith("interrupted at iteration 1 (fit 2 of 2)")
+    assert "members" not in cut.config and cut.num_steps == 5

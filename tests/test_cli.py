@@ -375,7 +375,8 @@ def test_overwrite_failure_restores_the_old_outputs(clean_png, tmp_path, monkeyp
         (["{tiny}"], "is 1x1 pixels; deepprior reconstructs images of at least 4x4"),
         (["{img}", "--stop", "sometimes"], "sometimes"),
         (["{img}", "--stop", "oracle"], "--stop oracle needs the clean image"),
-        (["{img}", "--lr", "0"], "--lr must be a number > 0"),
+        (["{img}", "--lr", "0"], "--lr must be a number in (0, 1e+06]"),
+        (["{img}", "--lr", "1e38"], "--lr must be a number in (0, 1e+06], got 1e+38"),
         (["{img}", "--lr-decay", "0.5"], "--lr-decay must be FACTOR,EVERY with 0 < FACTOR <= 1 "
                                          "and EVERY an integer >= 1 (e.g. 0.5,1500) or none"),
         (["{img}", "--lr-decay", "1.5,100"], "--lr-decay must be FACTOR,EVERY"),
@@ -609,3 +610,62 @@ def test_a_plugin_neither_replaces_a_built_in_network_nor_breaks_a_command(
         "'package'"]
     again = deepprior.nets.build_net("deep_decoder", (1, 8, 8))[0]
     assert type(again) is type(built_in) and "broken" not in deepprior.available_nets()
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--lr", "0"], "--lr must be a number in (0, 1e+06]"),  # after an estimated σ's note
+    (["--regularizer-weight", "inf", "--regularizer", "tv"], "--regularizer-weight must be a "
+                                                             "finite number >= 0, got inf"),
+    (["-o", "{folder}"], "(the image output) is a directory; give a file name, e.g. -o "),
+    (["-o", ".png"], "must be a file name ending in"),
+])
+def test_an_error_comes_alone_even_where_the_input_has_notes(clean_png, tmp_path, args,
+                                                             message):
+    """Without --sigma the noise level is estimated, and its note waits for the headline."""
+    args = [a.replace("{folder}", str(tmp_path)) for a in args]
+    result = runner.invoke(app, ["denoise", str(clean_png), *args])
+    assert_one_line_error(result, message)
+    assert result.stdout == "" and "note:" not in result.stderr
+
+
+def test_outputs_behind_a_missing_folder_and_long_names_and_a_constant_image(tmp_path,
+                                                                             monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    save_image(tmp_path / "black.png", np.zeros((16, 16)))
+    long_name = "a" * 230 + ".png"  # the temporary names must not add to the limit
+    for output, written in (("new/../out/z.png", "out/z.png"), (long_name, long_name)):
+        result = runner.invoke(app, ["denoise", "black.png", "-o", output, *FAST])
+        assert result.exit_code == 0, result.output
+        assert (tmp_path / written).exists()
+    assert not (tmp_path / "new").exists()
+    result = runner.invoke(app, ["denoise", "black.png", "-o", "b.png", *FAST[:-1]])
+    assert "estimated noise level: --sigma 0.0" in result.stderr  # a constant image: σ 0
+    assert "Mean of empty slice" not in result.stderr and "nan" not in result.stderr
+
+
+def test_the_time_note_follows_a_fixed_stop(tmp_path):
+    args = ["denoise", "--net", "dip", "--channels", "4", "-o", str(tmp_path / "o.png")]
+    result = runner.invoke(app, [*args, "--stop", "fixed:2"])
+    assert result.exit_code == 0, result.output
+    assert "note: the Deep Image Prior runs" not in result.stderr
+
+
+def test_out_of_memory_is_one_line(monkeypatch, tmp_path, clean_png):
+    def allocate(*args, **kwargs):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't "
+                           "allocate memory: you tried to allocate 40000000000 bytes.")
+
+    monkeypatch.setattr(deepprior, "reconstruct", allocate)
+    result = runner.invoke(app, ["denoise", str(clean_png), "-o", str(tmp_path / "o.png"),
+                                 *FAST])
+    assert_one_line_error(result, "out of memory ([enforce fail at alloc_cpu.cpp:117] "
+                                  "DefaultCPUAllocator: can't allocate memory")
+
+
+def test_the_choice_line_counts_the_refits():
+    from deepprior_cli.fitting import choice_line
+
+    choice = [{"weight": 0, "holdout_loss": 1.0, "chosen": True, "margin_z": None},
+              {"weight": 0.1, "holdout_loss": 2.0, "chosen": False, "margin_z": 5.0}]
+    assert choice_line(choice).endswith("its fit averaged with a fit to all the data")
+    assert choice_line(choice, 2).endswith("its fit averaged with 2 fits to all the data")

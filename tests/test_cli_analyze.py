@@ -86,8 +86,8 @@ def test_existing_outputs_are_kept_without_overwrite(image_png, tmp_path):
         (["--sigma", "-3"], "--sigma must be a noise std in 0-255 units, > 0"),
         (["{missing}"], "missing.png"),
         (["--device", "cuda:99"], "--device cuda:99: "),  # before the first fit's headline
-        (["--lr", "-1"], "--lr must be a number > 0, got -1"),
-        (["--lr", "nan"], "--lr must be a number > 0, got nan"),
+        (["--lr", "-1"], "--lr must be a number in (0, 1e+06], got -1"),
+        (["--lr", "nan"], "--lr must be a number in (0, 1e+06], got nan"),
     ],
 )
 def test_errors_are_one_line(extra, message, tmp_path):
