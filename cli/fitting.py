@@ -167,7 +167,9 @@ def run_task(task: Task, options: FitOptions) -> None:
         )
     status = status_of(result)
     code = {"done": 0, "diverged": EXIT_DIVERGED, "interrupted": EXIT_INTERRUPTED}[status]
-    if result.num_iter == 0 and status != "done":  # no iterate accepted: nothing to write
+    if result.num_iter == 0:  # no iterate accepted (a loss never finite): nothing to write
+        if status == "done":  # the budget ran out before the divergence guard gave up
+            status, code = "diverged", EXIT_DIVERGED
         _say_stopped(status, result, written=False)
         raise typer.Exit(code=code)
     report = task_report(task, result, clean=clean, clean_path=options.clean, output=output,
@@ -352,7 +354,9 @@ def _say_stopped(status: str, result, *, written: bool) -> None:
     if status == "interrupted":
         typer.echo(f"interrupted (Ctrl-C) after {result.num_steps} iterations; {kept}", err=True)
     else:
-        typer.echo(f"warning: the fit diverged ({result.stop_reason.split(';')[0]}); "
+        why = result.stop_reason.split(";")[0] if result.stop_reason.startswith("diverged") \
+            else f"no finite loss in {result.num_steps} iterations"
+        typer.echo(f"warning: the fit diverged ({why}); "
                    f"{kept.replace('best iterate so far', 'last good iterate')}; "
                    "try a smaller --lr", err=True)
 

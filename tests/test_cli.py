@@ -669,3 +669,15 @@ def test_the_choice_line_counts_the_refits():
               {"weight": 0.1, "holdout_loss": 2.0, "chosen": False, "margin_z": 5.0}]
     assert choice_line(choice).endswith("its fit averaged with a fit to all the data")
     assert choice_line(choice, 2).endswith("its fit averaged with 2 fits to all the data")
+
+
+def test_a_fit_whose_loss_was_never_finite_writes_nothing(clean_png, tmp_path):
+    """Fewer iterations than the guard's restarts: the budget ends before it gives up."""
+    out = tmp_path / "o.png"
+    result = runner.invoke(app, ["denoise", str(clean_png), "--sigma", "10", "--regularizer",
+                                 "tv", "--regularizer-weight", "1e308", "--iters", "3",
+                                 "--channels", "4", "-q", "-o", str(out)])
+    assert result.exit_code == 3, result.output
+    assert "the fit diverged (no finite loss in 3 iterations); no iteration was accepted, " \
+        "nothing was written" in result.stderr
+    assert not out.exists()
