@@ -434,13 +434,15 @@ def simulate_measurements(
         raise ValueError("give sigma or snr_db, not both")
     with torch.no_grad():
         y = op.A(x.to(op.device)).cpu().numpy().astype(np.float64)
-    if snr_db is not None:
-        sigma = math.sqrt(float(np.mean(y**2))) * 10 ** (-check_float("snr_db", snr_db) / 20)
+    observed = getattr(op, "observed", None)  # a Mask's unobserved entries carry no data
+    observed = None if observed is None else observed.cpu().numpy()[None]
+    if snr_db is not None:  # the rms of the entries that carry data (a Mask's holes are 0)
+        power = np.mean(y**2) if observed is None else np.mean(y[observed]**2)
+        sigma = math.sqrt(float(power)) * 10 ** (-check_float("snr_db", snr_db) / 20)
     sigma = 0.0 if sigma is None else check_float("sigma", sigma, low=0.0)
     if sigma > 0:
         noise = np.random.default_rng(check_int("seed", seed, minimum=0)).standard_normal(y.shape)
-        observed = getattr(op, "observed", None)  # a Mask's unobserved entries carry no data
-        y = y + sigma * (noise if observed is None else noise * observed.cpu().numpy())
+        y = y + sigma * (noise if observed is None else noise * observed)
     return y[0].astype(np.float32), sigma
 
 

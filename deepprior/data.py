@@ -61,7 +61,8 @@ def random_mask(shape: tuple[int, int], missing: float, *, seed: int = 0) -> np.
     _, height, width = check_image_shape(shape)
     missing = check_float("missing", missing, low=0.0, high=1.0, high_open=True)
     mask = np.ones(height * width, dtype=bool)
-    mask[np.random.default_rng(seed).permutation(height * width)[: round(missing * mask.size)]] = 0
+    count = min(round(missing * mask.size), mask.size - 1)  # at least one pixel stays known
+    mask[np.random.default_rng(seed).permutation(height * width)[:count]] = 0
     return mask.reshape(height, width)
 
 
@@ -82,7 +83,7 @@ def text_mask(shape: tuple[int, int], text: str = "deep image prior", *,
     from .checks import check_image_shape
 
     _, height, width = check_image_shape(shape)
-    size = max(8, height // 8)
+    size = max(8, min(height, width) // 8)
     font = ImageFont.load_default(size=size)
     canvas = Image.new("L", (width, height), 0)
     draw = ImageDraw.Draw(canvas)
@@ -91,4 +92,8 @@ def text_mask(shape: tuple[int, int], text: str = "deep image prior", *,
         top = (row + 0.5) * height / rows - size / 2
         draw.text((size // 4, top), text, fill=255, font=font, stroke_width=max(1, size // 10),
                   stroke_fill=255)
-    return np.asarray(canvas) == 0
+    mask = np.asarray(canvas) == 0
+    if mask.all():
+        raise ValueError(f"the text mask of a {height}x{width} image covers no pixel: the image "
+                         "is too narrow for its letters")
+    return mask

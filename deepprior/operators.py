@@ -229,7 +229,7 @@ class GaussianSensing(LinearOperator):
             )
         super().__init__(shape, (shape[0], m))
         self.seed, self.max_bytes = check_int("seed", seed, minimum=0), max_bytes
-        matrix = torch.randn((m, n), generator=_generator(seed)) / math.sqrt(m)
+        matrix = torch.randn((m, n), generator=_generator(seed)).div_(math.sqrt(m))  # one copy
         self.register_buffer("matrix", matrix)
 
     def A(self, x: torch.Tensor) -> torch.Tensor:  # noqa: N802
@@ -492,6 +492,9 @@ def gaussian_kernel(std: float, size: int | None = None) -> np.ndarray:
     """
     std = check_float("std", std, low=0.0, low_open=True)
     size = 2 * math.ceil(3 * std) + 1 if size is None else check_int("size", size, minimum=1)
+    if size % 2 == 0:  # a Blur centres a kernel on its middle pixel: an even one shifts by 1/2
+        raise ValueError(f"size must be odd (the kernel's middle pixel is its centre), got "
+                         f"{size}")
     t = np.arange(size) - (size - 1) / 2
     line = np.exp(-(t**2) / (2 * std**2))
     kernel = np.outer(line, line)

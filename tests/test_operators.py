@@ -1075,3 +1075,25 @@ def test_a_failing_adjoint_is_named_like_a_failing_a():
     op = as_operator((lambda x: 2 * x, lambda y: y.numpy()), (4, 5))
     with pytest.raises(ValueError, match="A_adjoint failed .*: AttributeError"):
         check_operator(op)
+
+
+def test_the_snr_of_a_masked_image_counts_the_pixels_that_carry_data():
+    from deepprior import sample_image, simulate_measurements
+
+    image = sample_image("camera", size=32)
+    op = Mask((32, 32), keep=0.25, seed=0)
+    clean, _ = simulate_measurements(op, image)
+    noisy, sigma = simulate_measurements(op, image, snr_db=20, seed=1)
+    error = noisy.astype(np.float64) - clean
+    snr = 10 * np.log10((clean.astype(np.float64) ** 2).sum() / (error**2).sum())
+    assert snr == pytest.approx(20, abs=0.5)  # it was 25.7: the holes' zeros lowered the rms
+    assert np.all(noisy[~op.observed.numpy()] == 0)
+
+
+def test_an_even_gaussian_kernel_and_masks_that_mark_nothing_are_refused_or_avoided():
+    from deepprior import random_mask, text_mask
+
+    with pytest.raises(ValueError, match="size must be odd"):
+        gaussian_kernel(1.0, size=4)
+    assert random_mask((10, 10), 0.996).sum() == 1  # 99.6 rounds to 100: one pixel stays
+    assert (~text_mask((200, 5))).any()  # a narrow image gets letters it can hold
