@@ -62,6 +62,9 @@ def prepare(sigma: float | None, add_noise: float | None, options: FitOptions) -
     """
     noise = sigma_255(add_noise, "--add-noise")
     known = sigma_255(sigma, "--sigma")
+    if noise is not None and known is not None:  # as --add-noise and --noise-sigma elsewhere
+        raise ValueError("--add-noise sets the noise level it adds; --sigma is for an image "
+                         "already noisy: give one")
 
     def build(image: Path | None, seed: int, *, quiet: bool = False) -> Task:
         loaded, source = image_or_demo(image, DEMO_SIZE, options.max_pixels)

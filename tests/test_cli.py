@@ -618,6 +618,8 @@ def test_a_plugin_neither_replaces_a_built_in_network_nor_breaks_a_command(
                                                              "finite number >= 0, got inf"),
     (["-o", "{folder}"], "(the image output) is a directory; give a file name, e.g. -o "),
     (["-o", ".png"], "must be a file name ending in"),
+    (["--sigma", "10", "--add-noise", "25"], "--add-noise sets the noise level it adds; --sigma "
+                                             "is for an image already noisy: give one"),
 ])
 def test_an_error_comes_alone_even_where_the_input_has_notes(clean_png, tmp_path, args,
                                                              message):
