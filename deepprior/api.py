@@ -694,10 +694,7 @@ def reconstruct(
     net_name = nets.canonical_name(net) if isinstance(net, str) else type(net).__name__
     defaults = problem_defaults(problem, net_name if isinstance(net, str) else "*")
     if sigma is not None:
-        sigma = check_float("sigma", sigma, low=0.0)
-        if problem == "denoise" and sigma > 1:
-            raise ValueError(f"sigma must be on the [0, 1] intensity scale for denoising, got "
-                             f"{sigma:g}; for {sigma:g} in 0-255 units pass sigma={sigma:g}/255")
+        sigma = check_sigma("sigma", sigma, denoising=problem == "denoise")
     learning_rate = defaults.learning_rate if learning_rate is None else check_float(
         "learning_rate", learning_rate, low=0.0, low_open=True)
     lr_decay = defaults.lr_decay if lr_decay is None else check_lr_decay(lr_decay)
@@ -938,6 +935,16 @@ TV_WEIGHT_PROBLEMS = ("denoise", "compressive_sensing")
 #: image in [0, 1] (``‖A‖·√n``): only noise far above the signal gives that, or data on another
 #: scale (0-255, photon counts), which an image in [0, 1] cannot fit.
 SCALE_WARNING = 3.0
+
+
+def check_sigma(label: str, value: Any, *, denoising: bool) -> float:
+    """A noise std >= 0; when denoising, on the [0, 1] intensity scale (0-255 refused)."""
+    value = check_float(label, value, low=0.0)
+    if denoising and value > 1:
+        raise ValueError(f"{label} must be on the [0, 1] intensity scale for denoising, got "
+                         f"{value:g}; for {value:g} in 0-255 units pass {label.split()[0]}="
+                         f"{value:g}/255")
+    return value
 
 
 def _scale_ratio(op: Any, y: torch.Tensor) -> float:

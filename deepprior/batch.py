@@ -49,6 +49,7 @@ from .api import (
     PROBLEMS,
     Reconstruction,
     _observation,
+    check_sigma,
     reconstruct,
     register_net,
 )
@@ -283,7 +284,7 @@ def reconstruct_many(
     images = {item.name for item in parsed if item.operator is None} if kwargs.get(
         "operator") is None and kwargs.get("problem") in (None, "denoise") else set()
     if kwargs.get("sigma") is not None:
-        _check_sigma("sigma", kwargs["sigma"], bool(images))
+        check_sigma("sigma", kwargs["sigma"], denoising=bool(images))
     levels = None if sigmas is None else _sigma_levels(sigmas, {item.name for item in parsed},
                                                        images)
     _dry_run(parsed, kwargs, truth_option is not None)
@@ -483,19 +484,10 @@ def _sigma_levels(sigmas: Mapping[str, Any], names: set[str],
     if unknown:
         raise ValueError(f"sigma names {len(unknown)} items that are not in the batch: "
                          f"{', '.join(unknown[:5])}")
-    given = {name: None if value is None else _check_sigma(f"sigma of {name!r}", value,
-                                                           name in images)
+    given = {name: None if value is None else check_sigma(f"sigma of {name!r}", value,
+                                                          denoising=name in images)
              for name, value in sigmas.items()}
     return {name: given.get(name) for name in names}
-
-
-def _check_sigma(label: str, value: Any, denoising: bool) -> float:
-    """A noise std >= 0; when denoising on the [0, 1] scale, as reconstruct wants it."""
-    value = check_float(label, value, low=0.0)
-    if denoising and value > 1:
-        raise ValueError(f"{label} must be on the [0, 1] intensity scale for denoising, got "
-                         f"{value:g}; for {value:g} in 0-255 units pass {value:g}/255")
-    return value
 
 
 def _truth_source(option: Any, names: set[str]) -> Callable[[str], Any]:
@@ -529,7 +521,7 @@ def _registration(net: Any) -> tuple[tuple[str, Callable[..., nn.Module], dict[s
         names = [nets.canonical_name(net)]
     elif net is None:
         names = [name for name in dict.fromkeys(DEFAULT_NETS.values())
-                 if nets._NETS[name] is not nets._BUILT_IN_FACTORIES.get(name)]
+                 if not nets.is_built_in(name)]
     else:  # a module: sent as it is
         names = []
     return tuple((name, nets._NETS[name], {problem: row[name] for problem, row in

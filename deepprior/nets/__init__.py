@@ -57,8 +57,12 @@ _NETS: dict[str, Callable[..., nn.Module]] = {
 }
 _ALIASES: dict[str, str] = {"skip": "dip"}
 #: The networks deepprior defines (a factory of another package's gets its output checked).
-BUILT_IN: tuple[str, ...] = tuple(_NETS)
-_BUILT_IN_FACTORIES = dict(_NETS)
+BUILT_IN: dict[str, Callable[..., nn.Module]] = dict(_NETS)
+
+
+def is_built_in(name: str) -> bool:
+    """Whether the network registered as ``name`` is deepprior's own (not added or replaced)."""
+    return name in BUILT_IN and _NETS.get(name) is BUILT_IN[name]
 
 
 def available_nets() -> tuple[str, ...]:
@@ -172,7 +176,7 @@ def build_net(
                             "input_shape attribute (the shape of its fixed input z)")
         net = net.to(torch.float32)
         z = INPUT_SCALE * torch.rand(tuple(net.input_shape), dtype=torch.float32)
-    if _NETS[name] is not _BUILT_IN_FACTORIES.get(name):  # another package's: its output
+    if not is_built_in(name):  # another package's factory: its output
         with torch.no_grad():  # must be the image (the loss would broadcast a wrong one)
             shape = tuple(net(z).shape)
         if shape != (1, *check_image_shape(image_shape)):
