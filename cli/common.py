@@ -307,12 +307,20 @@ batch_fit_options = option_group(FitOptions, "options", _BATCH_ANNOTATIONS,
 def error_funnel(debug: bool) -> Iterator[None]:
     """Known errors → ``error: …`` on stderr and exit 1; Ctrl-C → one line and exit 130.
 
-    Tracebacks only with ``--debug``; warnings are printed as ``warning: …``.
+    Tracebacks only with ``--debug``; warnings are printed as ``warning: …``, each text once
+    (the library builds a network per fit, and any filter change resets Python's own record).
     """
+    shown: set[str] = set()
+
+    def show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+        if str(message) not in shown:
+            shown.add(str(message))
+            typer.echo(f"warning: {message}", err=True)
+
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("default")
-            warnings.showwarning = _show_warning
+            warnings.showwarning = show_warning
             yield
     except typer.Exit:
         raise
@@ -342,10 +350,6 @@ def one_line(exc: BaseException) -> str:
     if isinstance(exc, KeyError):
         message = f"missing entry {message}"
     return message
-
-
-def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
-    typer.echo(f"warning: {message}", err=True)
 
 
 #: The largest --lr taken (a rate of 1e38 overflowed Adam's float32 arithmetic after the

@@ -137,6 +137,14 @@ def test_ensemble_averages_k_fits_and_the_report_lists_them(clean_png, tmp_path)
     assert report["stop_reason"].startswith("average of 3 fits")
 
 
+def test_a_warning_is_shown_once_however_many_fits_repeat_it(clean_png, tmp_path):
+    # 40×36 is below DIP's 64 px: each of the three fits' networks warns of the size
+    result = runner.invoke(app, ["denoise", str(clean_png), "--add-noise", "25", "--ensemble",
+                                 "3", "-o", str(tmp_path / "e.png"), *FAST])
+    assert result.exit_code == 0, result.output
+    assert result.stderr.count("warning: image size 40x36") == 1, result.stderr
+
+
 def test_dips_default_denoising_mixes_a_fit_without_and_one_with_tv(clean_png, tmp_path):
     def run(*more):
         out = tmp_path / f"m{len(more)}.png"
