@@ -683,7 +683,7 @@ def reconstruct(
                                                                       ground_truth))
     op, y = _observation(array, operator, image_shape or (
         None if truth is None else tuple(truth.shape[1:])))
-    check_operator(op, y)
+    check_operator(op, y, torch_device)
     description = op.describe()  # a user's describe() fails here, not after the fit
     if truth is not None and tuple(truth.shape[1:]) != op.image_shape:
         c, h, w = op.image_shape

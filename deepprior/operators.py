@@ -722,6 +722,11 @@ class RestrictedOperator(LinearOperator):
             self.indices = self.indices.to(like.device)
         return self.indices
 
+    @property
+    def device(self) -> torch.device:
+        """The base's: its positions follow it only at the next call."""
+        return self.base.device
+
     def describe(self) -> dict[str, Any]:
         return {"kind": "restricted", "base": self.base.describe(),
                 "num_kept": self.indices.numel()}
@@ -858,7 +863,8 @@ class FunctionOperator(LinearOperator):
     CPU). ``A`` may return ``(1, …)`` or drop the batch axis; :attr:`measurement_shape` is the
     shape without it. The fit calls ``A`` on its own device (CUDA or MPS when there is one):
     tensors the callables hold must follow their argument (``M.to(x.device)``) or be buffers
-    of ``owner``.
+    of ``owner``. :func:`deepprior.reconstruct` calls ``A`` there once before the fit and says
+    so if they do not.
     """
 
     def __init__(
@@ -1011,14 +1017,33 @@ def adjointness_error(
     return float(abs(lhs - rhs) / max(abs(float(lhs)), abs(float(rhs)), 1e-300))
 
 
-def check_operator(op: LinearOperator, y: torch.Tensor | None = None) -> None:
+def check_operator(op: LinearOperator, y: torch.Tensor | None = None,
+                   device: torch.device | None = None) -> None:
     """The probe run before every fit: one forward call, one adjointness check.
 
     Raises ``ValueError`` (naming the problem) if ``A`` does not return a finite floating-point
     tensor of shape ``(1, *measurement_shape)``, if ``y`` has a different number of entries, or
-    if a written-out adjoint disagrees with ``A`` by more than :data:`ADJOINT_TOLERANCE`.
+    if a written-out adjoint disagrees with ``A`` by more than :data:`ADJOINT_TOLERANCE`. With
+    ``device`` (the fit's, a GPU), the operator is moved there, as the fit moves it, and ``A``
+    is called once more on an image there: tensors a user's ``A`` holds outside its module's
+    buffers stay behind and would fail the fit's first iteration.
     """
     name = type(op).__name__
+    if device is not None and device.type != "cpu":
+        op.to(device)
+        x = torch.zeros((1, *op.image_shape), device=device)
+        try:
+            with torch.no_grad():
+                out = op.A(x)
+        except Exception as exc:  # the user's code: say where it failed, whatever it raised
+            raise ValueError(f"{name}.A failed on an image on {device}, where the fit runs: "
+                             f"{type(exc).__name__}: {exc} (tensors A holds must follow its "
+                             "argument, M.to(x.device), or be buffers of its torch module; or "
+                             "pass device='cpu')") from exc
+        if isinstance(out, torch.Tensor) and out.device != x.device:
+            raise ValueError(f"{name}.A returned a tensor on {out.device} for an image on "
+                             f"{x.device}, where the fit runs: it must stay on its argument's "
+                             "device")
     x = torch.rand((1, *op.image_shape), generator=_generator(0)).to(op.device)
     try:
         out = op.A(x.requires_grad_())

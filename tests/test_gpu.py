@@ -146,3 +146,22 @@ def test_a_users_penalty_holding_cuda_tensors_is_probed_on_cuda(camera):
                                    regularizer=penalty, regularizer_weight=0.01,
                                    net_options=SMALL)
     assert np.isfinite(result.image).all()
+
+
+def test_a_users_function_holding_cpu_tensors_is_refused_before_the_fit_on_cuda(camera):
+    matrix = torch.randn(800, 64 * 64) / 800 ** 0.5  # held by the callable, not a buffer
+    y = (matrix @ torch.as_tensor(camera).reshape(-1)).numpy()
+    with pytest.raises(ValueError, match=r"A failed on an image on cuda.*M\.to\(x\.device\)"):
+        deepprior.reconstruct(y, lambda x: x.reshape(1, -1) @ matrix.T, image_shape=(64, 64),
+                              device="cuda", problem="compressive_sensing", stop="fixed:5")
+    follows = deepprior.reconstruct(y, lambda x: x.reshape(1, -1) @ matrix.to(x.device).T,
+                                    image_shape=(64, 64), device="cuda", stop="fixed:5",
+                                    problem="compressive_sensing", net_options=SMALL)
+    assert follows.device.startswith("cuda")
+
+
+def test_a_held_out_part_reports_its_bases_device_before_its_first_call():
+    base = deepprior.GaussianSensing(100, (16, 16), seed=0).to("cuda")
+    keep = torch.zeros(1, 100, dtype=torch.bool)
+    keep[0, :10] = True
+    assert deepprior.operators.RestrictedOperator(base, keep).device.type == "cuda"
