@@ -21,7 +21,14 @@ import torch
 from torch import nn
 
 from . import nets
-from .checks import as_array, check_choice, check_float, check_int, check_lr_decay
+from .checks import (
+    as_array,
+    check_choice,
+    check_float,
+    check_image_array,
+    check_int,
+    check_lr_decay,
+)
 from .fit import PRECISIONS, FitState, fit, resolve_device, short_repr
 from .metrics import psnr as _psnr
 from .metrics import ssim as _ssim
@@ -679,8 +686,8 @@ def reconstruct(
     check_choice("precision", precision, PRECISIONS)
     torch_device = resolve_device(device)
     array = as_array("observation", observation)
-    truth = None if ground_truth is None else image_to_tensor(as_array("ground_truth",
-                                                                      ground_truth))
+    truth = None if ground_truth is None else image_to_tensor(check_image_array(
+        "ground_truth", as_array("ground_truth", ground_truth)))  # scored after the fit
     op, y = _observation(array, operator, image_shape or (
         None if truth is None else tuple(truth.shape[1:])))
     check_operator(op, y, torch_device)

@@ -15,8 +15,8 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-__all__ = ["as_array", "check_choice", "check_float", "check_int", "check_image_shape",
-           "check_lr_decay"]
+__all__ = ["as_array", "check_choice", "check_float", "check_image_array", "check_int",
+           "check_image_shape", "check_lr_decay"]
 
 
 def check_int(name: str, value: object, *, minimum: int | None = None) -> int:
@@ -105,4 +105,24 @@ def as_array(name: str, value: object) -> np.ndarray:
     array = value.astype(np.float32, copy=False)
     if not np.all(np.isfinite(array)):
         raise ValueError(f"{name} contains NaN or infinite values; fill or remove them first")
+    return array
+
+
+def check_image_array(name: str, array: np.ndarray, *, peak: float = 1.0,
+                      hint: str = "divide 8-bit data by 255 (16-bit by 65535)") -> np.ndarray:
+    """``array`` if it is an image ``(H, W)`` or ``(H, W, C)`` on the ``[0, peak]`` scale.
+
+    Refuses deepprior's internal ``(C, H, W)`` layout (a first axis of 1-4 channels and a last
+    that is no channel count) and values beyond twice ``peak`` (0-255 data read as [0, 1]):
+    both would give a number, and a wrong one.
+    """
+    if array.ndim not in (2, 3):
+        raise ValueError(f"{name} must be (H, W) or (H, W, C), got shape {array.shape}")
+    if array.ndim == 3 and array.shape[0] <= 4 < array.shape[2]:
+        raise ValueError(f"{name} has shape {array.shape}, which looks like (C, H, W); images "
+                         f"here are (H, W, C): pass np.moveaxis(image, 0, -1)")
+    top = float(np.max(array)) if array.size else 0.0
+    if top > 2 * peak:
+        raise ValueError(f"{name} values go up to {top:.4g}, beyond the [0, {peak:g}] scale: "
+                         f"{hint}")
     return array

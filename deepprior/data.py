@@ -6,7 +6,11 @@ in the repository's ``sample_images/`` folder are written from the same source.
 
 from __future__ import annotations
 
+import numbers
+
 import numpy as np
+
+from .checks import check_image_shape, check_int
 
 __all__ = ["SAMPLE_IMAGES", "random_mask", "sample_image", "text_mask"]
 
@@ -39,9 +43,8 @@ def sample_image(name: str = "camera", *, size: int | tuple[int, int] | None = N
         raise ValueError(f"unknown sample image {name!r}; choose one of {', '.join(SAMPLE_IMAGES)}")
     image = getattr(data, name)().astype(np.float32) / 255.0
     if size is not None:
-        shape = (size, size) if isinstance(size, int) else tuple(size)
-        if len(shape) != 2 or min(shape) < 1:
-            raise ValueError(f"size must be a positive int or (height, width), got {size!r}")
+        shape = _height_width(size if not isinstance(size, numbers.Number) else (size, size),
+                              "size")
         image = resize(image, shape + image.shape[2:], anti_aliasing=True, order=1)
         image = np.clip(image, 0.0, 1.0).astype(np.float32)
     return image
@@ -56,9 +59,9 @@ def random_mask(shape: tuple[int, int], missing: float, *, seed: int = 0) -> np.
     >>> int((~random_mask((10, 10), 0.3)).sum())
     30
     """
-    from .checks import check_float, check_image_shape
+    from .checks import check_float
 
-    _, height, width = check_image_shape(shape)
+    height, width = _height_width(shape)
     missing = check_float("missing", missing, low=0.0, high=1.0, high_open=True)
     mask = np.ones(height * width, dtype=bool)
     count = min(round(missing * mask.size), mask.size - 1)  # at least one pixel stays known
@@ -80,9 +83,10 @@ def text_mask(shape: tuple[int, int], text: str = "deep image prior", *,
     """
     from PIL import Image, ImageDraw, ImageFont
 
-    from .checks import check_image_shape
-
-    _, height, width = check_image_shape(shape)
+    height, width = _height_width(shape)
+    lines = check_int("lines", lines, minimum=0)
+    if not isinstance(text, str) or not text.strip():
+        raise ValueError(f"text must be a non-empty string, got {text!r}")
     size = max(8, min(height, width) // 8)
     font = ImageFont.load_default(size=size)
     canvas = Image.new("L", (width, height), 0)
@@ -97,3 +101,16 @@ def text_mask(shape: tuple[int, int], text: str = "deep image prior", *,
         raise ValueError(f"the text mask of a {height}x{width} image covers no pixel: the image "
                          "is too narrow for its letters")
     return mask
+
+
+def _height_width(shape: object, name: str = "shape") -> tuple[int, int]:
+    """``(H, W)`` of positive integers (an image's ``.shape[:2]``)."""
+    if isinstance(shape, tuple | list) and len(shape) == 3:
+        raise ValueError(f"{name} must be (height, width), got {tuple(shape)}: pass "
+                         "image.shape[:2] for an image")
+    try:
+        _, height, width = check_image_shape(shape, name)
+    except TypeError:  # a number of the wrong kind, or no sequence at all
+        raise TypeError(f"{name} must be a positive int or (height, width), got {shape!r}") \
+            from None
+    return height, width

@@ -10,6 +10,8 @@ import numpy as np
 import torch
 from skimage.metrics import structural_similarity
 
+from .checks import check_float, check_image_array
+
 __all__ = ["mse", "psnr", "psnr_tensor", "ssim", "total_variation"]
 
 
@@ -21,6 +23,18 @@ def _pair(reference: np.ndarray, image: np.ndarray) -> tuple[np.ndarray, np.ndar
             f"reference and image must have the same shape, got {reference.shape} and {image.shape}"
         )
     return reference, image
+
+
+def _images(reference: np.ndarray, image: np.ndarray, data_range: float
+            ) -> tuple[np.ndarray, np.ndarray, float]:
+    """The pair, with a reference on the ``[0, data_range]`` scale: a PSNR or SSIM of 8-bit data
+    read as [0, 1] is a number, and a wrong one (the image, a reconstruction, may overshoot)."""
+    reference, image = _pair(reference, image)
+    data_range = check_float("data_range", data_range, low=0.0, low_open=True)
+    check_image_array("reference", reference.reshape(1, -1), peak=data_range,
+                      hint="pass data_range=255 for 8-bit data (65535 for 16-bit), or divide "
+                           "it by 255")
+    return reference, image, data_range
 
 
 def mse(reference: np.ndarray, image: np.ndarray) -> float:
@@ -42,7 +56,13 @@ def psnr(reference: np.ndarray, image: np.ndarray, *, data_range: float = 1.0) -
     Returns
     -------
     float
-        PSNR in dB; ``inf`` when the arrays are identical.
+        PSNR in dB; ``inf`` when the arrays are identical, NaN where either holds NaN.
+
+    Raises
+    ------
+    ValueError
+        Shapes that differ, or a reference with values beyond twice ``data_range`` (8-bit data
+        with the default ``data_range=1``).
 
     Examples
     --------
@@ -50,14 +70,19 @@ def psnr(reference: np.ndarray, image: np.ndarray, *, data_range: float = 1.0) -
     >>> round(psnr(np.zeros((4, 4)), np.full((4, 4), 0.1)), 2)
     20.0
     """
-    err = mse(reference, image)
+    reference, image, data_range = _images(reference, image, data_range)
+    err = float(np.mean((reference - image) ** 2))
     if err == 0:
         return float("inf")
     return float(10.0 * np.log10(data_range**2 / err))
 
 
 def psnr_tensor(reference: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
-    """PSNR in dB (peak 1) of two tensors, as a 0-d tensor on their device (no host sync)."""
+    """PSNR in dB (peak 1) of two tensors of the same shape, as a 0-d tensor on their device
+    (no host sync)."""
+    if reference.shape != image.shape:
+        raise ValueError(f"reference and image must have the same shape, got "
+                         f"{tuple(reference.shape)} and {tuple(image.shape)}")
     err = torch.mean((reference - image) ** 2)
     return -10.0 * torch.log10(err)
 
@@ -66,9 +91,12 @@ def ssim(reference: np.ndarray, image: np.ndarray, *, data_range: float = 1.0) -
     """Structural similarity (scikit-image's implementation, Gaussian-free 7×7 window).
 
     Colour images (H, W, 3) are compared channel by channel and averaged. Images smaller than
-    7 pixels per side use the largest odd window that fits.
+    7 pixels per side use the largest odd window that fits. Raises ``ValueError`` as
+    :func:`psnr` does, and for arrays that are not (H, W) or (H, W, C) images (a (C, H, W)
+    array would be compared along the wrong axes).
     """
-    reference, image = _pair(reference, image)
+    reference, image, data_range = _images(reference, image, data_range)
+    check_image_array("reference", reference, peak=np.inf)
     channel_axis = -1 if reference.ndim == 3 else None
     side = min(reference.shape[:2])
     win = min(7, side if side % 2 == 1 else side - 1)

@@ -6,10 +6,13 @@
 
 from __future__ import annotations
 
+import numbers
 import warnings
 
 import numpy as np
 from skimage.restoration import estimate_sigma as _skimage_estimate_sigma
+
+from .checks import as_array, check_image_array, check_int
 
 __all__ = ["add_gaussian_noise", "estimate_sigma"]
 
@@ -38,7 +41,10 @@ def add_gaussian_noise(
     Raises
     ------
     ValueError
-        If ``sigma`` is negative or not finite.
+        If ``sigma`` is negative or not finite, ``seed`` negative, or the image holds NaN or
+        values beyond 2 (8-bit data not divided by 255).
+    TypeError
+        If ``sigma`` or ``seed`` is not a number.
 
     Examples
     --------
@@ -47,15 +53,19 @@ def add_gaussian_noise(
     >>> y.shape, y.dtype
     ((8, 8), dtype('float32'))
     """
+    if isinstance(sigma, bool) or not isinstance(sigma, numbers.Real):
+        raise TypeError(f"sigma must be a number, got {sigma!r} ({type(sigma).__name__})")
     if not np.isfinite(sigma) or sigma < 0:
         raise ValueError(f"sigma must be a finite number >= 0 on the [0, 1] scale, got {sigma!r}")
+    seed = check_int("seed", seed, minimum=0)
     if sigma > 1:
         warnings.warn(
             f"sigma={sigma} is above 1 on the [0, 1] scale; did you mean sigma={sigma}/255?",
             UserWarning,
             stacklevel=2,
         )
-    image = np.asarray(image, dtype=np.float32)
+    image = check_image_array("image", as_array("image", image).reshape(-1)[None]).reshape(
+        np.shape(image))
     rng = np.random.default_rng(seed)
     noisy = image + np.float32(sigma) * rng.standard_normal(image.shape, dtype=np.float32)
     if clip:
@@ -81,6 +91,13 @@ def estimate_sigma(image: np.ndarray) -> float:
     float
         σ on the [0, 1] scale, averaged over colour channels; at least :data:`SIGMA_FLOOR`.
 
+    Raises
+    ------
+    ValueError
+        For an array that is not an (H, W) or (H, W, C) image at least 2 px a side (a (C, H, W)
+        array would be read along the wrong axes), that holds NaN, or whose values go beyond 2
+        (8-bit data not divided by 255).
+
     Notes
     -----
     Wavelet median-absolute-deviation estimator (Donoho & Johnstone 1994) as implemented by
@@ -99,9 +116,10 @@ def estimate_sigma(image: np.ndarray) -> float:
     >>> estimate_sigma(np.zeros((8, 8)))  # a constant image: the floor
     1e-06
     """
-    image = np.asarray(image, dtype=np.float64)
-    if image.ndim not in (2, 3) or min(image.shape[:2]) < 2:
-        raise ValueError(f"expected an image of shape (H, W) or (H, W, C), got {image.shape}")
+    image = check_image_array("image", as_array("image", image)).astype(np.float64)
+    if min(image.shape[:2]) < 2:
+        raise ValueError(f"the image is {image.shape[0]}x{image.shape[1]} pixels; estimating "
+                         "its noise needs at least 2x2")
     if np.ptp(image) == 0:  # a constant image holds no noise (the wavelet estimator: NaN)
         return SIGMA_FLOOR
     channel_axis = -1 if image.ndim == 3 else None

@@ -136,6 +136,9 @@ def test_tensor_input_and_batch_axis(camera64):
         ({"stop": "oracle"}, ValueError, r"needs the clean image: pass ground_truth=\.\.\."),
         ({"stop": 3}, TypeError, "a stopping policy needs update"),
         ({"ground_truth": np.zeros((5, 5))}, ValueError, r"must have shape \(16, 16\)"),
+        # an 8-bit clean image: scored after the fit (a wrong PSNR; now an error there)
+        ({"ground_truth": np.full((16, 16), 128, np.uint8)}, ValueError,
+         r"ground_truth values go up to 128, beyond the \[0, 1\] scale: divide 8-bit"),
     ],
 )
 def test_invalid_arguments(kwargs, error, match):

@@ -389,6 +389,27 @@ def test_a_registered_network_s_output_must_be_the_image(registry):
         deepprior.build_net("grey_only", (3, 16, 16))
 
 
+def test_the_output_check_of_a_registered_network_leaves_its_state_and_the_callers_rng(
+        registry):
+    class Noisy(torch.nn.Module):  # dropout draws, batch norm keeps statistics in training
+        def __init__(self, shape, norm="channel"):
+            super().__init__()
+            self.input_shape = (1, 2, *shape[1:])
+            self.body = torch.nn.Sequential(torch.nn.Conv2d(2, shape[0], 1),
+                                            torch.nn.BatchNorm2d(shape[0]), torch.nn.Dropout())
+
+        def forward(self, z):
+            return self.body(z)
+
+    deepprior.register_net("noisy", Noisy)
+    torch.manual_seed(0)
+    before = torch.get_rng_state()
+    net, _ = deepprior.build_net("noisy", (1, 8, 8))
+    assert torch.equal(torch.get_rng_state(), before)
+    assert net.training and int(net.body[1].num_batches_tracked) == 0
+    assert torch.equal(net.body[1].running_mean, torch.zeros(1))
+
+
 def test_registering_an_alias_or_replacing_a_network_and_its_defaults(registry):
     from deepprior.nets import DeepDecoder
 

@@ -46,5 +46,37 @@ def test_estimate_sigma_colour_and_errors():
 
     noisy = add_gaussian_noise(sample_image("astronaut", size=96), 25 / 255, seed=1)
     assert estimate_sigma(noisy) == pytest.approx(25 / 255, rel=0.2)
-    with pytest.raises(ValueError, match="expected an image"):
+    with pytest.raises(ValueError, match=r"must be \(H, W\) or \(H, W, C\)"):
         estimate_sigma(np.zeros(10))
+
+
+@pytest.mark.parametrize("function", [estimate_sigma,
+                                      lambda image: add_gaussian_noise(image, 0.1)])
+def test_images_on_the_wrong_scale_or_with_nan_are_refused(function):
+    from deepprior.data import sample_image
+
+    clean = sample_image("camera", size=16)
+    with pytest.raises(ValueError, match=r"values go up to \d+, beyond the \[0, 1\] scale: "
+                                         r"divide 8-bit data by 255"):
+        function((clean * 255).round().astype(np.uint8))
+    with pytest.raises(ValueError, match="NaN"):  # estimate_sigma gave its floor, 1e-06
+        function(np.where(clean > 0.5, np.nan, clean))
+
+
+def test_a_channels_first_image_is_refused_by_the_estimate():
+    from deepprior.data import sample_image
+
+    noisy = add_gaussian_noise(sample_image("astronaut", size=32), 25 / 255, seed=0)
+    with pytest.raises(ValueError, match=r"looks like \(C, H, W\).*np.moveaxis"):
+        estimate_sigma(noisy.transpose(2, 0, 1))  # read along the wrong axes: 0.0715, not 0.10
+    with pytest.raises(ValueError, match="at least 2x2"):
+        estimate_sigma(np.zeros((1, 64)))
+
+
+def test_noise_arguments_are_checked():
+    with pytest.raises(TypeError, match="sigma must be a number"):
+        add_gaussian_noise(np.zeros((4, 4)), "0.1")
+    with pytest.raises(TypeError, match="seed must be an integer"):
+        add_gaussian_noise(np.zeros((4, 4)), 0.1, seed=1.5)
+    with pytest.raises(TypeError, match="seed must be an integer"):
+        add_gaussian_noise(np.zeros((4, 4)), 0.1, seed=None)  # not reproducible

@@ -1097,3 +1097,20 @@ def test_an_even_gaussian_kernel_and_masks_that_mark_nothing_are_refused_or_avoi
         gaussian_kernel(1.0, size=4)
     assert random_mask((10, 10), 0.996).sum() == 1  # 99.6 rounds to 100: one pixel stays
     assert (~text_mask((200, 5))).any()  # a narrow image gets letters it can hold
+
+
+
+def test_sample_image_and_mask_arguments_are_checked():
+    from deepprior import random_mask, sample_image, text_mask
+
+    assert sample_image("camera", size=np.int64(12)).shape == (12, 12)
+    for size in ("16", (16.5, 16), True):  # gave a type error from inside, or a 1x1 image
+        with pytest.raises(TypeError, match=r"size must be a positive int or \(height, width"):
+            sample_image("camera", size=size)
+    with pytest.raises(ValueError, match=r"\(height, width\), got \(8, 8, 3\): pass "
+                                         r"image.shape\[:2\]"):
+        random_mask((8, 8, 3), 0.5)  # a colour image's shape
+    with pytest.raises(ValueError, match="lines must be an integer >= 0"):
+        text_mask((64, 64), lines=-1)
+    with pytest.raises(ValueError, match="text must be a non-empty string"):
+        text_mask((64, 64), text=" ")

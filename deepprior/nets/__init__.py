@@ -176,10 +176,12 @@ def build_net(
                             "input_shape attribute (the shape of its fixed input z)")
         net = net.to(torch.float32)
         z = INPUT_SCALE * torch.rand(tuple(net.input_shape), dtype=torch.float32)
-    if not is_built_in(name):  # another package's factory: its output
-        with torch.no_grad():  # must be the image (the loss would broadcast a wrong one)
-            shape = tuple(net(z).shape)
-        if shape != (1, *check_image_shape(image_shape)):
-            raise ValueError(f"network {name!r} made an output of shape {shape} for an image of "
-                             f"shape {(1, *check_image_shape(image_shape))}")
+        if not is_built_in(name):  # another package's factory: its output must be the image
+            training = net.training  # (the loss would broadcast a wrong one); probed in eval
+            with torch.no_grad():  # mode, here: no batch-norm statistics, no random draw
+                shape = tuple(net.eval()(z).shape)
+            net.train(training)
+            if shape != (1, *check_image_shape(image_shape)):
+                raise ValueError(f"network {name!r} made an output of shape {shape} for an "
+                                 f"image of shape {(1, *check_image_shape(image_shape))}")
     return net, z

@@ -32,7 +32,9 @@ class DeepDecoder(GeneratorNet):
     upsample_first : bool, optional
         ``False`` (default): each layer is ``1×1 conv → upsample → ReLU → norm``; ``True``:
         ``upsample → 1×1 conv → ReLU → norm`` (no upsampling in the first layer instead of the
-        last), the variant used in the paper's best denoising runs.
+        last), the variant used in the paper's best denoising runs. The flag says what it
+        does here; the authors' code names the two the other way round (its
+        ``upsample_first=False`` is this ``True``).
 
     Notes
     -----
