@@ -522,7 +522,10 @@ def reconstruct(
     sigma : float, optional
         Std of the noise on the observation: on the [0, 1] image scale for denoising, in
         measurement units otherwise. Used by the discrepancy rule; estimated from a noisy image
-        when needed and not given.
+        when needed and not given. 0 (noiseless, as :func:`simulate_measurements` returns
+        without noise) leaves nothing for a σ rule to stop at: ``"auto"`` then resolves as
+        without σ. A σ whose noise alone, ``m·σ²``, would exceed 4·‖y‖² is refused (a
+        0-255 value for data on the [0, 1] scale).
     ground_truth : np.ndarray, optional
         Clean image, to report PSNR/SSIM per iteration; never used to fit (except by
         ``stop="oracle"``).
@@ -700,8 +703,12 @@ def reconstruct(
     net = DEFAULT_NETS.get(problem, "deep_decoder") if net is None else net
     net_name = nets.canonical_name(net) if isinstance(net, str) else type(net).__name__
     defaults = problem_defaults(problem, net_name if isinstance(net, str) else "*")
+    noiseless = False
     if sigma is not None:
         sigma = check_sigma("sigma", sigma, denoising=problem == "denoise")
+        _check_noise_level(sigma, op, y, problem)
+        noiseless = sigma == 0  # (simulate_measurements' σ without noise): no level for a rule
+        sigma = None if noiseless else sigma  # to stop at; the σ-free defaults
     learning_rate = defaults.learning_rate if learning_rate is None else check_float(
         "learning_rate", learning_rate, low=0.0, low_open=True)
     lr_decay = defaults.lr_decay if lr_decay is None else check_lr_decay(lr_decay)
@@ -710,6 +717,10 @@ def reconstruct(
     spec = defaults.auto_stop(given_sigma, op.num_measurements) if stop == "auto" else stop
     if isinstance(spec, str) and sigma is None and any(
             name == "discrepancy" for name, _ in parse_stop(spec)):
+        if noiseless:
+            raise ValueError("the discrepancy rule stops at the noise level, and sigma=0 says "
+                             "there is none: choose another stopping rule ('auto' takes the "
+                             "one for an unknown σ)")
         if problem != "denoise":
             raise ValueError("the discrepancy rule needs the noise level: pass sigma=... (the std "
                              "of the measurement noise) or choose another stopping rule")
@@ -952,6 +963,20 @@ def check_sigma(label: str, value: Any, *, denoising: bool) -> float:
                          f"{value:g}; for {value:g} in 0-255 units pass {label.split()[0]}="
                          f"{value:g}/255")
     return value
+
+
+def _check_noise_level(sigma: float, op: Any, y: torch.Tensor, problem: str) -> None:
+    """Refuse a σ whose noise alone, ``m·σ²``, exceeds 4·‖y‖² (``‖y‖² ≈ ‖A x‖² + m·σ²``): on
+    another scale than ``y``; the discrepancy level would be met by a zero image at once, and a
+    σ-given TV weight flatten it. Denoising's σ is bounded by :func:`check_sigma` instead."""
+    if problem == "denoise":
+        return
+    noise, energy = sigma**2 * op.num_measurements, float(y.double().square().sum())
+    if noise > 4 * energy:
+        raise ValueError(f"sigma={sigma:g} puts the noise alone at m·σ² = {noise:.4g}, above 4 "
+                         f"times the measurements' ‖y‖² = {energy:.4g}: sigma is the noise's "
+                         f"std in the measurements' units (for data on the [0, 1] scale and "
+                         f"σ in 0-255 units, sigma={sigma:g}/255)")
 
 
 def _scale_ratio(op: Any, y: torch.Tensor) -> float:

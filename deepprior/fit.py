@@ -9,6 +9,7 @@ observation, operator, policy and stopping state.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import time
@@ -667,6 +668,8 @@ class _Member:
             _finalize(policy, self.done)
             reason = f"{reason}; {policy.reason}" if policy.reason else reason
         best_step = policy.best_step
+        with contextlib.suppress(TypeError, ValueError, RuntimeError):  # a user's policy may
+            best_step = int(best_step)  # hold a numpy or 0-d torch integer (dict keys: int)
         if best_step in self.kept:
             output = self.kept[best_step]
         elif self.last is not None:  # the policy chose none (one reading every k-th iteration

@@ -16,10 +16,12 @@ and optionally ``candidates`` (the steps whose outputs the loop must keep; ``{be
 absent), ``finalize(last_step)`` (called when the loop ends for another reason, to update
 ``reason``), ``needs_unperturbed_output`` (True asks for the output from the network's
 unperturbed input; the Deep Image Prior perturbs its input at every iteration, and that output
-costs the loop one more forward pass) and ``every`` (the policy reads the output only at
-iterations that are multiples of ``every``; the loop then computes the unperturbed output only
-there and passes ``None`` as ``output`` in between). In a group (:class:`FirstOf`,
-:class:`Shadow`) each policy gets the output it asks for (:func:`feed`).
+costs the loop one more forward pass; it is the network's raw output, where the loop keeps
+and returns its moving average when ``ema`` is set. Without a perturbation the policy reads
+the output the loop keeps, the average where there is one) and ``every`` (the policy reads
+the output only at iterations that are multiples of ``every``; the loop then computes the
+unperturbed output only there and passes ``None`` as ``output`` in between). In a group
+(:class:`FirstOf`, :class:`Shadow`) each policy gets the output it asks for (:func:`feed`).
 
 The built-in rules (REFERENCES §4), written as text specs such as
 ``"wmv:window=100,patience=1000"``, ``"fixed:3000"``, ``"holdout:fraction=0.1,patience=200"``
@@ -47,6 +49,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import re
 from collections.abc import Iterator
 from typing import Any, ClassVar, Protocol
 
@@ -134,6 +137,7 @@ class Rule:
 
     def __init__(self) -> None:
         self.best_step, self.reason, self.stopped = 0, "", False
+        self.last_step = 0  # the last iteration offered: a rule serves one fit
 
     @property
     def candidates(self) -> frozenset[int]:
@@ -141,6 +145,7 @@ class Rule:
 
     def update(self, step: int, loss: float, output: Tensor) -> bool:
         """Record iteration ``step``; True to stop now."""
+        self.last_step = step
         if step % self.every:
             return False
         stop = bool(self._update(step, float(loss), output))
@@ -255,7 +260,10 @@ class Oracle(Rule):
         acc = _acc(output.device)
         truth = self.ground_truth.to(output.device, acc)
         mse = float(torch.mean((output.to(acc) - truth) ** 2))
-        psnr = 10 * math.log10(1 / mse) if mse > 0 else math.inf
+        if math.isnan(mse):  # a NaN output: never the best
+            psnr = -math.inf
+        else:
+            psnr = 10 * math.log10(1 / mse) if mse > 0 else math.inf
         self.psnr_history.append(psnr)
         self._min.update(step, -psnr)
         self.best_step = self._min.step
@@ -608,7 +616,19 @@ def _check_policy(policy: Any) -> Any:
             f"a stopping policy needs update(step, loss, output), best_step and reason; "
             f"{type(policy).__name__} lacks {', '.join(missing)}"
         )
+    if _used(policy):
+        raise ValueError(f"this {type(policy).__name__} has served a fit already and keeps its "
+                         "state (its best iterate, its reason): make a new one for each fit, "
+                         "or pass a spec string")
     return policy
+
+
+def _used(policy: Any) -> bool:
+    """Whether a built-in rule, or one in a group, has been offered an iteration."""
+    inner = getattr(policy, "policies", None)
+    if isinstance(policy, FirstOf | Shadow):
+        return any(map(_used, inner.values() if isinstance(inner, dict) else inner))
+    return isinstance(policy, Rule) and policy.last_step > 0
 
 
 def _common_every(policies: Any) -> int:
@@ -690,9 +710,12 @@ def parse_stop(spec: str) -> list[tuple[str, dict[str, int | float]]]:
     if not isinstance(spec, str):
         raise TypeError(f"a stopping spec must be a string, got {type(spec).__name__}")
     rules = []
-    for part in spec.split("+"):
-        name, colon, args = (s.strip() for s in part.partition(":"))
+    for part in re.split(r"\+(?=\s*(?:[A-Za-z_]|$))", spec):  # a name (or nothing) follows a
+        name, colon, args = (s.strip() for s in part.partition(":"))  # "+"; "1e+3" is a number
         name = name.lower()
+        if name == "auto":
+            raise ValueError(f"'auto' in {spec!r} is a spec of its own, written in lower case "
+                             "and alone: pass stop='auto' (--stop auto), or name the rules")
         if name not in RULES:
             raise ValueError(
                 f"unknown stopping rule {name!r} in {spec!r}; valid rules: {', '.join(RULES)}")

@@ -958,3 +958,21 @@ def test_a_later_member_cut_short_is_left_out_of_the_average():
     np.testing.assert_array_equal(cut.image, alone.image)
     assert cut.stop_reason.startswith("interrupted at iteration 1 (fit 2 of 2)")
     assert "members" not in cut.config and cut.num_steps == 5
+
+
+def test_sigma_zero_means_noiseless_and_a_sigma_on_another_scale_is_refused():
+    clean = sample_image("camera", size=16)
+    op = GaussianSensing(128, (16, 16), seed=0)
+    y, sigma = deepprior.simulate_measurements(op, clean)  # noiseless: σ = 0
+    assert sigma == 0
+    result = reconstruct(y, op, sigma=sigma, max_num_iter=4, net_options=SMALL, **DD)
+    assert result.config["stop"] == reconstruct(y, op, max_num_iter=1, net_options=SMALL,
+                                                **DD).config["stop"]  # as without σ
+    with pytest.raises(ValueError, match="the discrepancy rule stops at the noise level, and "
+                                         "sigma=0 says there is none"):
+        reconstruct(y, op, sigma=0, stop="discrepancy", max_num_iter=1, **DD)
+    mask = Mask((16, 16), keep=0.5, seed=0)
+    noisy, _ = deepprior.simulate_measurements(mask, clean, sigma=25 / 255, seed=0)
+    with pytest.raises(ValueError, match=r"sigma=25 puts the noise alone at m·σ² = .* above 4 "
+                                         r"times the measurements' ‖y‖².*sigma=25/255"):
+        reconstruct(noisy, mask, sigma=25, max_num_iter=1, **DD)  # stopped at iteration 1

@@ -609,3 +609,33 @@ def test_ctrl_c_in_fit_many_keeps_the_reason_of_a_fit_that_had_ended():
                          max_num_iter=9, device="cpu")
     assert done.stop_reason.startswith("reached num_iter=3")
     assert cut.stop_reason.startswith("interrupted at iteration")
+
+
+def test_a_policy_holding_a_torch_integer_as_best_step_gets_its_iterate():
+    class TensorBest:  # a user's policy: the step of the smallest loss, as torch computes it
+        reason = ""
+
+        def __init__(self):
+            self.losses, self.best_step = [], 0
+
+        def update(self, step, loss, output):
+            self.losses.append(loss)
+            self.best_step = torch.tensor(self.losses).argmin() + 1
+            return False
+
+    clean, noisy, op, z = _problem()
+    policy = TensorBest()
+    result = fit(PixelNet(op.image_shape, seed=1), z, noisy, op, policy=policy,
+                 max_num_iter=12, learning_rate=0.5, seed=0, device="cpu")
+    assert result.best_step == int(np.argmin(result.loss)) + 1
+    assert "returning the last iterate" not in result.stop_reason
+
+
+def test_a_rule_used_in_one_fit_is_refused_by_the_next():
+    clean, noisy, op, z = _problem()
+    policy = Patience(patience=1000)
+    fit(PixelNet(op.image_shape, seed=1), z, noisy, op, policy=policy, max_num_iter=5,
+        device="cpu")
+    with pytest.raises(ValueError, match="Patience has served a fit already"):
+        fit(PixelNet(op.image_shape, seed=1), z, noisy, op, policy=policy, max_num_iter=5,
+            device="cpu")

@@ -266,6 +266,22 @@ def test_oracle_with_patience_stops():
     assert "26.02 dB at iteration 2" in policy.reason
 
 
+def test_oracle_never_chooses_a_nan_output():
+    policy = Oracle(torch.zeros(SHAPE))
+    policy.update(1, 0.0, constant(0.1))
+    policy.update(2, 0.0, constant(float("nan")))  # scored +inf dB, and chosen, before
+    assert policy.best_step == 1 and policy.best_psnr == pytest.approx(20.0)
+
+
+def test_a_rule_serves_one_fit():
+    for policy in (Patience(patience=5), Fixed(10), FirstOf(Patience(patience=5), Fixed(10)),
+                   Shadow({"a": Patience(patience=5)})):
+        assert make_policy(policy)[0] is policy  # fresh: taken
+        policy.update(1, 1.0, constant(0.1))
+        with pytest.raises(ValueError, match="has served a fit already and keeps its state"):
+            make_policy(policy)
+
+
 def test_oracle_exact_match_is_infinite_psnr():
     policy = Oracle(torch.zeros(SHAPE))
     policy.update(1, 0.0, constant(0.1))
@@ -764,6 +780,8 @@ def test_repr_lists_the_tunable_parameters():
         (" WMV : Window = 50 + EMV:alpha=2e-1 ",
          [("wmv", {"window": 50}), ("emv", {"alpha": 0.2})]),
         ("fixed:1e3", [("fixed", {"num_iter": 1000})]),
+        ("fixed:1e+3+discrepancy:tau=+0.6", [("fixed", {"num_iter": 1000}),
+                                              ("discrepancy", {"tau": 0.6})]),  # "+" in numbers
         ("discrepancy:tau=2,smoothing=0", [("discrepancy", {"tau": 2, "smoothing": 0})]),
         ("oracle:patience=50", [("oracle", {"patience": 50})]),
         ("fixed:2000+discrepancy+holdout:200",
@@ -816,6 +834,8 @@ VALID_RULES = "valid rules: fixed, patience, wmv, emv, discrepancy, holdout, ora
         ("discrepancy:tau=-1", "stopping rule 'discrepancy': tau must satisfy 0 < tau, got -1"),
         ("wmv+fixed", "stopping rule 'fixed' needs its num_iter"),
         ("holdout+fixed:9+holdout:fraction=0.2", "at most one holdout rule per spec, got 2 in"),
+        ("Auto", "'auto' in 'Auto' is a spec of its own, written in lower case and alone"),
+        ("auto+fixed:10", "'auto' in 'auto\\+fixed:10' is a spec of its own"),
     ],
 )
 def test_parse_stop_invalid(spec, message):
