@@ -144,7 +144,8 @@ class Staging:
                     if not self.overwrite:
                         raise FileExistsError(f"{path} appeared during the fit; nothing was "
                                               f"written (pass {self.option} to replace it)")
-                    backup = path.with_name(f".{path.name}.{secrets.token_hex(4)}.backup")
+                    backup = path.with_name(f".{path.stem[:32]}.{secrets.token_hex(4)}"
+                                            f".backup{path.suffix}")  # short, as above
                     os.replace(path, backup)
                     backups.append((backup, path))
                 os.replace(temporary, path)

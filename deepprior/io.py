@@ -19,6 +19,7 @@ Pillow reduces to 8 bits (or, for float colour, cannot read at all):
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import pathlib
@@ -27,7 +28,7 @@ import struct
 import threading
 import warnings
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import BinaryIO
 
 import numpy as np
@@ -60,6 +61,7 @@ _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _PNG_COLOUR_KINDS = {2: "RGB", 4: "grey+alpha", 6: "RGBA"}  # IHDR colour types with >1 sample
 _TIFF_SIGNATURES = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 _NPY_SIGNATURE = b"\x93NUMPY"
+_ZIP_SIGNATURE = b"PK"  # an .npz is a zip archive
 # Errors Pillow (and the libraries behind it) raise on corrupt or truncated data.
 _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, zlib.error)
 # Premultiplied-alpha modes, converted to their plain-alpha counterparts.
@@ -292,7 +294,8 @@ def _load_pixels(path: pathlib.Path, max_pixels: int) -> np.ndarray:
                 stacklevel=3,
             )
         try:
-            im.load()
+            with _pillow_limit_lifted():
+                im.load()
         except _DECODE_ERRORS as exc:
             raise ImageError(
                 f"{path}: the image data could not be decoded, the file looks truncated or "
@@ -304,17 +307,25 @@ def _load_pixels(path: pathlib.Path, max_pixels: int) -> np.ndarray:
         return _apply_orientation(pixels, _orientation(im))
 
 
-def _open_with_pillow(path: pathlib.Path) -> Image.Image:
-    """``Image.open`` with Pillow's own pixel limit lifted: `max_pixels` is checked instead.
+@contextlib.contextmanager
+def _pillow_limit_lifted() -> Iterator[None]:
+    """Pillow's own pixel limit lifted, which it checks when it opens a file and again when it
+    decodes some (TIFF, GIF): `max_pixels` is checked instead.
 
     ``PIL.Image.MAX_IMAGE_PIXELS`` is a module global; it is restored at once, under a lock.
     """
     with _PILLOW_LIMIT_LOCK:
         limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
         try:
-            return Image.open(path)
+            yield
         finally:
             Image.MAX_IMAGE_PIXELS = limit
+
+
+def _open_with_pillow(path: pathlib.Path) -> Image.Image:
+    """``Image.open`` with Pillow's own pixel limit lifted (see :func:`_pillow_limit_lifted`)."""
+    with _pillow_limit_lifted():
+        return Image.open(path)
 
 
 def _pillow_pixels(path: pathlib.Path, im: Image.Image) -> np.ndarray:
@@ -578,8 +589,9 @@ def load_array(
     key : str, optional
         The array to take from a container (``.npz``, ``.mat``) holding several.
     names : tuple of str
-        Conventional names tried in order when ``key`` is None and the container holds more
-        than one numeric array (e.g. ``("A", "matrix")`` or ``("y", "measurements")``).
+        Conventional names tried in order when ``key`` is None (e.g. ``("A", "matrix")`` or
+        ``("y", "measurements")``): an array so named is taken, and checked, first; else the
+        container's only numeric array.
     choose : str
         How the error for a container of several arrays, none of ``names``, tells to choose
         one (a command line names its own option).
@@ -610,10 +622,15 @@ def load_array(
     if suffix not in ARRAY_SUFFIXES:
         raise ValueError(f"{path}: unsupported file type {suffix or '(no suffix)'!r}; use "
                          f"{', '.join(ARRAY_SUFFIXES)}")
-    if suffix == ".npy":
-        array, name = _load_npy_array(path), None
-    elif suffix == ".npz":
-        array, name = _load_npz_array(path, key, names, choose)
+    if suffix in (".npy", ".npz"):  # the file's first bytes say which (a renamed file)
+        with path.open("rb") as fh:
+            head = fh.read(len(_NPY_SIGNATURE))
+        if not head.startswith((_NPY_SIGNATURE, _ZIP_SIGNATURE)):
+            raise ValueError(f"{path}: not a NumPy {suffix} file (it starts with neither "
+                             "numpy's .npy header nor a zip archive's); save arrays with "
+                             "numpy.save / numpy.savez")
+        array, name = (_load_npy_array(path), None) if head.startswith(_NPY_SIGNATURE) else \
+            _load_npz_array(path, key, names, choose)
     elif suffix == ".mat":
         array, name = _load_mat_array(path, key, names, choose)
     else:
@@ -621,11 +638,16 @@ def load_array(
     return _check_numeric(path, array, name)
 
 
+def _holds_objects(exc: Exception) -> bool:
+    """Whether numpy refused an array of Python objects (its wording differs by version)."""
+    return any(text in str(exc) for text in ("pickled", "Python objects", "Object arrays"))
+
+
 def _load_npy_array(path: pathlib.Path) -> np.ndarray:
     try:
         return np.load(path, allow_pickle=False)
     except Exception as exc:  # numpy raises ValueError, OSError, EOFError, UnpicklingError...
-        if "pickled" in str(exc) or "Python objects" in str(exc):
+        if _holds_objects(exc):
             raise ValueError(f"{path}: holds Python objects (dtype object); save a numeric "
                              "array instead") from None
         raise ValueError(f"{path}: not a readable .npy file, it looks truncated or corrupt "
@@ -643,11 +665,15 @@ def _load_npz_array(path: pathlib.Path, key: str | None, names: tuple[str, ...],
                 import scipy.sparse
 
                 return scipy.sparse.load_npz(path), None
-            arrays = {name: data[name] for name in files}
+            arrays = {}
+            for name in files:  # one of Python objects (a dict saved beside y) is no array
+                try:  # to read, and stays in the list: another is read, or it is named
+                    arrays[name] = data[name]
+                except ValueError as exc:
+                    if not _holds_objects(exc):
+                        raise
+                    arrays[name] = np.empty(0, dtype=object)
     except (zipfile.BadZipFile, OSError, ValueError, EOFError, KeyError, zlib.error) as exc:
-        if "pickled" in str(exc) or "Python objects" in str(exc):
-            raise ValueError(f"{path}: holds Python objects (dtype object); save numeric "
-                             "arrays instead") from None
         raise ValueError(f"{path}: not a readable .npz file, it looks truncated or corrupt "
                          f"({type(exc).__name__}: {exc})") from None
     return _pick(path, arrays, key, names, choose)
@@ -682,10 +708,11 @@ def _load_text_array(path: pathlib.Path) -> np.ndarray:
     """Numbers separated by commas (a comma on the first line with data says so, whatever the
     suffix) or by white space."""
     try:
-        with open(path, encoding="utf-8") as handle:
+        with open(path, encoding="utf-8-sig") as handle:  # (a spreadsheet's byte-order mark)
             first = next((line for line in handle if line.strip()
                           and not line.lstrip().startswith("#")), "")
-        return np.loadtxt(path, delimiter="," if "," in first else None, ndmin=1)
+        return np.loadtxt(path, delimiter="," if "," in first else None, ndmin=1,
+                          encoding="utf-8-sig")
     except Exception as exc:  # ValueError for text that is not numbers, UnicodeDecodeError...
         raise ValueError(f"{path}: not a table of numbers ({type(exc).__name__}: "
                          f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''})"
@@ -702,18 +729,20 @@ def _is_numeric(value: object) -> bool:
 
 def _pick(path: pathlib.Path, arrays: dict, key: str | None, names: tuple[str, ...],
           choose: str):
-    """The array named ``key``; else the only numeric one; else the first of ``names``."""
+    """The array named ``key``; else the first of ``names`` there; else the only numeric one
+    (or the only one)."""
     if key is not None:
         if key not in arrays:
             raise ValueError(f"{path}: no array named {key!r}; it holds "
                              f"{', '.join(map(repr, arrays)) or 'nothing'}")
         return arrays[key], key
-    numeric = [name for name, value in arrays.items() if _is_numeric(value)]
-    if len(numeric) == 1:
-        return arrays[numeric[0]], numeric[0]
-    for name in names:
-        if name in numeric:
+    for name in names:  # named by convention: this one, numeric or not (its check says)
+        if name in arrays:
             return arrays[name], name
+    numeric = [name for name, value in arrays.items() if _is_numeric(value)]
+    if len(numeric) == 1 or len(arrays) == 1:
+        name = numeric[0] if numeric else next(iter(arrays))
+        return arrays[name], name
     if not numeric:
         raise ValueError(f"{path}: holds no numeric array (found "
                          f"{', '.join(map(repr, arrays)) or 'nothing'})")

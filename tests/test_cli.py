@@ -691,3 +691,14 @@ def test_a_fit_whose_loss_was_never_finite_writes_nothing(clean_png, tmp_path):
     assert "the fit diverged (no finite loss in 3 iterations); no iteration was accepted, " \
         "nothing was written" in result.stderr
     assert not out.exists()
+
+
+def test_overwriting_an_output_whose_name_is_near_the_file_systems_limit(tmp_path):
+    from deepprior_cli.outputs import Staging
+
+    target = tmp_path / ("x" * 240 + ".png")  # 244 characters: a backup named after it
+    target.write_bytes(b"old")  # whole ran past 255 and failed after the fit
+    staging = Staging(overwrite=True)
+    staging.add(target, lambda temporary: temporary.write_bytes(b"new"))
+    assert staging.commit() == [target]
+    assert target.read_bytes() == b"new" and sorted(tmp_path.iterdir()) == [target]

@@ -600,6 +600,20 @@ def test_pillow_limit_is_lifted_by_max_pixels_and_restored(tmp_path, rng, monkey
     assert Image.MAX_IMAGE_PIXELS == 10
 
 
+def test_max_pixels_also_lifts_pillows_limit_where_it_decodes_a_tiff(tmp_path):
+    # a header-only 8-bit TIFF of 15,000 x 12,000: Pillow checks its limit again at load()
+    width, height = 15_000, 12_000
+    tags = [(256, 4, width), (257, 4, height), (258, 3, 8), (259, 3, 1), (262, 3, 1),
+            (273, 4, 200), (277, 3, 1), (278, 4, height), (279, 4, width * height)]
+    ifd = struct.pack("<H", len(tags)) + b"".join(
+        struct.pack("<HHII", tag, kind, 1, value) if kind == 4 else
+        struct.pack("<HHIHH", tag, kind, 1, value, 0) for tag, kind, value in tags)
+    data = b"II*\x00" + struct.pack("<I", 8) + ifd + struct.pack("<I", 0)
+    (tmp_path / "big.tif").write_bytes(data.ljust(200, b"\x00") + bytes(1000))
+    with pytest.raises(ImageError, match="looks truncated or corrupt"):  # not Pillow's
+        load_image(tmp_path / "big.tif", max_pixels=200_000_000)  # DecompressionBombError
+
+
 @pytest.mark.parametrize(
     "value, error, message",
     [
@@ -898,6 +912,30 @@ def test_load_array_picks_by_key_then_conventional_name(tmp_path):
         load_array(tmp_path / "two.mat", names=("A",))
     with pytest.raises(ValueError, match="no array named 'x'; it holds 'b', 'c'"):
         load_array(tmp_path / "two.mat", key="x")
+
+
+
+def test_load_array_reads_past_objects_names_its_pick_and_knows_a_renamed_file(tmp_path):
+    import shutil
+
+    np.savez(tmp_path / "meta.npz", y=np.ones(3), info={"sigma": 0.1})  # a dict: objects
+    np.testing.assert_array_equal(load_array(tmp_path / "meta.npz"), np.ones(3))
+    with pytest.raises(ValueError, match=r"meta.npz\['info'\]: holds Python objects"):
+        load_array(tmp_path / "meta.npz", key="info")
+    np.save(tmp_path / "objects.npy", np.array([1, None], dtype=object), allow_pickle=True)
+    with pytest.raises(ValueError, match="objects.npy: holds Python objects"):
+        load_array(tmp_path / "objects.npy")
+    np.savez(tmp_path / "complex.npz", A=np.eye(3), y=np.ones(3) + 1j)  # A was taken as y
+    with pytest.raises(ValueError, match=r"complex.npz\['y'\]: holds complex"):
+        load_array(tmp_path / "complex.npz", names=("y", "measurements"))
+    np.save(tmp_path / "y.npy", np.arange(3.0))
+    shutil.copy(tmp_path / "y.npy", tmp_path / "renamed.npz")
+    np.testing.assert_array_equal(load_array(tmp_path / "renamed.npz"), np.arange(3.0))
+    (tmp_path / "table.npy").write_text("1,2,3\n")  # read as a pickle: "Python objects"
+    with pytest.raises(ValueError, match="table.npy: not a NumPy .npy file"):
+        load_array(tmp_path / "table.npy")
+    (tmp_path / "excel.csv").write_text("\ufeff1,2,3\n4,5,6\n", encoding="utf-8")
+    np.testing.assert_array_equal(load_array(tmp_path / "excel.csv"), [[1, 2, 3], [4, 5, 6]])
 
 
 def test_load_array_errors(tmp_path):
