@@ -242,10 +242,11 @@ def _check_float_values(path: pathlib.Path, image: np.ndarray) -> np.ndarray:
         )
     low, high = float(image.min()), float(image.max())
     if low < -_RANGE_TOLERANCE or high > 1 + _RANGE_TOLERANCE:
-        raise ImageError(
-            f"{path}: values lie in [{low:g}, {high:g}], outside [0, 1]; divide by 255 "
-            "(8-bit) or 65535 (16-bit) or rescale to [0, 1]"
-        )
+        hint = ("a noisy image simulated without clipping: clip it to [0, 1] (np.clip(x, 0, "
+                "1)), or pass the array to deepprior.reconstruct, which takes it as it is"
+                if -0.5 <= low and high <= 1.5 else
+                "divide by 255 (8-bit) or 65535 (16-bit) or rescale to [0, 1]")
+        raise ImageError(f"{path}: values lie in [{low:g}, {high:g}], outside [0, 1]; {hint}")
     return np.clip(image, 0.0, 1.0, out=image)
 
 

@@ -493,11 +493,19 @@ def test_npy_non_finite(tmp_path, rng, bad):
         load_image(tmp_path / "nan.npy")
 
 
-@pytest.mark.parametrize("scale, offset", [(255.0, 0.0), (1.0, -0.5)])
+@pytest.mark.parametrize("scale, offset", [(255.0, 0.0), (1.0, -0.8)])
 def test_npy_outside_unit_range(tmp_path, rng, scale, offset):
     np.save(tmp_path / "big.npy", rng.random((HEIGHT, WIDTH)) * scale + offset)
     with pytest.raises(ImageError, match=r"big\.npy: .*divide by 255 \(8-bit\) or 65535"):
         load_image(tmp_path / "big.npy")
+
+
+def test_a_noisy_npy_out_of_range_is_told_so(tmp_path, rng):
+    from deepprior import add_gaussian_noise
+
+    np.save(tmp_path / "noisy.npy", add_gaussian_noise(rng.random((HEIGHT, WIDTH)), 0.1))
+    with pytest.raises(ImageError, match=r"a noisy image simulated without clipping: clip it"):
+        load_image(tmp_path / "noisy.npy")  # not "divide by 255"
 
 
 @pytest.mark.parametrize("dtype", [np.uint8, np.int64, np.bool_, np.complex64])
