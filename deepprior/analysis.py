@@ -51,6 +51,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import numbers
 import statistics
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -121,6 +122,8 @@ def conv_layers(net: nn.Module) -> list[tuple[str, nn.Parameter]]:
     ValueError
         If the network has no ``nn.Conv2d`` layer.
     """
+    if not isinstance(net, nn.Module):
+        raise TypeError(f"net must be a torch.nn.Module, got {type(net).__name__}")
     layers = [
         (name, module.weight)
         for name, module in net.named_modules()
@@ -311,10 +314,15 @@ def lanczos(matvec: Callable[[Tensor], Tensor], start: Tensor, num_steps: int) -
     in float64 and reorthogonalised twice against all previous ones, so no spurious copies of
     converged Ritz values appear. Golub & Van Loan, *Matrix Computations*, §10.1.
     """
+    if not isinstance(start, Tensor) or not start.is_floating_point():
+        raise TypeError(f"start must be a floating-point torch.Tensor (the products are formed "
+                        f"in its dtype), got {getattr(start, 'dtype', type(start).__name__)}")
     dimension = start.numel()
     limit = min(MAX_LANCZOS_STEPS, dimension)
-    if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 1:
+    if isinstance(num_steps, bool) or not isinstance(num_steps, numbers.Integral) or \
+            num_steps < 1:
         raise ValueError(f"num_steps must be an integer >= 1, got {num_steps!r}")
+    num_steps = int(num_steps)
     if num_steps > MAX_LANCZOS_STEPS:
         raise ValueError(f"num_steps must be at most {MAX_LANCZOS_STEPS}, got {num_steps}")
     num_steps = min(num_steps, limit)
@@ -442,13 +450,15 @@ class _Curvature:
         loss = loss_fn(self.out)
         if loss.ndim != 0:
             raise ValueError(f"loss_fn must return a scalar, got shape {tuple(loss.shape)}")
-        grads = torch.autograd.grad(
-            loss, self.weights, retain_graph=True, create_graph=kind == "hessian",
+        trainable = [w for w in self.weights if w.requires_grad]  # a frozen layer: no block
+        found = iter(torch.autograd.grad(
+            loss, trainable, retain_graph=True, create_graph=kind == "hessian",
             allow_unused=True,
-        )
+        ) if trainable else ())
+        grads = [next(found) if w.requires_grad else None for w in self.weights]
         self.grads = [g if g is not None else torch.zeros_like(w)
                       for g, w in zip(grads, self.weights, strict=True)]
-        self.used = [g is not None for g in grads]
+        self.used = [g is not None for g in grads]  # in the loss's graph, and trained
         if kind == "gauss_newton":
             self._dummy = torch.zeros_like(self.out, requires_grad=True)
             detached = self.out.detach().requires_grad_(True)
@@ -467,6 +477,8 @@ class _Curvature:
             grad = self.grads[index]
 
             def hessian_product(v: Tensor) -> Tensor:
+                if not grad.requires_grad:  # a loss linear in this layer: no curvature
+                    return torch.zeros_like(v)
                 (hv,) = torch.autograd.grad(grad, weight, v.view_as(weight), retain_graph=True)
                 return hv.reshape(-1)
 
@@ -547,7 +559,8 @@ def curvature_eigenvalues(
     Returns
     -------
     dict of str to CurvatureEstimate
-        Per layer, in network order.
+        Per layer, in network order; NaN values (no Lanczos step) for a layer that is frozen
+        (``requires_grad=False``) or not in the output's graph: it has no block to analyse.
 
     Raises
     ------
@@ -586,7 +599,10 @@ def curvature_eigenvalues(
     check_choice("kind", kind, CURVATURES)
     check_choice("start", start, STARTS)
     _check_steps(num_steps)
+    seed = check_int("seed", seed, minimum=0)
     all_layers = conv_layers(net)
+    if isinstance(layers, str):  # one layer's name
+        layers = [layers]
     if layers is None:
         chosen = all_layers
     else:
@@ -603,11 +619,20 @@ def curvature_eigenvalues(
                              "None for all")
     generator = torch.Generator().manual_seed(seed)
     saved = _save_buffers(net)
+    # the extra forward pass draws a user network's dropout from the global generators:
+    # forked, so that the fit's own draws, and the caller's state, stay as they were
+    gpus = [z.device.index if z.device.index is not None else torch.cuda.current_device()] \
+        if z.device.type == "cuda" else []
     try:
-        with torch.enable_grad(), _full_float32_convolutions():
+        with torch.enable_grad(), _full_float32_convolutions(), \
+                torch.random.fork_rng(devices=gpus):
             curvature = _Curvature(net, z, loss_fn, [w for _, w in chosen], kind)
             estimates = {}
             for index, (name, _) in enumerate(chosen):
+                if not curvature.used[index]:  # frozen, or not in the output's graph
+                    estimates[name] = CurvatureEstimate(math.nan, math.nan, math.nan, 0, False,
+                                                        np.array([math.nan]))
+                    continue
                 vector = _start_vector(curvature.grads[index], start, generator)
                 estimates[name] = _estimate(curvature.matvec(index), vector, num_steps, kind)
             del curvature
@@ -658,36 +683,48 @@ class Monitor:
         self.seconds = 0.0
         self._net: nn.Module | None = None
         self._weights: list[nn.Parameter] = []
+        self._step = 0  # the last iteration seen
 
     def due(self, step: int) -> bool:
         """True at the steps where values are recorded: 1, the multiples of ``every``, last."""
         return step == 1 or step % self.every == 0 or step == self.last
 
-    def bind(self, net: nn.Module) -> None:
-        """Attach to ``net`` at the first call; a monitor records one fit only."""
+    def bind(self, net: nn.Module, step: int | None = None) -> None:
+        """Attach to ``net`` at the first call; a monitor records one fit only (another
+        network, or a step that is not after the last one seen, is another fit)."""
         if self._net is None:
             layers = conv_layers(net)
             self._net = net
             self.layers = [name for name, _ in layers]
             self._weights = [w for _, w in layers]
-        elif net is not self._net:
+        elif net is not self._net or (step is not None and step <= self._step):
             raise ValueError(
-                f"this {type(self).__name__} already recorded a fit of another network; create a "
-                "new monitor for each fit"
+                f"this {type(self).__name__} already recorded a fit (to iteration {self._step}); "
+                "create a new one for each fit"
             )
+        if step is not None:
+            self._step = step
 
     def __call__(self, state: FitState) -> bool:
-        self.bind(state.net)
-        start = time.perf_counter()
-        self.observe(state)
-        self.seconds += time.perf_counter() - start
+        self.bind(state.net, state.step)
+        self.observe_timed(state)
         return False
 
+    def observe_timed(self, state: FitState) -> None:
+        """:meth:`observe`, its time added to :attr:`seconds` (also when cut short)."""
+        start = time.perf_counter()
+        try:
+            self.observe(state)
+        finally:
+            self.seconds += time.perf_counter() - start
+
     def observe(self, state: FitState) -> None:
-        """Record when the step is due (subclasses may look at other steps too)."""
+        """Record when the step is due (subclasses may look at other steps too): measured
+        first, so that a measurement cut short (Ctrl-C) leaves no step without its values."""
         if self.due(state.step):
+            values = self.measure(state)
             self.steps.append(state.step)
-            self.values.append(self.measure(state))
+            self.values.append(values)
 
     def measure(self, state: FitState) -> list[float]:
         """One value per layer at this step."""
@@ -785,8 +822,10 @@ class EffectiveRank(Monitor):
 
     def measure(self, state: FitState) -> list[float]:
         matrices = [weight_matrix(w) for w in self._weights]
-        self.numerical_ranks.append([numerical_rank(m, self.threshold) for m in matrices])
-        return [effective_rank(m) for m in matrices]
+        ranks = [numerical_rank(m, self.threshold) for m in matrices]
+        values = [effective_rank(m) for m in matrices]
+        self.numerical_ranks.append(ranks)
+        return values
 
     def to_dict(self) -> dict[str, Any]:
         data = super().to_dict()
@@ -943,12 +982,20 @@ class Diagnostics:
 
     def __call__(self, state: FitState) -> bool:
         start = time.perf_counter()
-        if state.step in (1, self.last) or state.step % self.every == 0:
-            self.loss_steps.append(state.step)
-            self.losses.append(float(state.loss))
-        for monitor in self.monitors.values():
-            monitor(state)
-        self.seconds += time.perf_counter() - start
+        try:
+            try:  # another fit is refused before anything of it is recorded
+                for monitor in self.monitors.values():
+                    monitor.bind(state.net, state.step)
+            except ValueError as exc:
+                raise ValueError(str(exc).replace(type(monitor).__name__, "Diagnostics")) \
+                    from None
+            if state.step in (1, self.last) or state.step % self.every == 0:
+                self.loss_steps.append(state.step)
+                self.losses.append(float(state.loss))
+            for monitor in self.monitors.values():
+                monitor.observe_timed(state)
+        finally:
+            self.seconds += time.perf_counter() - start
         return False
 
     def to_dict(self) -> dict[str, Any]:

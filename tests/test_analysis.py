@@ -161,6 +161,9 @@ def test_lanczos_validates_its_input():
         lanczos(lambda v: v, torch.ones(500), 201)
     with pytest.raises(ValueError, match="integer >= 1"):
         lanczos(lambda v: v, torch.ones(5), 0)
+    with pytest.raises(TypeError, match="floating-point torch.Tensor"):
+        lanczos(lambda v: v, torch.ones(5, dtype=torch.int64), 3)  # its products were cast
+    assert lanczos(lambda v: v, torch.ones(5), np.int64(2)).num_steps == 1  # exhausted
     overflowed = lanczos(lambda v: v * math.inf, torch.ones(5), 3)  # no estimate, not exact
     assert math.isnan(overflowed.ritz_values[0]) and not overflowed.exhausted
 
@@ -243,8 +246,65 @@ def test_gradient_norms_and_oscillation_on_given_gradients():
 def test_monitor_records_one_fit_only():
     norms = GradientNorms(every=1)
     norms(_state(_TwoConvs(), 1, [torch.ones(2, 1, 1, 1), torch.ones(1, 2, 1, 1)]))
-    with pytest.raises(ValueError, match="create a new monitor"):
+    with pytest.raises(ValueError, match="already recorded a fit .*create a new one"):
         norms(_state(_TwoConvs(), 2, [torch.ones(2, 1, 1, 1), torch.ones(1, 2, 1, 1)]))
+
+
+def test_a_second_fit_of_the_same_network_is_refused_before_anything_is_recorded():
+    image = np.random.default_rng(0).random((9, 7)).astype(np.float32)
+    net, z = build_net("conv_generator", (1, 9, 7), seed=0, **TINY)
+    options = {"net": net, "net_input": z, "stop": "fixed:6", "ensemble": 1,
+               "regularizer": "none", "device": "cpu"}
+    diagnostics = Diagnostics(every=3)
+    reconstruct(image, callback=diagnostics, **options)
+    before = diagnostics.to_dict()
+    with pytest.raises(ValueError, match=r"this Diagnostics already recorded a fit \(to "
+                                         r"iteration 6\)"):
+        reconstruct(image, callback=diagnostics, **options)  # the same net: steps appended
+    after = diagnostics.to_dict()
+    before.pop("seconds"), after.pop("seconds")
+    assert after == before  # the first fit's record, untouched
+
+
+def test_a_measurement_cut_short_leaves_no_step_without_its_values():
+    class Interrupted(GradientNorms):
+        def measure(self, state):
+            raise KeyboardInterrupt
+
+    monitor = Interrupted(every=1)
+    with pytest.raises(KeyboardInterrupt):
+        monitor(_state(_TwoConvs(), 1, [torch.ones(2, 1, 1, 1), torch.ones(1, 2, 1, 1)]))
+    assert monitor.steps == [] and monitor.values == []
+
+
+class _Partly(nn.Module):
+    """A frozen first layer, an unused one, then a trained one; dropout in between."""
+
+    def __init__(self):
+        super().__init__()
+        self.frozen = nn.Conv2d(1, 2, 1, bias=False).requires_grad_(False)
+        self.unused = nn.Conv2d(2, 2, 1, bias=False)
+        self.last = nn.Conv2d(2, 1, 1, bias=False)
+        self.drop = nn.Dropout(0.2)
+
+    def forward(self, z):
+        return torch.sigmoid(self.last(self.drop(torch.relu(self.frozen(z)))))
+
+
+def test_curvature_of_a_frozen_or_unused_layer_is_nan_and_dropout_draws_are_its_own():
+    torch.manual_seed(0)
+    net = _Partly()
+    z = torch.rand(1, 1, 6, 5, generator=torch.Generator().manual_seed(1))
+    target = torch.rand(1, 1, 6, 5, generator=torch.Generator().manual_seed(2))
+    rng = torch.get_rng_state()
+    for kind in ("gauss_newton", "hessian"):  # both raised torch's "not used in the graph"
+        estimates = curvature_eigenvalues(net, z, mse_loss(target), kind=kind, num_steps=4)
+        assert math.isnan(estimates["frozen"].lambda_max)
+        assert math.isnan(estimates["unused"].condition_number)
+        assert estimates["last"].lambda_max > 0
+    assert torch.equal(torch.get_rng_state(), rng)  # the extra forward's dropout: forked
+    assert curvature_eigenvalues(net, z, mse_loss(target), layers="last", num_steps=2).keys() \
+        == {"last"}  # one layer by its name
 
 
 def test_callback_leaves_grads_buffers_and_rng_alone():
