@@ -120,7 +120,10 @@ def conv_layers(net: nn.Module) -> list[tuple[str, nn.Parameter]]:
     Raises
     ------
     ValueError
-        If the network has no ``nn.Conv2d`` layer.
+        If the network has no ``nn.Conv2d`` layer, or one whose weight is reparametrised
+        (``weight_norm``, ``spectral_norm``: no parameter, no gradient to read).
+    TypeError
+        If ``net`` is not a module.
     """
     if not isinstance(net, nn.Module):
         raise TypeError(f"net must be a torch.nn.Module, got {type(net).__name__}")
@@ -133,6 +136,12 @@ def conv_layers(net: nn.Module) -> list[tuple[str, nn.Parameter]]:
         raise ValueError(
             f"the network {type(net).__name__} has no nn.Conv2d layer for the monitors to watch"
         )
+    for name, weight in layers:  # weight_norm / spectral_norm: a weight recomputed at each
+        if not isinstance(weight, nn.Parameter):  # forward pass, whose gradient is not kept
+            raise ValueError(f"layer {name!r} has a reparametrised weight (weight_norm, "
+                             "spectral_norm): the monitors read a layer's weight and its "
+                             "gradient, and it has neither as a parameter; analyse the network "
+                             "without the reparametrisation")
     return layers
 
 

@@ -266,6 +266,16 @@ def test_a_second_fit_of_the_same_network_is_refused_before_anything_is_recorded
     assert after == before  # the first fit's record, untouched
 
 
+@pytest.mark.parametrize("wrap", [nn.utils.parametrizations.weight_norm,
+                                  nn.utils.parametrizations.spectral_norm])
+def test_a_reparametrised_convolution_is_refused_by_name(wrap):
+    net = nn.Sequential(nn.Conv2d(1, 2, 1), wrap(nn.Conv2d(2, 1, 1)))  # its gradient norm
+    with pytest.raises(ValueError, match="layer '1' has a reparametrised weight"):  # read 0
+        conv_layers(net)
+    with pytest.raises(TypeError, match="net must be a torch.nn.Module"):
+        conv_layers("body.0")
+
+
 def test_a_measurement_cut_short_leaves_no_step_without_its_values():
     class Interrupted(GradientNorms):
         def measure(self, state):
