@@ -78,7 +78,7 @@ def text_mask(shape: tuple[int, int], text: str = "deep image prior", *,
     Examples
     --------
     >>> mask = text_mask((64, 64))
-    >>> mask.dtype, 0.05 < 1 - mask.mean() < 0.5
+    >>> mask.dtype, bool(0.05 < 1 - mask.mean() < 0.5)
     (dtype('bool'), True)
     """
     from PIL import Image, ImageDraw, ImageFont
