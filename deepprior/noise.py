@@ -104,7 +104,10 @@ def estimate_sigma(image: np.ndarray) -> float:
     :func:`skimage.restoration.estimate_sigma`: σ̂ = median(|d|) / 0.6745 over the finest diagonal
     wavelet coefficients d. Over scikit-image's sample images it is accurate for σ ≥ 15/255
     (median error +1.9 % at σ = 25/255) and biased high below (+16 % at σ = 5/255), most on
-    textured images, since image detail leaks into the finest wavelet band.
+    textured images, since image detail leaks into the finest wavelet band. An odd side loses
+    its last row or column first: the symmetric padding of an odd side biases the estimate low
+    (camera, σ = 0.1, median of 40 seeds: 0.074 / 0.082 / 0.092 / 0.099 at 7² / 17² / 31² /
+    127² uncropped, 0.105 / 0.094 / 0.100 / 0.101 cropped).
 
     Examples
     --------
@@ -122,6 +125,8 @@ def estimate_sigma(image: np.ndarray) -> float:
                          "its noise needs at least 2x2")
     if np.ptp(image) == 0:  # a constant image holds no noise (the wavelet estimator: NaN)
         return SIGMA_FLOOR
+    height, width = image.shape[:2]  # an odd side's padded border drags the estimate down
+    image = image[:height - height % 2, :width - width % 2]  # (-26% at 7², camera, σ = 0.1)
     channel_axis = -1 if image.ndim == 3 else None
     return max(SIGMA_FLOOR, float(
         _skimage_estimate_sigma(image, channel_axis=channel_axis, average_sigmas=True)))

@@ -80,3 +80,11 @@ def test_noise_arguments_are_checked():
         add_gaussian_noise(np.zeros((4, 4)), 0.1, seed=1.5)
     with pytest.raises(TypeError, match="seed must be an integer"):
         add_gaussian_noise(np.zeros((4, 4)), 0.1, seed=None)  # not reproducible
+
+
+def test_an_odd_sided_image_is_estimated_without_its_padding_bias():
+    from deepprior.data import sample_image
+
+    estimates = [estimate_sigma(add_gaussian_noise(sample_image("camera", size=17), 0.1,
+                                                   seed=seed)) for seed in range(20)]
+    assert np.median(estimates) == pytest.approx(0.1, rel=0.1)  # 0.082 uncropped
