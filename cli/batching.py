@@ -356,6 +356,8 @@ def _skip(item: _Item) -> None:
     row.status, row.output = "skipped", str(item.image)
     with contextlib.suppress(OSError, ValueError):
         report = json.loads(item.image.with_suffix(".json").read_text())
+        if not isinstance(report, dict):  # another program's JSON beside the image
+            return
         row.num_iter, row.num_steps = report.get("num_iter"), report.get("num_steps")
         row.stop_reason = report.get("stop_reason")
         row.stop = short_reason(row.stop_reason) if isinstance(row.stop_reason, str) else None

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import json
 import math
 import warnings
 from collections.abc import Callable, Mapping
@@ -30,6 +31,7 @@ from .checks import (
     check_lr_decay,
 )
 from .fit import PRECISIONS, FitState, fit, resolve_device, short_repr
+from .io import jsonable
 from .metrics import psnr as _psnr
 from .metrics import ssim as _ssim
 from .metrics import total_variation
@@ -694,7 +696,12 @@ def reconstruct(
     op, y = _observation(array, operator, image_shape or (
         None if truth is None else tuple(truth.shape[1:])))
     check_operator(op, y, torch_device)
-    description = op.describe()  # a user's describe() fails here, not after the fit
+    description = op.describe()  # a user's describe() fails here, not after the fit,
+    try:  # and what it says must go into a report
+        json.dumps(jsonable(description))
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{type(op).__name__}.describe() must return JSON-ready values "
+                         f"(numbers, strings, lists, dicts) for the report: {exc}") from None
     if truth is not None and tuple(truth.shape[1:]) != op.image_shape:
         c, h, w = op.image_shape
         raise ValueError(f"ground_truth must have shape {(h, w) if c == 1 else (h, w, c)}, got "
@@ -777,6 +784,14 @@ def reconstruct(
         except (ValueError, TypeError) as exc:
             raise ValueError(f"ensemble member 1 fits the image turned by 90° ({width}x{height}),"
                              f" and the network cannot: {exc}") from exc
+    if mix and isinstance(spec, str) and holds_out(spec):  # the first member of each weight
+        for k in range(1, min(len(candidates), ensemble)):  # stops by the spec, on a split of
+            turn = _DIHEDRAL[k % 8] if problem == "denoise" and isinstance(op, Identity) \
+                else _DIHEDRAL[0]  # its own seed (and turn): drawn now, not after a fit
+            y_k = _turn(y, turn)
+            make_policy(spec, operator=Identity(tuple(y_k.shape[1:])) if turn != _DIHEDRAL[0]
+                        else op, y=y_k, sigma=sigma, seed=seed + k,
+                        ground_truth=None if truth is None else _turn(truth, turn))
     if on_start is not None:
         on_start({"problem": problem, "net": net_name, "fits": planned,
                   "max_num_iter": max_num_iter, "stop": spec if isinstance(spec, str)
@@ -830,7 +845,8 @@ def reconstruct(
     flips = problem == "denoise" and isinstance(op, Identity) and len(ks) + len(fits) > 1
     interrupted = trials and trials[-1].stop_reason.startswith("interrupted")
     # per weight, the iterate its first member returned; each member's weight
-    stops = {regularizer_weight: fits[0][1].best_step} if fits else {}
+    stops = {regularizer_weight: fits[0][1].best_step} if fits and fits[0][1].best_step \
+        else {}  # (a fit that accepted no iterate, 0, gives no refit its length)
     weights = [regularizer_weight] * len(fits)
     left_out: list[Any] = []  # members cut short after the first, not averaged
     for k in [] if interrupted else ks:  # member k: seed + k and, when denoising, the
@@ -857,7 +873,8 @@ def reconstruct(
                 result.stop_reason.startswith("diverged") and result.best_step == 0)):
             left_out.append(result)  # cut short after the first: averaged in, it would pull
         else:  # the image towards an untrained network (its stop still says what happened)
-            stops.setdefault(regularizer_weight, result.best_step)
+            if result.best_step:
+                stops.setdefault(regularizer_weight, result.best_step)
             weights.append(regularizer_weight)
             fits.append((turn, result, _turn(result.output, turn, inverse=True)))
         if result.stop_reason.startswith("interrupted"):

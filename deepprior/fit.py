@@ -650,7 +650,8 @@ class _Member:
                 stop = True
             _update_bar(bar, at, loss_value, self.psnrs)
             if stop:  # the rate of this iteration: the schedule has stepped for later pending
-                self.reason = self.reason or policy.reason  # ones, which are discarded
+                self.reason = self.reason or _said(policy) or (  # ones, which are discarded
+                    f"stopped by {type(policy).__name__} at iteration {at}")
                 self.stop_learning_rate = rate
                 break
         else:  # every pending iteration accepted; none after the budget's last
@@ -663,10 +664,10 @@ class _Member:
         policy, reason = self.policy, self.reason
         if reason is None:
             _finalize(policy, self.done)
-            reason = policy.reason or f"reached max_num_iter={self.budget}"
+            reason = _said(policy) or f"reached max_num_iter={self.budget}"
         elif reason.startswith(("interrupted", "diverged")):
             _finalize(policy, self.done)
-            reason = f"{reason}; {policy.reason}" if policy.reason else reason
+            reason = f"{reason}; {_said(policy)}" if _said(policy) else reason
         best_step = policy.best_step
         with contextlib.suppress(TypeError, ValueError, RuntimeError):  # a user's policy may
             best_step = int(best_step)  # hold a numpy or 0-d torch integer (dict keys: int)
@@ -692,6 +693,12 @@ class _Member:
             final_learning_rate=self.optimizer.param_groups[0]["lr"]
             if self.stop_learning_rate is None else self.stop_learning_rate,
         )
+
+
+def _said(policy: Any) -> str:
+    """A policy's reason as text ('' for none; a user's may hold another type)."""
+    reason = policy.reason
+    return "" if reason is None else reason if isinstance(reason, str) else str(reason)
 
 
 @torch.enable_grad()  # a caller's torch.no_grad() would leave nothing to step

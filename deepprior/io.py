@@ -1044,9 +1044,9 @@ def _encode(target: pathlib.Path, pixels: np.ndarray, file_format: str, bits: in
 def jsonable(value: object, *, digits: int | None = None) -> object:
     """``value`` with plain JSON types only: the one converter behind every report.
 
-    numpy scalars and arrays, tuples and paths become numbers, lists and strings; non-finite
-    floats become None (JSON has no NaN); floats are rounded to ``digits`` significant digits
-    when given.
+    numpy scalars and arrays, torch tensors, tuples and paths become numbers, lists and
+    strings; non-finite floats become None (JSON has no NaN); floats are rounded to ``digits``
+    significant digits when given.
 
     Examples
     --------
@@ -1057,6 +1057,8 @@ def jsonable(value: object, *, digits: int | None = None) -> object:
         return {str(k): jsonable(v, digits=digits) for k, v in value.items()}
     if isinstance(value, np.ndarray):
         value = value.tolist()
+    elif callable(getattr(value, "detach", None)) and callable(getattr(value, "tolist", None)):
+        value = value.detach().cpu().tolist()  # a torch tensor
     if isinstance(value, list | tuple):
         return [jsonable(v, digits=digits) for v in value]
     if isinstance(value, np.generic):

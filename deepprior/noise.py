@@ -128,5 +128,8 @@ def estimate_sigma(image: np.ndarray) -> float:
     height, width = image.shape[:2]  # an odd side's padded border drags the estimate down
     image = image[:height - height % 2, :width - width % 2]  # (-26% at 7², camera, σ = 0.1)
     channel_axis = -1 if image.ndim == 3 else None
-    return max(SIGMA_FLOOR, float(
-        _skimage_estimate_sigma(image, channel_axis=channel_axis, average_sigmas=True)))
+    with warnings.catch_warnings():  # the axes are given: scikit-image's guess that a grey
+        warnings.filterwarnings("ignore", message="image is size")  # image of width 3 or 4
+        estimate = _skimage_estimate_sigma(image, channel_axis=channel_axis,  # is colour
+                                           average_sigmas=True)
+    return max(SIGMA_FLOOR, float(estimate))

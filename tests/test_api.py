@@ -976,3 +976,34 @@ def test_sigma_zero_means_noiseless_and_a_sigma_on_another_scale_is_refused():
     with pytest.raises(ValueError, match=r"sigma=25 puts the noise alone at m·σ² = .* above 4 "
                                          r"times the measurements' ‖y‖².*sigma=25/255"):
         reconstruct(noisy, mask, sigma=25, max_num_iter=1, **DD)  # stopped at iteration 1
+
+
+def test_a_mix_whose_second_member_holds_out_checks_its_split_before_the_first_fit():
+    image = np.random.default_rng(0).random((4, 4)).astype(np.float32)
+    seen = []
+    with pytest.raises(ValueError, match="leaves no data on one side of the split"):
+        reconstruct(image, stop="holdout", regularizer="mix", seed=4, max_num_iter=5,
+                    callback=lambda state: seen.append(state.step), net_options=SMALL, **DD)
+    assert seen == []  # member 1's split (seed 5) was drawn after member 0's whole fit
+
+
+def test_an_operators_description_must_be_json_ready_before_the_fit():
+    class Described(GaussianSensing):
+        def describe(self):
+            return {**super().describe(), "note": (word for word in "lazy")}
+
+    op = Described(20, (8, 8), seed=0)
+    y = op.A(torch.rand(1, 1, 8, 8)).numpy()
+    with pytest.raises(ValueError, match=r"Described.describe\(\) must return JSON-ready"):
+        reconstruct(y, op, max_num_iter=1, **DD)
+    from deepprior.io import jsonable
+
+    assert jsonable({"t": torch.tensor([1.5, float("nan")])}) == {"t": [1.5, None]}
+
+
+def test_no_refit_is_built_from_a_fit_that_accepted_no_iterate():
+    image = sample_image("camera", size=24)
+    nan_at_the_output = lambda x: torch.sqrt(1e-6 - (x - 0.5).abs().max())  # noqa: E731
+    result = reconstruct(image, stop="holdout", ensemble=2, regularizer=nan_at_the_output,
+                         regularizer_weight=1.0, max_num_iter=6, net_options=SMALL, **DD)
+    assert result.stop_reason.startswith("diverged")  # "fixed:0" failed after the first fit

@@ -179,3 +179,15 @@ def test_ctrl_c_before_a_fit_s_first_iteration_keeps_the_runs_before_it(tmp_path
     assert list(report["runs"]) == ["channel", "none"]
     assert report["runs"]["none"]["final_loss"] is None
     assert report["runs"]["channel"]["num_steps"] == 2
+
+
+def test_every_norms_call_is_checked_before_the_first_fit(image_png, tmp_path, registry):
+    import deepprior
+    from deepprior.nets import DeepDecoder
+
+    deepprior.register_net("fixed_norm", lambda shape, channels=4: DeepDecoder(
+        shape, channels=channels))  # no norm option: only --norm channel can run
+    result = runner.invoke(app, ["analyze", str(image_png), "--net", "fixed_norm", "--iters",
+                                 "2", "-o", str(tmp_path / "a")])  # --norm all, the default
+    assert_one_line_error(result, "network 'fixed_norm' has no norm option")
+    assert result.stdout == "" and not (tmp_path / "a").exists()  # no fit ran first

@@ -198,6 +198,17 @@ def test_a_rerun_skips_finished_images_and_force_redoes_them(one_worker, two_wor
     assert_same_images(two_workers[0], out)
 
 
+def test_a_rerun_skips_an_image_whose_report_is_not_a_report(tmp_path):
+    photos, out = tmp_path / "photos", tmp_path / "out"
+    photos.mkdir(), out.mkdir()
+    image = deepprior.sample_image("camera", size=16)
+    deepprior.save_image(photos / "x.png", image), deepprior.save_image(out / "x.png", image)
+    (out / "x.json").write_text("[1, 2]")  # another program's JSON: a traceback before
+    result = batch("denoise", photos, "-o", out, "--workers", "1", "-q", *FAST)
+    assert result.exit_code == 0, result.output
+    assert statuses(out) == {"x": "skipped"}
+
+
 def interrupt_after(count, monkeypatch):
     """Ctrl-C while the batch waits for its next fit, once ``count`` images are finished."""
     real = deepprior.reconstruct_many

@@ -639,3 +639,20 @@ def test_a_rule_used_in_one_fit_is_refused_by_the_next():
     with pytest.raises(ValueError, match="Patience has served a fit already"):
         fit(PixelNet(op.image_shape, seed=1), z, noisy, op, policy=policy, max_num_iter=5,
             device="cpu")
+
+
+@pytest.mark.parametrize(("reason", "expected"), [(42, "42"), ("", "stopped by Third at "
+                                                                   "iteration 3")])
+def test_a_user_policy_s_reason_of_another_type_or_empty_is_text(reason, expected):
+    class Third:  # stops at iteration 3, saying nothing useful
+        def __init__(self):
+            self.best_step, self.reason = 0, reason
+
+        def update(self, step, loss, output):
+            self.best_step = step
+            return step >= 3
+
+    clean, noisy, op, z = _problem()
+    result = fit(PixelNet(op.image_shape, seed=1), z, noisy, op, policy=Third(),
+                 max_num_iter=10, device="cpu")  # 42 failed after the fit in startswith
+    assert result.stop_reason == expected and result.best_step == 3
