@@ -878,12 +878,31 @@ def image_icc_profile(path: str | os.PathLike[str]) -> bytes | None:
     """The colour profile an image file embeds (ICC), for :func:`save_image` to write an
     output in its input's colour space. Reads only the header. None when the file has none,
     its colour space is neither RGB nor grey, or Pillow cannot open it."""
+    path = pathlib.Path(os.fspath(path))
     try:
-        with _open_with_pillow(pathlib.Path(os.fspath(path))) as im:
+        with _open_with_pillow(path) as im:
             profile = im.info.get("icc_profile")
-    except (UnidentifiedImageError, *_DECODE_ERRORS):  # not an image Pillow opens
-        return None
+    except (UnidentifiedImageError, *_DECODE_ERRORS):  # not an image Pillow opens: a float
+        profile = _tiff_icc_profile(path)  # colour TIFF has its profile in a tag all the same
     return bytes(profile) if profile and _profile_space(profile) else None
+
+
+def _tiff_icc_profile(path: pathlib.Path) -> bytes | None:
+    """The InterColorProfile tag (34675) of a TIFF's first page, read with tifffile."""
+    try:
+        with path.open("rb") as fh:
+            if not fh.read(4).startswith(_TIFF_SIGNATURES):
+                return None
+    except OSError:  # missing or unreadable: no profile
+        return None
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            tag = tif.pages[0].tags.get(34675)
+            return None if tag is None else bytes(tag.value)
+    except Exception:  # a damaged TIFF: no profile, as where Pillow fails
+        return None
 
 
 def _profile_space(profile: bytes) -> str | None:

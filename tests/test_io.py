@@ -991,3 +991,14 @@ def test_a_colour_profile_is_read_and_written(tmp_path, rng, suffix, bits):
     assert image_icc_profile(grey) is None  # an RGB profile does not describe a grey image
     plain = save_image(tmp_path / "plain.png", colour)
     assert image_icc_profile(plain) is None and image_icc_profile(tmp_path / "none.npy") is None
+
+
+def test_a_float_colour_tiffs_profile_is_read(tmp_path, rng):
+    from PIL import ImageCms
+
+    profile = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    colour = rng.random((HEIGHT, WIDTH, 3)).astype(np.float32)  # Pillow cannot open it
+    tifffile.imwrite(tmp_path / "float.tif", colour, photometric="rgb", iccprofile=profile)
+    assert image_icc_profile(tmp_path / "float.tif") == profile  # None before: dropped
+    tifffile.imwrite(tmp_path / "plain.tif", colour, photometric="rgb")
+    assert image_icc_profile(tmp_path / "plain.tif") is None
