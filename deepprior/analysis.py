@@ -145,11 +145,14 @@ def conv_layers(net: nn.Module) -> list[tuple[str, nn.Parameter]]:
     return layers
 
 
-def weight_matrix(weight: Tensor) -> Tensor:
+def weight_matrix(weight: Tensor, groups: int = 1) -> Tensor:
     """A convolution weight as a matrix: ``(out, in, kh, kw)`` → ``(out, in·kh·kw)``.
 
     A 1×1 convolution ``k → k`` becomes the ``k × k`` matrix it applies at every pixel; a 3×3
-    one becomes the matrix acting on 3×3 patches (as in ``torch.nn.functional.unfold``).
+    one becomes the matrix acting on 3×3 patches (as in ``torch.nn.functional.unfold``). A
+    convolution of ``groups`` > 1 (its weight ``(out, in/groups, kh, kw)``) becomes the
+    block-diagonal matrix of its groups, ``(out, in·kh·kw)``: a depthwise 1×1 convolution, the
+    diagonal matrix of its weights.
 
     Raises
     ------
@@ -165,7 +168,12 @@ def weight_matrix(weight: Tensor) -> Tensor:
             f"weight must have at least 2 dimensions (out, in, ...), got shape "
             f"{tuple(weight.shape)}"
         )
-    return weight.detach().reshape(weight.shape[0], -1)
+    groups = check_int("groups", groups, minimum=1)
+    if weight.shape[0] % groups:
+        raise ValueError(f"groups={groups} does not divide the {weight.shape[0]} output "
+                         "channels of the weight")
+    matrix = weight.detach().reshape(weight.shape[0], -1)
+    return matrix if groups == 1 else torch.block_diag(*matrix.chunk(groups))
 
 
 # --------------------------------------------------------------------------- effective rank
@@ -692,6 +700,7 @@ class Monitor:
         self.seconds = 0.0
         self._net: nn.Module | None = None
         self._weights: list[nn.Parameter] = []
+        self._groups: list[int] = []  # each layer's convolution groups
         self._step = 0  # the last iteration seen
 
     def due(self, step: int) -> bool:
@@ -706,6 +715,8 @@ class Monitor:
             self._net = net
             self.layers = [name for name, _ in layers]
             self._weights = [w for _, w in layers]
+            modules = dict(net.named_modules())
+            self._groups = [modules[name].groups for name in self.layers]
         elif net is not self._net or (step is not None and step <= self._step):
             raise ValueError(
                 f"this {type(self).__name__} already recorded a fit (to iteration {self._step}); "
@@ -830,7 +841,8 @@ class EffectiveRank(Monitor):
         self.numerical_ranks: list[list[int]] = []
 
     def measure(self, state: FitState) -> list[float]:
-        matrices = [weight_matrix(w) for w in self._weights]
+        matrices = [weight_matrix(w, g) for w, g in zip(self._weights, self._groups,
+                                                         strict=True)]
         ranks = [numerical_rank(m, self.threshold) for m in matrices]
         values = [effective_rank(m) for m in matrices]
         self.numerical_ranks.append(ranks)
@@ -840,7 +852,8 @@ class EffectiveRank(Monitor):
         data = super().to_dict()
         data["threshold"] = self.threshold
         data["numerical_rank"] = [list(r) for r in self.numerical_ranks]
-        data["matrix_shapes"] = [list(weight_matrix(w).shape) for w in self._weights]
+        data["matrix_shapes"] = [list(weight_matrix(w, g).shape)
+                                 for w, g in zip(self._weights, self._groups, strict=True)]
         return data
 
 
@@ -1063,7 +1076,8 @@ class Diagnostics:
         rank_monitor = self.monitors["effective_rank"]
         if rank_monitor.values:
             final = rank_monitor.values[-1]
-            shapes = [weight_matrix(w).shape for w in rank_monitor._weights]
+            shapes = [weight_matrix(w, g).shape for w, g in zip(
+                rank_monitor._weights, rank_monitor._groups, strict=True)]
             wide = [v for v, shape in zip(final, shapes, strict=True) if min(shape) > 1]
             result.update(
                 effective_rank_first=final[0],

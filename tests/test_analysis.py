@@ -206,6 +206,22 @@ def test_weight_matrix_shapes():
         conv_layers(nn.Linear(2, 2))
 
 
+
+def test_a_grouped_convolution_is_the_block_diagonal_matrix_of_its_groups():
+    depthwise = nn.Conv2d(4, 4, 1, groups=4, bias=False)
+    with torch.no_grad():
+        depthwise.weight.copy_(torch.arange(1.0, 5.0).reshape(4, 1, 1, 1))
+    matrix = weight_matrix(depthwise.weight, depthwise.groups)
+    torch.testing.assert_close(matrix, torch.diag(torch.arange(1.0, 5.0)))  # was 4 x 1: rank 1
+    assert numerical_rank(matrix) == 4
+    assert weight_matrix(nn.Conv2d(4, 6, 3, groups=2).weight, 2).shape == (6, 36)
+    monitor = EffectiveRank(every=1)
+    monitor(_state(nn.Sequential(depthwise), 1, [torch.zeros(4, 1, 1, 1)]))
+    assert monitor.numerical_ranks == [[4]]
+    assert monitor.values[0][0] == pytest.approx(effective_rank(torch.diag(torch.arange(1.0,
+                                                                                        5.0))))
+
+
 # --------------------------------------------------------------------------- monitors
 
 
