@@ -375,27 +375,45 @@ def oracle_tune(
     solver: Callable[..., tuple[BaselineResult, torch.Tensor]],
     clean: np.ndarray,
     lambdas: Sequence[float],
+    *,
+    refine: int = 1,
     **kwargs: Any,
 ) -> tuple[BaselineResult, list[dict[str, float]]]:
     """Run ``solver(lam=..., x0=previous solution)`` from the largest λ down; keep the best PSNR.
 
-    Warm-starting along the decreasing λ path (continuation) makes each solve cheaper. Returns
-    the best result (its ``params`` gain ``"psnr_by_lambda"`` and ``"lambda_at_grid_edge"``)
-    and the PSNR of every λ.
+    Warm-starting along the decreasing λ path (continuation) makes each solve cheaper. With
+    ``refine`` = r > 1 the best λ of the grid is then refined: the r − 1 points between it and
+    each neighbour on a log scale are solved too (warm-started at the best solution), so the
+    chosen λ is within 1/r of a grid step of the best (a half-decade grid misses the optimum of
+    a noisy case by up to 0.6 dB of TV's PSNR). Returns the best result (its ``params`` gain
+    ``"psnr_by_lambda"`` and ``"lambda_at_grid_edge"``) and the PSNR of every λ solved.
     """
     if not lambdas:
         raise ValueError("lambdas must hold at least one value, got an empty sequence")
     path: list[dict[str, float]] = []
     best = None
     best_psnr = -math.inf
-    x0 = None
-    for lam in sorted(lambdas, reverse=True):
-        result, x0 = solver(lam=lam, x0=x0, **kwargs)
+    best_x = x0 = None
+    grid = sorted(lambdas, reverse=True)
+
+    def solve(lam: float, start: Any) -> Any:
+        nonlocal best, best_psnr, best_x
+        result, x = solver(lam=lam, x0=start, **kwargs)
         value = psnr(clean, result.image)
         path.append({"lambda": lam, "psnr": value, "seconds": result.seconds})
         if value > best_psnr:
-            best, best_psnr = result, value
-    edge = best.params["lambda"] in (min(lambdas), max(lambdas))
+            best, best_psnr, best_x = result, value, x
+        return x
+
+    for lam in grid:
+        x0 = solve(lam, x0)
+    centre, start = best.params["lambda"], best_x  # the grid's best
+    edge = centre in (min(lambdas), max(lambdas))
+    if refine > 1:
+        at = grid.index(centre)
+        for neighbour in [grid[i] for i in (at - 1, at + 1) if 0 <= i < len(grid)]:
+            for k in range(1, refine):
+                solve(float(centre * (neighbour / centre) ** (k / refine)), start)
     params = {**best.params, "lambda_at_grid_edge": edge,
               "path_seconds": sum(p["seconds"] for p in path)}
     return BaselineResult(best.image, best.seconds, params), path

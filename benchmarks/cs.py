@@ -69,6 +69,9 @@ RATIOS = (0.05, 0.1, 0.25, 0.5)
 SNRS: tuple[float | None, ...] = (None, 40.0, 20.0)
 LAMBDAS = tuple(float(10.0**e) for e in np.arange(0.0, -6.0, -0.5))
 FISTA_ITER = 100
+#: the best λ of the half-decade grid refined to 1/8 of a step towards each neighbour: the grid
+#: alone left TV up to 0.62 dB under its optimum at SNR 20 dB (camera 128², m/n 0.5)
+REFINE = 8
 REFERENCE_TV = {500: 26.6, 1000: 31.1, 2000: 38.4}
 
 # (size, m, SNR) for the baselines: every ratio and noise level at both sizes, plus the
@@ -256,12 +259,12 @@ def run_baseline(
     elif method == "tv_fista":
         out, path = baselines.oracle_tune(
             baselines.fista_tv, clean, lambdas, operator=operator, y=y,
-            num_iter=num_iter, lipschitz=lipschitz,
+            num_iter=num_iter, lipschitz=lipschitz, refine=REFINE,
         )
     elif method == "wavelet_fista":
         out, path = baselines.oracle_tune(
             baselines.fista_wavelet, clean, lambdas, operator=operator, y=y,
-            num_iter=num_iter, lipschitz=lipschitz,
+            num_iter=num_iter, lipschitz=lipschitz, refine=REFINE,
         )
     else:
         raise ValueError(f"unknown baseline {method!r}; choose one of {', '.join(BASELINES)}")
@@ -608,7 +611,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     return harness.study_main(
         args, name="cs", run=run_study, plot=plot, report=report,
-        config={"lambdas": LAMBDAS, "fista_iter_per_lambda": FISTA_ITER, "image": args.image},
+        config={"lambdas": LAMBDAS, "fista_iter_per_lambda": FISTA_ITER, "refine": REFINE,
+                "image": args.image},
     )
 
 
