@@ -784,14 +784,20 @@ def reconstruct(
         except (ValueError, TypeError) as exc:
             raise ValueError(f"ensemble member 1 fits the image turned by 90° ({width}x{height}),"
                              f" and the network cannot: {exc}") from exc
+    flips = problem == "denoise" and isinstance(op, Identity)
+
+    def member_data(k: int) -> tuple[Any, Any, torch.Tensor, torch.Tensor | None]:
+        """Member k's turn (when denoising the k-th flip/rotation), operator, data, truth."""
+        turn = _DIHEDRAL[k % 8] if flips else _DIHEDRAL[0]
+        y_k = _turn(y, turn)
+        return (turn, Identity(tuple(y_k.shape[1:])) if flips else op, y_k,
+                None if truth is None else _turn(truth, turn))
+
     if mix and isinstance(spec, str) and holds_out(spec):  # the first member of each weight
         for k in range(1, min(len(candidates), ensemble)):  # stops by the spec, on a split of
-            turn = _DIHEDRAL[k % 8] if problem == "denoise" and isinstance(op, Identity) \
-                else _DIHEDRAL[0]  # its own seed (and turn): drawn now, not after a fit
-            y_k = _turn(y, turn)
-            make_policy(spec, operator=Identity(tuple(y_k.shape[1:])) if turn != _DIHEDRAL[0]
-                        else op, y=y_k, sigma=sigma, seed=seed + k,
-                        ground_truth=None if truth is None else _turn(truth, turn))
+            _, op_k, y_k, truth_k = member_data(k)  # its own seed: drawn now, not after a fit
+            make_policy(spec, operator=op_k, y=y_k, sigma=sigma, seed=seed + k,
+                        ground_truth=truth_k)
     if on_start is not None:
         on_start({"problem": problem, "net": net_name, "fits": planned,
                   "max_num_iter": max_num_iter, "stop": spec if isinstance(spec, str)
@@ -842,7 +848,6 @@ def reconstruct(
         penalty, regularizer_weight = candidates[best]
         fits.append((_DIHEDRAL[0], trials[best], trials[best].output))
     ks = range(1, ensemble + 1) if fits else range(ensemble)
-    flips = problem == "denoise" and isinstance(op, Identity) and len(ks) + len(fits) > 1
     interrupted = trials and trials[-1].stop_reason.startswith("interrupted")
     # per weight, the iterate its first member returned; each member's weight
     stops = {regularizer_weight: fits[0][1].best_step} if fits and fits[0][1].best_step \
@@ -850,9 +855,7 @@ def reconstruct(
     weights = [regularizer_weight] * len(fits)
     left_out: list[Any] = []  # members cut short after the first, not averaged
     for k in [] if interrupted else ks:  # member k: seed + k and, when denoising, the
-        turn = _DIHEDRAL[k % 8] if flips else _DIHEDRAL[0]  # k-th flip/rotation
-        y_k, truth_k = _turn(y, turn), None if truth is None else _turn(truth, turn)
-        op_k = Identity(tuple(y_k.shape[1:])) if flips else op
+        turn, op_k, y_k, truth_k = member_data(k)  # k-th flip/rotation
         if mix:  # the members take the weights in turn: none, then the penalty's
             penalty, regularizer_weight = candidates[k % len(candidates)]
         # after a fit that held data out, the others fit all of it, to the iterate it chose
@@ -1227,10 +1230,7 @@ def _observation(array: np.ndarray, operator: Any, image_shape: Any):
         if min(array.shape[:2]) < 4:
             raise ValueError(f"the image is {array.shape[0]}x{array.shape[1]} pixels; "
                              "deepprior needs at least 4x4")
-        if array.max() > 2.0:
-            raise ValueError(
-                f"observation values go up to {array.max():.4g}; images must be on the [0, 1] "
-                "scale: divide 8-bit data by 255 (16-bit by 65535)")
+        check_image_array("observation", array)
         y = image_to_tensor(array)
         return Identity(tuple(y.shape[1:])), y
     op = as_operator(operator, image_shape)

@@ -109,16 +109,17 @@ def as_array(name: str, value: object) -> np.ndarray:
 
 
 def check_image_array(name: str, array: np.ndarray, *, peak: float = 1.0,
-                      hint: str = "divide 8-bit data by 255 (16-bit by 65535)") -> np.ndarray:
+                      hint: str = "divide 8-bit data by 255 (16-bit by 65535)",
+                      layout: bool = True) -> np.ndarray:
     """``array`` if it is an image ``(H, W)`` or ``(H, W, C)`` on the ``[0, peak]`` scale.
 
     Refuses deepprior's internal ``(C, H, W)`` layout (a first axis of 1-4 channels and a last
     that is no channel count) and values beyond twice ``peak`` (0-255 data read as [0, 1]):
-    both would give a number, and a wrong one.
+    both would give a number, and a wrong one. ``layout=False``: the scale only, any shape.
     """
-    if array.ndim not in (2, 3):
+    if layout and array.ndim not in (2, 3):
         raise ValueError(f"{name} must be (H, W) or (H, W, C), got shape {array.shape}")
-    if array.ndim == 3 and array.shape[0] <= 4 < array.shape[2]:
+    if layout and array.ndim == 3 and array.shape[0] <= 4 < array.shape[2]:
         raise ValueError(f"{name} has shape {array.shape}, which looks like (C, H, W); images "
                          f"here are (H, W, C): pass np.moveaxis(image, 0, -1)")
     top = float(np.max(array)) if array.size else 0.0

@@ -31,7 +31,7 @@ def _images(reference: np.ndarray, image: np.ndarray, data_range: float
     read as [0, 1] is a number, and a wrong one (the image, a reconstruction, may overshoot)."""
     reference, image = _pair(reference, image)
     data_range = check_float("data_range", data_range, low=0.0, low_open=True)
-    check_image_array("reference", reference.reshape(1, -1), peak=data_range,
+    check_image_array("reference", reference, peak=data_range, layout=False,
                       hint="pass data_range=255 for 8-bit data (65535 for 16-bit), or divide "
                            "it by 255")
     return reference, image, data_range

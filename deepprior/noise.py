@@ -64,8 +64,7 @@ def add_gaussian_noise(
             UserWarning,
             stacklevel=2,
         )
-    image = check_image_array("image", as_array("image", image).reshape(-1)[None]).reshape(
-        np.shape(image))
+    image = check_image_array("image", as_array("image", image), layout=False)
     rng = np.random.default_rng(seed)
     noisy = image + np.float32(sigma) * rng.standard_normal(image.shape, dtype=np.float32)
     if clip:
