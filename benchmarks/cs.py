@@ -67,6 +67,10 @@ CS_LABELS = {
 }
 RATIOS = (0.05, 0.1, 0.25, 0.5)
 SNRS: tuple[float | None, ...] = (None, 40.0, 20.0)
+#: Noise levels off the σ-free default's TV candidates (``api.TV_SNRS_DB``: weights computed for
+#: SNR 20 and 30 dB by the formula that adds this study's noise), at 64²: does the choice hold
+#: where no candidate is the true σ's weight?
+OFF_GRID_SNRS: tuple[float, ...] = (25.0, 15.0)
 LAMBDAS = tuple(float(10.0**e) for e in np.arange(0.0, -6.0, -0.5))
 FISTA_ITER = 100
 #: the best λ of the half-decade grid refined to 1/8 of a step towards each neighbour: the grid
@@ -81,7 +85,8 @@ FULL_BASELINE_CASES = [
     for size in (64, 128)
     for snr in SNRS
     for ratio in RATIOS
-] + [(64, m, None) for m in REFERENCE_TV]
+] + [(64, m, None) for m in REFERENCE_TV] + [
+    (64, round(ratio * 64 * 64), snr) for snr in OFF_GRID_SNRS for ratio in RATIOS]
 
 # (net, size, ratio, SNR, budget) in priority order.
 FULL_PRIOR_CASES: list[tuple[str, int, float, float | None, int]] = [
@@ -206,6 +211,11 @@ RULE_CASES: list[tuple[Any, ...]] = [
     # (camera 0.1 SNR 40 dB: 6.4×10⁻³) where TV may be chosen tests the residual rule (§2)
     ("dip", 64, 0.1, None, "holdout:fraction=0.1,patience=1000,smoothing=0.99", 1,
      {"regularizer": "auto"}),
+    # off the TV candidates' noise levels (OFF_GRID_SNRS), each cell: the no-penalty rule and
+    # its refit, then the σ-free default (TV or none chosen) beside it
+    *(("dip", 64, r, snr, "holdout:fraction=0.1,patience=1000,smoothing=0.99", *fits)
+      for snr in OFF_GRID_SNRS for r in (0.25, 0.1, 0.5, 0.05)
+      for fits in ((2,), (1, {"regularizer": "auto"}))),
 ]
 QUICK_RULE_CASES = [("deep_decoder", 64, 0.25, 20.0, "holdout:fraction=0.1,patience=5", 2),
                     ("deep_decoder", 64, 0.25, 20.0, "holdout:fraction=0.1,patience=5", 1,
