@@ -383,7 +383,7 @@ def quality_table(rows: list[dict[str, Any]], size: int, snr: float | None) -> s
     """PSNR per m for one size and noise level: baselines, then each net's last/best iterate."""
     index = {tuple(r["key"]): r for r in rows}
     nets = [n for n in ("deep_decoder", "conv_decoder", "dip")
-            if any(r["method"] == n and r["size"] == size for r in rows)]
+            if any(r["method"] == n and r["size"] == size and "psnr_oracle" in r for r in rows)]
     columns = ["m/n", "m", *(CS_LABELS[b] for b in BASELINES)]
     for net in nets:
         columns += [f"{LABELS[net]} last", f"{LABELS[net]} auto", f"{LABELS[net]} best it."]
@@ -521,7 +521,7 @@ def report(payload: dict[str, Any]) -> str:
     ]
     for size in sorted({r["size"] for r in rows}):
         op = "Gaussian" if size <= 64 else "fast (DCT)"
-        for snr in SNRS:
+        for snr in (*SNRS, *OFF_GRID_SNRS):
             if not any(r["size"] == size and r["snr"] == snr for r in rows):
                 continue
             parts += [f"\n{image} {size}², {op} operator, {_snr_text(snr)} — PSNR (dB); "
@@ -559,15 +559,18 @@ def plot(payload: dict[str, Any], path: Path) -> Path | None:
                         ("DIP σ-free, no penalty (hold-out + refit)", {}, 2),
                         ("DIP σ-free default (TV or none chosen)", {"regularizer": "auto"}, 1))}
     sizes = sorted({r["size"] for r in rows})
+    levels = [snr for snr in (*SNRS, *OFF_GRID_SNRS) if any(r["snr"] == snr for r in rows)]
     if not rows:
         return None
-    fig = Figure(figsize=(10, 3.0 * len(sizes)), dpi=72, layout="constrained")
+    fig = Figure(figsize=(3.4 * len(levels), 3.0 * len(sizes)), dpi=72, layout="constrained")
     styles = {"tv_fista": ("C2", "-", "o"),
               "wavelet_fista": ("C4", "-", "v"), "deep_decoder": ("C0", "-", "D"),
               "conv_decoder": ("C1", "-", "P"), "dip": ("C3", "-", "X")}
     for i, size in enumerate(sizes):
-        for j, snr in enumerate(SNRS):
-            ax = fig.add_subplot(len(sizes), len(SNRS), i * len(SNRS) + j + 1)
+        for j, snr in enumerate(levels):
+            if not any(r["size"] == size and r["snr"] == snr for r in rows):
+                continue  # a level run at one size only (OFF_GRID_SNRS): no empty panel
+            ax = fig.add_subplot(len(sizes), len(levels), i * len(levels) + j + 1)
             for method, (color, ls, marker) in styles.items():
                 sel = sorted((r for r in rows if r["size"] == size and r["snr"] == snr
                               and r["method"] == method), key=lambda r: r["ratio"])
