@@ -57,7 +57,8 @@ from .fitting import (
 from .outputs import Outputs, check_outputs, check_writable_folder, folds_case
 
 #: Files a folder or a glob contributes: images (denoise, inpaint, superres, deblur) ...
-IMAGE_INPUTS = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp", ".webp", ".npy")
+IMAGE_INPUTS = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp", ".webp", ".pgm", ".ppm", ".pnm",
+                ".npy")
 #: ... or measurements (cs).
 MEASUREMENT_INPUTS = (".npy", ".npz", ".mat", ".txt", ".csv")
 SUMMARY_CSV, SUMMARY_JSON = "summary.csv", "summary.json"

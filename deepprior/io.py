@@ -61,6 +61,7 @@ _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _PNG_COLOUR_KINDS = {2: "RGB", 4: "grey+alpha", 6: "RGBA"}  # IHDR colour types with >1 sample
 _TIFF_SIGNATURES = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 _NPY_SIGNATURE = b"\x93NUMPY"
+_PPM_MAGIC = (b"P3", b"P6")  # colour Netpbm, plain and raw
 _ZIP_SIGNATURE = b"PK"  # an .npz is a zip archive
 # Errors Pillow (and the libraries behind it) raise on corrupt or truncated data.
 _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, zlib.error)
@@ -118,7 +119,8 @@ def load_image(path: str | os.PathLike[str], *, max_pixels: int = 64_000_000) ->
     Notes
     -----
     Integer samples are scaled by their full range: ``v / 255`` for 8 bits and ``v / 65535``
-    for 16 bits, computed in float64, so 16-bit precision is kept. 16-bit and float colour
+    for 16 bits, computed in float64, so 16-bit precision is kept; a Netpbm file (PGM, PPM)
+    of 9 to 16 bits by its maximum value, at full precision. 16-bit and float colour
     TIFFs are read with ``tifffile``, at full precision (CMYK made RGB, grey stored with 0 as
     white inverted). Bilevel ("1") images become 0 and 1;
     palette images become RGB, or grayscale when every palette entry used is grey. The
@@ -269,6 +271,8 @@ def _load_pixels(path: pathlib.Path, max_pixels: int) -> np.ndarray:
                 UserWarning,
                 stacklevel=3,
             )
+    if head[:2] in _PPM_MAGIC and (ppm := _deep_ppm(path)) is not None:
+        return _read_deep_ppm(path, *ppm, max_pixels)
     try:
         im = _open_with_pillow(path)
     except UnidentifiedImageError:
@@ -306,6 +310,57 @@ def _load_pixels(path: pathlib.Path, max_pixels: int) -> np.ndarray:
         if colour_type == 4 and pixels.shape[-1] == 4:  # Pillow: 16-bit grey+alpha PNG as RGBA
             pixels = pixels[:, :, [0, 3]]
         return _apply_orientation(pixels, _orientation(im))
+
+
+def _deep_ppm(path: pathlib.Path) -> tuple[bytes, int, int, int, int] | None:
+    """A PPM of more than 8 bits per sample (maxval > 255; dcraw's ``-4``/``-6`` output, say),
+    which Pillow reduces to 8 bits: its kind (``P3`` plain, ``P6`` raw), width, height, maxval
+    and the offset of its samples. ``None`` for any other file, or a header Pillow should judge.
+    """
+    data = path.read_bytes()
+    tokens, pos = [], 2
+    while len(tokens) < 3 and pos < len(data):
+        char = data[pos:pos + 1]
+        if char == b"#":  # a comment, to the end of its line
+            ends = [i for i in (data.find(b"\n", pos), data.find(b"\r", pos)) if i >= 0]
+            pos = min(ends, default=len(data)) + 1
+        elif char.isspace():
+            pos += 1
+        else:
+            start = pos
+            while pos < len(data) and data[pos:pos + 1].isdigit():
+                pos += 1
+            if pos == start:
+                return None
+            tokens.append(int(data[start:pos]))
+    if len(tokens) < 3 or not 255 < tokens[2] < 65536 or pos >= len(data):
+        return None
+    width, height, maxval = tokens
+    return data[:2], width, height, maxval, pos + 1  # one whitespace ends the header
+
+
+def _read_deep_ppm(path: pathlib.Path, kind: bytes, width: int, height: int, maxval: int,
+                   offset: int, max_pixels: int) -> np.ndarray:
+    """The samples of a PPM :func:`_deep_ppm` found, scaled to 16 bits (as Pillow scales a
+    grey PGM of more than 8 bits), ``(H, W, 3)`` uint16."""
+    _check_dimensions(path, height, width, max_pixels)
+    count = width * height * 3
+    data = path.read_bytes()[offset:]
+    if kind == b"P6":
+        samples = np.frombuffer(data[:min(2 * count, len(data) // 2 * 2)], dtype=">u2")
+    else:
+        try:
+            samples = np.array(data.split()[:count], dtype=np.int64)
+        except ValueError:
+            raise ImageError(f"{path}: a plain PPM holding something other than numbers") from None
+    if samples.size < count:
+        raise ImageError(f"{path}: the image data stops after {samples.size} of {count} "
+                         "samples, the file looks truncated")
+    if samples.max() > maxval:
+        raise ImageError(f"{path}: a sample of {samples.max()} exceeds the file's maximum "
+                         f"value, {maxval}; the file looks corrupt")
+    scaled = np.rint(samples.astype(np.float64) * (65535 / maxval)).astype(np.uint16)
+    return scaled.reshape(height, width, 3)
 
 
 @contextlib.contextmanager
@@ -532,6 +587,8 @@ def image_bit_depth(path: str | os.PathLike[str]) -> int:
         return 32 if dtype.kind == "f" else min(32, max(8, 8 * dtype.itemsize))
     if head.startswith(_PNG_SIGNATURE) and head[12:16] == b"IHDR" and len(head) >= 26:
         return 16 if head[24] == 16 else 8
+    if head[:2] in _PPM_MAGIC and _deep_ppm(path) is not None:
+        return 16
     try:
         im = _open_with_pillow(path)
     except UnidentifiedImageError:

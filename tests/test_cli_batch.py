@@ -268,7 +268,8 @@ def test_inputs_from_folders_globs_and_lists(data, tmp_path, monkeypatch):
     (tmp_path / ".hidden.png").write_bytes(b"")
     save_image(tmp_path / "b.png", np.zeros((8, 8)))
     save_image(tmp_path / "a.tif", np.zeros((8, 8)))
-    assert [p.name for p in expand_inputs([str(tmp_path)])] == ["a.tif", "b.png"]
+    (tmp_path / "c.ppm").write_bytes(b"P6 1 1 65535 " + bytes(6))  # a raw converter's output
+    assert [p.name for p in expand_inputs([str(tmp_path)])] == ["a.tif", "b.png", "c.ppm"]
     assert [p.name for p in expand_inputs(["photos/img[01].png", "photos/img0.png"])] == [
         "img0.png", "img1.png"]  # a file named twice counts once
     listing = tmp_path / "list.txt"

@@ -1002,3 +1002,27 @@ def test_a_float_colour_tiffs_profile_is_read(tmp_path, rng):
     assert image_icc_profile(tmp_path / "float.tif") == profile  # None before: dropped
     tifffile.imwrite(tmp_path / "plain.tif", colour, photometric="rgb")
     assert image_icc_profile(tmp_path / "plain.tif") is None
+
+
+@pytest.mark.parametrize("maxval", [65535, 4095])
+def test_deep_colour_ppm_is_read_at_full_precision(tmp_path, rng, maxval):
+    """Pillow reduces a colour PPM of more than 8 bits (dcraw's 16-bit output) to 8 bits."""
+    samples = rng.integers(0, maxval + 1, size=(5, 7, 3))
+    raw, plain = tmp_path / "raw.ppm", tmp_path / "plain.ppm"
+    raw.write_bytes(b"P6\n# a comment\n7 5\n%d\n" % maxval + samples.astype(">u2").tobytes())
+    plain.write_text(f"P3\n7 5 {maxval}\n" + " ".join(map(str, samples.ravel())) + "\n")
+    for path in (raw, plain):
+        image = load_image(path)
+        assert image.shape == (5, 7, 3) and image_bit_depth(path) == 16
+        # within half a 16-bit step of v / maxval: 8 bits would be off by up to 1/510
+        np.testing.assert_allclose(image, samples / maxval, atol=0.5 / 65535 + 1e-7)
+
+
+def test_deep_ppm_truncated_or_over_its_maximum_is_refused(tmp_path):
+    path = tmp_path / "cut.ppm"
+    path.write_bytes(b"P6\n2 2\n65535\n" + b"\x01" * 23)
+    with pytest.raises(ImageError, match=r"cut\.ppm: the image data stops after 11 of 12"):
+        load_image(path)
+    path.write_bytes(b"P6\n2 2\n1000\n" + np.full(12, 1001, ">u2").tobytes())
+    with pytest.raises(ImageError, match="a sample of 1001 exceeds the file's maximum value, 1000"):
+        load_image(path)
