@@ -16,7 +16,6 @@ median condition number with and without normalisation).
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 from collections.abc import Callable
@@ -141,10 +140,9 @@ def analyze(
             "lanczos_start": "gradient",
         }
         for name in norms[1:]:  # the other runs' calls checked too before the first fit
-            with contextlib.suppress(_Checked):
-                run_one(observation, clean, net=net, norm=name, iters=iters, lr=lr, seed=seed,
-                        device=device, channels=channels, settings=settings, progress=False,
-                        on_start=_checked)
+            run_one(observation, clean, net=net, norm=name, iters=iters, lr=lr, seed=seed,
+                    device=device, channels=channels, settings=settings, progress=False,
+                    dry=True)
         runs: dict[str, dict[str, Any]] = {}
         for name in norms:
             headline = f"fitting {net}, norm={name}, {iters} iterations on {source}"
@@ -208,9 +206,11 @@ def run_one(
     settings: dict[str, Any],
     progress: bool,
     on_start: Callable[[dict[str, Any]], None] | None = None,
-) -> dict[str, Any]:
+    dry: bool = False,
+) -> dict[str, Any] | None:
     """One fit with the diagnostics attached (every series records the last iteration too);
-    its results as a JSON-ready dict."""
+    its results as a JSON-ready dict. ``dry``: the call checked (``deepprior.dry_run``), no
+    fit, None."""
     curvature_every = settings["curvature_every"]
     diagnostics = Diagnostics(
         every=settings["every"],
@@ -221,7 +221,7 @@ def run_one(
         seed=seed,
         last=iters,
     )
-    result = deepprior.reconstruct(
+    result = (deepprior.dry_run if dry else deepprior.reconstruct)(
         observation,
         net=net,
         norm=norm,
@@ -234,8 +234,10 @@ def run_one(
         progress=progress,
         callback=diagnostics,
         net_options={"channels": channels} if channels else None,
-        on_start=on_start,
+        **({} if dry else {"on_start": on_start}),
     )
+    if dry:
+        return None
     loss = result.history["loss"]
     return {
         "final_loss": float(loss[-1]) if len(loss) else None,  # None: Ctrl-C before step 1
@@ -282,14 +284,6 @@ def _ratio(numerator: float | None, denominator: float | None) -> float | None:
     if denominator == 0:
         return math.inf if numerator > 0 else None
     return numerator / denominator
-
-
-class _Checked(Exception):
-    """Raised by :func:`_checked`: the library has checked a call and would start fitting."""
-
-
-def _checked(plan: dict[str, Any]) -> None:
-    raise _Checked
 
 
 def _norms(norm: str) -> tuple[str, ...]:

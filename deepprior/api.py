@@ -54,6 +54,7 @@ __all__ = [
     "PROBLEMS",
     "Defaults",
     "Reconstruction",
+    "dry_run",
     "image_to_tensor",
     "problem_defaults",
     "reconstruct",
@@ -1079,6 +1080,53 @@ def _resolve_ensemble(ensemble: int | None, *, stop: Any, candidates: int, mix: 
                          f"of its {candidates - 1} TV weight(s): it needs ensemble >= "
                          f"{candidates}, got {ensemble}")
     return ensemble
+
+
+class _Planned(Exception):
+    """Raised from :func:`dry_run`'s ``on_start`` with the plan: every check has passed."""
+
+    def __init__(self, plan: dict[str, Any]) -> None:
+        super().__init__("a dry run stops before the first fit")
+        self.plan = plan
+
+
+def dry_run(observation: np.ndarray | torch.Tensor, operator: Any = None,
+            **options: Any) -> dict[str, Any]:
+    """Check a :func:`reconstruct` call without fitting: every check it makes before its first
+    fit, then the plan it would run.
+
+    Takes :func:`reconstruct`'s arguments (but ``on_start``) and raises what it would raise
+    before fitting: a bad option, an operator that does not match the data, a network that
+    cannot produce the image, an ensemble too small for its weights, ... Files and networks
+    are only built, never fitted, so it costs a fraction of a second where the call may cost
+    hours. Its warnings are the call's.
+
+    Returns
+    -------
+    plan : dict
+        What ``on_start`` would receive: ``problem``, ``net``, ``fits``, ``max_num_iter``,
+        ``stop``, ``ensemble``, ``regularizer_weights`` and ``device``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from deepprior import Mask, dry_run
+    >>> holes = Mask((64, 64), keep=0.5)
+    >>> plan = dry_run(np.zeros((64, 64)), holes, net="dip", device="cpu")
+    >>> plan["problem"], plan["fits"], plan["max_num_iter"], plan["stop"]
+    ('inpainting', 1, 3000, 'holdout:fraction=0.1,patience=200')
+    """
+    if "on_start" in options:
+        raise TypeError("dry_run() takes no on_start: it returns the plan on_start would get")
+
+    def planned(plan: dict[str, Any]) -> None:
+        raise _Planned(plan)
+
+    try:
+        reconstruct(observation, operator, on_start=planned, **options)
+    except _Planned as stopped:
+        return stopped.plan
+    raise RuntimeError("reconstruct returned without announcing its plan")  # pragma: no cover
 
 
 def planned_fits(problem: str, net: str = "deep_decoder", *, sigma_known: bool = False,

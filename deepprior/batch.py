@@ -50,6 +50,7 @@ from .api import (
     Reconstruction,
     _observation,
     check_sigma,
+    dry_run,
     reconstruct,
     register_net,
 )
@@ -430,16 +431,13 @@ def _check_observation(label: str, item: _Item, operator: Any, image_shape: Any,
         raise ValueError(f"{label}: {exc}") from exc
 
 
-class _Checked(Exception):
-    """Raised from :func:`_dry_run`'s ``on_start``: reconstruct found nothing wrong."""
-
-
 def _dry_run(items: list[_Item], kwargs: dict[str, Any], has_truth: bool) -> None:
-    """reconstruct's own checks, up to its first fit, on the first item held in memory: the
-    options whose errors only data shows (net_options, the penalty, the ensemble, σ's scale)
-    fail now rather than in every fit. What belongs to an item (its ground truth, its σ) is
-    left to its fit, to fail alone; so is everything where the check would need it (an oracle
-    stop, an image shape that comes from the ground truth). Files are read when due."""
+    """reconstruct's own checks, up to its first fit (:func:`dry_run`), on the first item held
+    in memory: the options whose errors only data shows (net_options, the penalty, the
+    ensemble, σ's scale) fail now rather than in every fit. What belongs to an item (its ground
+    truth, its σ) is left to its fit, to fail alone; so is everything where the check would
+    need it (an oracle stop, an image shape that comes from the ground truth). Files are read
+    when due."""
     item = next((item for item in items if item.array is not None), None)
     if item is None:
         return
@@ -449,17 +447,11 @@ def _dry_run(items: list[_Item], kwargs: dict[str, Any], has_truth: bool) -> Non
             name for name, _ in parse_stop(stop))) or (
             has_truth and operator is not None and kwargs.get("image_shape") is None):
         return
-
-    def started(plan: dict[str, Any]) -> None:
-        raise _Checked
-
     options = {**kwargs, "operator": operator, "device": "cpu"}  # the engines check devices
     with warnings.catch_warnings():  # the fits will say them
         warnings.simplefilter("ignore")
         try:
-            reconstruct(item.array, on_start=started, **options)
-        except _Checked:
-            return
+            dry_run(item.array, **options)
         except (ValueError, TypeError) as exc:
             raise type(exc)(f"checked on item {item.name!r}: {exc}") from exc
 

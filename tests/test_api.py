@@ -1007,3 +1007,19 @@ def test_no_refit_is_built_from_a_fit_that_accepted_no_iterate():
     result = reconstruct(image, stop="holdout", ensemble=2, regularizer=nan_at_the_output,
                          regularizer_weight=1.0, max_num_iter=6, net_options=SMALL, **DD)
     assert result.stop_reason.startswith("diverged")  # "fixed:0" failed after the first fit
+
+
+def test_dry_run_checks_the_call_and_returns_its_plan_without_fitting():
+    y = np.random.default_rng(0).random((16, 16)).astype(np.float32)
+    seen: list[dict] = []
+    calls = []
+    options = dict(net="dip", max_num_iter=2, stop="fixed:2", device="cpu",
+                   net_options={"channels": 4, "num_scales": 2}, ensemble=2)
+    plan = deepprior.dry_run(y, callback=lambda state: calls.append(state.step), **options)
+    assert calls == []  # nothing fitted
+    deepprior.reconstruct(y, on_start=seen.append, **options)
+    assert plan == seen[0] and plan["fits"] == 2 and plan["problem"] == "denoise"
+    with pytest.raises(ValueError, match="max_num_iter"):  # what reconstruct raises, before it
+        deepprior.dry_run(y, max_num_iter=0)
+    with pytest.raises(TypeError, match="no on_start"):
+        deepprior.dry_run(y, on_start=print)
