@@ -707,9 +707,10 @@ class Monitor:
         """True at the steps where values are recorded: 1, the multiples of ``every``, last."""
         return step == 1 or step % self.every == 0 or step == self.last
 
-    def bind(self, net: nn.Module, step: int | None = None) -> None:
+    def bind(self, net: nn.Module, step: int | None = None, *, owner: str | None = None) -> None:
         """Attach to ``net`` at the first call; a monitor records one fit only (another
-        network, or a step that is not after the last one seen, is another fit)."""
+        network, or a step that is not after the last one seen, is another fit). ``owner``:
+        the name the refusal gives (a :class:`Diagnostics` holding the monitor)."""
         if self._net is None:
             layers = conv_layers(net)
             self._net = net
@@ -719,7 +720,8 @@ class Monitor:
             self._groups = [modules[name].groups for name in self.layers]
         elif net is not self._net or (step is not None and step <= self._step):
             raise ValueError(
-                f"this {type(self).__name__} already recorded a fit (to iteration {self._step}); "
+                f"this {owner or type(self).__name__} already recorded a fit (to iteration "
+                f"{self._step}); "
                 "create a new one for each fit"
             )
         if step is not None:
@@ -1005,12 +1007,8 @@ class Diagnostics:
     def __call__(self, state: FitState) -> bool:
         start = time.perf_counter()
         try:
-            try:  # another fit is refused before anything of it is recorded
-                for monitor in self.monitors.values():
-                    monitor.bind(state.net, state.step)
-            except ValueError as exc:
-                raise ValueError(str(exc).replace(type(monitor).__name__, "Diagnostics")) \
-                    from None
+            for monitor in self.monitors.values():  # another fit is refused before anything
+                monitor.bind(state.net, state.step, owner="Diagnostics")  # of it is recorded
             if state.step in (1, self.last) or state.step % self.every == 0:
                 self.loss_steps.append(state.step)
                 self.losses.append(float(state.loss))
