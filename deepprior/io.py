@@ -317,7 +317,8 @@ def _deep_ppm(path: pathlib.Path) -> tuple[bytes, int, int, int, int] | None:
     which Pillow reduces to 8 bits: its kind (``P3`` plain, ``P6`` raw), width, height, maxval
     and the offset of its samples. ``None`` for any other file, or a header Pillow should judge.
     """
-    data = path.read_bytes()
+    with path.open("rb") as fh:
+        data = fh.read(1 << 16)  # the header: its pixels are read once their number is checked
     tokens, pos = [], 2
     while len(tokens) < 3 and pos < len(data):
         char = data[pos:pos + 1]
@@ -345,9 +346,11 @@ def _read_deep_ppm(path: pathlib.Path, kind: bytes, width: int, height: int, max
     grey PGM of more than 8 bits), ``(H, W, 3)`` uint16."""
     _check_dimensions(path, height, width, max_pixels)
     count = width * height * 3
-    data = path.read_bytes()[offset:]
+    with path.open("rb") as fh:
+        fh.seek(offset)
+        data = fh.read(2 * count) if kind == b"P6" else fh.read()
     if kind == b"P6":
-        samples = np.frombuffer(data[:min(2 * count, len(data) // 2 * 2)], dtype=">u2")
+        samples = np.frombuffer(data[:len(data) // 2 * 2], dtype=">u2")
     else:
         try:
             samples = np.array(data.split()[:count], dtype=np.int64)
