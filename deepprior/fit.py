@@ -24,8 +24,7 @@ from torch.func import functional_call, vmap
 
 from .checks import check_choice, check_float, check_int, check_lr_decay
 from .metrics import psnr_tensor
-from .stopping import _check_policy, _finalize, feed
-from .stopping import members as rules_of
+from .stopping import FirstOf, Shadow, _check_policy, _finalize, feed
 
 __all__ = ["PRECISIONS", "FitResult", "FitState", "fit", "fit_many", "resolve_device"]
 
@@ -349,6 +348,7 @@ def fit(
     device = resolve_device(device)
     if sync_every is None:  # a callback reads the live network: it must see every iteration
         sync_every = 1 if device.type == "cpu" or callback is not None else 8
+    sync_every = check_int("sync_every", sync_every, minimum=1)
     if callback is not None and sync_every != 1:
         raise ValueError("a callback needs sync_every=1: it reads the network of its iteration")
     member = _Member(net, z, y, operator, policy, budget=max_num_iter, penalty=penalty,
@@ -455,10 +455,10 @@ snapshot_every, sync_every, precision
             1 for net in nets for _ in net.parameters()):
         raise ValueError("fit_many needs one network per fit, sharing no parameter: build each "
                          "(build_net(..., seed=k)), not [net] * k")
-    rules = [id(rule) for policy in policies for rule in rules_of(policy)]
+    rules = [id(rule) for policy in policies for rule in _rules(policy)]
     if len(set(rules)) < len(rules):
         raise ValueError("fit_many needs its own stopping rules per fit: a rule appears in the "
-                         "policies of two members (inside a FirstOf)")
+                         "policies of two members (inside a FirstOf or a Shadow)")
     for i, (net, y, operator, policy, truth, penalty) in enumerate(zip(
             nets, ys, operators, policies, per_member["ground_truths"], per_member["penalties"],
             strict=True)):
@@ -477,6 +477,7 @@ snapshot_every, sync_every, precision
     device = resolve_device(device)
     if sync_every is None:
         sync_every = 1 if device.type == "cpu" else 8
+    sync_every = check_int("sync_every", sync_every, minimum=1)
     forward = _forward(precision, device)
     members = [
         _Member(net, z, y, operator, policy, budget=budget, penalty=penalty, ground_truth=truth,
@@ -519,6 +520,16 @@ def _check_member(net: Any, y: Any, operator: Any, policy: Any, penalty: Any, tr
             raise ValueError(f"{name}{where} has shape {tuple(value.shape)}; the operator "
                              f"needs {(1, *shape)} (a batch axis of 1, then "
                              f"{'its measurements' if name == 'y' else 'the image'})")
+        if torch.is_tensor(value) and not bool(torch.isfinite(value).all()):
+            raise ValueError(f"{name}{where} holds NaN or infinite values")
+
+
+def _rules(policy: Any) -> Any:
+    """A policy and every rule inside it, through nested :class:`FirstOf` and ``Shadow``."""
+    yield policy
+    inner = policy.policies if isinstance(policy, FirstOf | Shadow) else ()
+    for rule in inner.values() if isinstance(inner, dict) else inner:
+        yield from _rules(rule)
 
 
 def _layout(net: nn.Module) -> list[tuple[str, tuple[int, ...]]]:
@@ -589,8 +600,18 @@ class _Member:
         return self.z
 
     def loss(self, out: torch.Tensor) -> torch.Tensor:
+        shape = getattr(self.operator, "image_shape", None)
+        if shape is not None and tuple(out.shape) != (1, *shape):  # before any update
+            raise ValueError(f"the network's output has shape {tuple(out.shape)}; the operator "
+                             f"takes images of {(1, *shape)}: build the network for that image")
         loss = torch.mean((self.operator.A(out) - self.y) ** 2)
-        return loss + self.penalty(out) if self.penalty is not None else loss
+        if self.penalty is None:
+            return loss
+        value = self.penalty(out)
+        if not torch.is_tensor(value) or value.numel() != 1:
+            raise ValueError("the penalty must return one number (a tensor of one element), "
+                             f"got {tuple(value.shape) if torch.is_tensor(value) else value!r}")
+        return loss + value.reshape(())
 
     def record(self, out: torch.Tensor, loss: torch.Tensor) -> None:
         """Keep the iteration's output (its moving average) and scalars until the next read."""

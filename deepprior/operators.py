@@ -58,6 +58,10 @@ __all__ = [
 
 #: Relative error of ⟨A x, v⟩ = ⟨x, Aᵀ v⟩ above which :func:`check_operator` refuses an adjoint.
 ADJOINT_TOLERANCE = 1e-3
+#: Why a complex forward model is refused, and what to do instead.
+_COMPLEX_HINT = ("{name}(x) returns complex values ({dtype}); the fit compares real "
+                 "measurements: return the real and imaginary parts as real numbers (e.g. "
+                 "torch.view_as_real(...)), and give y the same layout")
 # Explicit masks with at most this many entries are stored in ``describe()`` as nested lists.
 _MAX_DESCRIBED_MASK_ENTRIES = 16_384
 
@@ -106,8 +110,15 @@ class LinearOperator(torch.nn.Module):
         (:func:`torch.func.vjp`).
         """
         zero = y.new_zeros((1, *self.image_shape))
-        _, pullback = torch.func.vjp(self.A, zero)
-        return pullback(y)[0]
+        try:
+            _, pullback = torch.func.vjp(self.A, zero)
+            return pullback(y)[0]
+        except RuntimeError as exc:  # an autograd.Function of the old style (forward(ctx, x))
+            if "setup_context" not in str(exc):  # works with autograd, not torch.func
+                raise
+        with torch.enable_grad():
+            zero.requires_grad_()
+            return torch.autograd.grad(self.A(zero), zero, grad_outputs=y)[0]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Same as :meth:`A`."""
@@ -884,6 +895,8 @@ class FunctionOperator(LinearOperator):
                              f"(float32): {type(exc).__name__}: {exc}") from exc
         if not isinstance(probe, torch.Tensor):
             raise TypeError(f"A(x) must return a torch.Tensor, got {type(probe).__name__}")
+        if probe.is_complex():
+            raise ValueError(_COMPLEX_HINT.format(name="A", dtype=probe.dtype))
         self._native = tuple(probe.shape)
         batched = probe.ndim > 1 and probe.shape[0] == 1
         super().__init__(shape, probe.shape[1:] if batched else probe.shape)
@@ -966,7 +979,8 @@ def as_operator(obj: Any, image_shape: Sequence[int] | None = None) -> LinearOpe
     if isinstance(obj, np.ndarray | torch.Tensor) or _is_scipy_sparse(obj):
         return MatrixOperator(obj, image_shape)
     if callable(getattr(obj, "A", None)):
-        shape = image_shape or getattr(obj, "image_shape", None) or getattr(obj, "img_size", None)
+        shape = next((s for s in (image_shape, getattr(obj, "image_shape", None),
+                                  getattr(obj, "img_size", None)) if s is not None), None)
         adjoint = getattr(obj, "A_adjoint", None)
         owner = obj if isinstance(obj, torch.nn.Module) else None
         return FunctionOperator(obj.A, adjoint if callable(adjoint) else None,
@@ -998,13 +1012,21 @@ def _need_shape(shape: Any, obj: Any) -> Sequence[int]:
 
 
 def adjointness_error(
-    op: LinearOperator, *, seed: int = 0, dtype: torch.dtype = torch.float64
+    op: LinearOperator, *, seed: int = 0, dtype: torch.dtype | None = None
 ) -> float:
     """Relative error of ``⟨A x, v⟩ = ⟨x, Aᵀ v⟩`` for random ``x``, ``v`` (0 for an exact adjoint).
 
-    Computed in ``dtype`` (float64 by default; built-in operators cast their buffers), with
-    the inner products accumulated in float64.
+    Computed in ``dtype``, with the inner products accumulated in float64. By default float64
+    (deepprior's own operators cast their buffers), or float32 for a :class:`FunctionOperator`
+    whose code fails on float64 (a float32 tensor it holds, say).
     """
+    if dtype is None:
+        try:
+            return adjointness_error(op, seed=seed, dtype=torch.float64)
+        except RuntimeError:
+            if not isinstance(op, FunctionOperator):
+                raise
+        dtype = torch.float32
     generator = _generator(seed)
     device = op.device
     if device.type == "mps":  # Apple's MPS has no float64 (the sums below run on the CPU)
@@ -1050,8 +1072,12 @@ def check_operator(op: LinearOperator, y: torch.Tensor | None = None,
     except Exception as exc:  # the user's code: say where it failed, whatever it raised
         raise ValueError(f"{name}.A failed on a random image of shape {tuple(x.shape)}: "
                          f"{type(exc).__name__}: {exc}") from exc
-    if not isinstance(out, torch.Tensor) or not out.is_floating_point():
-        raise ValueError(f"{name}.A(x) must return a floating-point tensor, got {out!r:.80}")
+    if not isinstance(out, torch.Tensor):
+        raise ValueError(f"{name}.A(x) must return a torch tensor, got {type(out).__name__}")
+    if out.is_complex():
+        raise ValueError(_COMPLEX_HINT.format(name=f"{name}.A", dtype=out.dtype))
+    if not out.is_floating_point():
+        raise ValueError(f"{name}.A(x) must return a floating-point tensor, got {out.dtype}")
     if tuple(out.shape) != (1, *op.measurement_shape):
         raise ValueError(
             f"{name}.A(x) returned shape {tuple(out.shape)}, expected "

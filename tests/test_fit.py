@@ -452,14 +452,13 @@ def test_fit_many_gives_each_member_its_penalty():
 
 def test_a_diverging_member_stops_alone():
     clean, noisy, op, z = _problem()
-    poisoned = noisy.clone()
-    poisoned[..., 0, 0] = float("nan")  # member 0's loss is never finite
     nets = [PixelNet(op.image_shape, seed=s) for s in range(2)]
     alone = fit(PixelNet(op.image_shape, seed=1), z, noisy, op, policy=Fixed(40),
                 max_num_iter=40, learning_rate=0.05, seed=1, device="cpu")
-    bad, good = fit_many(nets, [z, z], [poisoned, noisy], [op, op],
+    bad, good = fit_many(nets, [z, z], [noisy, noisy], [op, op],
                          policies=[Fixed(40), Fixed(40)], max_num_iter=40,
-                         learning_rate=0.05, max_restarts=2, device="cpu")
+                         learning_rate=0.05, max_restarts=2, device="cpu",
+                         penalties=[lambda x: x.sum() * float("nan"), None])  # 0 never finite
     assert bad.stop_reason.startswith("diverged") and bad.num_restarts == 2
     assert (good.num_steps, good.num_restarts) == (40, 0)
     torch.testing.assert_close(good.output, alone.output, rtol=0, atol=1e-6)
@@ -656,3 +655,49 @@ def test_a_user_policy_s_reason_of_another_type_or_empty_is_text(reason, expecte
     result = fit(PixelNet(op.image_shape, seed=1), z, noisy, op, policy=Third(),
                  max_num_iter=10, device="cpu")  # 42 failed after the fit in startswith
     assert result.stop_reason == expected and result.best_step == 3
+
+
+def test_a_network_of_another_shape_than_the_operator_is_refused_before_any_update():
+    """A grey network against a colour operator broadcast in the loss and ran to the end."""
+    _, noisy, op, z = _problem(shape=(3, 13, 11))
+    net = PixelNet((1, 13, 11))
+    before = net.theta.detach().clone()
+    with pytest.raises(ValueError, match=r"output has shape \(1, 1, 13, 11\); the operator takes "
+                                         r"images of \(1, 3, 13, 11\)"):
+        fit(net, z, noisy, op, policy=Fixed(3), max_num_iter=3, device="cpu")
+    assert torch.equal(net.theta, before)
+
+
+def test_a_penalty_of_one_element_and_data_that_is_not_finite():
+    clean, noisy, op, z = _problem()
+
+    def penalty(x):  # (1,), as per-image regularisers return
+        return 1e-3 * x.abs().mean(dim=(1, 2, 3))
+
+    alone = fit(PixelNet((1, 13, 11)), z, noisy, op, policy=Fixed(3), max_num_iter=3, device="cpu",
+                penalty=penalty, ground_truth=clean)
+    many = fit_many([PixelNet((1, 13, 11)), PixelNet((1, 13, 11))], [z, z], [noisy, noisy],
+                    [op, op], policies=[Fixed(3), Fixed(3)], max_num_iter=3, device="cpu",
+                    penalties=[penalty, None])
+    assert alone.num_steps == 3 and [r.num_steps for r in many] == [3, 3]
+    with pytest.raises(ValueError, match=r"the penalty must return one number .* got \(1, 2\)"):
+        fit(PixelNet((1, 13, 11)), z, noisy, op, policy=Fixed(3), max_num_iter=3, device="cpu",
+            penalty=lambda x: x.mean(dim=(2, 3))[:, :1].repeat(1, 2))
+    poisoned = noisy.clone()
+    poisoned[0, 0, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match="y holds NaN or infinite values"):
+        fit(PixelNet((1, 13, 11)), z, poisoned, op, policy=Fixed(3), max_num_iter=3, device="cpu")
+    with pytest.raises(ValueError, match="sync_every must be an integer >= 1, got 0"):
+        fit(PixelNet((1, 13, 11)), z, noisy, op, policy=Fixed(3), max_num_iter=3, sync_every=0)
+
+
+def test_fit_many_refuses_a_rule_shared_inside_nested_policies():
+    from deepprior.stopping import FirstOf, Shadow
+
+    _, noisy, op, z = _problem()
+    shared = Patience(5)
+    for first in (FirstOf(Fixed(3), FirstOf(Fixed(4), shared)), Shadow({"a": shared})):
+        with pytest.raises(ValueError, match="its own stopping rules per fit"):
+            fit_many([PixelNet((1, 13, 11)), PixelNet((1, 13, 11))], [z, z], [noisy, noisy],
+                     [op, op], policies=[first, FirstOf(Fixed(3), shared)], max_num_iter=3,
+                     device="cpu")

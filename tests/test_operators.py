@@ -1114,3 +1114,36 @@ def test_sample_image_and_mask_arguments_are_checked():
         text_mask((64, 64), lines=-1)
     with pytest.raises(ValueError, match="text must be a non-empty string"):
         text_mask((64, 64), text=" ")
+
+
+def test_user_forward_models_of_other_kinds():
+    """An old-style autograd.Function, float32 buffers, a complex output, a numpy image_shape."""
+
+    class Project(torch.autograd.Function):  # forward(ctx, x), as hand-written projectors are
+        @staticmethod
+        def forward(ctx, x):
+            return x[..., ::2, :] * 2
+
+        @staticmethod
+        def backward(ctx, grad):
+            out = grad.new_zeros((*grad.shape[:-2], grad.shape[-2] * 2, grad.shape[-1]))
+            out[..., ::2, :] = 2 * grad
+            return out
+
+    op = as_operator(Project.apply, image_shape=(8, 6))
+    check_operator(op)
+    v = torch.rand((1, *op.measurement_shape), dtype=torch.float64)
+    expected = torch.zeros((1, 1, 8, 6), dtype=torch.float64)
+    expected[..., ::2, :] = 2 * v.reshape(1, 1, 4, 6)
+    torch.testing.assert_close(op.A_adjoint(v), expected)  # torch.func refused this Function
+    weights = torch.rand(4, 6)  # float32, as a user's module holds
+    blur = as_operator(lambda x: x[..., ::2, :] * weights, image_shape=(8, 6))
+    assert adjointness_error(blur) < 1e-6  # float64 failed on the float32 buffer: float32 then
+    with pytest.raises(ValueError, match=r"A\(x\) returns complex values .*view_as_real"):
+        as_operator(lambda x: torch.fft.fft2(x, norm="ortho"), image_shape=(8, 6))
+
+    class Physics:
+        def A(self, x):  # noqa: N802
+            return x[..., ::2]
+
+    assert as_operator(Physics(), image_shape=np.array([4, 4])).measurement_shape == (1, 4, 2)
