@@ -288,7 +288,7 @@ def reconstruct_many(
         check_sigma("sigma", kwargs["sigma"], denoising=bool(images))
     levels = None if sigmas is None else _sigma_levels(sigmas, {item.name for item in parsed},
                                                        images)
-    _dry_run(parsed, kwargs, truth_option is not None)
+    _dry_run(parsed, kwargs, truth_option is not None, levels)
     shared = _Shared(kwargs, max(1, int(cpus_per_fit)), _registration(kwargs.get("net")))
     parts = {**{f"option {k}": v for k, v in kwargs.items()},
              **{f"the operator of item {i.name!r}": i.operator for i in parsed
@@ -431,29 +431,50 @@ def _check_observation(label: str, item: _Item, operator: Any, image_shape: Any,
         raise ValueError(f"{label}: {exc}") from exc
 
 
-def _dry_run(items: list[_Item], kwargs: dict[str, Any], has_truth: bool) -> None:
-    """reconstruct's own checks, up to its first fit (:func:`dry_run`), on the first item held
-    in memory: the options whose errors only data shows (net_options, the penalty, the
-    ensemble, σ's scale) fail now rather than in every fit. What belongs to an item (its ground
-    truth, its σ) is left to its fit, to fail alone; so is everything where the check would
-    need it (an oracle stop, an image shape that comes from the ground truth). Files are read
-    when due."""
-    item = next((item for item in items if item.array is not None), None)
-    if item is None:
-        return
-    operator = item.operator if item.operator is not None else kwargs.get("operator")
+#: Items :func:`_dry_run` tries before it takes a failure for the call's, not the item's.
+_DRY_RUN_TRIES = 8
+
+
+def _dry_run(items: list[_Item], kwargs: dict[str, Any], has_truth: bool,
+             levels: dict[str, float | None] | None) -> None:
+    """reconstruct's own checks, up to its first fit (:func:`dry_run`), on an item, with its
+    own σ: the options whose errors only data shows (net_options, the penalty, the ensemble,
+    σ's scale) fail now rather than in every fit. An item that fails for its own data (its
+    size against the network, a file that cannot be read) is left to fail alone and the next
+    one is tried; the first item's error is raised only when none of the first
+    :data:`_DRY_RUN_TRIES` passes. What belongs to an item's fit is left to it: its ground
+    truth (an oracle stop with ground truths is not checked), an image shape that comes from
+    the ground truth. In-memory items are tried first; a file is read only when none is."""
     stop = kwargs.get("stop", "auto")
-    if (isinstance(stop, str) and stop != "auto" and "oracle" in (
-            name for name, _ in parse_stop(stop))) or (
-            has_truth and operator is not None and kwargs.get("image_shape") is None):
+    if has_truth and isinstance(stop, str) and stop != "auto" and "oracle" in (
+            name for name, _ in parse_stop(stop)):
         return
-    options = {**kwargs, "operator": operator, "device": "cpu"}  # the engines check devices
-    with warnings.catch_warnings():  # the fits will say them
-        warnings.simplefilter("ignore")
-        try:
-            dry_run(item.array, **options)
-        except (ValueError, TypeError) as exc:
-            raise type(exc)(f"checked on item {item.name!r}: {exc}") from exc
+    failures: list[tuple[str, Exception]] = []
+    for item in sorted(items, key=lambda item: item.array is None):
+        if len(failures) == _DRY_RUN_TRIES:
+            break
+        operator = item.operator if item.operator is not None else kwargs.get("operator")
+        if has_truth and operator is not None and kwargs.get("image_shape") is None:
+            continue
+        options = {**kwargs, "operator": operator, "device": "cpu"}  # engines check devices
+        options.pop("on_start", None)  # the fits' own
+        if levels is not None and levels[item.name] is not None:
+            options["sigma"] = levels[item.name]
+        with warnings.catch_warnings():  # the fits will say them
+            warnings.simplefilter("ignore")
+            try:
+                observation = item.array if item.array is not None else load_image(item.path)
+            except Exception:  # noqa: BLE001 - its own failure, at its turn
+                continue
+            try:
+                dry_run(observation, **options)
+                return
+            except (ValueError, TypeError) as exc:
+                failures.append((item.name, exc))
+    if failures:
+        name, exc = failures[0]
+        more = f" (and on the next {len(failures) - 1} items tried)" if len(failures) > 1 else ""
+        raise type(exc)(f"checked on item {name!r}{more}: {exc}") from exc
 
 
 def _check_unique(names: list[str]) -> None:

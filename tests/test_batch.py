@@ -523,3 +523,27 @@ def test_what_belongs_to_an_item_fails_it_alone_and_a_sigma_scale_is_checked_up_
         with pytest.raises(ValueError, match=f"{label} must be on the \\[0, 1\\] intensity "
                                              "scale for denoising, got 25"):
             reconstruct_many([("a", BRIGHT)], workers=1, sigma=sigma, **FIT)
+
+
+def test_the_check_before_any_fit_leaves_an_items_own_failure_to_it_and_uses_its_sigma(
+        registered, tmp_path):
+    """An image too small for the network, first in the batch, stopped the whole batch; a σ
+    mapping was dropped from the check (which then asked for σ), on_start refused, and a batch
+    of files went unchecked."""
+    tiny, fine = np.full((6, 6), 0.5, np.float32), np.full((32, 32), 0.5, np.float32)
+    options = {**FIT, "net": "conv_decoder", "net_options": {"channels": 4}}
+    done = {r.name: r for r in reconstruct_many([("a", tiny), ("b", fine)], workers=1,
+                                                **options)}
+    assert done["b"].ok and "smaller than ConvDecoder's" in done["a"].error
+    with pytest.raises(ValueError, match=r"checked on item 'a' \(and on the next 1 items tried\)"):
+        reconstruct_many([("a", tiny), ("b", tiny[:5])], workers=1, **options)
+    mask = Mask((16, 16), keep=0.5, seed=0)
+    items = [(f"f{k}", (mask.A(torch.from_numpy(BRIGHT)[None, None])[0].numpy(), mask))
+             for k in range(2)]
+    plans = []
+    done = list(reconstruct_many(items, workers=1, sigma={"f0": 0.05, "f1": 0.1},
+                                 on_start=plans.append, **{**FIT, "stop": "discrepancy"}))
+    assert all(r.ok for r in done) and len(plans) == 2, [r.error for r in done]
+    save_image(tmp_path / "p.png", BRIGHT)
+    with pytest.raises(TypeError, match="checked on item 'p': .*'chanels'"):
+        reconstruct_many([tmp_path / "p.png"], workers=1, **{**FIT, "net_options": {"chanels": 4}})
