@@ -129,7 +129,7 @@ def batch_inpaint(
     """Inpaint many images with one --mask (or, as a demo, a random mask each)."""
     with error_funnel(options.debug):
         build = inpaint_command.prepare(mask, missing, text, noise_sigma, add_noise, options)
-        run_batch("inpaint", build, inputs, options, engine)
+        run_batch("inpaint", build, inputs, options, engine, task_files=(mask,))
 
 
 @batch_task("superres", "deepprior batch superres small/ --factor 4 -o big/",
@@ -167,7 +167,7 @@ def batch_deblur(
     """Deblur many images with one --kernel."""
     with error_funnel(options.debug):
         build = restore.prepare_deblur(kernel, simulate, noise_sigma, add_noise, options)
-        run_batch("deblur", build, inputs, options, engine)
+        run_batch("deblur", build, inputs, options, engine, task_files=(kernel,))
 
 
 @batch_task("cs", "deepprior batch cs saved/ -o out/",
@@ -196,4 +196,5 @@ def batch_cs(
     with error_funnel(options.debug):
         build = cs_command.prepare_measurements(matrix, shape, key, matrix_key, noise_sigma,
                                                 options)
-        run_batch("cs", build, inputs, options, engine, suffixes=MEASUREMENT_INPUTS)
+        run_batch("cs", build, inputs, options, engine, suffixes=MEASUREMENT_INPUTS,
+                  task_files=(matrix,))

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import glob
+import importlib.util
 import io
 import json
 import os
@@ -135,8 +136,12 @@ class _Item:
 
 
 def run_batch(command: str, build: Builder, inputs: list[str], options: FitOptions,
-              engine: EngineOptions, *, suffixes: tuple[str, ...] = IMAGE_INPUTS) -> None:
+              engine: EngineOptions, *, suffixes: tuple[str, ...] = IMAGE_INPUTS,
+              task_files: tuple[str | Path | None, ...] = ()) -> None:
     """Check everything, fit what is left to fit, write outputs as fits finish, summarise, exit.
+
+    ``task_files``: the task's own files (a --mask, --kernel or --matrix), never taken as
+    inputs from a folder or a glob that holds them.
 
     Exit code: 130 after Ctrl-C, else 1 when an input failed, else 3 when a fit diverged, else 0.
     """
@@ -144,10 +149,12 @@ def run_batch(command: str, build: Builder, inputs: list[str], options: FitOptio
     names = check_fit_options(options)
     _check_engine(engine)
     outdir = _check_outdir(options.output)
-    items = _items(expand_inputs(inputs, suffixes), outdir, options, engine)
+    own = {Path(f).expanduser().resolve() for f in task_files if f is not None
+           and Path(f).expanduser().is_file()}
+    items = _items(expand_inputs(inputs, suffixes, skip=own), outdir, options, engine)
     cleans = _clean_index(options.clean, [item.row.name for item in items], outdir, options)
     for item in items:
-        _prepare(item, build, names, options, engine, cleans)
+        _prepare(item, build, names, options, engine, cleans, sigma_per_input=command == "cs")
     todo = [item for item in items if item.task is not None]
     sigma = _shared_sigma(todo)
     _say_plan(command, items, todo, outdir, options, engine)
@@ -174,18 +181,20 @@ def run_batch(command: str, build: Builder, inputs: list[str], options: FitOptio
 # --------------------------------------------------------------------------- inputs
 
 
-def expand_inputs(specs: list[str], suffixes: tuple[str, ...] = IMAGE_INPUTS) -> list[Path]:
+def expand_inputs(specs: list[str], suffixes: tuple[str, ...] = IMAGE_INPUTS, *,
+                  skip: set[Path] = frozenset()) -> list[Path]:
     """INPUTS → files: a file as is, a folder's files with ``suffixes`` (sorted, not hidden),
     a glob's matching files with ``suffixes`` (sorted; for a quoted glob), ``@list.txt``: each
     line (blank lines and ``#`` comments skipped) taken as an input, relative to the current
-    folder. A file named twice counts once. Raises ValueError for a name that matches nothing."""
+    folder. A file named twice counts once; a folder's or a glob's files in ``skip`` (resolved
+    paths) are left out. Raises ValueError for a name that matches nothing."""
     paths: list[Path] = []
     for spec in specs:
         if spec.startswith("@"):
             for line in _read_list(Path(spec[1:])):
-                paths += _expand(line, suffixes, f" (listed in {spec[1:]})")
+                paths += _expand(line, suffixes, f" (listed in {spec[1:]})", skip)
         else:
-            paths += _expand(spec, suffixes, "")
+            paths += _expand(spec, suffixes, "", skip)
     unique: dict[Path, Path] = {}
     for path in paths:
         unique.setdefault(path.resolve(), path)
@@ -208,12 +217,12 @@ def _read_list(path: Path) -> list[str]:
     return lines
 
 
-def _expand(spec: str, suffixes: tuple[str, ...], where: str) -> list[Path]:
+def _expand(spec: str, suffixes: tuple[str, ...], where: str, skip: set[Path]) -> list[Path]:
     path = Path(spec).expanduser()
     kinds = ", ".join(suffixes)
     if path.is_dir():
-        found = sorted(p for p in path.iterdir() if p.is_file()
-                       and p.suffix.lower() in suffixes and not p.name.startswith("."))
+        found = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in
+                       suffixes and not p.name.startswith(".") and p.resolve() not in skip)
         if not found:
             raise ValueError(f"{spec}{where}: the folder holds no input files ({kinds})")
         return found
@@ -221,7 +230,8 @@ def _expand(spec: str, suffixes: tuple[str, ...], where: str) -> list[Path]:
         return [path]
     if any(char in spec for char in "*?["):
         found = sorted(Path(m) for m in glob.glob(os.path.expanduser(spec))
-                       if Path(m).is_file() and Path(m).suffix.lower() in suffixes)
+                       if Path(m).is_file() and Path(m).suffix.lower() in suffixes
+                       and Path(m).resolve() not in skip)
         if not found:
             raise ValueError(f"{spec}{where} matches no input file ({kinds})")
         return found
@@ -294,6 +304,8 @@ def _check_engine(engine: EngineOptions) -> None:
                          f"four fits per GPU), got {engine.gpus_per_fit:g}")
     if engine.ray is not None and not engine.ray.strip():
         raise ValueError("--ray needs local, auto or the cluster's address HOST:PORT")
+    if engine.ray is not None and importlib.util.find_spec("ray") is None:
+        raise ValueError('--ray needs Ray, an optional dependency: pip install "deepprior[ray]"')
 
 
 def _check_outdir(outdir: Path) -> Path:
@@ -307,11 +319,13 @@ def _check_outdir(outdir: Path) -> Path:
 
 
 def _prepare(item: _Item, build: Builder, names: list[str], options: FitOptions,
-             engine: EngineOptions, cleans: dict[str, list[Path]]) -> None:
+             engine: EngineOptions, cleans: dict[str, list[Path]], *,
+             sigma_per_input: bool = False) -> None:
     """Skip the item, or build its Task and check its outputs; a failure is the item's.
 
     Raises ValueError for what is wrong with the options rather than with the input (the same
-    for every input): nothing has been fitted or written then.
+    for every input): nothing has been fitted or written then. ``sigma_per_input``: the noise
+    level comes with each input (saved measurements), so an input without one fails alone.
     """
     row = item.row
     if not engine.force and (item.image.exists() or item.image.is_symlink()):
@@ -324,8 +338,14 @@ def _prepare(item: _Item, build: Builder, names: list[str], options: FitOptions,
         return
     if options.clean is not None and task.clean is not None:
         raise ValueError(f"--clean is not needed: {task.clean_from}")
-    check_stop(task, names if options.clean is None else [n for n in names if n != "oracle"],
-               task.clean, oracle_hint=BATCH_ORACLE_HINT)
+    try:
+        check_stop(task, names if options.clean is None else [n for n in names if n != "oracle"],
+                   task.clean, oracle_hint=BATCH_ORACLE_HINT)
+    except ValueError as exc:
+        if not (sigma_per_input and task.sigma is None and "discrepancy" in str(exc)):
+            raise
+        row.status, row.error = "failed", f"{item.path.name} holds no noise level: {exc}"
+        return
     check_regularizer(task, options)
     try:
         clean_path = _clean_path(row.name, cleans, options)

@@ -528,3 +528,23 @@ def test_measurement_files_with_their_own_noise_levels_keep_them(tmp_path):
     noisy, clean = (json.loads((out / f"{name}.json").read_text())["config"]["sigma"]
                     for name in ("noisy", "clean"))
     assert noisy == pytest.approx(0.05) and clean is None
+    # --stop discrepancy: the file without a saved σ fails alone, the other is fitted
+    result = batch("cs", folder, "-o", tmp_path / "disc", "--workers", "1", "-q",
+                   *FAST[:2], "--stop", "discrepancy", *FAST[4:])
+    assert statuses(tmp_path / "disc") == {"noisy": "done", "clean": "failed"}, result.output
+    assert "clean.npz holds no noise level" in summary_of(tmp_path / "disc")["items"][0]["error"]
+
+
+def test_the_tasks_own_file_in_the_inputs_folder_is_not_an_input(data, tmp_path, monkeypatch):
+    folder = tmp_path / "damaged"
+    folder.mkdir()
+    for name in ("img0", "img1"):
+        (folder / f"{name}.png").write_bytes((data / "photos" / f"{name}.png").read_bytes())
+    save_image(folder / "mask.png", np.ones((16, 16)))
+    out = tmp_path / "out"
+    result = batch("inpaint", folder, "--mask", folder / "mask.png", "-o", out, "--workers", "1",
+                   "-q", *FAST)
+    assert sorted(statuses(out)) == ["img0", "img1"], result.output  # before: mask, inpainted
+    monkeypatch.setitem(sys.modules, "ray", None)  # Ray not installed: one line, before inputs
+    result = batch("denoise", tmp_path / "missing", "-o", out, "--ray", "local")
+    assert result.exit_code == 1 and "--ray needs Ray" in result.output
