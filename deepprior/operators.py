@@ -870,9 +870,12 @@ class FunctionOperator(LinearOperator):
 
     Notes
     -----
-    The shape of ``y`` is read off one call of ``A`` on zeros (on ``owner``'s device, else the
-    CPU). ``A`` may return ``(1, …)`` or drop the batch axis; :attr:`measurement_shape` is the
-    shape without it. The fit calls ``A`` on its own device (CUDA or MPS when there is one):
+    The shape of ``y`` is read off two calls of ``A`` on random images (on ``owner``'s device,
+    else the CPU). ``A`` may return ``(1, …)`` or drop the batch axis; :attr:`measurement_shape`
+    is the shape without it. Entries that are 0 in both calls carry no data (a mask written as
+    ``x * M``): :attr:`observed` leaves them out, so :attr:`num_measurements` (the discrepancy
+    rule's ``m``) does not count them and a hold-out split holds none of them out. The fit
+    calls ``A`` on its own device (CUDA or MPS when there is one):
     tensors the callables hold must follow their argument (``M.to(x.device)``) or be buffers
     of ``owner``. :func:`deepprior.reconstruct` calls ``A`` there once before the fit and says
     so if they do not.
@@ -887,20 +890,40 @@ class FunctionOperator(LinearOperator):
         owner: torch.nn.Module | None = None,
     ) -> None:
         shape = check_image_shape(image_shape)
-        try:
-            with torch.no_grad():
-                probe = A(torch.zeros((1, *shape), device=_module_device(owner)))
-        except Exception as exc:  # the user's code: say where it failed, whatever it raised
-            raise ValueError(f"the operator's A failed on a zero image of shape {(1, *shape)} "
-                             f"(float32): {type(exc).__name__}: {exc}") from exc
-        if not isinstance(probe, torch.Tensor):
-            raise TypeError(f"A(x) must return a torch.Tensor, got {type(probe).__name__}")
-        if probe.is_complex():
-            raise ValueError(_COMPLEX_HINT.format(name="A", dtype=probe.dtype))
-        self._native = tuple(probe.shape)
-        batched = probe.ndim > 1 and probe.shape[0] == 1
-        super().__init__(shape, probe.shape[1:] if batched else probe.shape)
+        probes = []
+        for seed in (1, 2):
+            image = torch.rand((1, *shape), generator=_generator(seed))
+            try:
+                with torch.no_grad():
+                    probe = A(image.to(_module_device(owner)))
+            except Exception as exc:  # the user's code: say where it failed, whatever it raised
+                raise ValueError(f"the operator's A failed on a random image of shape "
+                                 f"{(1, *shape)} (float32): {type(exc).__name__}: {exc}") from exc
+            if not isinstance(probe, torch.Tensor):
+                raise TypeError(f"A(x) must return a torch.Tensor, got {type(probe).__name__}")
+            if probe.is_complex():
+                raise ValueError(_COMPLEX_HINT.format(name="A", dtype=probe.dtype))
+            probes.append(probe)
+        if probes[0].shape != probes[1].shape:
+            raise ValueError(f"the operator's A returned shapes {tuple(probes[0].shape)} and "
+                             f"{tuple(probes[1].shape)} for two images: its output must not "
+                             "change shape")
+        self._native = tuple(probes[0].shape)
+        batched = probes[0].ndim > 1 and probes[0].shape[0] == 1
+        super().__init__(shape, probes[0].shape[1:] if batched else probes[0].shape)
         self._A, self._A_adjoint, self.owner = A, A_adjoint, owner
+        carries = ((probes[0] != 0) | (probes[1] != 0)).cpu()
+        self._observed = None if bool(carries.all()) else carries.reshape(self.measurement_shape)
+
+    @property
+    def observed(self) -> torch.Tensor | None:
+        """Boolean ``measurement_shape``: the entries of ``y`` that carry data (None: all)."""
+        return self._observed
+
+    @property
+    def num_measurements(self) -> int:
+        return math.prod(self.measurement_shape) if self._observed is None else int(
+            self._observed.sum())
 
     @property
     def has_adjoint(self) -> bool:

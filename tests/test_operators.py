@@ -797,12 +797,12 @@ def test_image_shape_inference():
         (
             lambda: as_operator(NumpyWrapper(np.ones((2, 12)), (1, 3, 4)), (4, 4)),
             ValueError,
-            r"A failed on a zero image of shape \(1, 1, 4, 4\) \(float32\): RuntimeError",
+            r"A failed on a random image of shape \(1, 1, 4, 4\) \(float32\): RuntimeError",
         ),
         (
             lambda: as_operator(_raise, (4, 4)),
             ValueError,
-            r"A failed on a zero image .*: KeyError: 'no such operator'",
+            r"A failed on a random image .*: KeyError: 'no such operator'",
         ),
         (
             lambda: as_operator(lambda x: x.numpy(), (4, 4)),
@@ -955,8 +955,16 @@ def test_a_forward_whose_size_changes_after_the_probe_is_a_value_error():
         calls.append(1)
         return x.reshape(1, -1)[:, : 3 if len(calls) == 1 else 4]
 
+    with pytest.raises(ValueError, match=r"returned shapes \(1, 3\) and \(1, 4\) for two images"):
+        as_operator(unstable, (2, 2))
+    calls.clear()
+
+    def late(x):  # stable for the constructor's two probes, then another size
+        calls.append(1)
+        return x.reshape(1, -1)[:, : 3 if len(calls) <= 2 else 4]
+
     with pytest.raises(ValueError, match="A failed on a random image"):
-        check_operator(as_operator(unstable, (2, 2)))
+        check_operator(as_operator(late, (2, 2)))
 
 
 def test_described_mask_must_be_zero_one():
@@ -1147,3 +1155,22 @@ def test_user_forward_models_of_other_kinds():
             return x[..., ::2]
 
     assert as_operator(Physics(), image_shape=np.array([4, 4])).measurement_shape == (1, 4, 2)
+
+
+def test_a_mask_written_as_a_function_counts_only_its_pixels():
+    """x * M as a function counted every pixel as a measurement: the discrepancy level was
+    2× too high at half the pixels kept, and a hold-out split held out empty pixels."""
+    from deepprior import reconstruct
+
+    mask = Mask((1, 16, 16), keep=0.5, seed=3)
+    keep = mask.mask.clone()
+    function = as_operator(lambda x: x * keep.to(x.device), image_shape=(16, 16))
+    assert function.num_measurements == mask.num_measurements == int(keep.sum())
+    assert torch.equal(function.observed, mask.observed)
+    y = mask.A(torch.rand(1, 1, 16, 16, generator=torch.Generator().manual_seed(0)))[0]
+    options = dict(net="deep_decoder", net_options={"channels": 4}, max_num_iter=6,
+                   device="cpu", stop="holdout:fraction=0.2,patience=2", ensemble=1,
+                   problem="inpainting")
+    ours, theirs = (reconstruct(y.numpy(), op, **options) for op in (mask, function))
+    np.testing.assert_allclose(ours.image, theirs.image, atol=1e-6)
+    assert as_operator(lambda x: x[..., ::2, :], image_shape=(4, 4)).observed is None
