@@ -27,6 +27,7 @@ from .checks import (
     check_choice,
     check_float,
     check_image_array,
+    check_image_shape,
     check_int,
     check_lr_decay,
 )
@@ -36,7 +37,7 @@ from .metrics import psnr as _psnr
 from .metrics import ssim as _ssim
 from .metrics import total_variation
 from .noise import estimate_sigma
-from .operators import Identity, _module_device, as_operator, check_operator
+from .operators import Identity, LinearOperator, _module_device, as_operator, check_operator
 from .stopping import (
     HOLDOUT_FRACTION,
     Fixed,
@@ -543,8 +544,12 @@ def reconstruct(
         Show a progress bar.
     callback : callable, optional
         Called after each iteration of every fit with a :class:`deepprior.fit.FitState`; True
-        stops. One with ``one_fit = True`` (:class:`deepprior.analysis.Diagnostics`, a
-        monitor) is refused for a call that makes several fits.
+        stops the call, as Ctrl-C does: the fit returns the iterate its rule selected, no
+        further fit starts, and an ensemble member so stopped after the first is left out of
+        the average. When denoising with an ensemble, member ``k``'s state is in its turned
+        frame (the ``k``-th flip/rotation of the image). One with ``one_fit = True``
+        (:class:`deepprior.analysis.Diagnostics`, a monitor) is refused for a call that makes
+        several fits.
     net_options : mapping, optional
         Options of a named network, e.g. ``{"channels": 128}``.
     ensemble : int or None
@@ -694,8 +699,8 @@ def reconstruct(
     array = as_array("observation", observation)
     truth = None if ground_truth is None else image_to_tensor(check_image_array(
         "ground_truth", as_array("ground_truth", ground_truth)))  # scored after the fit
-    op, y = _observation(array, operator, image_shape or (
-        None if truth is None else tuple(truth.shape[1:])))
+    op, y = _observation(array, operator, image_shape,
+                         None if truth is None else tuple(truth.shape[1:]))
     check_operator(op, y, torch_device)
     description = op.describe()  # a user's describe() fails here, not after the fit,
     try:  # and what it says must go into a report
@@ -715,6 +720,9 @@ def reconstruct(
     if sigma is not None:
         sigma = check_sigma("sigma", sigma, denoising=problem == "denoise")
         _check_noise_level(sigma, op, y, problem)
+        if sigma == 0 and problem == "denoise":
+            raise ValueError("sigma=0 says the image holds no noise, so there is nothing to "
+                             "denoise: pass the noise std, or leave sigma out to estimate it")
         noiseless = sigma == 0  # (simulate_measurements' σ without noise): no level for a rule
         sigma = None if noiseless else sigma  # to stop at; the σ-free defaults
     learning_rate = defaults.learning_rate if learning_rate is None else check_float(
@@ -803,7 +811,7 @@ def reconstruct(
         on_start({"problem": problem, "net": net_name, "fits": planned,
                   "max_num_iter": max_num_iter, "stop": spec if isinstance(spec, str)
                   else type(spec).__name__, "ensemble": ensemble,
-                  "regularizer_weights": [weight for _, weight in candidates],
+                  "regularizer_weights": [weight or 0.0 for _, weight in candidates],
                   "device": str(torch_device)})
     numbers = itertools.count(1)
 
@@ -840,7 +848,7 @@ def reconstruct(
             errors.append(squared_errors(held_op, held_y, trial.output.to(torch_device)))
             trials.append(trial)
             choice.append(_choice_row(weight, float(errors[-1].mean()), trial, truth))
-            if trial.stop_reason.startswith("interrupted"):  # return what the user stopped
+            if trial.stop_reason.startswith(_CUT_SHORT):  # return what the user stopped
                 break
         best = min(range(len(choice)), key=lambda i: choice[i]["holdout_loss"])
         choice[best]["chosen"] = True
@@ -849,7 +857,7 @@ def reconstruct(
         penalty, regularizer_weight = candidates[best]
         fits.append((_DIHEDRAL[0], trials[best], trials[best].output))
     ks = range(1, ensemble + 1) if fits else range(ensemble)
-    interrupted = trials and trials[-1].stop_reason.startswith("interrupted")
+    interrupted = trials and trials[-1].stop_reason.startswith(_CUT_SHORT)
     # per weight, the iterate its first member returned; each member's weight
     stops = {regularizer_weight: fits[0][1].best_step} if fits and fits[0][1].best_step \
         else {}  # (a fit that accepted no iterate, 0, gives no refit its length)
@@ -868,12 +876,16 @@ def reconstruct(
         label = [f"λ={regularizer_weight:.2g}"] if len(candidates) > 1 else []
         if member_spec is not spec:
             label.append(f"refit to iteration {stops[regularizer_weight]}")
-        module, result = fit_member(k, op_k, y_k, truth_k, penalty, member_spec, budget,
-                                    ", ".join(label))
+        member_penalty = penalty  # a user's penalty sees the image as it is, not turned
+        if penalty is not None and callable(regularizer) and turn != _DIHEDRAL[0]:
+            def member_penalty(out, penalty=penalty, turn=turn):
+                return penalty(_turn(out, turn, inverse=True))
+        module, result = fit_member(k, op_k, y_k, truth_k, member_penalty, member_spec,
+                                    budget, ", ".join(label))
         if budget < max_num_iter and result.num_steps == budget:
             result = replace(result, stop_reason=f"{result.stop_reason} (the mix's budget: "
                              f"{MIX_BUDGET}× the {fits[0][1].num_steps} iterations of fit 1)")
-        if fits and (result.stop_reason.startswith("interrupted") or (
+        if fits and (result.stop_reason.startswith(_CUT_SHORT) or (
                 result.stop_reason.startswith("diverged") and result.best_step == 0)):
             left_out.append(result)  # cut short after the first: averaged in, it would pull
         else:  # the image towards an untrained network (its stop still says what happened)
@@ -881,7 +893,7 @@ def reconstruct(
                 stops.setdefault(regularizer_weight, result.best_step)
             weights.append(regularizer_weight)
             fits.append((turn, result, _turn(result.output, turn, inverse=True)))
-        if result.stop_reason.startswith("interrupted"):
+        if result.stop_reason.startswith(_CUT_SHORT):
             break
     result = fits[0][1]
     # every fit run: fits[0] is a trial after a choice
@@ -928,8 +940,8 @@ def reconstruct(
     reason = result.stop_reason if len(fits) == 1 else \
         f"average of {len(fits)} fits; the first: {result.stop_reason}"
     flagged = [(k, r.stop_reason.split(";")[0]) for k, r in enumerate(runs)
-               if r.stop_reason.startswith(("interrupted", "diverged"))]
-    if flagged and not reason.startswith(("interrupted", "diverged")):  # said first: the CLI
+               if r.stop_reason.startswith((*_CUT_SHORT, "diverged"))]
+    if flagged and not reason.startswith((*_CUT_SHORT, "diverged")):  # said first: the CLI
         k, what = flagged[0]  # reads its status (exit code) from the start of the reason
         reason = f"{what} (fit {k + 1} of {len(runs)}); {reason}"
     return Reconstruction(
@@ -940,6 +952,10 @@ def reconstruct(
         device=str(torch_device), config=config, **scores,
     )
 
+
+#: Stops the user made (Ctrl-C, a callback's True): no further fit starts, and a member so cut
+#: short after the first is not averaged in.
+_CUT_SHORT = ("interrupted", "stopped by the callback")
 
 #: The named penalties of ``reconstruct(regularizer=...)``.
 REGULARIZERS = {"tv": total_variation}
@@ -1193,10 +1209,10 @@ def _penalties(regularizer: Any, weight: Any, *, problem: str, sigma: float | No
         except Exception as exc:  # the user's code: say where it failed, whatever it raised
             raise ValueError(f"the regularizer function failed on a grey image of shape "
                              f"{tuple(probe.shape)}: {type(exc).__name__}: {exc}") from exc
-        if not (isinstance(value, torch.Tensor) and value.ndim == 0 and value.requires_grad
-                and torch.isfinite(value)):
-            raise ValueError("a regularizer function must return a finite scalar tensor that "
-                             f"depends on the image; on a grey image of shape "
+        if not (isinstance(value, torch.Tensor) and value.numel() == 1 and value.requires_grad
+                and bool(torch.isfinite(value).all())):
+            raise ValueError("a regularizer function must return a finite number (a tensor of "
+                             "one element) that depends on the image; on a grey image of shape "
                              f"{tuple(probe.shape)} it returned {value!r}")
     else:
         raise TypeError(f"regularizer must be 'tv', 'auto', 'mix', 'none', a function or None, "
@@ -1210,7 +1226,7 @@ def _penalties(regularizer: Any, weight: Any, *, problem: str, sigma: float | No
                          f"{weight!r}{f' ({name} adds 0)' if adds_none else ''}")
 
     def penalty(w: float) -> Callable[[torch.Tensor], torch.Tensor] | None:
-        return None if w == 0 else lambda output: w * function(output)
+        return None if w == 0 else lambda output: w * function(output).reshape(())
 
     return [(penalty(w), w) for w in weights]
 
@@ -1268,8 +1284,11 @@ def _members(fits: list, truth: torch.Tensor | None,
     return rows
 
 
-def _observation(array: np.ndarray, operator: Any, image_shape: Any):
-    """The adapted operator and the observation as a tensor ``(1, *measurement_shape)``."""
+def _observation(array: np.ndarray, operator: Any, image_shape: Any,
+                 truth_shape: tuple[int, ...] | None = None):
+    """The adapted operator and the observation as a tensor ``(1, *measurement_shape)``;
+    ``truth_shape`` (the ground truth's (C, H, W)) stands in for ``image_shape`` where the
+    operator has no shape of its own (a function, a matrix)."""
     if operator is None:
         if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] not in (1, 3)):
             raise ValueError(
@@ -1280,8 +1299,15 @@ def _observation(array: np.ndarray, operator: Any, image_shape: Any):
                              "deepprior needs at least 4x4")
         check_image_array("observation", array)
         y = image_to_tensor(array)
+        if image_shape is not None and check_image_shape(image_shape) != tuple(y.shape[1:]):
+            raise ValueError(f"image_shape {check_image_shape(image_shape)} does not match the "
+                             f"image to denoise, {tuple(y.shape[1:])} as (C, H, W): leave "
+                             "image_shape out when denoising")
         return Identity(tuple(y.shape[1:])), y
-    op = as_operator(operator, image_shape)
+    has_shape = isinstance(operator, LinearOperator) or any(
+        getattr(operator, name, None) is not None for name in ("image_shape", "img_size"))
+    op = as_operator(operator, truth_shape if image_shape is None and not has_shape
+                     else image_shape)
     shape = op.measurement_shape
     if array.size != math.prod(shape):
         raise ValueError(

@@ -638,7 +638,7 @@ def test_a_users_regularizer_function_and_every_refusal():
         reconstruct(noisy, regularizer=3, **options)
     with pytest.raises(ValueError, match="regularizer_weight needs a regularizer"):
         reconstruct(noisy, regularizer_weight=0.1, **options)
-    with pytest.raises(ValueError, match="finite scalar tensor that depends on the image"):
+    with pytest.raises(ValueError, match="of one element. that depends on the image"):
         reconstruct(noisy, regularizer=lambda image: torch.tensor(1.0), **options)
     with pytest.raises(ValueError, match=r"function failed on a grey image of shape "
                        r"\(1, 1, 32, 32\): RuntimeError: "):  # the user's own error, named
@@ -1023,3 +1023,38 @@ def test_dry_run_checks_the_call_and_returns_its_plan_without_fitting():
         deepprior.dry_run(y, max_num_iter=0)
     with pytest.raises(TypeError, match="no on_start"):
         deepprior.dry_run(y, on_start=print)
+
+
+def test_options_together_a_users_penalty_a_stopping_callback_and_shapes():
+    """An ensemble member fitting the turned image gave a user's penalty the turned output
+    (a crash on a non-square image, the wrong pixels on a square one); a callback's True
+    stopped one fit and the next ones ran an iteration each and were averaged in; a
+    one-element penalty, σ = 0 for denoising, a ground truth or image_shape of the wrong
+    shape were refused or told about wrongly."""
+    noisy = np.random.default_rng(0).random((16, 24)).astype(np.float32)
+    reference = torch.from_numpy(noisy)[None, None]
+    seen = []
+
+    def near(x):  # depends on where each pixel is
+        seen.append(tuple(x.shape))
+        return ((x - reference.to(x.device)) ** 2).mean(dim=(1, 2, 3))  # shape (1,)
+
+    options = dict(net="deep_decoder", net_options={"channels": 4}, max_num_iter=3,
+                   stop="fixed:3", device="cpu")
+    result = deepprior.reconstruct(noisy, regularizer=near, ensemble=2, **options)
+    assert len(result.config["members"]) == 2 and set(seen) == {(1, 1, 16, 24)}
+    steps = []
+    result = deepprior.reconstruct(noisy, ensemble=3, callback=lambda s: steps.append(s.step)
+                                   or s.step >= 2, **options)
+    assert steps == [1, 2] and "members" not in result.config  # no further fit started
+    assert result.stop_reason.startswith("stopped by the callback")
+    with pytest.raises(ValueError, match="sigma=0 says the image holds no noise"):
+        deepprior.dry_run(noisy, sigma=0, **options)
+    with pytest.raises(ValueError, match=r"image_shape \(1, 8, 8\) does not match the image to "
+                                         r"denoise, \(1, 16, 24\)"):
+        deepprior.dry_run(noisy, image_shape=(8, 8), **options)
+    mask = deepprior.Mask((16, 24), keep=0.5)
+    with pytest.raises(ValueError, match=r"ground_truth must have shape \(16, 24\), got \(8, 8\)"):
+        deepprior.dry_run(noisy, mask, ground_truth=noisy[:8, :8], **options)
+    plan = deepprior.dry_run(noisy, mask, regularizer="none", **options)
+    assert plan["regularizer_weights"] == [0.0]
