@@ -893,17 +893,9 @@ class FunctionOperator(LinearOperator):
         probes = []
         for seed in (1, 2):
             image = torch.rand((1, *shape), generator=_generator(seed))
-            try:
-                with torch.no_grad():
-                    probe = A(image.to(_module_device(owner)))
-            except Exception as exc:  # the user's code: say where it failed, whatever it raised
-                raise ValueError(f"the operator's A failed on a random image of shape "
-                                 f"{(1, *shape)} (float32): {type(exc).__name__}: {exc}") from exc
-            if not isinstance(probe, torch.Tensor):
-                raise TypeError(f"A(x) must return a torch.Tensor, got {type(probe).__name__}")
-            if probe.is_complex():
-                raise ValueError(_COMPLEX_HINT.format(name="A", dtype=probe.dtype))
-            probes.append(probe)
+            with torch.no_grad():
+                probes.append(_call_forward(A, image.to(_module_device(owner)),
+                                            "the operator's A"))
         if probes[0].shape != probes[1].shape:
             raise ValueError(f"the operator's A returned shapes {tuple(probes[0].shape)} and "
                              f"{tuple(probes[1].shape)} for two images: its output must not "
@@ -1062,6 +1054,23 @@ def adjointness_error(
     return float(abs(lhs - rhs) / max(abs(float(lhs)), abs(float(rhs)), 1e-300))
 
 
+def _call_forward(forward: Callable[[torch.Tensor], Any], x: torch.Tensor,
+                  name: str) -> torch.Tensor:
+    """``forward(x)``, the user's code: a failure, whatever it raised, an output that is not a
+    tensor or is complex, said in one ValueError naming ``name``."""
+    try:
+        out = forward(x)
+    except Exception as exc:
+        raise ValueError(f"{name} failed on a random image of shape {tuple(x.shape)} "
+                         f"({str(x.dtype).removeprefix('torch.')}): {type(exc).__name__}: "
+                         f"{exc}") from exc
+    if not isinstance(out, torch.Tensor):
+        raise ValueError(f"{name}(x) must return a torch tensor, got {type(out).__name__}")
+    if out.is_complex():
+        raise ValueError(_COMPLEX_HINT.format(name=name, dtype=out.dtype))
+    return out
+
+
 def check_operator(op: LinearOperator, y: torch.Tensor | None = None,
                    device: torch.device | None = None) -> None:
     """The probe run before every fit: one forward call, one adjointness check.
@@ -1090,15 +1099,7 @@ def check_operator(op: LinearOperator, y: torch.Tensor | None = None,
                              f"{x.device}, where the fit runs: it must stay on its argument's "
                              "device")
     x = torch.rand((1, *op.image_shape), generator=_generator(0)).to(op.device)
-    try:
-        out = op.A(x.requires_grad_())
-    except Exception as exc:  # the user's code: say where it failed, whatever it raised
-        raise ValueError(f"{name}.A failed on a random image of shape {tuple(x.shape)}: "
-                         f"{type(exc).__name__}: {exc}") from exc
-    if not isinstance(out, torch.Tensor):
-        raise ValueError(f"{name}.A(x) must return a torch tensor, got {type(out).__name__}")
-    if out.is_complex():
-        raise ValueError(_COMPLEX_HINT.format(name=f"{name}.A", dtype=out.dtype))
+    out = _call_forward(op.A, x.requires_grad_(), f"{name}.A")
     if not out.is_floating_point():
         raise ValueError(f"{name}.A(x) must return a floating-point tensor, got {out.dtype}")
     if tuple(out.shape) != (1, *op.measurement_shape):

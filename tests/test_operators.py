@@ -806,8 +806,8 @@ def test_image_shape_inference():
         ),
         (
             lambda: as_operator(lambda x: x.numpy(), (4, 4)),
-            TypeError,
-            "A\\(x\\) must return a torch.Tensor, got ndarray",
+            ValueError,
+            "A\\(x\\) must return a torch tensor, got ndarray",
         ),
     ],
 )
