@@ -216,12 +216,6 @@ RULE_CASES: list[tuple[Any, ...]] = [
     *(("dip", 64, r, snr, "holdout:fraction=0.1,patience=1000,smoothing=0.99", *fits)
       for snr in OFF_GRID_SNRS for r in (0.25, 0.1, 0.5, 0.05)
       for fits in ((2,), (1, {"regularizer": "auto"}))),
-    # ... and σ given there, DIP's σ-given default (TV at the σ's weight; the discrepancy stop
-    # from 512 measurements on, below them the σ-free stop and its refit)
-    *(("dip", 64, r, snr, SIGMA_RULE if r >= 0.25 else
-       "holdout:fraction=0.1,patience=1000,smoothing=0.99", 1 if r >= 0.25 else 2,
-       {"regularizer": "tv", "sigma": "given"})
-      for snr in OFF_GRID_SNRS for r in (0.25, 0.5, 0.1, 0.05)),
 ]
 QUICK_RULE_CASES = [("deep_decoder", 64, 0.25, 20.0, "holdout:fraction=0.1,patience=5", 2),
                     ("deep_decoder", 64, 0.25, 20.0, "holdout:fraction=0.1,patience=5", 1,
