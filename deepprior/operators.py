@@ -125,9 +125,15 @@ class LinearOperator(torch.nn.Module):
         return self.A(x)
 
     @property
+    def observed(self) -> torch.Tensor | None:
+        """Boolean ``measurement_shape``: the entries of ``y`` that carry data (None: all)."""
+        return None
+
+    @property
     def num_measurements(self) -> int:
         """Number of entries of ``y`` that carry data (the ``m`` of the discrepancy rule)."""
-        return math.prod(self.measurement_shape)
+        observed = self.observed
+        return math.prod(self.measurement_shape) if observed is None else int(observed.sum())
 
     @property
     def device(self) -> torch.device:
@@ -466,10 +472,6 @@ class Mask(LinearOperator):
     def observed(self) -> torch.Tensor:
         """Boolean ``measurement_shape``: the entries of ``y`` that carry data."""
         return self.mask[0].expand(self.measurement_shape)
-
-    @property
-    def num_measurements(self) -> int:
-        return int(self.observed.sum())
 
     def A(self, x: torch.Tensor) -> torch.Tensor:  # noqa: N802
         return x * self.mask
@@ -909,13 +911,7 @@ class FunctionOperator(LinearOperator):
 
     @property
     def observed(self) -> torch.Tensor | None:
-        """Boolean ``measurement_shape``: the entries of ``y`` that carry data (None: all)."""
         return self._observed
-
-    @property
-    def num_measurements(self) -> int:
-        return math.prod(self.measurement_shape) if self._observed is None else int(
-            self._observed.sum())
 
     @property
     def has_adjoint(self) -> bool:
@@ -994,8 +990,7 @@ def as_operator(obj: Any, image_shape: Sequence[int] | None = None) -> LinearOpe
     if isinstance(obj, np.ndarray | torch.Tensor) or _is_scipy_sparse(obj):
         return MatrixOperator(obj, image_shape)
     if callable(getattr(obj, "A", None)):
-        shape = next((s for s in (image_shape, getattr(obj, "image_shape", None),
-                                  getattr(obj, "img_size", None)) if s is not None), None)
+        shape = image_shape if image_shape is not None else _own_image_shape(obj)
         adjoint = getattr(obj, "A_adjoint", None)
         owner = obj if isinstance(obj, torch.nn.Module) else None
         return FunctionOperator(obj.A, adjoint if callable(adjoint) else None,
@@ -1015,6 +1010,12 @@ def as_operator(obj: Any, image_shape: Sequence[int] | None = None) -> LinearOpe
         "object with a method A(x) (and optionally A_adjoint), a pair (A, A_adjoint) of "
         f"functions or a function A; got {type(obj).__name__}"
     )
+
+
+def _own_image_shape(obj: Any) -> Any:
+    """The image shape an operator carries itself (deepinv's physics: ``img_size``), or None."""
+    return next((s for s in (getattr(obj, "image_shape", None), getattr(obj, "img_size", None))
+                 if s is not None), None)
 
 
 def _need_shape(shape: Any, obj: Any) -> Sequence[int]:
