@@ -37,7 +37,13 @@ from .metrics import psnr as _psnr
 from .metrics import ssim as _ssim
 from .metrics import total_variation
 from .noise import estimate_sigma
-from .operators import Identity, LinearOperator, _module_device, as_operator, check_operator
+from .operators import (
+    Identity,
+    _module_device,
+    _own_image_shape,
+    as_operator,
+    check_operator,
+)
 from .stopping import (
     HOLDOUT_FRACTION,
     Fixed,
@@ -1132,7 +1138,7 @@ def dry_run(observation: np.ndarray | torch.Tensor, operator: Any = None,
     >>> plan["problem"], plan["fits"], plan["max_num_iter"], plan["stop"]
     ('inpainting', 1, 3000, 'holdout:fraction=0.1,patience=200')
     """
-    if "on_start" in options:
+    if options.pop("on_start", None) is not None:
         raise TypeError("dry_run() takes no on_start: it returns the plan on_start would get")
 
     def planned(plan: dict[str, Any]) -> None:
@@ -1226,7 +1232,7 @@ def _penalties(regularizer: Any, weight: Any, *, problem: str, sigma: float | No
                          f"{weight!r}{f' ({name} adds 0)' if adds_none else ''}")
 
     def penalty(w: float) -> Callable[[torch.Tensor], torch.Tensor] | None:
-        return None if w == 0 else lambda output: w * function(output).reshape(())
+        return None if w == 0 else lambda output: w * function(output)
 
     return [(penalty(w), w) for w in weights]
 
@@ -1304,10 +1310,8 @@ def _observation(array: np.ndarray, operator: Any, image_shape: Any,
                              f"image to denoise, {tuple(y.shape[1:])} as (C, H, W): leave "
                              "image_shape out when denoising")
         return Identity(tuple(y.shape[1:])), y
-    has_shape = isinstance(operator, LinearOperator) or any(
-        getattr(operator, name, None) is not None for name in ("image_shape", "img_size"))
-    op = as_operator(operator, truth_shape if image_shape is None and not has_shape
-                     else image_shape)
+    op = as_operator(operator, truth_shape if image_shape is None and _own_image_shape(
+        operator) is None else image_shape)
     shape = op.measurement_shape
     if array.size != math.prod(shape):
         raise ValueError(
