@@ -234,7 +234,7 @@ def run_one(
         progress=progress,
         callback=diagnostics,
         net_options={"channels": channels} if channels else None,
-        **({} if dry else {"on_start": on_start}),
+        on_start=on_start,
     )
     if dry:
         return None

@@ -338,12 +338,13 @@ def _prepare(item: _Item, build: Builder, names: list[str], options: FitOptions,
         return
     if options.clean is not None and task.clean is not None:
         raise ValueError(f"--clean is not needed: {task.clean_from}")
+    rules = names if options.clean is None else [n for n in names if n != "oracle"]
+    own = ["discrepancy"] if sigma_per_input and task.sigma is None else []  # the input's σ
+    check_stop(task, [n for n in rules if n not in own], task.clean,
+               oracle_hint=BATCH_ORACLE_HINT)
     try:
-        check_stop(task, names if options.clean is None else [n for n in names if n != "oracle"],
-                   task.clean, oracle_hint=BATCH_ORACLE_HINT)
+        check_stop(task, [n for n in rules if n in own], task.clean)
     except ValueError as exc:
-        if not (sigma_per_input and task.sigma is None and "discrepancy" in str(exc)):
-            raise
         row.status, row.error = "failed", f"{item.path.name} holds no noise level: {exc}"
         return
     check_regularizer(task, options)
