@@ -39,6 +39,7 @@ import argparse
 import sys
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import baselines
 import harness
@@ -50,6 +51,7 @@ from deepprior import (
     FastSensing,
     GaussianSensing,
     LinearOperator,
+    api,
     problem_defaults,
     psnr,
     reconstruct,
@@ -120,7 +122,9 @@ EXTRA_BUDGETS = {("dip", 6000)}
 #: iteration; the row lists both members' PSNR. An optional seventh entry adds reconstruct
 #: options (keyed too): ``{"regularizer": "tv"}``, and ``"sigma": "given"`` for the simulated
 #: noise std (DIP then fits with TV by default: ``"regularizer": "none"`` for the fit without);
-#: with several TV weights to choose from, K counts the refits after the choice.
+#: with several TV weights to choose from, K counts the refits after the choice;
+#: ``"tv_snrs_db"``: the noise levels of the σ-free TV candidates in place of
+#: ``api.TV_SNRS_DB`` (the default it would be, measured before it is made one).
 #: DIP's σ-given rule, named: ``stop="auto"`` resolves to it from 512 measurements on, and to
 #: the σ-free rule below (the σ-given rows at fewer measurements were measured with this one)
 SIGMA_RULE = "discrepancy:tau=0.6"
@@ -216,6 +220,11 @@ RULE_CASES: list[tuple[Any, ...]] = [
     *(("dip", 64, r, snr, "holdout:fraction=0.1,patience=1000,smoothing=0.99", *fits)
       for snr in OFF_GRID_SNRS for r in (0.25, 0.1, 0.5, 0.05)
       for fits in ((2,), (1, {"regularizer": "auto"}))),
+    # SNR 15 dB put the right TV weight at 1.8× the larger candidate's: the σ-free default with
+    # a third candidate, SNR 15 dB's weight ("tv_snrs_db" stands in for api.TV_SNRS_DB)
+    *(("dip", 64, r, 15.0, "holdout:fraction=0.1,patience=1000,smoothing=0.99", 1,
+       {"regularizer": "auto", "tv_snrs_db": (15.0, 20.0, 30.0)})
+      for r in (0.25, 0.1, 0.5, 0.05)),
 ]
 QUICK_RULE_CASES = [("deep_decoder", 64, 0.25, 20.0, "holdout:fraction=0.1,patience=5", 2),
                     ("deep_decoder", 64, 0.25, 20.0, "holdout:fraction=0.1,patience=5", 1,
@@ -344,9 +353,12 @@ def run_study(args: argparse.Namespace, store: harness.Store) -> None:
                 continue
             clean, operator, y, noise_std = make_case(size, m, snr, args.seed, args.image)
             quick = {"max_num_iter": 40, "net_options": QUICK_NET_OPTIONS} if args.quick else {}
-            kwargs = {**options, "sigma": noise_std} if "sigma" in options else options
-            result = reconstruct(y[0].numpy(), operator, net=net, stop=stop, seed=args.seed,
-                                 ground_truth=clean, ensemble=ensemble, **kwargs, **quick)
+            kwargs = {**options, "sigma": noise_std} if "sigma" in options else dict(options)
+            levels = tuple(kwargs.pop("tv_snrs_db", api.TV_SNRS_DB))
+            with mock.patch.object(api, "TV_SNRS_DB", levels):
+                result = reconstruct(y[0].numpy(), operator, net=net, stop=stop,
+                                     seed=args.seed, ground_truth=clean, ensemble=ensemble,
+                                     **kwargs, **quick)
             row.update(psnr=result.psnr, ssim=result.ssim, num_iter=result.num_iter,
                        num_steps=result.num_steps, seconds=result.elapsed,
                        stop_reason=result.stop_reason,
