@@ -146,8 +146,8 @@ def run_batch(command: str, build: Builder, inputs: list[str], options: FitOptio
     Exit code: 130 after Ctrl-C, else 1 when an input failed, else 3 when a fit diverged, else 0.
     """
     started = time.perf_counter()
-    names = check_fit_options(options)
     _check_engine(engine)
+    names = check_fit_options(options, cluster=engine.address is not None)
     outdir = _check_outdir(options.output)
     own = {Path(f).expanduser().resolve() for f in task_files if f is not None
            and Path(f).expanduser().is_file()}

@@ -198,11 +198,18 @@ def run_task(task: Task, options: FitOptions) -> None:
         raise typer.Exit(code=code)
 
 
-def check_fit_options(options: FitOptions) -> list[str]:
-    """The checks of the fitting options that typer cannot make; the --stop rule names."""
+def check_fit_options(options: FitOptions, *, cluster: bool = False) -> list[str]:
+    """The checks of the fitting options that typer cannot make; the --stop rule names.
+
+    ``cluster``: the fits run on a Ray cluster elsewhere, which has the devices (Ray assigns
+    the GPU), so ``--device`` names a kind, not hardware of this machine."""
     check_lr(options.lr)
     lr_decay(options.lr_decay)
-    check_device(options.device)
+    if not cluster:
+        check_device(options.device)
+    elif options.device not in ("auto", "cpu", "cuda"):
+        raise ValueError(f"--device {options.device}: with --ray it is auto, cpu or cuda (Ray "
+                         "assigns each fit its GPU)")
     return stop_names(options.stop)
 
 

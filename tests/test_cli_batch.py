@@ -548,3 +548,25 @@ def test_the_tasks_own_file_in_the_inputs_folder_is_not_an_input(data, tmp_path,
     monkeypatch.setitem(sys.modules, "ray", None)  # Ray not installed: one line, before inputs
     result = batch("denoise", tmp_path / "missing", "-o", out, "--ray", "local")
     assert result.exit_code == 1 and "--ray needs Ray" in result.output
+
+
+def test_a_remote_cluster_takes_device_cuda_that_this_machine_lacks(data, tmp_path, monkeypatch):
+    pytest.importorskip("ray")  # --ray checks that Ray is installed
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    seen = {}
+
+    def spy(items, **kwargs):  # the cluster is not there: record what would be sent, fit none
+        seen.update(kwargs)
+        return iter(())
+
+    monkeypatch.setattr(deepprior, "reconstruct_many", spy)
+    photo = data / "photos" / "img0.png"
+    result = batch("denoise", photo, "-o", tmp_path / "out", "--ray", "10.0.0.1:6379",
+                   "--device", "cuda", "-q", *FAST)
+    assert seen["engine"] == "ray" and seen["address"] == "10.0.0.1:6379", result.output
+    assert seen["device"] == "cuda"  # before: "--device cuda: CUDA is not available here"
+    for ray, expected in (("local", "CUDA is not available here"),  # a cluster on this machine
+                          ("10.0.0.1:6379", "with --ray it is auto, cpu or cuda")):
+        result = batch("denoise", photo, "-o", tmp_path / "no", "--ray", ray, "--device",
+                       "cuda:1" if ray != "local" else "cuda", "-q", *FAST)
+        assert result.exit_code == 1 and expected in result.output, result.output
