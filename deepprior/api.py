@@ -619,7 +619,8 @@ def reconstruct(
         same stopping rule), and the weight whose returned image predicts the held-out share
         best wins. Its
         fit becomes ensemble member 0, and ``ensemble`` more members fit all the data with that
-        weight (member k: seed + k and, when denoising, the k-th flip/rotation); the image is
+        weight (member k: seed + k and, when denoising with a named network, the k-th
+        flip/rotation; a module fits the image as it is); the image is
         their average. ``config["regularizer_choice"]`` lists each weight's held-out loss, stop
         and, for the losers, ``margin_z``: how many standard errors its held-out loss lies
         above the winner's (the mean of the per-entry differences over their standard error;
@@ -793,13 +794,15 @@ def reconstruct(
     # the first fit's network (member 0's seed, the image unturned), built before any fit
     first = [_network(net, net_input, op.image_shape, norm, seed, options)]
     channels, height, width = op.image_shape
-    if problem == "denoise" and isinstance(op, Identity) and planned > 1 and height != width:
+    # denoising, member k fits the k-th flip/rotation of the image; a module (net=...) makes
+    # one image shape, so its members (a refit after a choice) fit the image as it is
+    flips = problem == "denoise" and isinstance(op, Identity) and isinstance(net, str)
+    if flips and planned > 1 and height != width:
         try:  # member 1 fits the image turned by 90° (see the ensemble's flips below)
             _network(net, None, (channels, width, height), norm, seed + 1, options)
         except (ValueError, TypeError) as exc:
             raise ValueError(f"ensemble member 1 fits the image turned by 90° ({width}x{height}),"
                              f" and the network cannot: {exc}") from exc
-    flips = problem == "denoise" and isinstance(op, Identity)
 
     def member_data(k: int) -> tuple[Any, Any, torch.Tensor, torch.Tensor | None]:
         """Member k's turn (when denoising the k-th flip/rotation), operator, data, truth."""

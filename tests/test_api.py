@@ -940,6 +940,18 @@ def test_an_ensemble_member_on_the_turned_image_is_checked_before_any_fit(monkey
                     net_options={"input_size": (4, 20), "channels": 4})
 
 
+def test_a_module_refit_after_a_choice_fits_the_image_as_it_is():
+    """A module makes one image shape: denoising with several TV weights, the refit of the
+    chosen one fits the unturned image (it was turned by 90°, and a non-square image refused
+    with advice that could not help)."""
+    noisy = add_gaussian_noise(sample_image("camera", size=(16, 24)), 0.1, seed=0)
+    z = torch.rand(1, 4, 16, 24, generator=torch.Generator().manual_seed(0))
+    result = reconstruct(noisy, net=TinyNet(), net_input=z, sigma=0.1, regularizer="tv",
+                         regularizer_weight=[0.01, 0.1], stop="fixed:3")
+    assert result.image.shape == (16, 24) and len(result.config["members"]) == 2
+    assert len(result.config["regularizer_choice"]) == 2
+
+
 def test_a_later_member_cut_short_is_left_out_of_the_average():
     """Ctrl-C in the second fit of an ensemble: the image is the first fit's, not an average
     with a network that has barely started; the reason says the run was interrupted."""
