@@ -73,6 +73,8 @@ SNRS: tuple[float | None, ...] = (None, 40.0, 20.0)
 #: SNR 20 and 30 dB by the formula that adds this study's noise), at 64²: does the choice hold
 #: where no candidate is the true σ's weight?
 OFF_GRID_SNRS: tuple[float, ...] = (25.0, 15.0)
+#: every level, noiseless first, then from the least noise to the most: tables' and panels' order
+ALL_SNRS = (None, *sorted((s for s in (*SNRS, *OFF_GRID_SNRS) if s is not None), reverse=True))
 LAMBDAS = tuple(float(10.0**e) for e in np.arange(0.0, -6.0, -0.5))
 FISTA_ITER = 100
 #: the best λ of the half-decade grid refined to 1/8 of a step towards each neighbour: the grid
@@ -533,7 +535,7 @@ def report(payload: dict[str, Any]) -> str:
     ]
     for size in sorted({r["size"] for r in rows}):
         op = "Gaussian" if size <= 64 else "fast (DCT)"
-        for snr in (*SNRS, *OFF_GRID_SNRS):
+        for snr in ALL_SNRS:
             if not any(r["size"] == size and r["snr"] == snr for r in rows):
                 continue
             parts += [f"\n{image} {size}², {op} operator, {_snr_text(snr)} — PSNR (dB); "
@@ -571,7 +573,7 @@ def plot(payload: dict[str, Any], path: Path) -> Path | None:
                         ("DIP σ-free, no penalty (hold-out + refit)", {}, 2),
                         ("DIP σ-free default (TV or none chosen)", {"regularizer": "auto"}, 1))}
     sizes = sorted({r["size"] for r in rows})
-    levels = [snr for snr in (*SNRS, *OFF_GRID_SNRS) if any(r["snr"] == snr for r in rows)]
+    levels = [snr for snr in ALL_SNRS if any(r["snr"] == snr for r in rows)]
     if not rows:
         return None
     fig = Figure(figsize=(3.4 * len(levels), 3.0 * len(sizes)), dpi=72, layout="constrained")
