@@ -543,7 +543,9 @@ def reconstruct(
         The image shape, for operators that do not carry it (functions, some matrices); taken
         from ``ground_truth`` when that is given.
     seed : int
-        Seeds everything random: weights, input z, input perturbation, hold-out split.
+        Seeds everything random: weights, input z, input perturbation, hold-out split. A
+        module's own randomness (``net=`` with dropout) draws from torch's global generator:
+        seed that with ``torch.manual_seed``.
     device : str
         ``"auto"`` (CUDA, else MPS, else CPU), ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"``.
     progress : bool
@@ -781,6 +783,8 @@ def reconstruct(
 
     choosing = len(candidates) > 1 and not mix
     planned = _fit_count(len(candidates), ensemble, mix)
+    if callback is not None and not callable(callback):
+        raise TypeError(f"callback must be callable, got {type(callback).__name__}")
     if planned > 1 and getattr(callback, "one_fit", False):
         raise ValueError(f"the callback {type(callback).__name__} records one fit, and this call "
                          f"makes {planned} (the defaults' ensemble or choice of penalty): pass "
@@ -1357,6 +1361,8 @@ def _network(net: Any, net_input: Any, image_shape: tuple[int, int, int], norm: 
         net_input = nets.INPUT_SCALE * torch.rand(tuple(net.input_shape), generator=generator)
     if not isinstance(net_input, torch.Tensor) or not net_input.is_floating_point():
         raise TypeError("net_input must be a floating-point torch.Tensor")
+    if not bool(torch.isfinite(net_input).all()):
+        raise ValueError("net_input holds NaN or infinite values")
     module = copy.deepcopy(net)  # every fit starts from the module as given; the user's stays so
     with torch.no_grad():
         out = module(net_input.to(_module_device(module)))

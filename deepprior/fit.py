@@ -342,7 +342,7 @@ def fit(
         learning_rate, reg_noise_std, ema, snapshot_every, max_restarts)
     if callback is not None and not callable(callback):
         raise TypeError(f"callback must be callable, got {type(callback).__name__}")
-    _check_member(net, y, operator, policy, penalty, ground_truth)
+    seed = _check_member(net, z, y, operator, policy, penalty, ground_truth, seed)
     check_choice("precision", precision, PRECISIONS)
     lr_decay = check_lr_decay(lr_decay)
     device = resolve_device(device)
@@ -407,7 +407,9 @@ def fit_many(
     learning_rate, lr_decay, reg_noise_std, ema, device, progress, max_restarts, \
 snapshot_every, sync_every, precision
         As in :func:`fit`, the same for every member (``sync_every``: one device→host read for
-        the K members' losses). There is no ``callback``: it reads one live network.
+        the K members' losses). There is no ``callback``: it reads one live network. No
+        ``"bf16"`` for K > 1: autocast does not reach into the batched (``vmap``) forward, so
+        the members would train in float32 until one was left; fit them in turn instead.
 
     Returns
     -------
@@ -459,10 +461,10 @@ snapshot_every, sync_every, precision
     if len(set(rules)) < len(rules):
         raise ValueError("fit_many needs its own stopping rules per fit: a rule appears in the "
                          "policies of two members (inside a FirstOf or a Shadow)")
-    for i, (net, y, operator, policy, truth, penalty) in enumerate(zip(
-            nets, ys, operators, policies, per_member["ground_truths"], per_member["penalties"],
-            strict=True)):
-        _check_member(net, y, operator, policy, penalty, truth, f" of fit {i}")
+    seeds = [_check_member(net, z, y, operator, policy, penalty, truth, seed, f" of fit {i}")
+             for i, (net, z, y, operator, policy, truth, penalty, seed) in enumerate(zip(
+                 nets, zs, ys, operators, policies, per_member["ground_truths"],
+                 per_member["penalties"], per_member["seeds"], strict=True))]
     layout = _layout(nets[0])
     for i, net in enumerate(nets):
         if type(net) is not type(nets[0]) or _layout(net) != layout:
@@ -473,6 +475,10 @@ snapshot_every, sync_every, precision
             raise ValueError(f"fit_many needs inputs of one shape: zs[{i}] is "
                              f"{tuple(zs[i].shape)}, zs[0] {tuple(zs[0].shape)}")
     check_choice("precision", precision, PRECISIONS)
+    if precision == "bf16" and k > 1:
+        raise ValueError("fit_many runs K > 1 members in float32: autocast does not reach into "
+                         "its batched (vmap) forward; pass precision='fp32', or fit the members "
+                         "in turn with fit(..., precision='bf16')")
     lr_decay = check_lr_decay(lr_decay)
     device = resolve_device(device)
     if sync_every is None:
@@ -486,7 +492,7 @@ snapshot_every, sync_every, precision
                 forward=forward)
         for net, z, y, operator, policy, truth, penalty, seed, budget in zip(
             nets, zs, ys, operators, policies, per_member["ground_truths"],
-            per_member["penalties"], per_member["seeds"], budgets, strict=True)
+            per_member["penalties"], seeds, budgets, strict=True)
     ]
     _run(members, sync_every=sync_every,
          snapshot_every=snapshot_every, progress=progress, callback=None)
@@ -503,13 +509,27 @@ def _check_settings(learning_rate: Any, reg_noise_std: Any, ema: Any, snapshot_e
             check_int("max_restarts", max_restarts, minimum=0))
 
 
-def _check_member(net: Any, y: Any, operator: Any, policy: Any, penalty: Any, truth: Any,
-                  where: str = "") -> None:
-    """One fit's network, data, policy and penalty, checked before the first iteration."""
+def _check_member(net: Any, z: Any, y: Any, operator: Any, policy: Any, penalty: Any,
+                  truth: Any, seed: Any, where: str = "") -> int:
+    """One fit's network, input, data, operator, policy, penalty and seed, checked before the
+    first iteration; the seed as an int."""
     if torch.is_inference_mode_enabled():
         raise RuntimeError("a fit trains its network: call it outside torch.inference_mode()")
     if not isinstance(net, nn.Module):
         raise TypeError(f"net{where} must be an nn.Module, got {type(net).__name__}")
+    seed = check_int(f"seed{where}", seed, minimum=0)
+    if seed >= 2**64:
+        raise ValueError(f"seed{where} must be below 2**64 (a torch seed), got {seed}")
+    if not (callable(getattr(operator, "A", None)) and callable(getattr(operator, "to", None))):
+        raise TypeError(f"operator{where} must be a deepprior operator (A, A_adjoint, to), got "
+                        f"{type(operator).__name__}: wrap a function or matrix with "
+                        "deepprior.as_operator")
+    for name, value in (("z", z), ("y", y), ("ground_truth", truth)):
+        if value is not None and not (torch.is_tensor(value) and value.is_floating_point()):
+            raise TypeError(f"{name}{where} must be a floating-point torch.Tensor, got "
+                            f"{type(value).__name__} (torch.from_numpy(a).float()[None])")
+    if not bool(torch.isfinite(z).all()):
+        raise ValueError(f"z{where} holds NaN or infinite values")
     _check_policy(policy)
     if penalty is not None and not callable(penalty):
         raise TypeError(f"penalty{where} must be a function of the image, got "
@@ -520,8 +540,9 @@ def _check_member(net: Any, y: Any, operator: Any, policy: Any, penalty: Any, tr
             raise ValueError(f"{name}{where} has shape {tuple(value.shape)}; the operator "
                              f"needs {(1, *shape)} (a batch axis of 1, then "
                              f"{'its measurements' if name == 'y' else 'the image'})")
-        if torch.is_tensor(value) and not bool(torch.isfinite(value).all()):
+        if value is not None and not bool(torch.isfinite(value).all()):
             raise ValueError(f"{name}{where} holds NaN or infinite values")
+    return seed
 
 
 def _rules(policy: Any) -> Any:
@@ -686,7 +707,7 @@ class _Member:
         if reason is None:
             _finalize(policy, self.done)
             reason = _said(policy) or f"reached max_num_iter={self.budget}"
-        elif reason.startswith(("interrupted", "diverged")):
+        elif reason.startswith(("interrupted", "diverged", "stopped by the callback")):
             _finalize(policy, self.done)
             reason = f"{reason}; {_said(policy)}" if _said(policy) else reason
         best_step = policy.best_step

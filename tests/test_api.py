@@ -526,6 +526,13 @@ def test_on_start_comes_after_every_check_and_before_any_fit(monkeypatch):
     module = deepprior.build_net("deep_decoder", (1, 8, 8), channels=4)[0]
     with pytest.raises(ValueError, match=r"net\(net_input\) has shape \(1, 1, 8, 8\)"):
         reconstruct(y[0], op, net=module, stop="fixed:3", on_start=started.append)
+    with pytest.raises(TypeError, match="callback must be callable"):  # was checked in fit
+        reconstruct(y[0], op, net="dip", stop="fixed:3", callback="print",
+                    on_start=started.append)
+    module, z = deepprior.build_net("deep_decoder", op.image_shape, channels=4)
+    with pytest.raises(ValueError, match="net_input holds NaN"):  # was a "diverged" fit
+        reconstruct(y[0], op, net=module, net_input=z * torch.nan, stop="fixed:3",
+                    on_start=started.append)
     assert started == []
 
     class Started(Exception):

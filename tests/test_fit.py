@@ -85,6 +85,8 @@ def test_callback_can_stop_and_sees_gradients():
                  callback=stop_at_7, device="cpu")
     assert result.num_steps == 7 and "callback" in result.stop_reason
     assert len(seen) == 7 and all(g > 0 for g in seen)
+    # the reason names the iterate returned, as after Ctrl-C (it named the stop alone)
+    assert result.stop_reason.endswith("; returning the last iterate (iteration 7)")
 
 
 def test_divergence_guard_restores_and_halves_lr():
@@ -498,6 +500,11 @@ def test_fit_many_refuses_mismatched_members_before_fitting():
         fit_many(nets, zs, ys, ops, policies=two, max_num_iter=np.array([2, 2, 2]))
     with pytest.raises(ValueError, match="at least one network"):
         fit_many([], [], [], [], policies=[], max_num_iter=2)
+    # autocast does not reach into vmap: the members trained in float32, said nowhere
+    with pytest.raises(ValueError, match="fit_many runs K > 1 members in float32"):
+        fit_many(nets, zs, ys, ops, policies=two, max_num_iter=2, precision="bf16")
+    with pytest.raises(TypeError, match="seed of fit 1 must be an integer"):
+        fit_many(nets, zs, ys, ops, policies=two, max_num_iter=2, seeds=[0, 0.5])
 
 
 # --------------------------------------------------------------------------- as users call it
@@ -533,12 +540,28 @@ def test_arguments_are_checked_before_the_first_iteration():
              ({"y": noisy.reshape(-1, 1)}, ValueError, r"y has shape \(143, 1\); the operator "
                                                       r"needs \(1, 1, 13, 11\)"),
              ({"ground_truth": clean[0, 0]}, ValueError, "ground_truth has shape"),
-             ({"device": "meta"}, ValueError, "device must be 'auto', 'cpu'")]
+             ({"device": "meta"}, ValueError, "device must be 'auto', 'cpu'"),
+             # before: a restart loop blamed on divergence, an image of NaN
+             ({"z": torch.full_like(z, torch.nan)}, ValueError, "z holds NaN"),
+             # before: AttributeError / TypeError / RuntimeError from inside the loop's set-up
+             ({"y": noisy.numpy()}, TypeError, "y must be a floating-point torch.Tensor"),
+             ({"z": z.numpy()}, TypeError, "z must be a floating-point torch.Tensor"),
+             ({"operator": lambda x: x}, TypeError, "wrap a function or matrix with "
+                                                    "deepprior.as_operator"),
+             ({"seed": 1.5}, TypeError, "seed must be an integer"),
+             ({"seed": -1}, ValueError, "seed must be an integer >= 0"),
+             ({"seed": 2**64}, ValueError, "seed must be below 2")]
+    net.eval()
     for options, error, message in cases:
-        arguments = {"policy": Fixed(5), "max_num_iter": 5, "y": noisy, **options}
+        arguments = {"policy": Fixed(5), "max_num_iter": 5, "y": noisy, "z": z, "operator": op,
+                     **options}
         with pytest.raises(error, match=message):
-            fit(net, z, arguments.pop("y"), op, **arguments)
+            fit(net, arguments.pop("z"), arguments.pop("y"), arguments.pop("operator"),
+                **arguments)
     assert all(torch.equal(a, b) for a, b in zip(before, net.parameters(), strict=True))
+    assert not net.training  # a refused call leaves the module as it was
+    result = fit(net, z, noisy, op, policy=Fixed(2), max_num_iter=2, seed=np.int64(3))
+    assert result.num_steps == 2  # a numpy integer is a seed (it failed in manual_seed)
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="CUDA is not available here"):
             resolve_device(torch.device("cuda:7"))
