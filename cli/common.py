@@ -414,21 +414,24 @@ def check_device(device: str) -> None:
 # --------------------------------------------------------------------------- inputs
 
 
-def image_or_demo(image: Path | None, demo_size: int,
-                  max_pixels: int = MAX_PIXELS) -> tuple[np.ndarray, str]:
+def image_or_demo(image: Path | None, demo_size: int, max_pixels: int = MAX_PIXELS, *,
+                  observed: bool = False) -> tuple[np.ndarray, str]:
     """The image at ``image``, or the bundled camera image at ``demo_size`` when none is given.
 
-    Returns the image and a line saying where it came from (for the report).
+    Returns the image and a line saying where it came from (for the report). ``observed``:
+    the image is the observation to reconstruct, whose float samples may lie outside [0, 1]
+    (noise simulated without clipping), not a clean image.
     """
     if image is None:
         clean = deepprior.sample_image("camera", size=demo_size)
         return clean, f"sample image camera resized to {demo_size}x{demo_size}"
-    return load_image(image, max_pixels), str(image)
+    return load_image(image, max_pixels, unclipped=observed), str(image)
 
 
-def load_image(path: Path, max_pixels: int, *, what: str = "IMAGE") -> np.ndarray:
+def load_image(path: Path, max_pixels: int, *, what: str = "IMAGE",
+               unclipped: bool = False) -> np.ndarray:
     """load_image with the pixel limit, and images smaller than the networks handle refused."""
-    image = deepprior.load_image(path, max_pixels=max_pixels)
+    image = deepprior.load_image(path, max_pixels=max_pixels, unclipped=unclipped)
     check_size(image.shape, f"{what} {path}")
     return image
 

@@ -67,7 +67,11 @@ def prepare(sigma: float | None, add_noise: float | None, options: FitOptions) -
                          "already noisy: give one")
 
     def build(image: Path | None, seed: int, *, quiet: bool = False) -> Task:
-        loaded, source = image_or_demo(image, DEMO_SIZE, options.max_pixels)
+        if image is None and noise is None and known is not None:
+            raise ValueError("the demo adds noise of std 25 and knows it: --sigma is for an "
+                             "IMAGE already noisy (--add-noise N sets the demo's level)")
+        loaded, source = image_or_demo(image, DEMO_SIZE, options.max_pixels,
+                                       observed=noise is None)
         added = 25 / 255 if image is None and noise is None else noise
         clean = loaded if added is not None else None
         noisy = loaded if clean is None else deepprior.add_gaussian_noise(clean, added, seed=seed)

@@ -183,7 +183,8 @@ def run_task(task: Task, options: FitOptions) -> None:
         config = result.config if isinstance(result.config, dict) else {}
         choice = config.get("regularizer_choice", [])
         if choice:
-            typer.echo(choice_line(choice, len(config.get("members") or [None, None]) - 1))
+            typer.echo(choice_line(choice, len(config.get("members") or [None]) - 1,
+                                   cut_short=status == "interrupted"))
         typer.echo(f"stopped: {result.stop_reason}")
         fits = len(config.get("members", [None])) + max(len(choice) - 1, 0)  # member 0: a trial
         steps = (f"{fits} fits, {result.num_steps} iterations in all" if fits > 1
@@ -297,16 +298,20 @@ def default_summary(result, report: dict[str, Any]) -> str:
 NEAR_TIE_Z = 2.0
 
 
-def choice_line(choice: list[dict[str, Any]], refits: int = 1) -> str:
+def choice_line(choice: list[dict[str, Any]], refits: int = 1, *,
+                cut_short: bool = False) -> str:
     """Which regularizer weight the held-out pixels/measurements chose, and the losses; its
-    fit is averaged with ``refits`` fits to all the data."""
+    fit is averaged with ``refits`` fits to all the data. ``cut_short``: the call was stopped,
+    perhaps before every weight was fitted."""
     def name(row):
         return "none" if row["weight"] == 0 else f"λ = {row['weight']:.4g}"
     chosen = next(row for row in choice if row["chosen"])
     losses = ", ".join(f"{name(row)} {row['holdout_loss']:.4g}" for row in choice)
-    others = "a fit" if refits == 1 else f"{refits} fits"
-    line = (f"regularizer: {name(chosen)}, the lowest held-out loss ({losses}); its fit "
-            f"averaged with {others} to all the data")
+    fitted = f" of the {len(choice)} weight(s) fitted before the stop" if cut_short else ""
+    line = f"regularizer: {name(chosen)}, the lowest held-out loss{fitted} ({losses})"
+    if refits:
+        others = "a fit" if refits == 1 else f"{refits} fits"
+        line += f"; its fit averaged with {others} to all the data"
     for row in choice:
         if row.get("margin_z") is None or row["margin_z"] >= NEAR_TIE_Z:
             continue

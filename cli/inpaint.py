@@ -107,7 +107,7 @@ def prepare(mask: Path | None, missing: float | None, text: bool, noise_sigma: f
         if not demo and image is None:
             raise ValueError("--mask needs IMAGE, the damaged photo whose pixels it marks "
                              "(without --mask the demo removes pixels from a sample image)")
-        loaded, source = image_or_demo(image, DEMO_SIZE, options.max_pixels)
+        loaded, source = image_or_demo(image, DEMO_SIZE, options.max_pixels, observed=not demo)
         if demo:
             keep = (deepprior.text_mask(loaded.shape[:2]) if text else
                     deepprior.random_mask(loaded.shape[:2], fraction, seed=seed))

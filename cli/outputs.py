@@ -65,9 +65,10 @@ def _same_file(a: Path, b: Path) -> bool:
 
 
 def _nearest_existing(folder: Path) -> Path:
-    """The folder, or its nearest ancestor that exists (missing folders are created there)."""
+    """The folder, or its nearest ancestor that exists (missing folders are created there); a
+    link counts as existing, so that one to a missing folder is refused, not created over."""
     existing = folder.absolute()
-    while not existing.exists() and existing != existing.parent:
+    while not (existing.exists() or existing.is_symlink()) and existing != existing.parent:
         existing = existing.parent
     return existing
 
@@ -91,7 +92,9 @@ def check_writable_folder(folder: Path) -> None:
     systems, a network share that maps root to nobody)."""
     existing = _nearest_existing(folder)
     if not existing.is_dir():
-        raise ValueError(f"cannot create the folder {folder}: {existing} is a file")
+        raise ValueError(f"cannot create the folder {folder}: {existing} is "
+                         + (f"a link to {os.readlink(existing)}, which does not exist"
+                            if existing.is_symlink() and not existing.exists() else "a file"))
     reason = None if os.access(existing, os.W_OK | os.X_OK) else "permission denied"
     if reason is None:
         try:
@@ -283,7 +286,8 @@ def plot_fit(result, handle) -> None:
                 color="tab:blue", lw=1)
     ax.set_xlabel("iteration")
     config = result.config if isinstance(result.config, dict) else {}
-    penalized = config.get("regularizer_weight") not in (None, 0, 0.0)
+    first = (config.get("members") or [config])[0]  # the history is the first member's
+    penalized = first.get("regularizer_weight") not in (None, 0, 0.0)
     ax.set_ylabel(f"training loss (MSE{' + penalty' if penalized else ''})", color="tab:blue")
     if result.num_iter > 0:
         ax.axvline(result.num_iter, color="k", ls="--", lw=1, label=f"returned: {result.num_iter}")

@@ -69,7 +69,8 @@ def _observation(image: Path | None, simulate: bool, options: FitOptions):
     if image is None:
         clean = deepprior.sample_image("camera", size=DEMO_SIZE)
         return clean, f"sample image camera resized to {DEMO_SIZE}x{DEMO_SIZE}", True
-    return deepprior.load_image(image, max_pixels=options.max_pixels), str(image), simulate
+    return deepprior.load_image(image, max_pixels=options.max_pixels, unclipped=not simulate), \
+        str(image), simulate
 
 
 # --------------------------------------------------------------------------- superres

@@ -81,7 +81,8 @@ class ImageError(ValueError):
 # --------------------------------------------------------------------------- loading
 
 
-def load_image(path: str | os.PathLike[str], *, max_pixels: int = 64_000_000) -> np.ndarray:
+def load_image(path: str | os.PathLike[str], *, max_pixels: int = 64_000_000,
+               unclipped: bool = False) -> np.ndarray:
     """Read an image file as a float32 array with values in [0, 1].
 
     Parameters
@@ -94,18 +95,23 @@ def load_image(path: str | os.PathLike[str], *, max_pixels: int = 64_000_000) ->
         Largest accepted ``H * W``. Checked from the file header, before any pixel is
         decoded, so an oversized (or malicious) file costs no memory. It replaces Pillow's
         own limit (``PIL.Image.MAX_IMAGE_PIXELS``).
+    unclipped : bool, optional
+        Keep float samples (``.npy``, float TIFF) outside [0, 1] as they are, finite ones:
+        a noisy observation simulated without clipping, which a reconstruction fits as
+        given (clipping would bias its zero-mean noise). By default they are refused.
 
     Returns
     -------
     image : numpy.ndarray
-        float32, shape ``(H, W)`` for grayscale or ``(H, W, 3)`` for colour, values in [0, 1].
+        float32, shape ``(H, W)`` for grayscale or ``(H, W, 3)`` for colour, values in [0, 1]
+        (float samples outside it kept with ``unclipped=True``).
 
     Raises
     ------
     ImageError
         If the file is missing, a directory, empty, truncated or corrupt, not an image, has a
         zero dimension or more than `max_pixels` pixels, or (``.npy``) has an unsupported
-        dtype or shape, non-finite values or values outside [0, 1].
+        dtype or shape, non-finite values or values outside [0, 1] (without ``unclipped``).
     TypeError, ValueError
         If `max_pixels` is not a positive integer.
 
@@ -137,9 +143,11 @@ def load_image(path: str | os.PathLike[str], *, max_pixels: int = 64_000_000) ->
     ((3, 4), dtype('float32'), 1.0)
     """
     path, limit = _readable(path, max_pixels)
+    if not isinstance(unclipped, bool | np.bool_):
+        raise TypeError(f"unclipped must be True or False, got {unclipped!r}")
     if path.suffix.lower() == ".npy":
-        return _load_npy(path, limit)
-    return _to_float_image(path, _drop_alpha(path, _load_pixels(path, limit)))
+        return _load_npy(path, limit, unclipped)
+    return _to_float_image(path, _drop_alpha(path, _load_pixels(path, limit)), unclipped)
 
 
 def load_samples(path: str | os.PathLike[str], *, max_pixels: int = 64_000_000) -> np.ndarray:
@@ -195,7 +203,7 @@ def _check_dimensions(path: pathlib.Path, height: int, width: int, max_pixels: i
 # .npy ----------------------------------------------------------------------------------
 
 
-def _load_npy(path: pathlib.Path, max_pixels: int) -> np.ndarray:
+def _load_npy(path: pathlib.Path, max_pixels: int, unclipped: bool = False) -> np.ndarray:
     """Read a float ``.npy`` array, checking dtype, shape and size before the data."""
     with path.open("rb") as fh:
         if fh.read(len(_NPY_SIGNATURE)) != _NPY_SIGNATURE:
@@ -231,21 +239,25 @@ def _load_npy(path: pathlib.Path, max_pixels: int) -> np.ndarray:
     del mapped
     if image.ndim == 3:
         image = image[:, :, 0] if image.shape[2] == 1 else image
-    return _check_float_values(path, image)
+    return _check_float_values(path, image, unclipped)
 
 
-def _check_float_values(path: pathlib.Path, image: np.ndarray) -> np.ndarray:
-    """Reject non-finite values and values outside [0, 1]; clip rounding-level excess."""
+def _check_float_values(path: pathlib.Path, image: np.ndarray,
+                        unclipped: bool = False) -> np.ndarray:
+    """Reject non-finite values and (unless ``unclipped``) values outside [0, 1]; clip
+    rounding-level excess."""
     finite = np.isfinite(image)
     if not finite.all():
         raise ImageError(
             f"{path}: the image holds {int(image.size - finite.sum())} non-finite values "
             "(NaN or infinity); replace them before loading"
         )
+    if unclipped:
+        return image
     low, high = float(image.min()), float(image.max())
     if low < -_RANGE_TOLERANCE or high > 1 + _RANGE_TOLERANCE:
-        hint = ("a noisy image simulated without clipping: clip it to [0, 1] (np.clip(x, 0, "
-                "1)), or pass the array to deepprior.reconstruct, which takes it as it is"
+        hint = ("a noisy image simulated without clipping: load_image(path, unclipped=True) "
+                "keeps it as it is (deepprior.reconstruct fits it so), or clip it to [0, 1]"
                 if -0.5 <= low and high <= 1.5 else
                 "divide by 255 (8-bit) or 65535 (16-bit) or rescale to [0, 1]")
         raise ImageError(f"{path}: values lie in [{low:g}, {high:g}], outside [0, 1]; {hint}")
@@ -522,7 +534,7 @@ def _drop_alpha(path: pathlib.Path, pixels: np.ndarray) -> np.ndarray:
     raise ImageError(f"{path}: unsupported pixel layout {pixels.shape}; expected grayscale or RGB")
 
 
-def _to_float_image(path: pathlib.Path, pixels: np.ndarray) -> np.ndarray:
+def _to_float_image(path: pathlib.Path, pixels: np.ndarray, unclipped: bool = False) -> np.ndarray:
     """Scale integer samples by their full range (255 or 65535); check float samples."""
     if pixels.dtype == np.bool_:
         return pixels.astype(np.float32)
@@ -537,7 +549,7 @@ def _to_float_image(path: pathlib.Path, pixels: np.ndarray) -> np.ndarray:
             )
         return (pixels / 65535.0).astype(np.float32)
     if pixels.dtype.kind == "f":
-        return _check_float_values(path, pixels.astype(np.float32))
+        return _check_float_values(path, pixels.astype(np.float32), unclipped)
     raise ImageError(f"{path}: unsupported sample type {pixels.dtype}")
 
 

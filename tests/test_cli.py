@@ -6,6 +6,7 @@ paths are in test_cli_cs.py and test_cli_inverse.py.
 """
 
 import errno
+import io
 import json
 import os
 import tempfile
@@ -314,6 +315,36 @@ def test_unwritable_folder_is_refused_before_the_fit(clean_png, tmp_path, monkey
                                  str(tmp_path / "new" / "o.png"), *FAST])
     assert_one_line_error(result, "permission denied")
     assert not fitted and not (tmp_path / "new").exists()
+
+
+def test_the_curve_names_the_penalty_of_the_fit_it_shows(monkeypatch):
+    """The curve is the first member's: in the default mix, the fit without TV (it said
+    "MSE + penalty", from the mix's TV weight)."""
+    from matplotlib.figure import Figure
+
+    from deepprior_cli.outputs import plot_fit
+
+    labels = []
+    monkeypatch.setattr(Figure, "savefig", lambda self, *a, **k: labels.append(
+        self.axes[0].get_ylabel()))
+    for first, expected in ((0.0, "training loss (MSE)"), (0.2, "training loss (MSE + penalty)")):
+        config = {"net": "dip", "norm": "batch", "regularizer_weight": 0.2,
+                  "members": [{"regularizer_weight": first}, {"regularizer_weight": 0.2}]}
+        result = types.SimpleNamespace(history={"loss": np.array([1.0, 0.5]), "psnr": None},
+                                       num_iter=2, stop_reason="fixed", config=config)
+        plot_fit(result, io.BytesIO())
+        assert labels[-1] == expected
+
+
+def test_a_link_to_a_missing_folder_is_refused_before_the_fit(clean_png, tmp_path, monkeypatch):
+    fitted = []
+    monkeypatch.setattr(deepprior, "reconstruct", lambda *a, **k: fitted.append(1))
+    (tmp_path / "out").symlink_to(tmp_path / "unmounted")  # before: "File exists" after the fit
+    result = runner.invoke(app, ["denoise", str(clean_png), "-o",
+                                 str(tmp_path / "out" / "o.png"), *FAST])
+    assert_one_line_error(result, f"{tmp_path / 'out'} is a link to {tmp_path / 'unmounted'}, "
+                                  "which does not exist")
+    assert not fitted
 
 
 def test_a_folder_whose_permissions_allow_writing_but_that_takes_no_file_is_refused_too(
@@ -638,6 +669,34 @@ def test_an_error_comes_alone_even_where_the_input_has_notes(clean_png, tmp_path
     assert result.stdout == "" and "note:" not in result.stderr
 
 
+def test_a_noisy_float_image_is_fitted_as_it_is_and_a_clean_one_stays_in_range(tmp_path):
+    """Noise simulated without clipping leaves [0, 1]: the observation is taken as it is (it
+    was refused, with advice to clip, which biases the noise); the clean image is checked."""
+    clean = deepprior.sample_image("camera", size=(40, 36))
+    noisy = deepprior.add_gaussian_noise(clean, 0.1, seed=0)
+    assert noisy.min() < 0 < 1 < noisy.max()
+    np.save(tmp_path / "noisy.npy", noisy)
+    np.save(tmp_path / "clean.npy", noisy)  # a "clean" image out of range
+    out = tmp_path / "o.png"
+    result = runner.invoke(app, ["denoise", str(tmp_path / "noisy.npy"), "--sigma", "25.5",
+                                 "-o", str(out), *FAST])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(app, ["denoise", str(tmp_path / "noisy.npy"), "--clean",
+                                 str(tmp_path / "clean.npy"), "-o", str(tmp_path / "p.png"),
+                                 *FAST])
+    assert_one_line_error(result, "clean.npy: values lie in")
+    result = runner.invoke(app, ["denoise", str(tmp_path / "noisy.npy"), "--add-noise", "5",
+                                 "-o", str(tmp_path / "q.png"), *FAST])  # IMAGE is the clean one
+    assert_one_line_error(result, "noisy.npy: values lie in")
+
+
+def test_the_demo_refuses_a_sigma_it_does_not_have():
+    """The demo adds σ = 25 itself: a --sigma of 15 was taken as the level, silently."""
+    result = runner.invoke(app, ["denoise", "--sigma", "15", *FAST])
+    assert_one_line_error(result, "the demo adds noise of std 25 and knows it: --sigma is for "
+                                  "an IMAGE already noisy")
+
+
 def test_outputs_behind_a_missing_folder_and_long_names_and_a_constant_image(tmp_path,
                                                                              monkeypatch):
     monkeypatch.chdir(tmp_path)
@@ -679,6 +738,18 @@ def test_the_choice_line_counts_the_refits():
               {"weight": 0.1, "holdout_loss": 2.0, "chosen": False, "margin_z": 5.0}]
     assert choice_line(choice).endswith("its fit averaged with a fit to all the data")
     assert choice_line(choice, 2).endswith("its fit averaged with 2 fits to all the data")
+
+
+def test_ctrl_c_during_the_choice_does_not_claim_a_choice_or_an_average(clean_png, tmp_path,
+                                                                        monkeypatch):
+    interrupt_at(4, monkeypatch)  # in the first weight's fit: no other weight, no refit
+    result = runner.invoke(app, ["denoise", str(clean_png), "--add-noise", "25", "--regularizer",
+                                 "auto", "-o", str(tmp_path / "o.png"), *FAST[:-1]])
+    assert result.exit_code == 130, result.output
+    line = next(t for t in result.stdout.splitlines() if t.startswith("regularizer:"))
+    assert line.startswith("regularizer: none, the lowest held-out loss of the 1 weight(s) "
+                           "fitted before the stop (none ")
+    assert "averaged" not in line  # before: "its fit averaged with a fit to all the data"
 
 
 def test_a_fit_whose_loss_was_never_finite_writes_nothing(clean_png, tmp_path):

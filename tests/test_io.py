@@ -503,9 +503,20 @@ def test_npy_outside_unit_range(tmp_path, rng, scale, offset):
 def test_a_noisy_npy_out_of_range_is_told_so(tmp_path, rng):
     from deepprior import add_gaussian_noise
 
-    np.save(tmp_path / "noisy.npy", add_gaussian_noise(rng.random((HEIGHT, WIDTH)), 0.1))
-    with pytest.raises(ImageError, match=r"a noisy image simulated without clipping: clip it"):
+    noisy = add_gaussian_noise(rng.random((HEIGHT, WIDTH)), 0.1)
+    np.save(tmp_path / "noisy.npy", noisy)
+    with pytest.raises(ImageError, match=r"a noisy image simulated without clipping: "
+                                         r"load_image\(path, unclipped=True\) keeps it"):
         load_image(tmp_path / "noisy.npy")  # not "divide by 255"
+    np.testing.assert_array_equal(load_image(tmp_path / "noisy.npy", unclipped=True), noisy)
+    tifffile.imwrite(tmp_path / "noisy.tif", noisy)  # a float TIFF, the same
+    np.testing.assert_array_equal(load_image(tmp_path / "noisy.tif", unclipped=True), noisy)
+    noisy[0, 0] = np.nan
+    np.save(tmp_path / "nan.npy", noisy)
+    with pytest.raises(ImageError, match="non-finite"):
+        load_image(tmp_path / "nan.npy", unclipped=True)
+    with pytest.raises(TypeError, match="unclipped must be True or False"):
+        load_image(tmp_path / "noisy.npy", unclipped="yes")
 
 
 @pytest.mark.parametrize("dtype", [np.uint8, np.int64, np.bool_, np.complex64])
