@@ -25,6 +25,7 @@ import deepprior
 
 from .common import (
     FitOptions,
+    check_size,
     epilog,
     error_funnel,
     fit_options,
@@ -215,6 +216,10 @@ def _make_operator(kind: str, m: int, clean: np.ndarray, seed: int):
     shape = chw(clean.shape)
     if kind not in ("auto", "gaussian", "fast"):
         raise ValueError(f"--operator must be gaussian, fast or auto, got {kind!r}")
+    n = shape[0] * shape[1] * shape[2]
+    if not 1 <= m <= n:  # said with the option's name, not the library's (num_measurements)
+        raise ValueError(f"-m/--measurements must be in [1, {n}], the image's {n} values "
+                         f"({shape[1]}x{shape[2]}x{shape[0]}), got {m}")
     if kind == "auto":
         kind = "gaussian" if 4 * m * shape[1] * shape[2] <= AUTO_DENSE_BYTES else "fast"
     if kind == "gaussian":
@@ -370,6 +375,7 @@ def _image_shape(shape: str | None, n: int, per_channel: bool) -> tuple[int, int
     if side * side != n:
         raise ValueError(f"the matrix has n = {n} columns, not a square image; pass --shape HxW "
                          "(or HxWx3) with H*W(*C) = n")
+    check_size((side, side), f"the image of the matrix's n = {n} columns")  # as --shape is
     return channels, side, side
 
 

@@ -218,6 +218,7 @@ def _bad_files(folder, matrix, y):
     _write(folder, "y.npy", y)
     _write(folder, "y99.npy", y[:99])
     _write(folder, "A250.npy", matrix[:, :250])
+    _write(folder, "A9.npy", matrix[:, :9])
     _write(folder, "Anan.npy", np.where(np.eye(M, SIDE * SIDE) > 0, np.nan, matrix))
     (folder / "bad.npz").write_bytes(b"PK\x03\x04 this is not a zip archive")
     (folder / "bad.mat").write_bytes(b"MATLAB 5.0 MAT-file" + b"\x00" * 100)
@@ -234,6 +235,8 @@ def _bad_files(folder, matrix, y):
         (["--matrix", "A.npy", "--measurements-file", "y.npy", "--shape", "16x15"],
          "has 256 columns but --shape 16x15 has 240 pixels"),
         (["--matrix", "A250.npy", "--measurements-file", "y.npy"], "not a square image"),
+        (["--matrix", "A9.npy", "--measurements-file", "y.npy"],  # as --shape 3x3 is refused
+         "the image of the matrix's n = 9 columns is 3x3 pixels"),
         (["--matrix", "Anan.npy", "--measurements-file", "y.npy"], "non-finite"),
         (["--matrix", "bad.mat", "--measurements-file", "y.npy"], "not a readable MATLAB"),
         (["--matrix", "v73.mat", "--measurements-file", "y.npy"], "v7.3 (HDF5)"),
@@ -251,7 +254,8 @@ def _bad_files(folder, matrix, y):
         (["{img}", "-m", "100", "--noise", "10", "--noise-sigma", "1"], "not both"),
         (["{img}", "-m", "100", "--noise-sigma", "0"], "--noise-sigma must be a noise std > 0"),
         (["{img}", "-m", "100", "--save-measurements", "y.txt"], "must end in .npz"),
-        (["{img}", "-m", "100000"], "num_measurements"),
+        (["{img}", "-m", "100000"], "-m/--measurements must be in [1, 1440], the image's "
+                                    "1440 values (40x36x1), got 100000"),
         (["{img}", "-m", "100", "--clean", "{img}"], "--clean is not needed"),
         (["{img}"], "--measurements M is required"),
     ],
