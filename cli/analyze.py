@@ -114,8 +114,8 @@ def analyze(
 ) -> None:
     """Show per-layer gradient norms, conditioning, oscillation and rank during a fit.
 
-    Exit codes: 0 done, 1 error, 2 the command line does not parse, 3 a fit diverged, 130 Ctrl-C (the
-    runs so far are written).
+    Exit codes: 0 done, 1 error, 2 the command line does not parse, 3 a fit diverged, 130
+    Ctrl-C (the runs so far are written).
     """
     with error_funnel(debug):
         norms = _norms(norm)

@@ -54,9 +54,9 @@ engine_options = option_group(EngineOptions, "engine", _ENGINE_OPTIONS,
 BATCH_EXIT_CODES = (
     "Exit codes: 0 every input done (or skipped: its outputs exist); 1 an error before any fit "
     "(one line on stderr, nothing written), or some inputs failed (the others are done; "
-    "summary.csv says why); 2 the command line does not parse; 3 some fits diverged (their outputs hold "
-    "the last good iterate); 130 Ctrl-C (finished images and the summary so far are kept; the "
-    "same command again does the rest)."
+    "summary.csv says why); 2 the command line does not parse; 3 some fits diverged (their "
+    "outputs hold the last good iterate); 130 Ctrl-C (finished images and the summary so far are "
+    "kept; the same command again does the rest)."
 )
 
 

@@ -30,9 +30,10 @@ EXIT_DIVERGED = 3  # the fit diverged: outputs hold the last good iterate, a war
 EXIT_INTERRUPTED = 130  # Ctrl-C: best iterate so far written (during a fit) or nothing
 EXIT_CODES = (
     "Exit codes: 0 done; 1 error (one line on stderr, nothing written; a value checked after "
-    "parsing, e.g. --lr 0, is one); 2 the command line does not parse (an unknown option, a "
-    "value of the wrong type or not among an option's choices); 3 the fit diverged (outputs hold the last good iterate, a warning says so); "
-    "130 interrupted by Ctrl-C (during a fit: the best iterate so far is written)."
+    "parsing, e.g. --lr 0, is one); 2 the command line does not parse (an unknown option, a value "
+    "of the wrong type or not among an option's choices); 3 the fit diverged (outputs hold the "
+    "last good iterate, a warning says so); 130 interrupted by Ctrl-C (during a fit: the best "
+    "iterate so far is written)."
 )
 #: Smallest image side any built-in network reconstructs (ConvDecoder needs 8).
 MIN_SIDE = 4
