@@ -145,7 +145,8 @@ def reconstruct_many(
         Each item is one of
 
         - a path (``str`` or ``os.PathLike``) to an image file, read with
-          :func:`deepprior.load_image`: a noisy image to denoise, or the measurements of the
+          :func:`deepprior.load_image` (float samples outside [0, 1] kept: ``unclipped``): a
+          noisy image to denoise, or the measurements of the
           ``operator`` keyword when one is given;
         - a numpy array (or torch tensor): the same, already in memory;
         - a pair ``(measurements, operator)``: an item with its own forward model;
@@ -463,7 +464,8 @@ def _dry_run(items: list[_Item], kwargs: dict[str, Any], has_truth: bool,
         with warnings.catch_warnings():  # the fits will say them
             warnings.simplefilter("ignore")
             try:
-                observation = item.array if item.array is not None else load_image(item.path)
+                observation = item.array if item.array is not None else load_image(
+                    item.path, unclipped=True)
             except Exception:  # noqa: BLE001 - its own failure, at its turn
                 continue
             try:
@@ -968,7 +970,8 @@ def _tasks(items: list[_Item], truth: Callable[[str], Any], seed: int,
         start = time.perf_counter()
         item_seed_ = item_seed(seed, item.name)
         try:
-            observation = load_image(item.path) if item.path is not None else item.array
+            observation = load_image(item.path, unclipped=True) if item.path is not None \
+                else item.array
             clean = truth(item.name)
             if isinstance(clean, str | os.PathLike):
                 clean = load_image(clean)

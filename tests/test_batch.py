@@ -209,6 +209,18 @@ def test_ground_truth_as_a_function_and_operators_per_item(noisy, clean, tmp_pat
     assert results["masked"].ok and results["masked"].result.config["problem"] == "inpainting"
 
 
+def test_a_file_of_noise_simulated_without_clipping_is_fitted_as_it_is(clean, tmp_path):
+    """Float samples outside [0, 1] in a path item: the observation, fitted as the array is
+    (the item failed: "values lie in [...], outside [0, 1]")."""
+    noisy = add_gaussian_noise(clean["crop0"], 0.1, seed=0)
+    assert noisy.min() < 0
+    np.save(tmp_path / "crop0.npy", noisy)
+    [from_file] = reconstruct_many([tmp_path / "crop0.npy"], workers=1, **FIT)
+    [from_array] = reconstruct_many([("crop0", noisy)], workers=1, **FIT)
+    assert from_file.ok, from_file.error
+    np.testing.assert_array_equal(from_file.result.image, from_array.result.image)
+
+
 def test_each_item_its_own_noise_level(noisy):
     items = [("crop0", noisy["crop0"]), ("crop1", noisy["crop1"]), ("crop2", noisy["crop2"])]
     results = {r.name: r.result for r in reconstruct_many(
