@@ -227,6 +227,11 @@ RULE_CASES: list[tuple[Any, ...]] = [
     *(("dip", 64, r, 15.0, "holdout:fraction=0.1,patience=1000,smoothing=0.99", 1,
        {"regularizer": "auto", "tv_snrs_db": (15.0, 20.0, 30.0)})
       for r in (0.25, 0.1, 0.5, 0.05)),
+    # ... and at SNR 20 dB, where the SNR-20 candidate is the true σ's weight: does the third
+    # one, 1.8× it, cost by winning a choice it should lose?
+    *(("dip", 64, r, 20.0, "holdout:fraction=0.1,patience=1000,smoothing=0.99", 1,
+       {"regularizer": "auto", "tv_snrs_db": (15.0, 20.0, 30.0)})
+      for r in (0.25, 0.1, 0.5, 0.05)),
 ]
 QUICK_RULE_CASES = [("deep_decoder", 64, 0.25, 20.0, "holdout:fraction=0.1,patience=5", 2),
                     ("deep_decoder", 64, 0.25, 20.0, "holdout:fraction=0.1,patience=5", 1,
