@@ -46,6 +46,7 @@ from .fitting import (
     Builder,
     Task,
     check_fit_options,
+    check_net_size,
     check_regularizer,
     check_stop,
     clean_image,
@@ -348,7 +349,8 @@ def _prepare(item: _Item, build: Builder, names: list[str], options: FitOptions,
         row.status, row.error = "failed", f"{item.path.name} holds no noise level: {exc}"
         return
     check_regularizer(task, options)
-    try:
+    try:  # what is wrong with this input alone: it fails alone
+        check_net_size(task, options)
         clean_path = _clean_path(row.name, cleans, options)
         if "oracle" in names and clean_path is None and task.clean is None:
             raise ValueError(f"--stop oracle needs the clean image: no {row.name}.* in "

@@ -121,6 +121,7 @@ def run_task(task: Task, options: FitOptions) -> None:
     clean = clean_image(task, options.clean, options)
     check_stop(task, names, clean)
     check_regularizer(task, options)
+    check_net_size(task, options)
     output = options.output or task.default_output
     outputs = Outputs(output, overwrite=options.overwrite,
                       inputs=(*task.inputs, options.clean),
@@ -419,6 +420,20 @@ def check_stop(task: Task, names: list[str], clean: np.ndarray | None, *,
     if "discrepancy" in names and task.sigma is None and task.operator is not None:
         raise ValueError(f"--stop discrepancy needs the noise level of the measurements: pass "
                          f"{task.sigma_option}, or choose another --stop")
+
+
+#: ConvDecoder's default input grid is 8x8, and the command line has no option to change it.
+CONV_DECODER_MIN_SIDE = 8
+
+
+def check_net_size(task: Task, options: FitOptions) -> None:
+    """Refuse an image below ``--net conv_decoder``'s 8x8 here (every image is at least
+    4x4 already): the library's advice, ``input_size=...``, is no option of the command line."""
+    height, width = task.image_shape[:2]
+    if options.net == "conv_decoder" and min(height, width) < CONV_DECODER_MIN_SIDE:
+        raise ValueError(f"the image is {height}x{width} pixels; --net conv_decoder reconstructs "
+                         f"images of at least {CONV_DECODER_MIN_SIDE}x{CONV_DECODER_MIN_SIDE} "
+                         "(--net dip or deep_decoder from 4x4)")
 
 
 def check_regularizer(task: Task, options: FitOptions) -> None:

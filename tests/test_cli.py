@@ -690,6 +690,15 @@ def test_a_noisy_float_image_is_fitted_as_it_is_and_a_clean_one_stays_in_range(t
     assert_one_line_error(result, "noisy.npy: values lie in")
 
 
+def test_an_image_below_conv_decoder_s_grid_is_refused_with_what_the_cli_can_do(tmp_path):
+    """6x6 with --net conv_decoder: the library's advice was input_size=..., no CLI option."""
+    save_image(tmp_path / "small.png", deepprior.sample_image("camera", size=6))
+    result = runner.invoke(app, ["denoise", str(tmp_path / "small.png"), "--net", "conv_decoder",
+                                 "-o", str(tmp_path / "o.png"), *FAST])
+    assert_one_line_error(result, "the image is 6x6 pixels; --net conv_decoder reconstructs "
+                                  "images of at least 8x8 (--net dip or deep_decoder from 4x4)")
+
+
 def test_the_demo_refuses_a_sigma_it_does_not_have():
     """The demo adds σ = 25 itself: a --sigma of 15 was taken as the level, silently."""
     result = runner.invoke(app, ["denoise", "--sigma", "15", *FAST])

@@ -570,3 +570,16 @@ def test_a_remote_cluster_takes_device_cuda_that_this_machine_lacks(data, tmp_pa
         result = batch("denoise", photo, "-o", tmp_path / "no", "--ray", ray, "--device",
                        "cuda:1" if ray != "local" else "cuda", "-q", *FAST)
         assert result.exit_code == 1 and expected in result.output, result.output
+
+
+def test_an_input_too_small_for_the_network_fails_alone(data, tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "img0.png").write_bytes((data / "photos" / "img0.png").read_bytes())
+    save_image(folder / "small.png", sample_image("camera", size=6))
+    out = tmp_path / "out"
+    result = batch("denoise", folder, "-o", out, "--workers", "1", "-q", *FAST, "--net",
+                   "conv_decoder")
+    assert statuses(out) == {"img0": "done", "small": "failed"}, result.output
+    error = {row["name"]: row["error"] for row in summary_of(out)["items"]}["small"]
+    assert "--net conv_decoder reconstructs images of at least 8x8" in error
