@@ -35,8 +35,10 @@ EXIT_CODES = (
     "last good iterate, a warning says so); 130 interrupted by Ctrl-C (during a fit: the best "
     "iterate so far is written)."
 )
-#: Smallest image side any built-in network reconstructs (ConvDecoder needs 8).
+#: Smallest image side any built-in network reconstructs ...
 MIN_SIDE = 4
+#: ... and ConvDecoder's, whose default input grid is 8x8 (no CLI option changes it).
+CONV_DECODER_MIN_SIDE = 8
 #: load_image's default pixel limit.
 MAX_PIXELS = 64_000_000
 
@@ -442,7 +444,8 @@ def check_size(shape: tuple[int, ...], what: str) -> None:
     """Refuse images with a side below :data:`MIN_SIDE` (the real minimum of the networks)."""
     if min(shape[:2]) < MIN_SIDE:
         raise ValueError(f"{what} is {shape[0]}x{shape[1]} pixels; deepprior reconstructs images "
-                         f"of at least {MIN_SIDE}x{MIN_SIDE} (8x8 with --net conv_decoder)")
+                         f"of at least {MIN_SIDE}x{MIN_SIDE} ({CONV_DECODER_MIN_SIDE}x"
+                         f"{CONV_DECODER_MIN_SIDE} with --net conv_decoder)")
 
 
 def parse_shape(text: str) -> tuple[int, int, int]:

@@ -27,8 +27,10 @@ import deepprior
 from deepprior.checks import check_lr_decay
 
 from .common import (
+    CONV_DECODER_MIN_SIDE,
     EXIT_DIVERGED,
     EXIT_INTERRUPTED,
+    MIN_SIDE,
     FitOptions,
     check_device,
     check_lr,
@@ -422,10 +424,6 @@ def check_stop(task: Task, names: list[str], clean: np.ndarray | None, *,
                          f"{task.sigma_option}, or choose another --stop")
 
 
-#: ConvDecoder's default input grid is 8x8, and the command line has no option to change it.
-CONV_DECODER_MIN_SIDE = 8
-
-
 def check_net_size(task: Task, options: FitOptions) -> None:
     """Refuse an image below ``--net conv_decoder``'s 8x8 here (every image is at least
     4x4 already): the library's advice, ``input_size=...``, is no option of the command line."""
@@ -433,7 +431,7 @@ def check_net_size(task: Task, options: FitOptions) -> None:
     if options.net == "conv_decoder" and min(height, width) < CONV_DECODER_MIN_SIDE:
         raise ValueError(f"the image is {height}x{width} pixels; --net conv_decoder reconstructs "
                          f"images of at least {CONV_DECODER_MIN_SIDE}x{CONV_DECODER_MIN_SIDE} "
-                         "(--net dip or deep_decoder from 4x4)")
+                         f"(--net dip or deep_decoder from {MIN_SIDE}x{MIN_SIDE})")
 
 
 def check_regularizer(task: Task, options: FitOptions) -> None:

@@ -203,7 +203,7 @@ def _check_dimensions(path: pathlib.Path, height: int, width: int, max_pixels: i
 # .npy ----------------------------------------------------------------------------------
 
 
-def _load_npy(path: pathlib.Path, max_pixels: int, unclipped: bool = False) -> np.ndarray:
+def _load_npy(path: pathlib.Path, max_pixels: int, unclipped: bool) -> np.ndarray:
     """Read a float ``.npy`` array, checking dtype, shape and size before the data."""
     with path.open("rb") as fh:
         if fh.read(len(_NPY_SIGNATURE)) != _NPY_SIGNATURE:
@@ -242,8 +242,7 @@ def _load_npy(path: pathlib.Path, max_pixels: int, unclipped: bool = False) -> n
     return _check_float_values(path, image, unclipped)
 
 
-def _check_float_values(path: pathlib.Path, image: np.ndarray,
-                        unclipped: bool = False) -> np.ndarray:
+def _check_float_values(path: pathlib.Path, image: np.ndarray, unclipped: bool) -> np.ndarray:
     """Reject non-finite values and (unless ``unclipped``) values outside [0, 1]; clip
     rounding-level excess."""
     finite = np.isfinite(image)
@@ -534,7 +533,7 @@ def _drop_alpha(path: pathlib.Path, pixels: np.ndarray) -> np.ndarray:
     raise ImageError(f"{path}: unsupported pixel layout {pixels.shape}; expected grayscale or RGB")
 
 
-def _to_float_image(path: pathlib.Path, pixels: np.ndarray, unclipped: bool = False) -> np.ndarray:
+def _to_float_image(path: pathlib.Path, pixels: np.ndarray, unclipped: bool) -> np.ndarray:
     """Scale integer samples by their full range (255 or 65535); check float samples."""
     if pixels.dtype == np.bool_:
         return pixels.astype(np.float32)
