@@ -322,9 +322,12 @@ def fit(
     Raises
     ------
     ValueError, TypeError
-        Before the first iteration: a ``y`` or ``ground_truth`` whose shape is not the
-        operator's, a policy without ``update``/``best_step``/``reason``, a penalty or callback
-        that is not callable, a learning rate, input noise, EMA factor or interval out of range.
+        Before the first iteration: ``z``, ``y`` or ``ground_truth`` not a floating-point
+        tensor or not finite, a ``y`` or ``ground_truth`` whose shape is not the operator's, an
+        operator without ``A``/``to`` (wrap others with :func:`deepprior.as_operator`), a seed
+        that is not an integer in [0, 2**64), a policy without ``update``/``best_step``/
+        ``reason``, a penalty or callback that is not callable, a learning rate, input noise,
+        EMA factor or interval out of range.
 
     Notes
     -----
