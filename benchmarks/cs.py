@@ -502,6 +502,47 @@ def rule_table(rows: list[dict[str, Any]]) -> str:
                                           "TV (oracle λ)", "one fit, its `auto` rule (budget)"])
 
 
+def one_se_pick(choice: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The weight the one-standard-error rule of cross-validation would choose (Breiman et al.
+    1984; Hastie, Tibshirani & Friedman, §7.10): the largest whose held-out loss lies within one
+    paired standard error of the lowest (``margin_z`` < 1). None for rows from before
+    ``margin_z`` was recorded."""
+    if any(c.get("margin_z") is None and not c["chosen"] for c in choice):
+        return None
+    return max((c for c in choice if c["chosen"] or c["margin_z"] < 1.0),
+               key=lambda c: c["weight"])
+
+
+def choice_table(rows: list[dict[str, Any]]) -> str:
+    """Each held-out choice among weights beside the one-SE rule's pick, with the held-out fits'
+    PSNR (each weight's fit without the held-out share: the returned image averages the chosen
+    one with a refit, so a changed pick changes the result by about, not exactly, the Δ)."""
+    table, deltas = [], []
+    for r in rows:
+        choice = r.get("regularizer_choice")
+        pick = one_se_pick(choice) if choice else None
+        if pick is None:
+            continue
+        chosen = next(c for c in choice if c["chosen"])
+        delta = pick["psnr"] - chosen["psnr"] if pick is not chosen else 0.0
+        deltas.append(delta)
+        table.append({
+            "size": f"{r['size']}²", "m/n": f"{r['ratio']:.2g}", "noise": _snr_text(r["snr"]),
+            "options": " + ".join(_options_text(r.get("options", {}))),
+            "lowest loss: λ (PSNR)": f"{chosen['weight']:.3g} ({chosen['psnr']:.2f})",
+            "one-SE rule: λ (PSNR)": "same" if pick is chosen else
+            f"{pick['weight']:.3g} ({pick['psnr']:.2f}, z {pick['margin_z']:.2f})",
+            "Δ": f"{delta:+.2f}",
+        })
+    if not table:
+        return ""
+    changed = [d for d in deltas if d]
+    summary = (f"\nThe one-SE rule changes {len(changed)} of {len(deltas)} choices"
+               + (f": Δ {min(changed):+.2f} to {max(changed):+.2f}, mean {np.mean(changed):+.2f}"
+                  f" dB (over all {len(deltas)}: {np.mean(deltas):+.2f})" if changed else ""))
+    return harness.markdown_table(table, list(table[0])) + summary
+
+
 def baseline_detail(rows: list[dict[str, Any]]) -> str:
     """λ chosen and seconds of one solve for the oracle-tuned baselines."""
     columns = ["size", "m/n", "noise", "TV λ", "TV s", "wavelet λ", "wavelet s", "LS s"]
@@ -556,6 +597,12 @@ def report(payload: dict[str, Any]) -> str:
     if any("stop" in r for r in rows):
         parts += ["\nOther σ-free rules, each its own fit (`reconstruct(y, A, stop=...)`):\n",
                   rule_table(rows)]
+    choices = choice_table(rows)
+    if choices:
+        parts += ["\nHeld-out choices among penalty weights: the lowest held-out loss (what "
+                  "`reconstruct` chooses) against the one-standard-error rule (the largest "
+                  "weight within one paired standard error of it); PSNR of each weight's "
+                  "held-out fit:\n", choices]
     parts += ["\ndeepprior rows:\n", prior_table(rows),
               "\nOracle-tuned baselines: chosen λ (\"edge\" = at the end of the grid) and seconds "
               "of one solve at that λ:\n", baseline_detail(rows)]

@@ -196,6 +196,23 @@ def test_cs_quick(tmp_path, study):
     assert f"regularizer=tv + λ={tv['regularizer_weight']:.3g}" in stdout
     code, report = study("cs.py", "--report", "--out-dir", str(tmp_path))  # the rows read back
     assert code == 0 and f"regularizer=tv + λ={tv['regularizer_weight']:.3g}" in report
+    assert "Held-out choices among penalty weights" in report and "one-SE rule changes" in report
+
+
+def test_one_se_rule_takes_the_largest_weight_within_one_standard_error():
+    cs = _load("cs")
+    choice = [{"weight": 0.0, "chosen": True, "margin_z": None, "psnr": 20.0},
+              {"weight": 2.5, "chosen": False, "margin_z": 0.85, "psnr": 21.3},
+              {"weight": 0.8, "chosen": False, "margin_z": 0.5, "psnr": 20.5},
+              {"weight": 9.0, "chosen": False, "margin_z": 1.2, "psnr": 19.0}]
+    assert cs.one_se_pick(choice)["weight"] == 2.5  # 9.0 lies 1.2 standard errors above
+    assert cs.one_se_pick(choice[:1] + choice[3:])["weight"] == 0.0  # none within: the lowest
+    assert cs.one_se_pick([{**c, "margin_z": None} for c in choice]) is None  # older rows
+    row = {"size": 64, "ratio": 0.05, "snr": 15.0, "options": {"regularizer": "auto"},
+           "regularizer_choice": choice}
+    table = cs.choice_table([row, {**row, "regularizer_choice": choice[:1] + choice[3:]}])
+    assert "2.5 (21.30, z 0.85)" in table and "+1.30" in table
+    assert "changes 1 of 2 choices: Δ +1.30 to +1.30, mean +1.30 dB (over all 2: +0.65)" in table
 
 
 def test_clean_images_are_square_crops_in_range(harness):
