@@ -125,7 +125,8 @@ def load_image(path: str | os.PathLike[str], *, max_pixels: int = 64_000_000,
     Notes
     -----
     Integer samples are scaled by their full range: ``v / 255`` for 8 bits and ``v / 65535``
-    for 16 bits, computed in float64, so 16-bit precision is kept; a Netpbm file (PGM, PPM)
+    for 16 bits, computed in float64, so 16-bit precision is kept (a TIFF of signed samples
+    by ``v / 127`` or ``v / 32767``, and refused when one is negative); a Netpbm file (PGM, PPM)
     of 9 to 16 bits by its maximum value, at full precision. 16-bit and float colour
     TIFFs are read with ``tifffile``, at full precision (CMYK made RGB, grey stored with 0 as
     white inverted). Bilevel ("1") images become 0 and 1;
@@ -432,11 +433,13 @@ _MINISWHITE, _SEPARATED = 0, 5  # TIFF PhotometricInterpretation: grey with 0 wh
 
 def _tifffile_reads(im: Image.Image) -> bool:
     """Whether a TIFF Pillow opened is read with tifffile instead: colour of more than 8 bits
-    (Pillow keeps 8), 16-bit grey with 0 as white (Pillow leaves it a negative), and one
+    (Pillow keeps 8), 16-bit grey with 0 as white (Pillow leaves it a negative), signed
+    samples (Pillow reads signed 8-bit as unsigned and widens signed 16-bit to 32 bits), and one
     uncompressed band to be turned by 90° (Pillow, from version 13 on, garbles it)."""
     bits, photometric = np.max(im.tag_v2.get(258, 8)), im.tag_v2.get(262)  # BitsPerSample
     bands, uncompressed = len(im.getbands()), im.tag_v2.get(259, 1) == 1  # Compression
-    return (bits > 8 and (bands > 1 or photometric == 0)) or (
+    signed = 2 in np.atleast_1d(im.tag_v2.get(339, 1))  # SampleFormat 2: signed integers
+    return signed or (bits > 8 and (bands > 1 or photometric == 0)) or (
         bands == 1 and uncompressed and _orientation(im) in (5, 6, 7, 8))
 
 
@@ -534,11 +537,21 @@ def _drop_alpha(path: pathlib.Path, pixels: np.ndarray) -> np.ndarray:
 
 
 def _to_float_image(path: pathlib.Path, pixels: np.ndarray, unclipped: bool) -> np.ndarray:
-    """Scale integer samples by their full range (255 or 65535); check float samples."""
+    """Scale integer samples by their full range (255 or 65535; signed 8 / 16-bit samples,
+    none negative, by 127 / 32767); check float samples."""
     if pixels.dtype == np.bool_:
         return pixels.astype(np.float32)
     if pixels.dtype == np.uint8:
         return (pixels / 255.0).astype(np.float32)
+    if pixels.dtype in (np.int8, np.int16):  # a TIFF of signed samples (read by tifffile)
+        low, high, full = int(pixels.min()), int(pixels.max()), np.iinfo(pixels.dtype).max
+        if low < 0:
+            raise ImageError(
+                f"{path}: signed {8 * pixels.itemsize}-bit samples ({pixels.dtype}) lie in "
+                f"[{low}, {high}]; negative values have no place on the [0, 1] scale: save the "
+                "image as float32 in [0, 1] (.npy or a float TIFF) or as unsigned 16-bit"
+            )
+        return (pixels / float(full)).astype(np.float32)
     if pixels.dtype.kind in "iu":  # 16-bit, or Pillow mode "I" (32-bit) holding 16-bit data
         low, high = int(pixels.min()), int(pixels.max())
         if low < 0 or high > 65535:

@@ -183,6 +183,27 @@ def test_16_bit_tiff_with_alpha_keeps_precision_and_warns(tmp_path, rng, channel
     np.testing.assert_array_equal(np.rint(loaded.astype(np.float64) * 65535), expected)
 
 
+@pytest.mark.parametrize(("dtype", "shape"), [(np.int8, (HEIGHT, WIDTH)),
+                                             (np.int16, (HEIGHT, WIDTH)),
+                                             (np.int16, (HEIGHT, WIDTH, 3))])
+def test_signed_tiffs_scale_by_their_signed_range_and_refuse_negative_samples(
+        tmp_path, rng, dtype, shape):
+    full = np.iinfo(dtype).max  # Pillow read int8 as unsigned and int16 divided by 65535
+    samples = rng.integers(0, full + 1, shape).astype(dtype)
+    samples.flat[0] = full
+    tifffile.imwrite(tmp_path / "signed.tif", samples,
+                     photometric="rgb" if len(shape) == 3 else "minisblack")
+    loaded = load_image(tmp_path / "signed.tif")
+    np.testing.assert_array_equal(loaded, (samples / full).astype(np.float32))
+    assert loaded.max() == 1.0
+    samples.flat[1] = -5
+    tifffile.imwrite(tmp_path / "negative.tif", samples,
+                     photometric="rgb" if len(shape) == 3 else "minisblack")
+    with pytest.raises(ImageError, match=rf"signed {8 * samples.itemsize}-bit samples "
+                       rf"\({np.dtype(dtype).name}\) lie in \[-5, {full}\]"):
+        load_image(tmp_path / "negative.tif")
+
+
 def test_float_rgb_tiff_pillow_cannot_open(tmp_path, rng):
     image = rng.random((HEIGHT, WIDTH, 3)).astype(np.float32)
     tifffile.imwrite(tmp_path / "float.tif", image, photometric="rgb")
