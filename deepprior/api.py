@@ -1031,14 +1031,22 @@ def _check_noise_level(sigma: float, op: Any, y: torch.Tensor, problem: str) -> 
 
 def _scale_ratio(op: Any, y: torch.Tensor) -> float:
     """``‖y‖ / (‖A‖·√n)``: ``‖A‖`` by eight power iterations from the constant image (the top
-    direction of masks and blurs; for sensing matrices within a few tens of percent)."""
-    u = torch.ones((1, *op.image_shape), device=op.device)
-    for _ in range(8):
-        v = op.A_adjoint(op.A(u)).detach()
-        size = float(v.norm())
-        if size == 0:
-            return 0.0 if float(y.norm()) == 0 else math.inf
-        u = v / size
+    direction of masks and blurs; for sensing matrices within a few tens of percent), or from a
+    random one where ``A`` maps the constant image to 0 (a gradient, a high-pass filter)."""
+    starts = (torch.ones((1, *op.image_shape)),
+              torch.randn((1, *op.image_shape), generator=torch.Generator().manual_seed(0)))
+    for u in starts:
+        u = u.to(op.device)
+        for _ in range(8):
+            v = op.A_adjoint(op.A(u)).detach()
+            size = float(v.norm())
+            if size == 0:
+                break
+            u = v / size
+        else:
+            break
+    else:  # A is 0 on both starts
+        return 0.0 if float(y.norm()) == 0 else math.inf
     gain = float(op.A(u).detach().norm())
     return float(y.double().norm()) / (gain * math.sqrt(math.prod(op.image_shape)))
 

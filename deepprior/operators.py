@@ -18,7 +18,8 @@ What lives here
 - :class:`MatrixOperator` (a dense or ``scipy.sparse`` matrix) and :class:`FunctionOperator`
   (callables, or any object with ``A``/``A_adjoint`` such as deepinv's ``LinearPhysics``).
 - :func:`as_operator`: any of the above → a :class:`LinearOperator`; :func:`check_operator`:
-  the probe run before a fit (shapes, finiteness, adjointness); :func:`adjointness_error`;
+  the probe run before a fit (shapes, finiteness, linearity, adjointness);
+  :func:`adjointness_error`, :func:`linearity_error`;
   :func:`operator_from_description` (rebuild a built-in operator from :meth:`describe`).
 
 No operator validates its input inside ``A``: shapes are checked once, at entry, by
@@ -48,6 +49,7 @@ __all__ = [
     "Blur",
     "Downsample",
     "adjointness_error",
+    "linearity_error",
     "downsampling_kernel",
     "gaussian_kernel",
     "motion_kernel",
@@ -1055,6 +1057,18 @@ def adjointness_error(
     return float(abs(lhs - rhs) / max(abs(float(lhs)), abs(float(rhs)), 1e-300))
 
 
+def linearity_error(op: LinearOperator, *, seed: int = 0) -> float:
+    """Relative error of ``A(x + 2u) = A(x) + 2·A(u)`` for random ``x``, ``u`` in float32 (about
+    1e-7 for a linear ``A``; an offset, a square or a modulus shows as order 1)."""
+    generator = _generator(seed + 1)
+    x, u = (torch.rand((1, *op.image_shape), generator=generator).to(op.device)
+            for _ in range(2))
+    with torch.no_grad():
+        ax, au, both = (op.A(v).double() for v in (x, u, x + 2 * u))
+    scale = max(float(ax.norm() + 2 * au.norm()), 1e-300)
+    return float((both - ax - 2 * au).norm()) / scale
+
+
 def _call_forward(forward: Callable[[torch.Tensor], Any], x: torch.Tensor,
                   name: str) -> torch.Tensor:
     """``forward(x)``, the user's code: a failure, whatever it raised, an output that is not a
@@ -1074,11 +1088,12 @@ def _call_forward(forward: Callable[[torch.Tensor], Any], x: torch.Tensor,
 
 def check_operator(op: LinearOperator, y: torch.Tensor | None = None,
                    device: torch.device | None = None) -> None:
-    """The probe run before every fit: one forward call, one adjointness check.
+    """The probe run before every fit: one forward call, a linearity and an adjointness check.
 
     Raises ``ValueError`` (naming the problem) if ``A`` does not return a finite floating-point
-    tensor of shape ``(1, *measurement_shape)``, if ``y`` has a different number of entries, or
-    if a written-out adjoint disagrees with ``A`` by more than :data:`ADJOINT_TOLERANCE`. With
+    tensor of shape ``(1, *measurement_shape)``, if ``y`` has a different number of entries, if
+    ``A`` is not linear (:func:`linearity_error`), or if a written-out adjoint disagrees with
+    ``A`` — either by more than :data:`ADJOINT_TOLERANCE`. With
     ``device`` (the fit's, a GPU), the operator is moved there, as the fit moves it, and ``A``
     is called once more on an image there: tensors a user's ``A`` holds outside its module's
     buffers stay behind and would fail the fit's first iteration.
@@ -1119,6 +1134,12 @@ def check_operator(op: LinearOperator, y: torch.Tensor | None = None,
             f"the observation has {y.numel()} entries (shape {tuple(y.shape)}) but the operator "
             f"produces {out.numel()} measurements (shape {op.measurement_shape})"
         )
+    error = linearity_error(op)
+    if error > ADJOINT_TOLERANCE:
+        raise ValueError(
+            f"{name}.A is not linear: A(x + 2u) and A(x) + 2·A(u) differ by a relative "
+            f"{error:.3g} for random images (tolerance {ADJOINT_TOLERANCE:g}); deepprior solves "
+            "linear inverse problems y = A x (an offset b of A x + b belongs in y: pass y − b)")
     if op.has_adjoint:
         try:
             error = adjointness_error(op, dtype=torch.float32)

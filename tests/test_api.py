@@ -921,6 +921,23 @@ def test_data_on_another_scale_than_an_image_in_0_1_is_warned_of():
         reconstruct(255 * y, op, net=module, max_num_iter=2, stop="fixed:2")  # any range
 
 
+def test_an_operator_blind_to_the_constant_image_is_not_taken_for_another_scale():
+    # finite differences map a flat image to 0: the gain comes from a random start instead
+    x = image_to_tensor(sample_image("camera", size=16))
+
+    def gradient(v):
+        return torch.cat([(v[..., :, 1:] - v[..., :, :-1]).flatten(1),
+                          (v[..., 1:, :] - v[..., :-1, :]).flatten(1)], 1)
+
+    operator = deepprior.as_operator(gradient, (1, 16, 16))
+    y = gradient(x)
+    assert deepprior.api._scale_ratio(operator, y) < 1
+    assert deepprior.api._scale_ratio(operator, 255 * y) > 10
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message="the measurements are")
+        deepprior.dry_run(y[0].numpy(), gradient, image_shape=(16, 16), net="deep_decoder")
+
+
 def test_arguments_of_the_other_kind_of_network_are_refused_before_any_fit(monkeypatch):
     image = sample_image("camera", size=16)
     monkeypatch.setattr(deepprior.api, "fit", lambda *a, **k: pytest.fail("a fit began"))

@@ -29,6 +29,7 @@ from deepprior.operators import (
     check_operator,
     downsampling_kernel,
     gaussian_kernel,
+    linearity_error,
     motion_kernel,
     operator_from_description,
     rebuildable,
@@ -189,6 +190,7 @@ def test_adjointness_all_operators(name, channels):
     assert adjointness_error(op, seed=0) < 1e-6
     assert adjointness_error(op, seed=7) < 1e-6
     assert adjointness_error(op, dtype=torch.float32) < 1e-4
+    assert linearity_error(op) < 1e-5
     # the check casts per call: the operator keeps its float32 buffers
     for buffer in op.buffers():
         assert buffer.dtype in (torch.float32, torch.bool, torch.int64, torch.uint8)
@@ -829,6 +831,18 @@ def _timed_check(op, y=None):
         check_operator(op, y)
     finally:
         assert time.perf_counter() - start < 1.0
+
+
+@pytest.mark.parametrize(("forward", "error"), [
+    (lambda x: x[..., ::2, ::2] ** 2, "not linear"),  # a square
+    (lambda x: torch.fft.fft2(x).abs(), "not linear"),  # a modulus (phase retrieval)
+    (lambda x: x[..., ::2, ::2] + 0.1, r"not linear.*pass y − b"),  # an offset
+])
+def test_check_operator_refuses_a_forward_model_that_is_not_linear(forward, error):
+    op = as_operator(forward, (1, H, W))
+    assert linearity_error(op) > 1e-2
+    with pytest.raises(ValueError, match=error):
+        _timed_check(op)
 
 
 def test_check_operator_measures_a_wrong_adjoint():
