@@ -51,11 +51,11 @@ from .operators import (
     Mask,
     MatrixOperator,
     adjointness_error,
-    linearity_error,
     as_operator,
     check_operator,
     downsampling_kernel,
     gaussian_kernel,
+    linearity_error,
     motion_kernel,
     operator_from_description,
 )

@@ -31,7 +31,7 @@ from .checks import (
     check_int,
     check_lr_decay,
 )
-from .fit import PRECISIONS, FitState, fit, resolve_device, short_repr
+from .fit import PRECISIONS, FitState, check_trainable, fit, resolve_device, short_repr
 from .io import jsonable
 from .metrics import psnr as _psnr
 from .metrics import ssim as _ssim
@@ -39,6 +39,7 @@ from .metrics import total_variation
 from .noise import estimate_sigma
 from .operators import (
     Identity,
+    _call_forward,
     _module_device,
     _own_image_shape,
     as_operator,
@@ -705,7 +706,7 @@ def reconstruct(
     check_choice("norm", norm, nets.NORMS)
     check_choice("precision", precision, PRECISIONS)
     torch_device = resolve_device(device)
-    array = as_array("observation", observation)
+    array = as_array("observation", observation, finite=False)  # NaN may mark a mask's holes
     truth = None if ground_truth is None else image_to_tensor(check_image_array(
         "ground_truth", as_array("ground_truth", ground_truth)))  # scored after the fit
     op, y = _observation(array, operator, image_shape,
@@ -1311,6 +1312,7 @@ def _observation(array: np.ndarray, operator: Any, image_shape: Any,
     ``truth_shape`` (the ground truth's (C, H, W)) stands in for ``image_shape`` where the
     operator has no shape of its own (a function, a matrix)."""
     if operator is None:
+        array = as_array("observation", array)
         if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] not in (1, 3)):
             raise ValueError(
                 f"observation must be an image (H, W) or (H, W, C) with C = 1 or 3, got shape "
@@ -1341,8 +1343,14 @@ def _observation(array: np.ndarray, operator: Any, image_shape: Any,
                          f"(H, W, C) image")
     y = torch.from_numpy(np.ascontiguousarray(array)).reshape(1, *shape)
     observed = getattr(op, "observed", None)  # a mask's holes carry no data: zero there, as
-    if observed is not None:  # A(x) is (what a user's file holds there would stay in the loss)
-        y = y * observed.to(y.device, torch.bool)
+    if observed is not None:  # A(x) is (what a user's file holds there, NaN too, would stay
+        y = torch.where(observed.to(y.device, torch.bool), y, 0.0)  # in the loss)
+    if not bool(torch.isfinite(y).all()):
+        raise ValueError("observation contains NaN or infinite values"
+                         f"{' where the operator measures' if observed is not None else ''}; "
+                         "fill or remove them first")
+    if isinstance(op, Identity):  # an image to denoise, as without an operator: [0, 1], ≥ 4×4
+        _observation(tensor_to_image(y), None, None)
     return op, y
 
 
@@ -1361,19 +1369,26 @@ def _network(net: Any, net_input: Any, image_shape: tuple[int, int, int], norm: 
         raise TypeError(f"net must be a network name or an nn.Module, got {type(net).__name__}")
     if options:
         raise ValueError("net_options apply to named networks; configure your module directly")
+    check_trainable(net)
     if net_input is None:
-        if not hasattr(net, "input_shape"):
+        shape = getattr(net, "input_shape", None)
+        if shape is None:
             raise ValueError("pass net_input=z (the module's fixed input) or give the module an "
                              "input_shape attribute")
+        if not (isinstance(shape, tuple | list | torch.Size) and shape
+                and all(isinstance(d, int) and d > 0 for d in shape)):
+            raise ValueError("net.input_shape must be a tuple of positive ints such as "
+                             f"(1, 32, 16, 16), got {shape!r}")
         generator = torch.Generator().manual_seed(seed)
-        net_input = nets.INPUT_SCALE * torch.rand(tuple(net.input_shape), generator=generator)
+        net_input = nets.INPUT_SCALE * torch.rand(tuple(shape), generator=generator)
     if not isinstance(net_input, torch.Tensor) or not net_input.is_floating_point():
         raise TypeError("net_input must be a floating-point torch.Tensor")
     if not bool(torch.isfinite(net_input).all()):
         raise ValueError("net_input holds NaN or infinite values")
     module = copy.deepcopy(net)  # every fit starts from the module as given; the user's stays so
     with torch.no_grad():
-        out = module(net_input.to(_module_device(module)))
+        out = _call_forward(module, net_input.to(_module_device(module)), "net",
+                            what="its input")
     if tuple(out.shape) != (1, *image_shape):
         raise ValueError(f"net(net_input) has shape {tuple(out.shape)}, expected "
                          f"{(1, *image_shape)} (the image the operator takes)")

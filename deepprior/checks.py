@@ -90,8 +90,9 @@ def check_image_shape(shape: object, name: str = "image_shape") -> tuple[int, in
     return (1, *dims) if len(dims) == 2 else dims  # type: ignore[return-value]
 
 
-def as_array(name: str, value: object) -> np.ndarray:
-    """A real, finite, non-empty numpy/torch array as float32 numpy."""
+def as_array(name: str, value: object, *, finite: bool = True) -> np.ndarray:
+    """A real, non-empty numpy/torch array as float32 numpy; finite unless ``finite=False``
+    (an observation whose unmeasured entries, a mask's holes, may hold NaN)."""
     if isinstance(value, torch.Tensor):
         if value.dtype in (torch.bfloat16, torch.float16):  # numpy has no bfloat16
             value = value.float()
@@ -103,7 +104,7 @@ def as_array(name: str, value: object) -> np.ndarray:
     if value.size == 0:
         raise ValueError(f"{name} is empty (shape {value.shape})")
     array = value.astype(np.float32, copy=False)
-    if not np.all(np.isfinite(array)):
+    if finite and not np.all(np.isfinite(array)):
         raise ValueError(f"{name} contains NaN or infinite values; fill or remove them first")
     return array
 

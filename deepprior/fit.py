@@ -512,6 +512,15 @@ def _check_settings(learning_rate: Any, reg_noise_std: Any, ema: Any, snapshot_e
             check_int("max_restarts", max_restarts, minimum=0))
 
 
+def check_trainable(net: nn.Module, name: str = "net") -> None:
+    """Refuse a module with no parameter to train (none, or all frozen), which Adam cannot fit."""
+    parameters = list(net.parameters())
+    if not any(p.requires_grad for p in parameters):
+        state = "all are frozen: module.requires_grad_(True)" if parameters else "it has none"
+        raise ValueError(f"{name} has no trainable parameters ({state}); the fit trains the "
+                         "network's weights")
+
+
 def _check_member(net: Any, z: Any, y: Any, operator: Any, policy: Any, penalty: Any,
                   truth: Any, seed: Any, where: str = "") -> int:
     """One fit's network, input, data, operator, policy, penalty and seed, checked before the
@@ -520,6 +529,7 @@ def _check_member(net: Any, z: Any, y: Any, operator: Any, policy: Any, penalty:
         raise RuntimeError("a fit trains its network: call it outside torch.inference_mode()")
     if not isinstance(net, nn.Module):
         raise TypeError(f"net{where} must be an nn.Module, got {type(net).__name__}")
+    check_trainable(net, f"net{where}")
     seed = check_int(f"seed{where}", seed, minimum=0)
     if seed >= 2**64:
         raise ValueError(f"seed{where} must be below 2**64 (a torch seed), got {seed}")

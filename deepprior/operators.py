@@ -1070,13 +1070,13 @@ def linearity_error(op: LinearOperator, *, seed: int = 0) -> float:
 
 
 def _call_forward(forward: Callable[[torch.Tensor], Any], x: torch.Tensor,
-                  name: str) -> torch.Tensor:
+                  name: str, what: str = "a random image") -> torch.Tensor:
     """``forward(x)``, the user's code: a failure, whatever it raised, an output that is not a
-    tensor or is complex, said in one ValueError naming ``name``."""
+    tensor or is complex, said in one ValueError naming ``name`` (and ``x``: ``what``)."""
     try:
         out = forward(x)
     except Exception as exc:
-        raise ValueError(f"{name} failed on a random image of shape {tuple(x.shape)} "
+        raise ValueError(f"{name} failed on {what} of shape {tuple(x.shape)} "
                          f"({str(x.dtype).removeprefix('torch.')}): {type(exc).__name__}: "
                          f"{exc}") from exc
     if not isinstance(out, torch.Tensor):

@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import os
 import re
 from collections.abc import Iterator
 from typing import Any, ClassVar, Protocol
@@ -303,6 +304,14 @@ class _VarianceRule(Rule):
         return False
 
 
+def _physical_memory() -> int | None:
+    """This machine's memory in bytes (None where the OS does not say)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):  # Windows has no sysconf
+        return None
+
+
 class WMV(_VarianceRule):
     """ES-WMV (Wang et al., TMLR 2023): stop when the windowed output variance stops falling.
 
@@ -320,10 +329,24 @@ class WMV(_VarianceRule):
         self.window = check_int("window", window, minimum=2)
         self._count = 0
 
+    def check_memory(self, pixels: int) -> None:
+        """Refuse a window whose outputs would not fit in this machine's memory, at 4 bytes
+        per pixel (the fit's device may have less: then the first iteration says so)."""
+        need, have = 4 * self.window * pixels, _physical_memory()
+        if have and need > have:
+            raise ValueError(f"wmv:window={self.window} keeps {self.window} outputs of {pixels:,}"
+                             f" values, {need / 2**30:.3g} GiB, more than this machine's "
+                             f"{have / 2**30:.3g} GiB: use a smaller window (default 100)")
+
     def _update(self, step: int, loss: float, output: Tensor) -> bool:
         x = output.reshape(-1)
         if self._count == 0:
-            self._buffer = x.new_empty((self.window, x.numel()))
+            try:
+                self._buffer = x.new_empty((self.window, x.numel()))
+            except (RuntimeError, MemoryError) as exc:  # torch's out-of-memory, any device
+                raise MemoryError(f"WMV's window of {self.window} outputs of {x.numel():,} "
+                                  f"values does not fit on {x.device} ({exc}); use a smaller "
+                                  "window") from exc
             self._mean = torch.zeros(x.numel(), dtype=_acc(x.device), device=x.device)
             self._m2 = torch.zeros((), dtype=self._mean.dtype, device=x.device)
         slot, new, mean = self._count % self.window, x.to(self._mean.dtype), self._mean
@@ -610,6 +633,9 @@ def feed(policy: Any, step: int, loss: float, output: Tensor,
 
 
 def _check_policy(policy: Any) -> Any:
+    if isinstance(policy, type):
+        raise TypeError(f"stop={policy.__name__} is a class: pass an instance, "
+                        f"{policy.__name__}(...)")
     missing = [m for m in ("update", "best_step", "reason") if not hasattr(policy, m)]
     if missing:
         raise TypeError(
@@ -820,6 +846,10 @@ def make_policy(
         context.update(operator=fit_op, y=fit_y)
     policies = [_build(name, {**context, **held} if name == "holdout" else context, params)
                 for name, params in rules]
+    pixels = math.prod(getattr(operator, "image_shape", ()) or (0,))
+    for rule in policies:
+        if isinstance(rule, WMV):
+            rule.check_memory(pixels)
     policy = policies[0] if len(policies) == 1 else FirstOf(*policies)
     return policy, context["operator"], context["y"]
 

@@ -301,6 +301,55 @@ def test_user_module_and_three_member_policy_through_reconstruct():
         reconstruct(noisy, net=TinyNet())
 
 
+class PairNet(TinyNet):
+    """A module returning a tuple (an image and an auxiliary output)."""
+
+    def forward(self, z):
+        return super().forward(z), z
+
+
+def test_a_user_module_that_cannot_be_fitted_is_refused_by_the_dry_run(monkeypatch):
+    """Before, a tuple output, a wrong input and a bad input_shape gave tracebacks from deep
+    inside, and a frozen module or one without parameters passed the dry run and failed in the
+    fit."""
+    noisy = add_gaussian_noise(sample_image("camera", size=16), 0.1, seed=0)
+    z = torch.rand(1, 4, 16, 16, generator=torch.Generator().manual_seed(0))
+    monkeypatch.setattr(deepprior.api, "fit", lambda *a, **k: pytest.fail("a fit began"))
+    frozen, bad_shape = TinyNet().requires_grad_(False), TinyNet()
+    bad_shape.input_shape = None
+    for net, net_input, message in [
+            (PairNet(), z, r"net\(x\) must return a torch tensor, got tuple"),
+            (TinyNet(), z[:, :3], r"net failed on its input of shape \(1, 3, 16, 16\)"),
+            (frozen, z, r"no trainable parameters \(all are frozen"),
+            (torch.nn.Sigmoid(), z[:, :1], r"no trainable parameters \(it has none\)")]:
+        for call in (deepprior.dry_run, reconstruct):
+            with pytest.raises(ValueError, match=message):
+                call(noisy, net=net, net_input=net_input, stop="fixed:3")
+    bad_shape.input_shape = (1, 4, 16.0, 16)
+    with pytest.raises(ValueError, match=r"input_shape must be a tuple of positive ints.*16\.0"):
+        deepprior.dry_run(noisy, net=bad_shape, stop="fixed:3")
+
+
+def test_nan_in_a_masks_holes_is_no_data_and_an_identity_observation_is_an_image():
+    x = sample_image("camera", size=16)
+    mask = Mask((16, 16), keep=0.5, seed=0)
+    known = mask.mask[0, 0].numpy()
+    quick = {"net": "deep_decoder", "net_options": {"channels": 4}, "stop": "fixed:2"}
+    holes = reconstruct(np.where(known, x, np.nan), mask, **quick)
+    zeros = reconstruct(np.where(known, x, 0.0), mask, **quick)
+    np.testing.assert_array_equal(holes.image, zeros.image)
+    with pytest.raises(ValueError, match="NaN or infinite values where the operator measures"):
+        reconstruct(np.where(known, np.nan, x), mask, **quick)  # NaN where it measures
+    # an explicit Identity is denoising: the observation is checked as an image (before, 0-255
+    # data was fitted without a word and a 3×3 image accepted)
+    with pytest.raises(ValueError, match="observation values go up to"):
+        reconstruct(255 * x, Identity((16, 16)), **quick)
+    with pytest.raises(ValueError, match="at least 4x4"):
+        reconstruct(x[:3, :3], Identity((3, 3)), **quick)
+    with pytest.raises(ValueError, match="contains NaN"):
+        reconstruct(np.where(known, x, np.nan))  # no mask: NaN is refused
+
+
 def test_a_user_module_starts_every_fit_as_given_and_keeps_its_weights():
     """Comparing TV weights fits the module once per weight, then refits: each fit starts
     from the module as the user gave it (on a GPU the copy also leaves the user's module where

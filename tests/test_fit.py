@@ -724,3 +724,10 @@ def test_fit_many_refuses_a_rule_shared_inside_nested_policies():
             fit_many([PixelNet((1, 13, 11)), PixelNet((1, 13, 11))], [z, z], [noisy, noisy],
                      [op, op], policies=[first, FirstOf(Fixed(3), shared)], max_num_iter=3,
                      device="cpu")
+
+
+def test_fit_refuses_a_network_with_nothing_to_train():
+    net = nn.Sequential(nn.Conv2d(2, 1, 3, padding=1), nn.Sigmoid()).requires_grad_(False)
+    z, y = torch.rand(1, 2, 8, 8), torch.rand(1, 1, 8, 8)
+    with pytest.raises(ValueError, match=r"net has no trainable parameters \(all are frozen"):
+        fit(net, z, y, Identity((8, 8)), policy=Fixed(2), max_num_iter=2)

@@ -297,6 +297,20 @@ def test_oracle_validation():
 # --------------------------------------------------------------------------- WMV
 
 
+def test_a_wmv_window_beyond_the_machines_memory_is_refused_before_the_fit(monkeypatch):
+    operator = dp.Identity((3, 64, 64))
+    monkeypatch.setattr("deepprior.stopping._physical_memory", lambda: 2**30)  # 1 GiB
+    make_policy("wmv:window=100", operator=operator, y=torch.zeros(1, 3, 64, 64))  # 4.7 MiB
+    with pytest.raises(ValueError, match=r"wmv:window=30000 keeps 30000 outputs of 12,288 "
+                                         r"values, 1\.37 GiB, more than this machine's 1 GiB"):
+        make_policy("wmv:window=30000+fixed:3", operator=operator, y=torch.zeros(1, 3, 64, 64))
+
+
+def test_a_policy_class_instead_of_an_instance_is_refused():
+    with pytest.raises(TypeError, match=r"stop=Patience is a class: pass an instance"):
+        make_policy(Patience)
+
+
 def test_wmv_by_hand():
     # W = 2, N = 1: VAR_t = (x_t − x_{t−1})² / 4.
     values = [0.0, 4.0, 6.0, 7.0, 7.5, 7.5, 8.0, 10.0, 13.0, 17.0]
