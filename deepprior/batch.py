@@ -56,7 +56,7 @@ from .api import (
 )
 from .checks import as_array, check_choice, check_float, check_int, check_lr_decay
 from .fit import resolve_device
-from .io import load_image
+from .io import ARRAY_SUFFIXES, load_array, load_image
 from .operators import as_operator
 from .stopping import parse_stop
 
@@ -147,7 +147,9 @@ def reconstruct_many(
         - a path (``str`` or ``os.PathLike``) to an image file, read with
           :func:`deepprior.load_image` (float samples outside [0, 1] kept: ``unclipped``): a
           noisy image to denoise, or the measurements of the
-          ``operator`` keyword when one is given;
+          ``operator`` keyword when one is given — then also an array file (``.npy``,
+          ``.npz``, ``.mat``, ``.txt``, ``.csv``: :func:`deepprior.load_array`), of any
+          shape the operator's measurements take, flat too;
         - a numpy array (or torch tensor): the same, already in memory;
         - a pair ``(measurements, operator)``: an item with its own forward model;
         - a pair ``(name, item)`` with ``name`` a string: any of the above, named.
@@ -289,7 +291,7 @@ def reconstruct_many(
         check_sigma("sigma", kwargs["sigma"], denoising=bool(images))
     levels = None if sigmas is None else _sigma_levels(sigmas, {item.name for item in parsed},
                                                        images)
-    _dry_run(parsed, kwargs, truth_option is not None, levels)
+    _dry_run(parsed, kwargs, None if truth_option is None else truth, levels)
     shared = _Shared(kwargs, max(1, int(cpus_per_fit)), _registration(kwargs.get("net")))
     parts = {**{f"option {k}": v for k, v in kwargs.items()},
              **{f"the operator of item {i.name!r}": i.operator for i in parsed
@@ -322,6 +324,15 @@ class _Item:
     path: Path | None = None
     array: np.ndarray | None = None
     operator: Any = None
+    measurements: bool = False  # a file of an operator's measurements (.npy, .mat, ...)
+
+    def observation(self) -> np.ndarray:
+        """The array in memory, or the file read: measurements with :func:`load_array` (any
+        shape, a flat vector too), an image with :func:`load_image`."""
+        if self.array is not None:
+            return self.array
+        return load_array(self.path) if self.measurements else load_image(self.path,
+                                                                          unclipped=True)
 
 
 def _check_options(kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -383,6 +394,8 @@ def _parse_items(items: Iterable[Any], operator: Any, image_shape: Any,
         if item.path is not None:
             if not item.path.is_file():
                 missing.append(str(item.path))
+            item = replace(item, measurements=operator is not None
+                           and item.path.suffix.lower() in ARRAY_SUFFIXES)
         elif item.operator is not None and operator is not None:
             raise ValueError(f"{label} brings its own operator, and operator= is given too; "
                              "give the operator either per item or for the batch")
@@ -404,9 +417,10 @@ def _parse_item(index: int, name: str | None, raw: Any) -> _Item:
         return _Item(name or path.stem, path=path)
     label = name or f"item{index}"  # an array is copied now: a generator may reuse its buffer
     if isinstance(raw, np.ndarray | torch.Tensor):
-        return _Item(label, array=as_array(f"item {label!r}", raw).copy())
+        return _Item(label, array=as_array(f"item {label!r}", raw, finite=False).copy())
     if isinstance(raw, tuple) and len(raw) == 2 and isinstance(raw[0], np.ndarray | torch.Tensor):
-        return _Item(label, array=as_array(f"item {label!r}", raw[0]).copy(), operator=raw[1])
+        return _Item(label, array=as_array(f"item {label!r}", raw[0], finite=False).copy(),
+                     operator=raw[1])
     what = f"item {index}" + (f" ({name!r})" if name else "")
     raise TypeError(f"{what} must be a path, an array, a pair (measurements, operator) or a "
                     f"pair (name, item), got {type(raw).__name__}")
@@ -436,27 +450,21 @@ def _check_observation(label: str, item: _Item, operator: Any, image_shape: Any,
 _DRY_RUN_TRIES = 8
 
 
-def _dry_run(items: list[_Item], kwargs: dict[str, Any], has_truth: bool,
+def _dry_run(items: list[_Item], kwargs: dict[str, Any], truth: Callable[[str], Any] | None,
              levels: dict[str, float | None] | None) -> None:
     """reconstruct's own checks, up to its first fit (:func:`dry_run`), on an item, with its
-    own σ: the options whose errors only data shows (net_options, the penalty, the ensemble,
-    σ's scale) fail now rather than in every fit. An item that fails for its own data (its
-    size against the network, a file that cannot be read) is left to fail alone and the next
-    one is tried; the first item's error is raised only when none of the first
-    :data:`_DRY_RUN_TRIES` passes. What belongs to an item's fit is left to it: its ground
-    truth (an oracle stop with ground truths is not checked), an image shape that comes from
-    the ground truth. In-memory items are tried first; a file is read only when none is."""
-    stop = kwargs.get("stop", "auto")
-    if has_truth and isinstance(stop, str) and stop != "auto" and "oracle" in (
-            name for name, _ in parse_stop(stop)):
-        return
+    own σ and ground truth: the options whose errors only data shows (net_options, the
+    penalty, the ensemble, σ's scale, an oracle stop) fail now rather than in every fit. An
+    item that fails for its own data (its size against the network, a file that cannot be
+    read, no ground truth where others have one) is left to fail alone and the next one is
+    tried; the first item's error is raised only when none of the first
+    :data:`_DRY_RUN_TRIES` passes. In-memory items are tried first; a file is read only when
+    none is."""
     failures: list[tuple[str, Exception]] = []
     for item in sorted(items, key=lambda item: item.array is None):
         if len(failures) == _DRY_RUN_TRIES:
             break
         operator = item.operator if item.operator is not None else kwargs.get("operator")
-        if has_truth and operator is not None and kwargs.get("image_shape") is None:
-            continue
         options = {**kwargs, "operator": operator, "device": "cpu"}  # engines check devices
         options.pop("on_start", None)  # the fits' own
         if levels is not None and levels[item.name] is not None:
@@ -464,12 +472,14 @@ def _dry_run(items: list[_Item], kwargs: dict[str, Any], has_truth: bool,
         with warnings.catch_warnings():  # the fits will say them
             warnings.simplefilter("ignore")
             try:
-                observation = item.array if item.array is not None else load_image(
-                    item.path, unclipped=True)
+                observation = item.observation()
+                clean = None if truth is None else _clean_image(item.name, truth)
             except Exception:  # noqa: BLE001 - its own failure, at its turn
                 continue
+            if truth is not None and clean is None:  # its fit says what that lacks
+                continue
             try:
-                dry_run(observation, **options)
+                dry_run(observation, ground_truth=clean, **options)
                 return
             except (ValueError, TypeError) as exc:
                 failures.append((item.name, exc))
@@ -963,6 +973,15 @@ class _RayEngine:
 # --------------------------------------------------------------------------- the loop
 
 
+def _clean_image(name: str, truth: Callable[[str], Any]) -> np.ndarray | None:
+    """An item's ground truth as float32 numpy (read when a file), or None."""
+    clean = truth(name)
+    if isinstance(clean, str | os.PathLike):
+        return load_image(clean)
+    # numpy float32, whatever came (bfloat16 tensors too)
+    return None if clean is None else as_array(f"ground_truth of {name!r}", clean)
+
+
 def _tasks(items: list[_Item], truth: Callable[[str], Any], seed: int,
            levels: dict[str, float | None] | None) -> Iterator[_Task | BatchResult]:
     """Read each item's files when it is due; a failure to do so is the item's result."""
@@ -970,13 +989,8 @@ def _tasks(items: list[_Item], truth: Callable[[str], Any], seed: int,
         start = time.perf_counter()
         item_seed_ = item_seed(seed, item.name)
         try:
-            observation = load_image(item.path, unclipped=True) if item.path is not None \
-                else item.array
-            clean = truth(item.name)
-            if isinstance(clean, str | os.PathLike):
-                clean = load_image(clean)
-            elif clean is not None:  # numpy float32, whatever came (bfloat16 tensors too)
-                clean = as_array(f"ground_truth of {item.name!r}", clean)
+            observation = item.observation()
+            clean = _clean_image(item.name, truth)
         except Exception as exc:  # a corrupt file, a ground truth that cannot be had
             yield BatchResult(item.name, None, _one_line(exc), time.perf_counter() - start,
                               item_seed_)

@@ -21,6 +21,7 @@ import torch
 
 from deepprior import (
     BatchResult,
+    GaussianSensing,
     Mask,
     add_gaussian_noise,
     item_seed,
@@ -219,6 +220,23 @@ def test_a_file_of_noise_simulated_without_clipping_is_fitted_as_it_is(clean, tm
     [from_array] = reconstruct_many([("crop0", noisy)], workers=1, **FIT)
     assert from_file.ok, from_file.error
     np.testing.assert_array_equal(from_file.result.image, from_array.result.image)
+
+
+def test_path_items_of_measurements_are_read_as_arrays_of_any_shape(tmp_path):
+    """A flat vector in a .npy path item, with operator=..., failed every item ("unsupported
+    .npy shape (100,)"): a file of measurements is now read with load_array."""
+    operator = GaussianSensing(100, (1, 16, 16), seed=0)
+    y = operator.A(torch.from_numpy(sample_image("camera", size=16))[None, None])[0].numpy()
+    np.save(tmp_path / "flat.npy", y)
+    np.savetxt(tmp_path / "column.txt", y.reshape(-1, 1))
+    done = {r.name: r for r in reconstruct_many([tmp_path / "flat.npy", tmp_path / "column.txt"],
+                                                operator=operator, workers=1, **FIT)}
+    in_memory = {r.name: r for r in reconstruct_many([("flat", y), ("column", y)],
+                                                     operator=operator, workers=1, **FIT)}
+    assert done["flat"].ok and done["column"].ok, [r.error for r in done.values()]
+    for name in ("flat", "column"):  # the text file's decimals round y: equal to 1e-4
+        np.testing.assert_allclose(done[name].result.image, in_memory[name].result.image,
+                                   atol=1e-4 if name == "column" else 0)
 
 
 def test_each_item_its_own_noise_level(noisy):
@@ -514,6 +532,24 @@ def test_options_only_data_can_check_are_refused_before_any_fit(registered, monk
     monkeypatch.setattr(batch_module, "_fit_one", lambda *a, **k: pytest.fail("a fit began"))
     with pytest.raises(error, match=f"checked on item 'a': .*{message}"):
         reconstruct_many([("a", BRIGHT)], workers=1, **{**FIT, **options})
+
+
+def test_options_are_checked_before_any_fit_with_ground_truths_too(registered, monkeypatch):
+    """The check used to be skipped with ground truths and an operator, or an oracle stop: a bad
+    option then failed every item in its fit (every CLI inpaint without --mask, --simulate,
+    --clean)."""
+    monkeypatch.setattr(batch_module, "_fit_one", lambda *a, **k: pytest.fail("a fit began"))
+    mask = Mask((16, 16), keep=0.5, seed=0)
+    masked = [(f"m{k}", (mask.A(torch.from_numpy(BRIGHT)[None, None])[0].numpy(), mask))
+              for k in range(2)]
+    truths = {"m0": BRIGHT, "m1": BRIGHT}
+    bogus = {**FIT, "net_options": {"bogus": 1}}
+    with pytest.raises(TypeError, match=r"checked on item 'm0' \(and on the next 1 items "
+                                        r"tried\): .*'bogus'"):
+        reconstruct_many(masked, workers=1, ground_truth=truths, **bogus)
+    with pytest.raises(TypeError, match="checked on item 'a': .*'bogus'"):
+        reconstruct_many([("a", BRIGHT)], workers=1, ground_truth={"a": BRIGHT},
+                         **{**bogus, "stop": "oracle"})
 
 
 def test_an_image_on_the_0_255_scale_or_too_small_is_refused_by_name():
