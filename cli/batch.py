@@ -67,7 +67,8 @@ def batch_epilog(*examples: str) -> str:
         "Writes OUTDIR/NAME.EXT, NAME.json (report) and NAME_curve.png per input as its fit "
         "finishes, and OUTDIR/summary.csv and summary.json at the end. Each input is fitted "
         "with the seed deepprior.item_seed(SEED, NAME): the same on any engine and worker "
-        "count; the single-image command with --seed at that value repeats it.",
+        "count; the single-image command with --seed at that value and the batch's --threads "
+        "(1 by default) repeats it (float sums in another order on more threads).",
         BATCH_EXIT_CODES,
     ])
 

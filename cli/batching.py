@@ -489,8 +489,8 @@ def _finish(item: _Item, result, options: FitOptions, engine: EngineOptions) -> 
     fit = result.result
     row.warnings = list(result.warnings)
     status = status_of(fit)
-    if fit.num_iter == 0 and status != "done":  # no iterate accepted: nothing to write
-        row.status, row.error = "failed", (
+    if fit.num_iter == 0:  # no iterate accepted (a loss never finite; "done": the budget ran
+        row.status, row.error = "failed", (  # out first): nothing to write, as single commands
             f"{'interrupted' if status == 'interrupted' else 'the fit diverged'} before any "
             "iteration was accepted; nothing was written")
         return
@@ -498,7 +498,8 @@ def _finish(item: _Item, result, options: FitOptions, engine: EngineOptions) -> 
                          output=item.image, bits=item.bits, status=status,
                          code=EXIT_DIVERGED if status == "diverged" else 0)
     report["batch"] = {"name": row.name, "seed": options.seed, "item_seed": result.seed,
-                       "engine": engine.engine, "seconds": round(result.seconds, 3)}
+                       "threads": options.threads or 1, "engine": engine.engine,
+                       "seconds": round(result.seconds, 3)}
     try:
         item.outputs.write(fit.image, report, fit, bits=item.bits)
     except KNOWN_ERRORS as exc:

@@ -130,9 +130,10 @@ def prepare_superres(factor: int, kernel: KernelName, simulate: bool, noise_sigm
         if simulated:
             cropped = (height - height % factor, width - width % factor)
             check_size(cropped, f"IMAGE {source} cropped to a multiple of --factor {factor}")
-            if cropped != (height, width) and not quiet:
-                notes.append(f"IMAGE is {height}x{width}, not a multiple of --factor "
-                             f"{factor}: cropped to {cropped[0]}x{cropped[1]} (top left)")
+            if cropped != (height, width):  # in a batch too (quiet), where it names the input
+                notes.append(f"{'IMAGE' if image is None else image} is {height}x{width}, not "
+                             f"a multiple of --factor {factor}: cropped to "
+                             f"{cropped[0]}x{cropped[1]} (top left)")
             clean = loaded[: cropped[0], : cropped[1]]
             operator = operator_for(clean.shape)
             y, _ = deepprior.simulate_measurements(operator, clean, sigma=sigma, seed=seed)

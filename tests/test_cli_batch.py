@@ -105,7 +105,7 @@ def test_two_workers_write_every_output_and_the_summary_without_ray(two_workers)
         seconds = report["batch"].pop("seconds")  # reading the file and fitting
         assert 0 < seconds and report["batch"] == {"name": name, "seed": 0,
                                                    "item_seed": item_seed(0, name),
-                                                   "engine": "local"}
+                                                   "threads": 1, "engine": "local"}
         assert report["config"]["seed"] == item_seed(0, name) and report["psnr"] is not None
     summary = summary_of(out)
     assert summary["done"] == summary["images"] == 6 and summary["failed"] == 0
@@ -138,7 +138,8 @@ def test_one_worker_and_the_single_command_give_the_same_images(two_workers, one
     assert_same_images(two_workers[0], out)
     single = tmp_path / "single.npy"  # the single command at the item's seed repeats it
     result = runner.invoke(app, ["denoise", str(data / "photos" / "img2.png"), "-o", str(single),
-                                 "--seed", str(item_seed(0, "img2")), "-q", *FAST])
+                                 "--seed", str(item_seed(0, "img2")), "--threads", "1", "-q",
+                                 *FAST])
     assert result.exit_code == 0, result.output
     np.testing.assert_array_equal(np.load(single), np.load(out / "img2.npy"))
 
@@ -373,6 +374,21 @@ def test_every_task_runs_in_a_batch(data, tmp_path, measurements, task, args, sh
         assert all(row["psnr"] is not None for row in rows)
 
 
+def test_a_batch_says_which_inputs_superres_crops(tmp_path):
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    for i, size in enumerate([(24, 20), (24, 18)]):
+        save_image(inputs / f"in{i}.png", sample_image("camera", size=size))
+    out = tmp_path / "out"
+    result = batch("superres", inputs, "--factor", "3", "--simulate", "-o", out, "--workers",
+                   "1", *FAST)
+    assert result.exit_code == 0, result.output
+    assert (f"{inputs / 'in0.png'} is 24x20, not a multiple of --factor 3: cropped to 24x18"
+            in result.output)
+    assert "in1.png is" not in result.output
+    assert load_image(out / "in0.png").shape == (24, 18)
+
+
 def test_a_mask_of_the_wrong_size_fails_that_image_only(data, tmp_path):
     save_image(tmp_path / "mask.png", np.ones((16, 16)))
     out = tmp_path / "out"
@@ -478,10 +494,14 @@ def test_the_case_probe_finds_what_the_file_system_does(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["Probe"]  # the probe file is gone
 
 
-def test_a_fit_with_no_accepted_iteration_writes_nothing_and_a_rerun_redoes_it(data, tmp_path):
+@pytest.mark.parametrize("budget", [[], ["--iters", "2", "--stop", "fixed:2"]])
+def test_a_fit_with_no_accepted_iteration_writes_nothing_and_a_rerun_redoes_it(data, tmp_path,
+                                                                               budget):
+    """Also when the budget runs out before the divergence guard gives up (status "done"):
+    before, that wrote the untrained network's image and called it done."""
     out = tmp_path / "out"
     args = ["denoise", data / "photos" / "img0.png", "-o", out, "--workers", "1", "--net",
-            "deep_decoder", "--regularizer", "tv", *FAST]
+            "deep_decoder", "--regularizer", "tv", *FAST, *budget]
     result = batch(*args, "--regularizer-weight", "1e300")  # diverges at once
     assert result.exit_code == 1, result.output
     (row,) = summary_of(out)["items"]

@@ -110,7 +110,7 @@ def test_superres_simulate_crops_to_a_multiple_of_the_factor(tmp_path):
     result = runner.invoke(app, ["superres", str(source), "--factor", "3", "--simulate",
                                  "--add-noise", "5", "-o", str(out), *FAST[:-1]])
     assert result.exit_code == 0, result.output
-    assert "IMAGE is 26x23, not a multiple of --factor 3: cropped to 24x21" in result.stderr
+    assert f"{source} is 26x23, not a multiple of --factor 3: cropped to 24x21" in result.stderr
     report = report_of(out)
     assert report["psnr"] is not None and report["low_resolution_shape"] == [8, 7]
     assert load_image(out).shape == (24, 21, 3)
