@@ -34,7 +34,7 @@ import signal
 import sys
 import time
 import warnings
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -150,7 +150,9 @@ def reconstruct_many(
           ``operator`` keyword when one is given — then also an array file (``.npy``,
           ``.npz``, ``.mat``, ``.txt``, ``.csv``: :func:`deepprior.load_array`), of any
           shape the operator's measurements take, flat too;
-        - a numpy array (or torch tensor): the same, already in memory;
+        - a numpy array (or torch tensor): the same, already in memory (an iterator's are
+          copied as it yields them; a list's or mapping's are used as they are, without a
+          copy: leave them unchanged until their results come);
         - a pair ``(measurements, operator)``: an item with its own forward model;
         - a pair ``(name, item)`` with ``name`` a string: any of the above, named.
 
@@ -380,6 +382,9 @@ def _parse_items(items: Iterable[Any], operator: Any, image_shape: Any,
     if isinstance(items, str | os.PathLike | np.ndarray | torch.Tensor):
         raise TypeError(f"items must be an iterable of items, got a single "
                         f"{type(items).__name__}; wrap it in a list: [item]")
+    # an iterator's arrays are copied as it yields them (a generator may reuse its buffer); a
+    # list's or mapping's are the caller's, kept by reference (no second copy of a folder)
+    copy = not isinstance(items, Sequence | Mapping)
     if isinstance(items, Mapping):  # name -> item, as sigma and ground_truth take them
         items = list(items.items())
     parsed, missing = [], []
@@ -389,7 +394,7 @@ def _parse_items(items: Iterable[Any], operator: Any, image_shape: Any,
             name, raw = raw
             if not name:
                 raise ValueError(f"item {index} has an empty name")
-        item = _parse_item(index, name, raw)
+        item = _parse_item(index, name, raw, copy)
         label = f"item {item.name!r}"
         if item.path is not None:
             if not item.path.is_file():
@@ -411,16 +416,17 @@ def _parse_items(items: Iterable[Any], operator: Any, image_shape: Any,
     return parsed
 
 
-def _parse_item(index: int, name: str | None, raw: Any) -> _Item:
+def _parse_item(index: int, name: str | None, raw: Any, copy: bool) -> _Item:
     if isinstance(raw, str | os.PathLike):
         path = Path(os.fspath(raw))
         return _Item(name or path.stem, path=path)
-    label = name or f"item{index}"  # an array is copied now: a generator may reuse its buffer
-    if isinstance(raw, np.ndarray | torch.Tensor):
-        return _Item(label, array=as_array(f"item {label!r}", raw, finite=False).copy())
-    if isinstance(raw, tuple) and len(raw) == 2 and isinstance(raw[0], np.ndarray | torch.Tensor):
-        return _Item(label, array=as_array(f"item {label!r}", raw[0], finite=False).copy(),
-                     operator=raw[1])
+    label = name or f"item{index}"
+    pair = isinstance(raw, tuple) and len(raw) == 2 and isinstance(raw[0], np.ndarray
+                                                                   | torch.Tensor)
+    if pair or isinstance(raw, np.ndarray | torch.Tensor):
+        array = as_array(f"item {label!r}", raw[0] if pair else raw, finite=False)
+        return _Item(label, array=array.copy() if copy else array,
+                     operator=raw[1] if pair else None)
     what = f"item {index}" + (f" ({name!r})" if name else "")
     raise TypeError(f"{what} must be a path, an array, a pair (measurements, operator) or a "
                     f"pair (name, item), got {type(raw).__name__}")

@@ -516,6 +516,11 @@ def test_items_as_a_mapping_a_reused_buffer_and_bfloat16_tensors(registered):
 
     parsed = batch_module._parse_items(frames(), None, None, False)
     assert [float(item.array.mean()) for item in parsed] == pytest.approx([0.2, 0.7])
+    # a list's arrays are the caller's: no second copy of every image before the first fit
+    frames = [np.full((16, 16), 0.5, np.float32) for _ in range(2)]
+    for items in (frames, {"a": frames[0], "b": frames[1]}):
+        parsed = batch_module._parse_items(items, None, None, False)
+        assert all(item.array is frame for item, frame in zip(parsed, frames, strict=True))
     items = {"bf16": torch.from_numpy(BRIGHT).bfloat16(), "plain": BRIGHT}
     done = {r.name: r for r in reconstruct_many(items, workers=1, **FIT)}
     assert done["bf16"].ok and done["plain"].ok, [r.error for r in done.values()]
