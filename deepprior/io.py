@@ -168,6 +168,9 @@ def _readable(path: str | os.PathLike[str], max_pixels: object) -> tuple[pathlib
         )
     if max_pixels <= 0:
         raise ValueError(f"max_pixels must be a positive integer, got {max_pixels}")
+    if not isinstance(path, str | os.PathLike):
+        raise TypeError(f"path must be a file name (str or os.PathLike), got "
+                        f"{type(path).__name__}")
     path = pathlib.Path(os.fspath(path))
     _check_is_readable_file(path)
     return path, int(max_pixels)
@@ -1052,9 +1055,14 @@ def write_atomic(
 
 
 def _check_destination(path: pathlib.Path, overwrite: bool) -> None:
-    """Refuse a directory, and an existing file unless `overwrite` is true."""
+    """Refuse a directory, an existing file unless `overwrite` is true, and a path under a
+    file (``out.png/x.png``)."""
     if path.is_dir():
         raise IsADirectoryError(f"{path} is a directory; give a file name inside it instead")
+    above = next((p for p in path.parents if p.exists() or p.is_symlink()), None)
+    if above is not None and not above.is_dir():
+        raise NotADirectoryError(f"{path}: {above} is a file, not a folder; choose another "
+                                 "path")
     if not overwrite and (path.exists() or path.is_symlink()):
         raise FileExistsError(
             f"{path} already exists; pass overwrite=True (--overwrite on the command line) to "

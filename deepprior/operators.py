@@ -610,6 +610,9 @@ class Downsample(LinearOperator):
         shape = check_image_shape(image_shape)
         self.factor = check_int("factor", factor, minimum=1)
         c, h, w = shape
+        if h < self.factor or w < self.factor:
+            raise ValueError(f"the image size {h}x{w} is smaller than the factor "
+                             f"{self.factor} on a side")
         if h % self.factor or w % self.factor:
             raise ValueError(f"the image size {h}x{w} is not divisible by the factor "
                              f"{self.factor}; crop it to {h - h % self.factor}x"
@@ -651,6 +654,8 @@ class Blur(LinearOperator):
     kernel : 2-D array
         The point-spread function, centred (its middle pixel, or the one right/below the middle
         for even sizes, is the origin); see :func:`gaussian_kernel`, :func:`motion_kernel`.
+        Used as given, not normalised: a kernel that sums to s scales a flat image by s
+        (the built-in kernels sum to 1; ``deepprior deblur --kernel FILE`` normalises).
     image_shape : (H, W) or (C, H, W)
 
     Notes
@@ -984,10 +989,11 @@ def as_operator(obj: Any, image_shape: Sequence[int] | None = None) -> LinearOpe
     """
     if isinstance(obj, LinearOperator):
         if image_shape is not None and check_image_shape(image_shape) != obj.image_shape:
-            raise ValueError(
-                f"image_shape {check_image_shape(image_shape)} does not match the operator's "
-                f"{obj.image_shape}"
-            )
+            given = check_image_shape(image_shape)
+            hint = (" (an image is (H, W, C), an operator's shape (C, H, W))"
+                    if sorted(given) == sorted(obj.image_shape) else "")
+            raise ValueError(f"image_shape {given} does not match the operator's "
+                             f"{obj.image_shape}{hint}")
         return obj
     if isinstance(obj, np.ndarray | torch.Tensor) or _is_scipy_sparse(obj):
         return MatrixOperator(obj, image_shape)

@@ -787,6 +787,15 @@ def test_save_onto_directory(tmp_path, rng):
         save_image(tmp_path / "out.png", rng.random((HEIGHT, WIDTH)), overwrite=True)
 
 
+def test_save_under_a_file_and_load_without_a_path_say_what_is_wrong(tmp_path, rng):
+    (tmp_path / "out.png").write_bytes(b"x")  # before: FileExistsError from mkdir
+    for target in ("out.png/x.png", "out.png/a/b/x.png"):
+        with pytest.raises(NotADirectoryError, match=r"out\.png is a file, not a folder"):
+            save_image(tmp_path / target, rng.random((HEIGHT, WIDTH)))
+    with pytest.raises(TypeError, match="path must be a file name .*got NoneType"):
+        load_image(None)
+
+
 def _failing_pillow_save(self, fp, *args, **kwargs):
     Path(fp).write_bytes(b"\x89PNG half of a file")
     raise OSError("No space left on device")

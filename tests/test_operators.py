@@ -1025,6 +1025,9 @@ def test_kernels():
     ("build", "message"),
     [
         (lambda: Downsample(3, (16, 16)), "not divisible by the factor 3"),
+        (lambda: Downsample(2, (1, 8)), "1x8 is smaller than the factor 2"),  # not "crop to 0x8"
+        (lambda: as_operator(Identity((3, 8, 6)), (8, 3, 6)),  # a (C, H, W) array as image
+         r"\(8, 3, 6\) does not match the operator's \(3, 8, 6\) \(an image is \(H, W, C\)"),
         (lambda: Downsample(2, (16, 16), kernel="lanczos"), "kernel must be one of"),
         (lambda: Downsample(4, (4, 4)), "too large for a 4x4 image"),
         (lambda: Blur(np.ones((9, 9)), (8, 8)), "larger than the image"),
