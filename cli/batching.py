@@ -149,6 +149,11 @@ def run_batch(command: str, build: Builder, inputs: list[str], options: FitOptio
     started = time.perf_counter()
     _check_engine(engine)
     names = check_fit_options(options, cluster=engine.address is not None)
+    if engine.gpus_per_fit is not None and engine.address is None and \
+            deepprior.resolve_device(options.device).type != "cuda":
+        raise ValueError(f"--gpus-per-fit needs a CUDA device, and the fits would run on "
+                         f"{deepprior.resolve_device(options.device)} (--device "
+                         f"{options.device}): leave it out")
     outdir = _check_outdir(options.output)
     own = {Path(f).expanduser().resolve() for f in task_files if f is not None
            and Path(f).expanduser().is_file()}
@@ -526,8 +531,9 @@ def _say_plan(command: str, items: list[_Item], todo: list[_Item], outdir: Path,
         note(text, options)  # the inputs' notes (a kernel, a mask), each once
     noted = [item for item in todo if item.bits_note]
     if noted:
+        kept = "keeps for grey images only" if engine.ext == "png" else "never keeps"
         note(f"{len(noted)} inputs have more than 8 bits per sample, which .{engine.ext} "
-             "keeps for grey images only (JPEG: never); --ext tif keeps 16 bits", options)
+             f"{kept}: written with 8; --ext tif keeps 16 bits", options)
     if options.silent:
         return
     if engine.ray:

@@ -303,6 +303,8 @@ def test_inputs_from_folders_globs_and_lists(data, tmp_path, monkeypatch):
          "--clean is not needed"),
         (["{photos}", "-o", "{out}", "--stop", "oracle"], "--clean DIR"),
         (["{photos}", "-o", "{out}", "--gpus-per-fit", "2"], "--gpus-per-fit is the share"),
+        (["{photos}", "-o", "{out}", "--gpus-per-fit", "0.5", "--device", "cpu"],
+         "--gpus-per-fit needs a CUDA device, and the fits would run on cpu"),
         (["{tmp}/nothing*.png", "-o", "{out}"], "matches no input file"),
         (["{photos}", "-o", "{out}", "--sigma", "0"], "--sigma must be a noise std"),
     ],
@@ -603,3 +605,15 @@ def test_an_input_too_small_for_the_network_fails_alone(data, tmp_path):
     assert statuses(out) == {"img0": "done", "small": "failed"}, result.output
     error = {row["name"]: row["error"] for row in summary_of(out)["items"]}["small"]
     assert "--net conv_decoder reconstructs images of at least 8x8" in error
+
+
+@pytest.mark.parametrize(("ext", "said"), [("jpg", "which .jpg never keeps: written with 8"),
+                                           ("png", "which .png keeps for grey images only")])
+def test_the_note_on_16_bit_inputs_follows_the_output_format(tmp_path, ext, said):
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    save_image(inputs / "colour.tif", sample_image("astronaut", size=16), bits=16)
+    out = tmp_path / "out"
+    result = batch("denoise", inputs, "-o", out, "--workers", "1", "--ext", ext, *FAST)
+    assert result.exit_code == 0, result.output
+    assert f"1 inputs have more than 8 bits per sample, {said}" in result.output
