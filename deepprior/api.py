@@ -1350,7 +1350,11 @@ def _observation(array: np.ndarray, operator: Any, image_shape: Any,
                          f"{' where the operator measures' if observed is not None else ''}; "
                          "fill or remove them first")
     if isinstance(op, Identity):  # an image to denoise, as without an operator: [0, 1], ≥ 4×4
-        _observation(tensor_to_image(y), None, None)
+        height, width = y.shape[-2:]  # (any channel count: the operator says it)
+        if min(height, width) < 4:
+            raise ValueError(f"the image is {height}x{width} pixels; deepprior needs at least "
+                             "4x4")
+        check_image_array("observation", y.numpy(), layout=False)
     return op, y
 
 

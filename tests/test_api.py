@@ -346,6 +346,8 @@ def test_nan_in_a_masks_holes_is_no_data_and_an_identity_observation_is_an_image
         reconstruct(255 * x, Identity((16, 16)), **quick)
     with pytest.raises(ValueError, match="at least 4x4"):
         reconstruct(x[:3, :3], Identity((3, 3)), **quick)
+    pair = np.stack([x, 1 - x], axis=-1)  # any channel count the operator names: 2 here
+    assert reconstruct(pair, Identity((2, 16, 16)), **quick).image.shape == (16, 16, 2)
     with pytest.raises(ValueError, match="contains NaN"):
         reconstruct(np.where(known, x, np.nan))  # no mask: NaN is refused
 
