@@ -764,7 +764,9 @@ def reconstruct(
         raise ValueError(f"{'an ensemble' if ensemble > 1 else 'choosing the regularizer weight'}"
                          " needs a stopping spec such as 'auto': a policy object serves one fit")
     if ensemble > 1 and not isinstance(net, str):
-        raise ValueError("an ensemble needs a network name (each member is built from its seed)")
+        raise ValueError("regularizer='mix' averages fits of several networks, each built from "
+                         "its seed, and needs a network name" if mix else "an ensemble needs a "
+                         "network name (each member is built from its seed)")
     options = {**defaults.net_options, **(net_options or {})} if isinstance(net, str) \
         else net_options
     if isinstance(net, str) and options.get("output_activation", "sigmoid") == "sigmoid" \
@@ -781,15 +783,23 @@ def reconstruct(
         max_num_iter = max([defaults.max_num_iter,
                             *(p.num_iter for p in members(policy) if isinstance(p, Fixed))])
     max_num_iter = check_int("max_num_iter", max_num_iter, minimum=1)
+    rules = list(members(policy))
+    fixed = [p.num_iter for p in rules if isinstance(p, Fixed)]
+    if fixed and len(fixed) == len(rules) and min(fixed) > max_num_iter:
+        warnings.warn(f"stop={spec!r} runs {min(fixed)} iterations and max_num_iter="
+                      f"{max_num_iter} allows {max_num_iter}: each fit stops at "
+                      f"{max_num_iter}", stacklevel=2)
 
     choosing = len(candidates) > 1 and not mix
     planned = _fit_count(len(candidates), ensemble, mix)
     if callback is not None and not callable(callback):
         raise TypeError(f"callback must be callable, got {type(callback).__name__}")
     if planned > 1 and getattr(callback, "one_fit", False):
+        why = (f"{len(candidates)} to choose a regularizer weight, then {ensemble} of all the "
+               "data" if choosing else f"an ensemble of {ensemble}")
         raise ValueError(f"the callback {type(callback).__name__} records one fit, and this call "
-                         f"makes {planned} (the defaults' ensemble or choice of penalty): pass "
-                         "ensemble=1 and regularizer='none', or a stop other than 'auto'")
+                         f"makes {planned} ({why}): pass ensemble=1 and regularizer='none' (or "
+                         "a single weight)")
     if choosing:  # each weight fitted without the held-out share:
         # a stop that holds data out compares the weights on its own share (member 0 splits
         # with this seed); any other stop fits what is left of a share set aside here
@@ -957,7 +967,7 @@ def reconstruct(
                if r.stop_reason.startswith((*_CUT_SHORT, "diverged"))]
     if flagged and not reason.startswith((*_CUT_SHORT, "diverged")):  # said first: the CLI
         k, what = flagged[0]  # reads its status (exit code) from the start of the reason
-        reason = f"{what} (fit {k + 1} of {len(runs)}); {reason}"
+        reason = f"{what} (fit {k + 1} of {planned}); {reason}"
     return Reconstruction(
         image=image, num_iter=result.best_step,
         num_steps=sum(r.num_steps for r in runs),
@@ -1167,13 +1177,16 @@ def dry_run(observation: np.ndarray | torch.Tensor, operator: Any = None,
     raise RuntimeError("reconstruct returned without announcing its plan")  # pragma: no cover
 
 
-def planned_fits(problem: str, net: str = "deep_decoder", *, sigma_known: bool = False,
+def planned_fits(problem: str, net: str | None = None, *, sigma_known: bool = False,
                  num_measurements: int | None = None, stop: Any = "auto",
                  ensemble: int | None = None, regularizer: Any = None,
                  regularizer_weight: Any = None) -> int:
     """How many fits :func:`reconstruct` makes with these arguments, known before any runs (its
     cost): one per candidate weight when several are compared on held-out data, then the
-    ensemble's members. ``num_measurements``: None for as many as any rule needs."""
+    ensemble's members. ``net``: a registered name, by default the problem's
+    (:data:`DEFAULT_NETS`), as :func:`reconstruct`'s. ``num_measurements``: None for as many as
+    any rule needs."""
+    net = DEFAULT_NETS.get(problem, "deep_decoder") if net is None else nets.canonical_name(net)
     defaults = problem_defaults(problem, net)
     regularizer = _resolve_regularizer(regularizer, regularizer_weight, stop=stop,
                                        ensemble=ensemble, defaults=defaults,
@@ -1182,8 +1195,7 @@ def planned_fits(problem: str, net: str = "deep_decoder", *, sigma_known: bool =
     if regularizer is None:
         candidates = 1
     elif regularizer_weight is not None:
-        candidates = len(regularizer_weight) if isinstance(
-            regularizer_weight, (list, tuple, np.ndarray)) else 1
+        candidates = len(_as_weights(regularizer_weight))
     else:  # :func:`_default_tv_weights`: one per level of TV_SNRS_DB in CS without σ
         candidates = 1 if named is None or sigma_known or problem != "compressive_sensing" \
             else len(TV_SNRS_DB)
@@ -1239,10 +1251,9 @@ def _penalties(regularizer: Any, weight: Any, *, problem: str, sigma: float | No
     else:
         raise TypeError(f"regularizer must be 'tv', 'auto', 'mix', 'none', a function or None, "
                         f"got {regularizer!r}")
-    several = isinstance(weight, (list, tuple, np.ndarray))
     adds_none = name in ("auto", "mix")
     weights = [check_float("regularizer_weight", w, low=0.0)
-               for w in ((0.0,) if adds_none else ()) + tuple(weight if several else [weight])]
+               for w in ((0.0,) if adds_none else ()) + _as_weights(weight)]
     if not weights or len(set(weights)) < len(weights):
         raise ValueError(f"regularizer_weight: give distinct weights, got "
                          f"{weight!r}{f' ({name} adds 0)' if adds_none else ''}")
@@ -1251,6 +1262,16 @@ def _penalties(regularizer: Any, weight: Any, *, problem: str, sigma: float | No
         return None if w == 0 else lambda output: w * function(output)
 
     return [(penalty(w), w) for w in weights]
+
+
+def _as_weights(weight: Any) -> tuple[Any, ...]:
+    """``regularizer_weight`` as a tuple: several from a list, tuple or 1-D array; one from a
+    number or a 0-d array (read from a file, say)."""
+    if isinstance(weight, list | tuple):
+        return tuple(weight)
+    if isinstance(weight, np.ndarray | torch.Tensor):
+        return tuple(weight.tolist()) if weight.ndim else (weight.item(),)
+    return (weight,)
 
 
 def _output_psnr(truth: torch.Tensor, output: torch.Tensor) -> float:

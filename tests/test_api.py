@@ -604,6 +604,54 @@ def test_on_start_comes_after_every_check_and_before_any_fit(monkeypatch):
     assert started[0]["regularizer_weights"][0] == 0
 
 
+def test_planned_fits_takes_the_problems_default_network_and_a_0d_weight(monkeypatch):
+    """It assumed the Deep Decoder (reconstruct: DIP for denoising and CS) and counted 1 where
+    the default denoising call makes 2; a 0-d array weight (read from a file) crashed both."""
+    monkeypatch.setattr(deepprior.api, "fit", lambda *a, **k: pytest.fail("a fit began"))
+    noisy = add_gaussian_noise(sample_image("camera", size=16), 0.1, seed=0)
+    assert deepprior.planned_fits("denoise") == deepprior.dry_run(noisy)["fits"] == 2
+    _, op, y, _ = _cs_problem()
+    assert deepprior.planned_fits("compressive_sensing", num_measurements=op.num_measurements) \
+        == deepprior.dry_run(y[0], op)["fits"]
+    with pytest.raises(ValueError, match="unknown network 'no_such_net'"):
+        deepprior.planned_fits("denoise", "no_such_net")
+    weight = np.array(0.05)
+    assert deepprior.planned_fits("denoise", "deep_decoder", regularizer="tv",
+                                  regularizer_weight=weight) == 1
+    assert deepprior.dry_run(noisy, net="deep_decoder", regularizer="tv",
+                             regularizer_weight=weight)["regularizer_weights"] == [0.05]
+
+
+def test_refusals_name_what_the_call_asked_for(monkeypatch):
+    """The one-fit callback's refusal advised "a stop other than 'auto'" whatever made the
+    fits several; a mix with a module spoke of an ensemble; a fixed stop beyond the budget was
+    cut without a word."""
+    monkeypatch.setattr(deepprior.api, "fit", lambda *a, **k: pytest.fail("a fit began"))
+    noisy = add_gaussian_noise(sample_image("camera", size=16), 0.1, seed=0)
+
+    class OneFit:
+        one_fit = True
+
+        def __call__(self, state):
+            pass
+
+    quick = {"net": "deep_decoder", "net_options": {"channels": 4}, "stop": "fixed:3"}
+    with pytest.raises(ValueError, match=r"makes 4 \(3 to choose a regularizer weight, "
+                                         r"then 1 of all the data\)"):
+        reconstruct(noisy, callback=OneFit(), regularizer="auto",
+                    regularizer_weight=[0.01, 0.02], **{**quick, "stop": "holdout"})
+    with pytest.raises(ValueError, match=r"makes 2 \(an ensemble of 2\): pass ensemble=1"):
+        reconstruct(noisy, callback=OneFit(), ensemble=2, regularizer="none", **quick)
+    module = deepprior.build_net("deep_decoder", (1, 16, 16), channels=4)[0]
+    with pytest.raises(ValueError, match="regularizer='mix' averages fits of several networks"):
+        reconstruct(noisy, net=module, regularizer="mix", regularizer_weight=0.05,
+                    stop="fixed:3")
+    with pytest.warns(UserWarning, match=r"stop='fixed:50' runs 50 iterations and "
+                                         r"max_num_iter=12 allows 12"), pytest.raises(
+            pytest.fail.Exception):
+        reconstruct(noisy, **{**quick, "stop": "fixed:50"}, max_num_iter=12)
+
+
 def test_planned_fits_refuses_a_mix_with_fewer_members_than_weights():
     assert deepprior.planned_fits("compressive_sensing", regularizer="mix") == 3  # 0 and two
     for weights, needed in ((None, 3), ([0.01, 0.02, 0.03], 4)):
@@ -1040,10 +1088,10 @@ def test_a_later_member_cut_short_is_left_out_of_the_average():
 
     options = {"net": "deep_decoder", "net_options": {"channels": 4}, "max_num_iter": 4,
                "stop": "fixed:4", "regularizer": "none"}
-    cut = reconstruct(noisy, ensemble=2, callback=interrupt_in_the_second_fit, **options)
+    cut = reconstruct(noisy, ensemble=3, callback=interrupt_in_the_second_fit, **options)
     alone = reconstruct(noisy, ensemble=1, **options)
     np.testing.assert_array_equal(cut.image, alone.image)
-    assert cut.stop_reason.startswith("interrupted at iteration 1 (fit 2 of 2)")
+    assert cut.stop_reason.startswith("interrupted at iteration 1 (fit 2 of 3)")  # planned
     assert "members" not in cut.config and cut.num_steps == 5
 
 
