@@ -431,13 +431,15 @@ def _condition_number(lambda_max: float, lambda_min: float, kind: str, dtype: to
 def _full_float32_convolutions() -> Iterator[None]:
     """cuDNN's convolutions in full float32 for the curvature products: its default, TF32,
     keeps about 1e-3 of a product, and :func:`_condition_number`'s floor assumes float32."""
-    conv = torch.backends.cudnn.conv
-    saved = conv.fp32_precision
-    conv.fp32_precision = "ieee"
+    conv = getattr(torch.backends.cudnn, "conv", None)  # its fp32_precision: PyTorch 2.9 on
+    owner, name, full = (conv, "fp32_precision", "ieee") if conv is not None else (
+        torch.backends.cudnn, "allow_tf32", False)  # older PyTorch (the floor is 2.2)
+    saved = getattr(owner, name)
+    setattr(owner, name, full)
     try:
         yield
     finally:
-        conv.fp32_precision = saved
+        setattr(owner, name, saved)
 
 
 def _save_buffers(net: nn.Module) -> list[tuple[Tensor, Tensor]]:
@@ -615,7 +617,7 @@ def curvature_eigenvalues(
     """
     check_choice("kind", kind, CURVATURES)
     check_choice("start", start, STARTS)
-    _check_steps(num_steps)
+    num_steps = _check_steps(num_steps)
     seed = check_int("seed", seed, minimum=0)
     all_layers = conv_layers(net)
     if isinstance(layers, str):  # one layer's name
@@ -706,6 +708,14 @@ class Monitor:
     def due(self, step: int) -> bool:
         """True at the steps where values are recorded: 1, the multiples of ``every``, last."""
         return step == 1 or step % self.every == 0 or step == self.last
+
+    def check_net(self, net: nn.Module, *, owner: str | None = None) -> None:
+        """Refuse, before a fit (:func:`deepprior.reconstruct` asks), a network without
+        layers to watch, or a fit after the one recorded."""
+        conv_layers(net)
+        if self._net is not None:
+            raise ValueError(f"this {owner or type(self).__name__} already recorded a fit (to "
+                             f"iteration {self._step}); create a new one for each fit")
 
     def bind(self, net: nn.Module, step: int | None = None, *, owner: str | None = None) -> None:
         """Attach to ``net`` at the first call; a monitor records one fit only (another
@@ -1003,6 +1013,11 @@ class Diagnostics:
     def layers(self) -> list[str]:
         """Module paths of the watched layers (empty before the first call)."""
         return list(self.monitors["grad_norm"].layers)
+
+    def check_net(self, net: nn.Module) -> None:
+        """Refuse, before a fit, a network the monitors cannot watch, or a second fit."""
+        for monitor in self.monitors.values():
+            monitor.check_net(net, owner="Diagnostics")
 
     def __call__(self, state: FitState) -> bool:
         start = time.perf_counter()

@@ -351,13 +351,18 @@ def register_net(
     >>> register_net("tiny_decoder", lambda shape, norm="channel": DeepDecoder(
     ...     shape, norm=norm, channels=8), replace=True)
     """
+    rows = defaults if isinstance(defaults, Mapping) else dict.fromkeys(PROBLEMS, defaults)
+    for problem, row in rows.items():  # all checked before anything is registered
+        check_choice("problem", problem, tuple(PROBLEMS))
+        if row is not None and not isinstance(row, Defaults):
+            raise TypeError(f"defaults must be a Defaults or a mapping of problem kind to "
+                            f"Defaults, got {type(row).__name__} for {problem!r}")
     nets.add_net(name, factory, replace=replace)
     for rows_of_problem in PROBLEMS.values():  # a replaced network's rows go with it
         rows_of_problem.pop(name, None)
-    rows = defaults if isinstance(defaults, Mapping) else dict.fromkeys(PROBLEMS, defaults)
     for problem, row in rows.items():
         if row is not None:
-            PROBLEMS[check_choice("problem", problem, tuple(PROBLEMS))][name] = row
+            PROBLEMS[problem][name] = row
 
 
 @dataclass(frozen=True)
@@ -558,7 +563,8 @@ def reconstruct(
         the average. When denoising with an ensemble, member ``k``'s state is in its turned
         frame (the ``k``-th flip/rotation of the image). One with ``one_fit = True``
         (:class:`deepprior.analysis.Diagnostics`, a monitor) is refused for a call that makes
-        several fits.
+        several fits; one with ``check_net(net)`` is asked about the first fit's network before
+        any fit (a monitor refuses a network without convolutions to watch).
     net_options : mapping, optional
         Options of a named network, e.g. ``{"channels": 128}``.
     ensemble : int or None
@@ -808,6 +814,8 @@ def reconstruct(
             split_measurements(op, y, HOLDOUT_FRACTION, seed)
     # the first fit's network (member 0's seed, the image unturned), built before any fit
     first = [_network(net, net_input, op.image_shape, norm, seed, options)]
+    if callable(getattr(callback, "check_net", None)):  # e.g. a monitor: layers to watch?
+        callback.check_net(first[0][0])
     channels, height, width = op.image_shape
     # denoising, member k fits the k-th flip/rotation of the image; a module (net=...) makes
     # one image shape, so its members (a refit after a choice) fit the image as it is

@@ -91,7 +91,7 @@ def test_curvature_products_run_in_full_float32_and_the_setting_is_restored():
         seen.add(conv.fp32_precision)
         return mse_loss(target)(out)
 
-    curvature_eigenvalues(net, z, loss_fn, num_steps=3)
+    curvature_eigenvalues(net, z, loss_fn, num_steps=3.0)  # an integral float: the int 3
     assert seen == {"ieee"} and conv.fp32_precision == before
 
 
@@ -282,6 +282,18 @@ def test_a_second_fit_of_the_same_network_is_refused_before_anything_is_recorded
     assert after == before  # the first fit's record, untouched
 
 
+def test_a_network_the_monitors_cannot_watch_is_refused_before_the_fit(monkeypatch):
+    """It was refused at iteration 1, after the plan and the progress bar."""
+    import deepprior.api
+
+    monkeypatch.setattr(deepprior.api, "fit", lambda *a, **k: pytest.fail("a fit began"))
+    net = nn.Sequential(nn.Linear(8, 16), nn.Unflatten(1, (1, 4, 4)), nn.Sigmoid())
+    image = np.random.default_rng(0).random((4, 4)).astype(np.float32)
+    with pytest.raises(ValueError, match="no nn.Conv2d layer"):
+        deepprior.api.dry_run(image, net=net, net_input=torch.rand(1, 8), stop="fixed:3",
+                              callback=Diagnostics(), regularizer="none", ensemble=1)
+
+
 @pytest.mark.parametrize("wrap", [nn.utils.parametrizations.weight_norm,
                                   nn.utils.parametrizations.spectral_norm])
 def test_a_reparametrised_convolution_is_refused_by_name(wrap):
@@ -435,3 +447,16 @@ def test_diagnostics_checks_curvature_every_by_its_name():
         Diagnostics(curvature_every=2.5)
     with pytest.raises(ValueError, match="last must be"):
         Diagnostics(last=0)
+
+
+def test_curvature_runs_on_a_pytorch_without_the_cudnn_precision_setting(monkeypatch):
+    """torch.backends.cudnn.conv.fp32_precision is PyTorch 2.9's; before it, allow_tf32 (the
+    package takes torch 2.2 on): the context raised AttributeError there."""
+    from deepprior import analysis
+
+    cudnn = torch.backends.cudnn
+    monkeypatch.delattr(type(cudnn), "conv")
+    monkeypatch.setattr(cudnn, "allow_tf32", True)
+    with analysis._full_float32_convolutions():
+        assert cudnn.allow_tf32 is False
+    assert cudnn.allow_tf32 is True

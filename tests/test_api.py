@@ -390,6 +390,14 @@ def test_register_net_makes_a_network_usable_by_name(registry):
     assert result.num_steps == 7 and result.config["learning_rate"] == 0.02
     with pytest.raises(ValueError, match="exists already"):
         deepprior.register_net("tiny_test_decoder", DeepDecoder)
+    # wrong defaults are refused with nothing registered (the name was taken before)
+    row = deepprior.Defaults(7, 0.02, "fixed:7")
+    for defaults, error, message in [({"denoise_typo": row}, ValueError, "problem must be one"),
+                                     (5, TypeError, "defaults must be a Defaults"),
+                                     ({"denoise": {"max_num_iter": 10}}, TypeError, "got dict")]:
+        with pytest.raises(error, match=message):
+            deepprior.register_net("tiny_test_other", DeepDecoder, defaults=defaults)
+        assert "tiny_test_other" not in deepprior.available_nets()
 
 
 def test_problem_kind_comes_from_the_operator_or_the_argument():

@@ -338,6 +338,14 @@ def test_invalid_norm_option_values_and_shapes_are_refused():
         build_net("deep_decoder", (1, 0, 64))
     with pytest.raises(TypeError, match=r"image_shape must be \(H, W\) or \(C, H, W\)"):
         build_net("deep_decoder", 64)
+    # a depth far beyond the image: refused, not a forward pass that exhausts the memory
+    for name, option in (("deep_decoder", "num_layers"), ("dip", "num_scales")):
+        with pytest.raises(ValueError, match=r"would generate \d+x\d+ for a 64x64 image"):
+            build_net(name, (1, 64, 64), **{option: 12})
+    with pytest.raises(ValueError, match="eps must satisfy 0 < eps, got -1.0"):
+        deepprior.nets.ChannelNorm(3, eps=-1.0)
+    with pytest.raises(ValueError, match=r"seed must be below 2\*\*64"):
+        build_net("deep_decoder", (1, 64, 64), seed=2**64)
     with pytest.raises(ValueError, match="seed must be an integer >= 0, got -1"):
         build_net("deep_decoder", (1, 64, 64), seed=-1)
     # numpy integers (e.g. from an array's shape) are fine

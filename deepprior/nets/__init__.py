@@ -156,6 +156,8 @@ def build_net(
     factory = _NETS[name]
     check_choice("norm", norm, NORMS)
     seed = check_int("seed", seed, minimum=0)
+    if seed >= 2**64:
+        raise ValueError(f"seed must be below 2**64 (a torch seed), got {seed}")
     parameters = inspect.signature(factory).parameters
     open_ended = any(p.kind is p.VAR_KEYWORD for p in parameters.values())
     valid = [p for i, (p, v) in enumerate(parameters.items()) if p != "norm" and (

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from deepprior.checks import check_choice, check_image_shape, check_int
+from deepprior.checks import check_choice, check_float, check_image_shape, check_int
 
 NORMS: tuple[str, ...] = ("channel", "batch", "none")
 """Valid values of the ``norm`` argument of every network."""
@@ -34,6 +34,9 @@ OUTPUT_ACTIVATIONS: tuple[str, ...] = ("sigmoid", "none")
 
 INPUT_SCALE = 0.1
 """The fixed input ``z`` of every network is uniform in ``[0, INPUT_SCALE)``."""
+
+GENERATED_SIDE_LIMIT = 1024
+"""The largest side a network may generate beyond 4 times the image's (then cropped)."""
 
 PaddingMode = Literal["reflect", "zeros"]
 
@@ -79,7 +82,7 @@ class ChannelNorm(nn.Module):
     def __init__(self, num_channels: int, eps: float = 1e-5) -> None:
         super().__init__()
         self.num_channels = check_int("num_channels", num_channels, minimum=1)
-        self.eps = float(eps)
+        self.eps = check_float("eps", eps, low=0.0, low_open=True)
         self.weight = nn.Parameter(torch.ones(num_channels))
         self.bias = nn.Parameter(torch.zeros(num_channels))
 
@@ -246,7 +249,9 @@ class GeneratorNet(nn.Module):
     Raises
     ------
     ValueError
-        If a side is below ``minimum`` and ``pad_to_minimum`` is false.
+        If a side is below ``minimum`` and ``pad_to_minimum`` is false, or the generated
+        side would exceed :data:`GENERATED_SIDE_LIMIT` and 4 times the image's (a depth far
+        beyond the image: a wasted, possibly memory-exhausting forward pass).
     """
 
     body: nn.Module
@@ -271,6 +276,11 @@ class GeneratorNet(nn.Module):
             )
         self.output_shape: tuple[int, int, int] = (channels, height, width)
         gen_h, gen_w = (fitting_size(s, multiple, minimum) for s in (height, width))
+        if max(gen_h, gen_w) > max(GENERATED_SIDE_LIMIT, 4 * max(height, width)):
+            raise ValueError(
+                f"{name} would generate {gen_h}x{gen_w} for a {height}x{width} image ({reason});"
+                " cropped away, those pixels cost memory and time only: use fewer layers "
+                "(num_layers, num_scales)")
         self.generated_shape: tuple[int, int, int] = (channels, gen_h, gen_w)
         if (gen_h, gen_w) != (height, width):
             problems = []
