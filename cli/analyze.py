@@ -43,6 +43,7 @@ from .common import (
     Width,
     check_device,
     check_lr,
+    choices_enum,
     error_funnel,
     image_or_demo,
     sigma_from_cli,
@@ -50,6 +51,8 @@ from .common import (
 from .outputs import all_or_none, check_outputs
 
 NORMS = ("channel", "none", "batch")
+AnalyzeNorm = choices_enum("AnalyzeNorm", (*NORMS, "all"))
+ALL_NORMS = AnalyzeNorm("all")
 #: Side length of the bundled camera image when no IMAGE is given.
 DEMO_SIZE = 64
 REPORT = "analysis.json"
@@ -78,9 +81,9 @@ def analyze(
     ] = None,
     net: Net = "deep_decoder",
     norm: Annotated[
-        str,
-        typer.Option("--norm", help="channel, none, batch, or all (one fit per normalization)."),
-    ] = "all",
+        AnalyzeNorm,
+        typer.Option("--norm", help="A normalization, or all (one fit per normalization)."),
+    ] = ALL_NORMS,
     iters: Annotated[int, typer.Option("--iters", min=1, help="Iterations per fit.")] = 1000,
     sigma: Annotated[
         float | None,
@@ -286,12 +289,8 @@ def _ratio(numerator: float | None, denominator: float | None) -> float | None:
     return numerator / denominator
 
 
-def _norms(norm: str) -> tuple[str, ...]:
-    if norm == "all":
-        return NORMS
-    if norm not in NORMS:
-        raise ValueError(f"--norm must be channel, none, batch or all; got {norm!r}")
-    return (norm,)
+def _norms(norm: AnalyzeNorm) -> tuple[str, ...]:
+    return NORMS if norm.value == "all" else (norm.value,)
 
 
 def _output_paths(folder: Path, overwrite: bool, image: Path | None, *,

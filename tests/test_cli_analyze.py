@@ -82,7 +82,6 @@ def test_existing_outputs_are_kept_without_overwrite(image_png, tmp_path):
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
-        (["--norm", "layer"], "--norm must be channel, none, batch or all"),
         (["--sigma", "-3"], "--sigma must be a noise std in 0-255 units, > 0"),
         (["{missing}"], "missing.png"),
         (["--device", "cuda:99"], "--device cuda:99: "),  # before the first fit's headline
@@ -95,6 +94,13 @@ def test_errors_are_one_line(extra, message, tmp_path):
     result = runner.invoke(app, ["analyze", "-o", str(tmp_path / "o"), *extra])
     assert_one_line_error(result, message)
     assert result.stdout == ""
+
+
+def test_a_norm_not_among_the_choices_is_a_usage_error(tmp_path):
+    """Exit 2, as every command's --norm (it was exit 1 here)."""
+    result = runner.invoke(app, ["analyze", "-o", str(tmp_path / "o"), "--norm", "layer"])
+    assert result.exit_code == 2 and "'layer' is not one of" in result.output
+    assert not (tmp_path / "o").exists()
 
 
 def test_default_output_folder_next_to_the_image(image_png):
