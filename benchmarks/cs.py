@@ -237,6 +237,9 @@ RULE_CASES: list[tuple[Any, ...]] = [
     # of Yaman et al.) for the stop and the choice, at SNR 15 and 20 dB
     *(("dip", 64, 0.05, snr, "holdout:fraction=0.2,patience=1000,smoothing=0.99", 1,
        {"regularizer": "auto"}) for snr in (15.0, 20.0)),
+    # ... and without noise and at SNR 40 dB, where no penalty wins and every measurement counts
+    *(("dip", 64, 0.05, snr, "holdout:fraction=0.2,patience=1000,smoothing=0.99", 1,
+       {"regularizer": "auto"}) for snr in (None, 40.0)),
 ]
 QUICK_RULE_CASES = [("deep_decoder", 64, 0.25, 20.0, "holdout:fraction=0.1,patience=5", 2),
                     ("deep_decoder", 64, 0.25, 20.0, "holdout:fraction=0.1,patience=5", 1,
