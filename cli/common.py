@@ -31,7 +31,8 @@ EXIT_INTERRUPTED = 130  # Ctrl-C: best iterate so far written (during a fit) or 
 EXIT_CODES = (
     "Exit codes: 0 done; 1 error (one line on stderr, nothing written; a value checked after "
     "parsing, e.g. --lr 0, is one); 2 the command line does not parse (an unknown option, a value "
-    "of the wrong type or not among an option's choices); 3 the fit diverged (outputs hold the "
+    "of the wrong type, below an option's minimum, e.g. --iters 0, or not among its choices); 3 "
+    "the fit diverged (outputs hold the "
     "last good iterate, a warning says so); 130 interrupted by Ctrl-C (during a fit: the best "
     "iterate so far is written)."
 )

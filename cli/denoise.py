@@ -103,6 +103,7 @@ def prepare(sigma: float | None, add_noise: float | None, options: FitOptions) -
             report={
                 "simulated_noise_sigma_255": None if added is None else added * 255,
                 "sigma_255": level * 255,
+                "sigma_estimated": known is None and added is None,
             },
             metrics=metrics,
             summary=_summary,

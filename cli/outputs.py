@@ -267,6 +267,9 @@ def build_report(result, *, extra: dict[str, Any]) -> dict[str, Any]:
         "seconds_per_iter": round(result.elapsed / max(result.num_steps, 1), 5),
         "device": result.device,
         "final_loss": float(result.history["loss"][-1]) if len(result.history["loss"]) else None,
+        # the loss of the iterate returned (num_iter; final_loss is the last step's)
+        "returned_iterate_loss": float(result.history["loss"][result.num_iter - 1])
+        if 0 < result.num_iter <= len(result.history["loss"]) else None,
         "psnr": result.psnr,
         "ssim": result.ssim,
         "config": result.config,

@@ -437,12 +437,14 @@ _MINISWHITE, _SEPARATED = 0, 5  # TIFF PhotometricInterpretation: grey with 0 wh
 def _tifffile_reads(im: Image.Image) -> bool:
     """Whether a TIFF Pillow opened is read with tifffile instead: colour of more than 8 bits
     (Pillow keeps 8), 16-bit grey with 0 as white (Pillow leaves it a negative), signed
-    samples (Pillow reads signed 8-bit as unsigned and widens signed 16-bit to 32 bits), and one
+    samples (Pillow reads signed 8-bit as unsigned and widens signed 16-bit to 32 bits), 32-bit
+    integers (refused, by their own type's name), and one
     uncompressed band to be turned by 90° (Pillow, from version 13 on, garbles it)."""
     bits, photometric = np.max(im.tag_v2.get(258, 8)), im.tag_v2.get(262)  # BitsPerSample
     bands, uncompressed = len(im.getbands()), im.tag_v2.get(259, 1) == 1  # Compression
-    signed = 2 in np.atleast_1d(im.tag_v2.get(339, 1))  # SampleFormat 2: signed integers
-    return signed or (bits > 8 and (bands > 1 or photometric == 0)) or (
+    formats = np.atleast_1d(im.tag_v2.get(339, 1))  # SampleFormat: 2 signed, 3 float
+    wide = bits > 16 and 3 not in formats  # 32-bit integers: Pillow wraps uint32 to int32
+    return 2 in formats or wide or (bits > 8 and (bands > 1 or photometric == 0)) or (
         bands == 1 and uncompressed and _orientation(im) in (5, 6, 7, 8))
 
 

@@ -82,9 +82,21 @@ def test_denoise_writes_three_outputs(clean_png, tmp_path):
     assert report["num_steps"] == 15 and report["command"] == "denoise"
     assert report["status"] == "done" and report["exit_code"] == 0
     assert report["psnr"] is not None and report["noisy_psnr"] is not None
-    assert report["sigma_255"] == pytest.approx(25)
+    assert report["sigma_255"] == pytest.approx(25) and report["sigma_estimated"] is False
+    assert report["returned_iterate_loss"] == report["final_loss"]  # fixed: the last step
     assert (tmp_path / "res" / "out_curve.png").stat().st_size > 1000
     assert files(tmp_path / "res") == ["out.json", "out.png", "out_curve.png"]  # no temporaries
+
+
+def test_the_report_gives_the_loss_of_the_iterate_it_returns(clean_png, tmp_path):
+    """final_loss is the last step's: after a divergence, that of the step that diverged."""
+    out = tmp_path / "out.png"
+    result = runner.invoke(app, ["denoise", str(clean_png), "-o", str(out), "--lr", "1e6",
+                                 "--net", "deep_decoder", "--channels", "4", "--iters", "50",
+                                 "--stop", "fixed:50", "--quiet"])
+    report = json.loads(out.with_suffix(".json").read_text())
+    assert result.exit_code == 3 and report["num_iter"] < report["num_steps"], report
+    assert report["returned_iterate_loss"] < report["final_loss"]
 
 
 def test_the_output_keeps_the_inputs_colour_profile(tmp_path):
@@ -106,6 +118,7 @@ def test_denoise_default_output_name_and_json(clean_png):
     assert report["num_steps"] == 15 and report["output_bits"] == 8
     assert (clean_png.parent / "clean_denoised.png").exists()
     assert report["sigma_255"] > 0  # estimated, since neither --sigma nor --add-noise
+    assert report["sigma_estimated"] is True
 
 
 def test_clean_gives_psnr_for_an_already_noisy_image(clean_png, tmp_path):

@@ -204,6 +204,14 @@ def test_signed_tiffs_scale_by_their_signed_range_and_refuse_negative_samples(
         load_image(tmp_path / "negative.tif")
 
 
+def test_a_32_bit_integer_tiff_is_named_by_its_own_type(tmp_path):
+    tifffile.imwrite(tmp_path / "wide.tif", np.array([[0, 4_000_000_000]], np.uint32))
+    with pytest.raises(ImageError, match=r"uint32 samples lie in \[0, 4000000000\]"):
+        load_image(tmp_path / "wide.tif")  # Pillow wrapped them: "int32 ... [-2144683801"
+    tifffile.imwrite(tmp_path / "narrow.tif", np.array([[0, 65535]], np.uint32))
+    np.testing.assert_array_equal(load_image(tmp_path / "narrow.tif"), [[0.0, 1.0]])
+
+
 def test_float_rgb_tiff_pillow_cannot_open(tmp_path, rng):
     image = rng.random((HEIGHT, WIDTH, 3)).astype(np.float32)
     tifffile.imwrite(tmp_path / "float.tif", image, photometric="rgb")
