@@ -714,8 +714,11 @@ class Monitor:
         layers to watch, or a fit after the one recorded."""
         conv_layers(net)
         if self._net is not None:
-            raise ValueError(f"this {owner or type(self).__name__} already recorded a fit (to "
-                             f"iteration {self._step}); create a new one for each fit")
+            self._refuse_another_fit(owner)
+
+    def _refuse_another_fit(self, owner: str | None) -> None:
+        raise ValueError(f"this {owner or type(self).__name__} already recorded a fit (to "
+                         f"iteration {self._step}); create a new one for each fit")
 
     def bind(self, net: nn.Module, step: int | None = None, *, owner: str | None = None) -> None:
         """Attach to ``net`` at the first call; a monitor records one fit only (another
@@ -729,11 +732,7 @@ class Monitor:
             modules = dict(net.named_modules())
             self._groups = [modules[name].groups for name in self.layers]
         elif net is not self._net or (step is not None and step <= self._step):
-            raise ValueError(
-                f"this {owner or type(self).__name__} already recorded a fit (to iteration "
-                f"{self._step}); "
-                "create a new one for each fit"
-            )
+            self._refuse_another_fit(owner)
         if step is not None:
             self._step = step
 
