@@ -1054,20 +1054,23 @@ def _scale_ratio(op: Any, y: torch.Tensor) -> float:
     random one where ``A`` maps the constant image to 0 (a gradient, a high-pass filter)."""
     starts = (torch.ones((1, *op.image_shape)),
               torch.randn((1, *op.image_shape), generator=torch.Generator().manual_seed(0)))
-    for u in starts:
-        u = u.to(op.device)
-        for _ in range(8):
-            v = op.A_adjoint(op.A(u)).detach()
-            size = float(v.norm())
-            if size == 0:
-                break
-            u = v / size
-        else:
-            break
-    else:  # A is 0 on both starts
+    u = next((d for d in (_top_direction(op, s.to(op.device)) for s in starts) if d is not None),
+             None)  # the random start only where the constant one is mapped to 0
+    if u is None:  # A is 0 on both starts
         return 0.0 if float(y.norm()) == 0 else math.inf
     gain = float(op.A(u).detach().norm())
     return float(y.double().norm()) / (gain * math.sqrt(math.prod(op.image_shape)))
+
+
+def _top_direction(op: Any, u: torch.Tensor) -> torch.Tensor | None:
+    """``u`` after eight power iterations of ``AᵀA``, normalised; None where it is mapped to 0."""
+    for _ in range(8):
+        v = op.A_adjoint(op.A(u)).detach()
+        size = float(v.norm())
+        if size == 0:
+            return None
+        u = v / size
+    return u
 
 
 def _tv_scale(op: Any) -> float:
