@@ -277,30 +277,51 @@ def build_report(result, *, extra: dict[str, Any]) -> dict[str, Any]:
 
 
 def plot_fit(result, handle) -> None:
-    """Loss (and PSNR when known) against iteration, the returned iterate marked."""
+    """Loss (and PSNR when known) against iteration, the returned iterate marked; for an
+    average of several fits, each member's curves and returned iterate."""
     from matplotlib.figure import Figure
 
-    loss = result.history["loss"]
-    steps = np.arange(1, len(loss) + 1)
-    psnr = result.history.get("psnr")
+    history = result.history
+    config = result.config if isinstance(result.config, dict) else {}
+    members = config.get("members") or [{  # one fit; of a mix, the one without the penalty
+        "regularizer_weight": 0 if config.get("regularizer") == "mix"
+        else config.get("regularizer_weight"), "num_iter": result.num_iter}]
+    losses = history.get("member_loss", [history["loss"]])
+    psnrs = history.get("member_psnr", [history["psnr"]] if "psnr" in history else None)
+    several = len(losses) > 1
     figure = Figure(figsize=(6, 3.6), dpi=100, layout="constrained")
     ax = figure.subplots()
-    ax.semilogy(steps, np.where(np.isfinite(loss) & (loss > 0), loss, np.nan),
-                color="tab:blue", lw=1)
+    twin = ax.twinx() if psnrs is not None else None
+    penalized = False
+    for k, (member, loss) in enumerate(zip(members, losses, strict=True)):
+        steps = np.arange(1, len(loss) + 1)
+        style = {"lw": 1, "ls": ("-", "--", ":", "-.")[k % 4]}
+        weight = member.get("regularizer_weight")
+        penalized |= weight not in (None, 0, 0.0)
+        label = f"fit {k + 1}" + (f", TV λ={weight:.2g}" if weight else "") if several else None
+        ax.semilogy(steps, np.where(np.isfinite(loss) & (loss > 0), loss, np.nan),
+                    color="tab:blue", label=label, **style)
+        if twin is not None:
+            twin.plot(steps, psnrs[k], color="tab:red", **style)
+        if member.get("num_iter", 0) > 0:
+            ax.axvline(member["num_iter"], color="k", lw=1, ls=style["ls"],
+                       label=f"returned{f' (fit {k + 1})' if several else ''}: "
+                             f"{member['num_iter']}")
     ax.set_xlabel("iteration")
-    config = result.config if isinstance(result.config, dict) else {}
-    first = (config.get("members") or [config])[0]  # the history is the first member's
-    penalized = first.get("regularizer_weight") not in (None, 0, 0.0)
-    ax.set_ylabel(f"training loss (MSE{' + penalty' if penalized else ''})", color="tab:blue")
-    if result.num_iter > 0:
-        ax.axvline(result.num_iter, color="k", ls="--", lw=1, label=f"returned: {result.num_iter}")
+    penalty = (" + penalty where λ > 0" if several else " + penalty") if penalized else ""
+    ax.set_ylabel(f"training loss (MSE{penalty})", color="tab:blue")
+    if ax.get_legend_handles_labels()[0]:
         ax.legend(loc="upper right", fontsize=8)
-    if psnr is not None:
-        twin = ax.twinx()
-        twin.plot(steps, psnr, color="tab:red", lw=1)
+    if twin is not None:
+        if several and result.psnr is not None:
+            twin.axhline(result.psnr, color="tab:red", lw=0.8, alpha=0.5)
+            twin.annotate(f"average: {result.psnr:.2f} dB", (0.01, result.psnr),
+                          xycoords=("axes fraction", "data"), color="tab:red", fontsize=8,
+                          va="bottom")
         twin.set_ylabel("PSNR to ground truth (dB)", color="tab:red")
     status = result.stop_reason.split(":")[0] if result.stop_reason.startswith(
         ("diverged", "interrupted")) else ""
-    title = f"{result.config['net']} · norm={result.config['norm']}"
+    title = f"{config.get('net')} · norm={config.get('norm')}" + (
+        f" · average of {len(losses)} fits" if several else "")
     ax.set_title(f"{title} · {status.upper()}" if status else title, fontsize=10)
     figure.savefig(handle, format="png")

@@ -380,7 +380,9 @@ class Reconstruction:
     stop_reason : str
         Why the fit stopped and which iterate was returned.
     history : dict[str, np.ndarray]
-        ``"loss"`` per iteration, and ``"psnr"`` per iteration when ``ground_truth`` was given.
+        ``"loss"`` per iteration, and ``"psnr"`` per iteration when ``ground_truth`` was given
+        (an ensemble's first member's; with several members averaged, ``"member_loss"`` and
+        ``"member_psnr"`` hold each one's as a row, NaN after its last step).
     psnr, ssim : float or None
         Against ``ground_truth``, when given.
     elapsed : float
@@ -575,8 +577,10 @@ def reconstruct(
         held-out loss says, and the other members fit *all* the data for exactly the
         iterations member 0 returned (early stopping, then retraining on the whole data to
         the same step). ``config["members"]`` lists their stops (and PSNR with
-        ``ground_truth``); ``history`` and ``num_iter`` are the first member's,
-        ``num_steps`` and ``elapsed`` the sums. Costs ``ensemble`` fits. With several
+        ``ground_truth``); ``history`` and ``num_iter`` are the first member's (``history``
+        adds every averaged member's loss, and PSNR, as the rows of ``"member_loss"`` and
+        ``"member_psnr"``, NaN after a member's last step), ``num_steps`` and ``elapsed`` the
+        sums. Costs ``ensemble`` fits. With several
         regularizer weights to choose from, the chosen weight's held-out fit (already paid
         for) is averaged in as one more member, member 0. None (default): 1, so that after
         such a choice (the Deep Image Prior's compressive sensing default without σ,
@@ -932,9 +936,13 @@ def reconstruct(
     runs = [*trials, *(r for _, r, _ in fits[1 if trials else 0:]), *left_out]
     image = tensor_to_image(torch.stack([out for _, _, out in fits]).mean(0).clamp(0, 1))
     history = {"loss": result.loss}
+    if len(fits) > 1:  # every averaged member's, one row each (NaN after its last step)
+        history["member_loss"] = _rows([r.loss for _, r, _ in fits])
     scores: dict[str, float | None] = {"psnr": None, "ssim": None}
     if truth is not None:
         history["psnr"] = result.psnr
+        if len(fits) > 1:
+            history["member_psnr"] = _rows([r.psnr for _, r, _ in fits])
         clean = tensor_to_image(truth)
         scores = {"psnr": _psnr(clean, image),  # SSIM's 3×3 window needs 3 px per side
                   "ssim": _ssim(clean, image) if min(image.shape[:2]) >= 3 else None}
@@ -1320,6 +1328,14 @@ def _turn(x: torch.Tensor, turn: tuple[int, bool], inverse: bool = False) -> tor
         return torch.rot90(x, turns, dims=(-2, -1))
     x = torch.rot90(x, -turns, dims=(-2, -1))
     return x.flip(-1) if mirror else x
+
+
+def _rows(series: list[np.ndarray]) -> np.ndarray:
+    """Series of different lengths as the rows of one float array, NaN after each one's end."""
+    rows = np.full((len(series), max(len(x) for x in series)), np.nan)
+    for row, x in zip(rows, series, strict=True):
+        row[:len(x)] = x
+    return rows
 
 
 def _members(fits: list, truth: torch.Tensor | None,

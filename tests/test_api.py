@@ -464,6 +464,14 @@ def test_after_a_held_out_stop_the_other_members_refit_all_the_data_to_its_itera
     assert second["psnr"] == pytest.approx(refit.psnr, abs=1e-4)
     np.testing.assert_allclose(result.image, (single.image + refit.image) / 2, atol=1e-5)
     assert result.num_steps == single.num_steps + single.num_iter
+    # each averaged member's loss and PSNR, a row each, NaN after the shorter refit's end
+    rows = result.history["member_loss"]
+    assert rows.shape == (2, single.num_steps)
+    np.testing.assert_array_equal(rows[0], result.history["loss"])
+    assert np.isfinite(rows[1, :single.num_iter]).all()
+    assert np.isnan(rows[1, single.num_iter:]).all()
+    np.testing.assert_array_equal(result.history["member_psnr"][0], result.history["psnr"])
+    assert "member_loss" not in single.history
 
 
 def _register_tiny_cs_net(name: str, defaults: deepprior.Defaults) -> None:

@@ -11,6 +11,7 @@ import json
 import os
 import tempfile
 import types
+import warnings
 
 import numpy as np
 import pytest
@@ -330,23 +331,38 @@ def test_unwritable_folder_is_refused_before_the_fit(clean_png, tmp_path, monkey
     assert not fitted and not (tmp_path / "new").exists()
 
 
-def test_the_curve_names_the_penalty_of_the_fit_it_shows(monkeypatch):
-    """The curve is the first member's: in the default mix, the fit without TV (it said
-    "MSE + penalty", from the mix's TV weight)."""
+def test_the_curve_shows_every_averaged_fit(monkeypatch):
+    """An average of fits (the default mix) plots each member's loss, PSNR and returned
+    iterate; one fit of a mix (the other cut short) is the one without TV: "MSE" alone."""
     from matplotlib.figure import Figure
 
     from deepprior_cli.outputs import plot_fit
 
-    labels = []
-    monkeypatch.setattr(Figure, "savefig", lambda self, *a, **k: labels.append(
-        self.axes[0].get_ylabel()))
-    for first, expected in ((0.0, "training loss (MSE)"), (0.2, "training loss (MSE + penalty)")):
-        config = {"net": "dip", "norm": "batch", "regularizer_weight": 0.2,
-                  "members": [{"regularizer_weight": first}, {"regularizer_weight": 0.2}]}
-        result = types.SimpleNamespace(history={"loss": np.array([1.0, 0.5]), "psnr": None},
-                                       num_iter=2, stop_reason="fixed", config=config)
-        plot_fit(result, io.BytesIO())
-        assert labels[-1] == expected
+    figures = []
+    monkeypatch.setattr(Figure, "savefig", lambda self, *a, **k: figures.append(self))
+    clean = deepprior.sample_image("camera", size=16)
+    noisy = deepprior.add_gaussian_noise(clean, 0.1, seed=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # 16x16 is cropped from the net's 64x64
+        result = deepprior.reconstruct(
+            noisy, net="deep_decoder", net_options={"channels": 8}, regularizer="mix",
+            stop="fixed:6", max_num_iter=9, sigma=0.1, ground_truth=clean,
+            seed=0)
+    assert result.history["member_loss"].shape == (2, 6)
+    plot_fit(result, io.BytesIO())
+    loss_ax, psnr_ax = figures[-1].axes
+    assert loss_ax.get_ylabel() == "training loss (MSE + penalty where λ > 0)"
+    assert "average of 2 fits" in loss_ax.get_title()
+    labels = loss_ax.get_legend_handles_labels()[1]
+    assert labels == ["fit 1", "returned (fit 1): 6", "fit 2, TV λ=0.05", "returned (fit 2): 6"]
+    assert len(psnr_ax.get_lines()) == 3  # each member's PSNR and the average's level
+    one = types.SimpleNamespace(history={"loss": np.array([1.0, 0.5])}, num_iter=2,
+                                stop_reason="interrupted", psnr=None,
+                                config={"net": "dip", "norm": "batch", "regularizer": "mix",
+                                        "regularizer_weight": 0.2})
+    plot_fit(one, io.BytesIO())
+    assert figures[-1].axes[0].get_ylabel() == "training loss (MSE)"
+    assert figures[-1].axes[0].get_title().endswith("INTERRUPTED")
 
 
 def test_a_link_to_a_missing_folder_is_refused_before_the_fit(clean_png, tmp_path, monkeypatch):
