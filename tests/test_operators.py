@@ -14,6 +14,7 @@ import torch
 
 from deepprior.operators import (
     ADJOINT_TOLERANCE,
+    LINEARITY_TOLERANCE,
     Blur,
     Downsample,
     FastSensing,
@@ -843,6 +844,14 @@ def test_check_operator_refuses_a_forward_model_that_is_not_linear(forward, erro
     assert linearity_error(op) > 1e-2
     with pytest.raises(ValueError, match=error):
         _timed_check(op)
+
+
+def test_check_operator_accepts_a_linear_operator_computed_in_bfloat16():
+    """Its rounding (about 3e-3) is not a nonlinearity."""
+    low = torch.from_numpy(_matrix(N, seed=3)).to(torch.bfloat16)
+    op = as_operator(lambda x: (x.reshape(1, -1).to(low.dtype) @ low.T).float(), (1, H, W))
+    assert ADJOINT_TOLERANCE < linearity_error(op) < LINEARITY_TOLERANCE
+    _timed_check(op)
 
 
 def test_check_operator_measures_a_wrong_adjoint():
