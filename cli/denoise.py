@@ -9,6 +9,7 @@ import numpy as np
 import typer
 
 import deepprior
+from deepprior.noise import SIGMA_FLOOR, estimate_noise_level
 
 from .common import FitOptions, epilog, error_funnel, fit_options, image_or_demo, shape_text
 from .common import sigma_from_cli as sigma_255
@@ -78,9 +79,11 @@ def prepare(sigma: float | None, add_noise: float | None, options: FitOptions) -
         level = known if known is not None else added
         notes = []
         if level is None:
-            level = deepprior.estimate_sigma(noisy)
+            level = estimate_noise_level(noisy, advice="pass --sigma N if it is noise")
             if not quiet:
-                notes.append(f"estimated noise level: --sigma {level * 255:.1f} (0-255 units)")
+                notes.append("the image looks noiseless (its estimated noise level is 0)"
+                             if level <= SIGMA_FLOOR else
+                             f"estimated noise level: --sigma {level * 255:.1f} (0-255 units)")
 
         def metrics(truth: np.ndarray) -> dict:
             return {"noisy_psnr": deepprior.psnr(truth, np.clip(noisy, 0, 1))}

@@ -36,7 +36,7 @@ from .io import jsonable
 from .metrics import psnr as _psnr
 from .metrics import ssim as _ssim
 from .metrics import total_variation
-from .noise import estimate_sigma
+from .noise import estimate_noise_level
 from .operators import (
     Identity,
     _call_forward,
@@ -760,7 +760,7 @@ def reconstruct(
         if problem != "denoise":
             raise ValueError("the discrepancy rule needs the noise level: pass sigma=... (the std "
                              "of the measurement noise) or choose another stopping rule")
-        sigma = estimate_sigma(array)
+        sigma = estimate_noise_level(array)
     regularizer = _resolve_regularizer(regularizer, regularizer_weight, stop=stop,
                                        ensemble=ensemble, defaults=defaults,
                                        sigma_known=given_sigma)
@@ -1102,7 +1102,7 @@ def _default_tv_weights(name: str, problem: str, op: Any, y: torch.Tensor,
     :func:`_tv_scale`, with σ given or estimated when denoising; in compressive sensing without
     σ one weight per noise level of :data:`TV_SNRS_DB` (a held-out choice)."""
     if problem == "denoise" and sigma is None:
-        sigma = estimate_sigma(array)
+        sigma = estimate_noise_level(array)
     if problem not in TV_WEIGHT_PROBLEMS:
         raise ValueError(f"regularizer='{name}' needs regularizer_weight=... for "
                          f"{problem}: its automatic weight is measured on denoising and "

@@ -746,8 +746,26 @@ def test_outputs_behind_a_missing_folder_and_long_names_and_a_constant_image(tmp
         assert (tmp_path / written).exists()
     assert not (tmp_path / "new").exists()
     result = runner.invoke(app, ["denoise", "black.png", "-o", "b.png", *FAST[:-1]])
-    assert "estimated noise level: --sigma 0.0" in result.stderr  # a constant image: σ 0
+    assert "note: the image looks noiseless (its estimated noise level is 0)" in result.stderr
     assert "Mean of empty slice" not in result.stderr and "nan" not in result.stderr
+
+
+def test_an_image_whose_estimated_noise_is_beyond_the_scale_is_refused_before_the_fit(
+        tmp_path, monkeypatch):
+    """A checkerboard of single pixels reads as noise of std 1.48: the fit would stop at its
+    first iteration (the library's message named sigma=..., and batch fitted it)."""
+    fitted = []
+    monkeypatch.setattr(deepprior, "reconstruct", lambda *a, **k: fitted.append(1))
+    save_image(tmp_path / "checker.png", np.indices((16, 16)).sum(0) % 2 * 1.0)
+    result = runner.invoke(app, ["denoise", str(tmp_path / "checker.png"), "-o",
+                                 str(tmp_path / "o.png"), *FAST])
+    assert_one_line_error(result, "the noise level estimated from the image, 1.48 (378 in "
+                                  "0-255 units), is above 0.5")
+    assert result.stderr.rstrip().endswith("pass --sigma N if it is noise")
+    assert not fitted
+    runner.invoke(app, ["denoise", str(tmp_path / "checker.png"), "--sigma", "10", "-o",
+                        str(tmp_path / "o.png"), *FAST])
+    assert fitted  # with the level given, it is fitted
 
 
 def test_the_time_note_follows_a_fixed_stop(tmp_path):

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from deepprior.noise import add_gaussian_noise, estimate_sigma
+from deepprior.noise import add_gaussian_noise, estimate_noise_level, estimate_sigma
 
 
 def test_noise_is_seeded_and_leaves_global_state():
@@ -48,6 +48,26 @@ def test_estimate_sigma_colour_and_errors():
     assert estimate_sigma(noisy) == pytest.approx(25 / 255, rel=0.2)
     with pytest.raises(ValueError, match=r"must be \(H, W\) or \(H, W, C\)"):
         estimate_sigma(np.zeros(10))
+
+
+def test_an_estimate_beyond_the_scale_is_refused_where_a_fit_would_use_it():
+    from deepprior import reconstruct
+
+    checker = (np.indices((16, 16)).sum(0) % 2).astype(np.float32)
+    assert estimate_sigma(checker) == pytest.approx(1.48, abs=0.01)  # the estimator: a number
+    with pytest.raises(ValueError, match=r"estimated from the image, 1.48 \(378 in 0-255 units\)"
+                                         r", is above 0.5.*; pass sigma=\.\.\. if it is noise$"):
+        estimate_noise_level(checker)
+    with pytest.raises(ValueError, match="is above 0.5"):  # before the fit
+        reconstruct(checker, net="deep_decoder", max_num_iter=1, callback=pytest.fail)
+    noisy = add_gaussian_noise(np.full((16, 16), 0.5), 0.1, seed=0)
+    assert estimate_noise_level(noisy) == estimate_sigma(noisy)
+
+
+def test_an_alpha_channel_is_said_to_be_averaged_in():
+    rgb = add_gaussian_noise(np.full((16, 16, 3), 0.5), 0.1, seed=0)
+    with pytest.warns(UserWarning, match=r"4 channels.*alpha.*image\[\.\.\., :3\]"):
+        estimate_sigma(np.concatenate([rgb, np.ones((16, 16, 1), np.float32)], axis=2))
 
 
 @pytest.mark.parametrize("function", [estimate_sigma,
