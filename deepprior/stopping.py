@@ -855,20 +855,28 @@ def make_policy(
 
 
 def split_measurements(operator: Any, y: Tensor, fraction: float, seed: int):
-    """Hold out a random ``fraction`` of the measurements (seeded by ``seed + 1``)."""
+    """Hold out ``round(fraction · m)`` of the ``m`` measurements, drawn at random (seeded by
+    ``seed + 1``): as many for every seed, so that whether a split leaves data on both sides
+    depends on ``m`` and ``fraction`` alone (a draw per entry held out 2 of 5 at one seed,
+    none at another)."""
     if operator is None or y is None:
         raise ValueError(f"stopping rule 'holdout' needs {CONTEXT['operator']} and {CONTEXT['y']}")
     shape = tuple(operator.measurement_shape)
     generator = torch.Generator().manual_seed(seed + 1)
     observed = getattr(operator, "observed", None)  # entries that carry data (a Mask's pixels)
     observed = torch.ones(shape, dtype=torch.bool) if observed is None else observed.cpu()
-    held = (torch.rand(shape, generator=generator) < fraction) & observed
-    keep = observed & ~held
-    if not keep.any() or not held.any():
-        side = "holds out all of them, leaving none to fit: a smaller fraction" if held.any() \
+    total = int(observed.sum())
+    count = math.floor(fraction * total + 0.5)
+    if not 0 < count < total:
+        side = "holds out all of them, leaving none to fit: a smaller fraction" if count \
             else "holds out none: a larger fraction, more data or a rule that holds none out"
         raise ValueError(f"holdout fraction {fraction} leaves no data on one side of the split "
-                         f"of {int(observed.sum())} measurements (this seed's draw {side})")
+                         f"of {total} measurements ({fraction:g} × {total} rounds to {count}: "
+                         f"it {side})")
+    scores = torch.rand(shape, generator=generator).masked_fill(~observed, math.inf)
+    held = torch.zeros(shape, dtype=torch.bool)
+    held.view(-1)[scores.view(-1).argsort(stable=True)[:count]] = True  # the lowest scores
+    keep = observed & ~held
     flat = y.reshape(shape)
     return (operator.restrict(keep), flat[keep.to(y.device)][None],
             operator.restrict(held), flat[held.to(y.device)][None])

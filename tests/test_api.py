@@ -1133,9 +1133,27 @@ def test_a_mix_whose_second_member_holds_out_checks_its_split_before_the_first_f
     image = np.random.default_rng(0).random((4, 4)).astype(np.float32)
     seen = []
     with pytest.raises(ValueError, match="leaves no data on one side of the split"):
-        reconstruct(image, stop="holdout", regularizer="mix", seed=4, max_num_iter=5,
-                    callback=lambda state: seen.append(state.step), net_options=SMALL, **DD)
+        reconstruct(image, stop="holdout:fraction=0.01", regularizer="mix", seed=4,
+                    max_num_iter=5, callback=lambda state: seen.append(state.step),
+                    net_options=SMALL, **DD)
     assert seen == []  # member 1's split (seed 5) was drawn after member 0's whole fit
+
+
+def test_a_split_holds_out_as_many_measurements_at_every_seed():
+    """round(fraction · m) of the observed entries: a draw per entry held out 0-2 of 5
+    measurements (and so failed at some seeds), 3-5 of 20 a mask's pixels."""
+    op = GaussianSensing(5, (16, 16), seed=0)
+    y = op.A(torch.rand(1, 1, 16, 16))
+    mask = Mask((8, 8), keep=20 / 64, seed=0)
+    for seed in range(8):
+        *_, held_op, held_y = deepprior.stopping.split_measurements(op, y, 0.2, seed)
+        assert held_y.numel() == held_op.num_measurements == 1
+        *_, held_op, held_y = deepprior.stopping.split_measurements(
+            mask, mask.A(torch.rand(1, 1, 8, 8)), 0.1, seed)
+        assert held_y.numel() == held_op.num_measurements == 2  # of the 20 observed pixels
+    with pytest.raises(ValueError, match=r"split of 5 measurements \(0.05 × 5 rounds to 0: it "
+                                         r"holds out none"):
+        deepprior.stopping.split_measurements(op, y, 0.05, 0)
 
 
 def test_an_operators_description_must_be_json_ready_before_the_fit():

@@ -500,7 +500,7 @@ def test_option_values_are_checked_before_the_headline_and_notes(args, message, 
 
 @pytest.mark.parametrize(("args", "message"), [
     (["-m", "3"], "holdout fraction 0.1 leaves no data on one side of the split of 3 "
-                  "measurements (this seed's draw holds out none"),
+                  "measurements (0.1 × 3 rounds to 0: it holds out none"),
     (["-m", "100", "--stop", "holdout:fraction=0.999"], "holds out all of them"),
 ])
 def test_an_error_only_the_library_can_find_comes_before_the_headline(args, message, tmp_path):
