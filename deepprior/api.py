@@ -46,9 +46,12 @@ from .operators import (
     check_operator,
 )
 from .stopping import (
+    EMV,
     HOLDOUT_FRACTION,
+    WMV,
     Fixed,
     Holdout,
+    doubts,
     holds_out,
     make_policy,
     members,
@@ -799,6 +802,12 @@ def reconstruct(
         warnings.warn(f"stop={spec!r} runs {min(fixed)} iterations and max_num_iter="
                       f"{max_num_iter} allows {max_num_iter}: each fit stops at "
                       f"{max_num_iter}", stacklevel=2)
+    for text in dict.fromkeys(text for rule in rules for text in doubts(rule, max_num_iter)):
+        warnings.warn(text, stacklevel=2)
+    if defaults.ema and defaults.reg_noise_std and any(isinstance(r, WMV | EMV) for r in rules):
+        warnings.warn(f"WMV and EMV read the output average {net_name} returns (EMA "
+                      f"{defaults.ema:g}), whose variance only falls: they did not fire on it "
+                      "in any fit measured (benchmarks/results/stopping.md)", stacklevel=2)
 
     choosing = len(candidates) > 1 and not mix
     planned = _fit_count(len(candidates), ensemble, mix)

@@ -51,13 +51,14 @@ import inspect
 import math
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any, ClassVar, Protocol
 
 import torch
 from torch import Tensor
 
 from .checks import check_float, check_int
+from .noise import SIGMA_FLOOR
 
 __all__ = [
     "EMV",
@@ -520,6 +521,10 @@ class Holdout(Rule):
             return True
         return False
 
+    def _final_choice(self) -> str:
+        averaged = "averaged " if self.smoothing else ""
+        return f"best iterate by lowest {averaged}hold-out loss at iteration {self.best_step}"
+
 
 _SAME = object()  # feed's default: the unperturbed output is the output itself
 
@@ -535,6 +540,9 @@ class FirstOf:
     def __init__(self, *policies: StoppingPolicy) -> None:
         if not policies:
             raise ValueError("FirstOf needs at least one stopping policy")
+        if len({id(p) for p in policies}) < len(policies):
+            raise ValueError("FirstOf got the same policy object twice: it would see every "
+                             "iteration twice; make one per rule")
         self.policies = tuple(_check_policy(p) for p in policies)
         self.fired: Any = None
         self.needs_unperturbed_output = any(
@@ -632,6 +640,41 @@ def feed(policy: Any, step: int, loss: float, output: Tensor,
     return bool(policy.update(step, loss, unperturbed if wants else output))
 
 
+def doubts(rule: Any, max_num_iter: int) -> list[str]:
+    """What keeps a built-in ``rule`` from stopping a fit of ``max_num_iter`` iterations, said
+    before the fit: a warm-up or a reading interval beyond the budget, a discrepancy level of
+    0 (never reached) or one a constant image meets (reached at the first reading)."""
+    first = {WMV: lambda r: r.window, EMV: lambda r: r.burn_in + 1}.get(
+        type(rule), lambda r: getattr(r, "every", 1))(rule)
+    said = []
+    if isinstance(rule, Rule) and not isinstance(rule, Fixed) and first > max_num_iter:
+        said.append(f"the {rule.label} rule reads its first value at iteration {first}, after "
+                    f"max_num_iter={max_num_iter}: it cannot stop the fit, which returns its "
+                    "last iterate")
+    if isinstance(rule, Discrepancy):
+        if rule.sigma <= SIGMA_FLOOR:
+            said.append(f"σ = {rule.sigma:.3g}: the data look noiseless, and the discrepancy "
+                        "rule stops at a noise level no fit reaches; the fit runs its whole "
+                        "budget (pass sigma=..., or a stop that needs no σ: 'holdout')")
+        elif rule.margin >= rule.sigma:
+            said.append(f"the discrepancy rule's margin {rule.margin:g} is not below σ = "
+                        f"{rule.sigma:.3g}: its noise level {rule._level} is one no fit "
+                        "reaches, and the fit runs its whole budget")
+        else:
+            ones = torch.ones((1, *rule.operator.image_shape), device=rule.operator.device)
+            with torch.no_grad():
+                flat = rule.operator.A(ones).double().reshape(-1)
+            y = rule.y.to(flat.device, flat.dtype).reshape(-1)
+            level = float((y @ flat) / (flat @ flat)) if float(flat @ flat) > 0 else 0.0
+            best = residual(rule.operator, rule.y, min(max(level, 0.0), 1.0) * ones)
+            if best <= rule.level:
+                said.append(f"the discrepancy rule's noise level {rule._level} is met by a "
+                            f"constant image (its residual {best:.4g}): the fit stops at its "
+                            f"first reading, untrained; is σ = {rule.sigma:.3g} the noise's "
+                            "std on the data's scale?")
+    return said
+
+
 def _check_policy(policy: Any) -> Any:
     if isinstance(policy, type):
         raise TypeError(f"stop={policy.__name__} is a class: pass an instance, "
@@ -642,6 +685,21 @@ def _check_policy(policy: Any) -> Any:
             f"a stopping policy needs update(step, loss, output), best_step and reason; "
             f"{type(policy).__name__} lacks {', '.join(missing)}"
         )
+    name = type(policy).__name__
+    try:
+        inspect.signature(policy.update).bind(1, 0.0, None)
+    except TypeError:  # not callable, or not with (step, loss, output)
+        raise TypeError(f"{name}.update must be callable as update(step, loss, output)") from None
+    except ValueError:  # a builtin without a signature: called as it is
+        pass
+    candidates = getattr(policy, "candidates", ())
+    if not isinstance(candidates, Iterable) or isinstance(candidates, str):
+        raise TypeError(f"{name}.candidates must be a set of iterations, got "
+                        f"{type(candidates).__name__}")
+    every = getattr(policy, "every", 1)
+    if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+        raise ValueError(f"{name}.every must be an integer >= 1 (read every k-th iteration), "
+                         f"got {every!r}")
     if _used(policy):
         raise ValueError(f"this {type(policy).__name__} has served a fit already and keeps its "
                          "state (its best iterate, its reason): make a new one for each fit, "

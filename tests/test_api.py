@@ -1227,3 +1227,35 @@ def test_options_together_a_users_penalty_a_stopping_callback_and_shapes():
         deepprior.dry_run(noisy, mask, ground_truth=noisy[:8, :8], **options)
     plan = deepprior.dry_run(noisy, mask, regularizer="none", **options)
     assert plan["regularizer_weights"] == [0.0]
+
+
+@pytest.mark.parametrize(("stop", "sigma", "message"), [
+    ("wmv", None, r"the WMV rule reads its first value at iteration 100, after max_num_iter=2"),
+    ("holdout:every=5", None, "the hold-out rule reads its first value at iteration 5"),
+    ("discrepancy", 0.4, r"noise level τ·m·σ² = 163.8 is met by a constant image \(its "
+                         r"residual [\d.]+\): the fit stops at its first reading"),
+    ("discrepancy:margin=0.2", 0.1, r"margin 0.2 is not below σ = 0.1"),
+    ("discrepancy", None, r"σ = 1e-06: the data look noiseless"),  # σ estimated: the floor
+])
+def test_a_rule_that_cannot_stop_the_fit_is_said_before_it(stop, sigma, message):
+    image = sample_image("camera", size=32)
+    observed = image if sigma is not None or stop != "discrepancy" else np.full_like(image, 0.5)
+    if sigma is not None:
+        observed = add_gaussian_noise(image, 0.1, seed=0)
+    steps = []
+    with pytest.warns(UserWarning, match=message):
+        reconstruct(observed, stop=stop, sigma=sigma, max_num_iter=2, net_options=SMALL,
+                    callback=lambda state: steps.append(state.step), **DD)
+    assert steps  # a warning, not a refusal
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the right σ: no doubt
+        warnings.filterwarnings("ignore", message="image size")  # 32x32: cropped from 64x64
+        reconstruct(add_gaussian_noise(image, 0.1, seed=0), stop="discrepancy", sigma=0.1,
+                    max_num_iter=2, net_options={"channels": 8}, net="deep_decoder")
+
+
+def test_a_variance_rule_on_the_averaged_dip_output_is_said_to_not_fire():
+    noisy = add_gaussian_noise(sample_image("camera", size=32), 0.1, seed=0)
+    with pytest.warns(UserWarning, match="WMV and EMV read the output average dip returns"):
+        reconstruct(noisy, net="dip", stop="emv:burn_in=1", max_num_iter=1, regularizer="none",
+                    net_options={"channels": 4})

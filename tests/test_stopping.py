@@ -311,6 +311,48 @@ def test_a_policy_class_instead_of_an_instance_is_refused():
         make_policy(Patience)
 
 
+class _Protocol:
+    best_step, reason = 0, ""
+
+    def update(self, step, loss, output):
+        return False
+
+
+@pytest.mark.parametrize(("change", "error", "message"), [
+    ({"update": lambda self, step, loss: False}, TypeError,
+     r"Bad.update must be callable as update\(step, loss, output\)"),
+    ({"update": None}, TypeError, r"Bad.update must be callable"),
+    ({"candidates": None}, TypeError, "Bad.candidates must be a set of iterations, got NoneType"),
+    ({"every": 0}, ValueError, r"Bad.every must be an integer >= 1 .*got 0"),
+    ({"every": 2.5}, ValueError, r"Bad.every must be an integer >= 1 .*got 2.5"),
+])
+def test_a_user_policy_that_breaks_the_protocol_is_refused_before_the_fit(change, error,
+                                                                          message):
+    """These failed in the loop, after the first iteration, with Python's own errors
+    (every = 0: a modulo by zero)."""
+    bad = type("Bad", (_Protocol,), change)()
+    with pytest.raises(error, match=message):
+        make_policy(bad)
+    make_policy(type("Good", (_Protocol,), {"candidates": frozenset({3}), "every": 4})())
+
+
+def test_the_same_policy_twice_in_a_group_is_refused():
+    rule = WMV(window=4, patience=3)
+    with pytest.raises(ValueError, match="FirstOf got the same policy object twice"):
+        FirstOf(rule, rule)
+
+
+def test_an_averaged_hold_out_loss_is_named_so_when_the_rule_did_not_fire():
+    operator = dp.Identity((1, 4, 4))
+    y = torch.zeros(1, 1, 4, 4)
+    for smoothing, said in ((0.0, "lowest hold-out loss"), (0.5, "lowest averaged hold-out loss")):
+        policy = Holdout(operator, y, patience=50, smoothing=smoothing)
+        for step in range(1, 4):
+            policy.update(step, 0.0, torch.full((1, 1, 4, 4), 1.0 / step))
+        policy.finalize(3)
+        assert policy.reason.endswith(f"best iterate by {said} at iteration 3")
+
+
 def test_wmv_by_hand():
     # W = 2, N = 1: VAR_t = (x_t − x_{t−1})² / 4.
     values = [0.0, 4.0, 6.0, 7.0, 7.5, 7.5, 8.0, 10.0, 13.0, 17.0]
