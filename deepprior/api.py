@@ -412,8 +412,8 @@ class Reconstruction:
 
 
 def image_to_tensor(image: np.ndarray) -> torch.Tensor:
-    """(H, W) or (H, W, C) array → (1, C, H, W) float32 tensor."""
-    array = np.asarray(image, dtype=np.float32)
+    """(H, W) or (H, W, C) array → (1, C, H, W) float32 tensor (values as they are)."""
+    array = check_image_array("image", np.asarray(image, dtype=np.float32), peak=math.inf)
     if array.ndim == 2:
         array = array[:, :, None]
     return torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1)))[None]
@@ -421,6 +421,9 @@ def image_to_tensor(image: np.ndarray) -> torch.Tensor:
 
 def tensor_to_image(tensor: torch.Tensor) -> np.ndarray:
     """(1, C, H, W) tensor → (H, W) for C = 1, else (H, W, C), float32 numpy on the CPU."""
+    if tensor.ndim != 4 or tensor.shape[0] != 1:
+        raise ValueError(f"expected one image as a (1, C, H, W) tensor, got shape "
+                         f"{tuple(tensor.shape)}")
     array = tensor.detach().to("cpu", torch.float32).numpy()[0].transpose(1, 2, 0)
     return np.ascontiguousarray(array[:, :, 0] if array.shape[2] == 1 else array)
 

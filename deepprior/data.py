@@ -44,7 +44,7 @@ def sample_image(name: str = "camera", *, size: int | tuple[int, int] | None = N
     image = getattr(data, name)().astype(np.float32) / 255.0
     if size is not None:
         shape = _height_width(size if not isinstance(size, numbers.Number) else (size, size),
-                              "size")
+                              "size", given=size)
         image = resize(image, shape + image.shape[2:], anti_aliasing=True, order=1)
         image = np.clip(image, 0.0, 1.0).astype(np.float32)
     return image
@@ -52,7 +52,8 @@ def sample_image(name: str = "camera", *, size: int | tuple[int, int] | None = N
 
 def random_mask(shape: tuple[int, int], missing: float, *, seed: int = 0) -> np.ndarray:
     """A boolean (H, W) mask, True = known, with a ``missing`` fraction of pixels removed
-    (exactly ``round(missing·H·W)``, drawn from ``seed``).
+    (exactly ``round(missing·H·W)``, drawn from ``seed``, an integer >= 0; at most all pixels
+    but one, so that there is something to fit).
 
     Examples
     --------
@@ -63,6 +64,7 @@ def random_mask(shape: tuple[int, int], missing: float, *, seed: int = 0) -> np.
 
     height, width = _height_width(shape)
     missing = check_float("missing", missing, low=0.0, high=1.0, high_open=True)
+    seed = check_int("seed", seed, minimum=0)
     mask = np.ones(height * width, dtype=bool)
     count = min(round(missing * mask.size), mask.size - 1)  # at least one pixel stays known
     mask[np.random.default_rng(seed).permutation(height * width)[:count]] = 0
@@ -103,14 +105,18 @@ def text_mask(shape: tuple[int, int], text: str = "deep image prior", *,
     return mask
 
 
-def _height_width(shape: object, name: str = "shape") -> tuple[int, int]:
-    """``(H, W)`` of positive integers (an image's ``.shape[:2]``)."""
+def _height_width(shape: object, name: str = "shape", given: object = None) -> tuple[int, int]:
+    """``(H, W)`` of positive integers (an image's ``.shape[:2]``); ``given``: what the user
+    passed, where ``shape`` was made from it (``size=64`` → ``(64, 64)``)."""
     if isinstance(shape, tuple | list) and len(shape) == 3:
         raise ValueError(f"{name} must be (height, width), got {tuple(shape)}: pass "
                          "image.shape[:2] for an image")
+    wanted = "a positive int or (height, width)" if given is not None else "(height, width)"
+    if not isinstance(shape, tuple | list):
+        raise TypeError(f"{name} must be {wanted}, got {given if given is not None else shape!r}")
     try:
         _, height, width = check_image_shape(shape, name)
-    except TypeError:  # a number of the wrong kind, or no sequence at all
-        raise TypeError(f"{name} must be a positive int or (height, width), got {shape!r}") \
-            from None
+    except TypeError:  # a number of the wrong kind
+        raise TypeError(f"{name} must be {wanted} of positive integers, got "
+                        f"{given if given is not None else shape!r}") from None
     return height, width

@@ -22,6 +22,8 @@ def _pair(reference: np.ndarray, image: np.ndarray) -> tuple[np.ndarray, np.ndar
         raise ValueError(
             f"reference and image must have the same shape, got {reference.shape} and {image.shape}"
         )
+    if reference.size == 0:
+        raise ValueError(f"reference and image are empty (shape {reference.shape})")
     return reference, image
 
 
@@ -61,8 +63,9 @@ def psnr(reference: np.ndarray, image: np.ndarray, *, data_range: float = 1.0) -
     Raises
     ------
     ValueError
-        Shapes that differ, or a reference with values beyond twice ``data_range`` (8-bit data
-        with the default ``data_range=1``).
+        Shapes that differ, empty arrays, or a reference with values beyond twice
+        ``data_range`` (8-bit data with the default ``data_range=1``; the image, a
+        reconstruction that may have diverged, is not bounded).
 
     Examples
     --------

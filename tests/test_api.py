@@ -1259,3 +1259,16 @@ def test_a_variance_rule_on_the_averaged_dip_output_is_said_to_not_fire():
     with pytest.warns(UserWarning, match="WMV and EMV read the output average dip returns"):
         reconstruct(noisy, net="dip", stop="emv:burn_in=1", max_num_iter=1, regularizer="none",
                     net_options={"channels": 4})
+
+
+def test_image_tensor_conversions_refuse_what_they_would_misread():
+    """A (C, H, W) array became (1, H, C, W); a batch of two lost its second image."""
+    with pytest.raises(ValueError, match=r"looks like \(C, H, W\)"):
+        image_to_tensor(np.zeros((3, 16, 16)))
+    with pytest.raises(ValueError, match=r"must be \(H, W\) or \(H, W, C\), got shape \(5,\)"):
+        image_to_tensor(np.zeros(5))
+    for shape in ((3, 4, 4), (2, 3, 4, 4)):
+        with pytest.raises(ValueError, match=r"one image as a \(1, C, H, W\) tensor"):
+            tensor_to_image(torch.zeros(shape))
+    image = np.random.default_rng(0).random((4, 6, 3)).astype(np.float32) * 3  # any values
+    np.testing.assert_array_equal(tensor_to_image(image_to_tensor(image)), image)

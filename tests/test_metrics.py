@@ -60,6 +60,8 @@ def test_an_8_bit_reference_needs_its_data_range():
     assert psnr(clean / 255, np.full((16, 16), 7.0)) < 0  # a reconstruction may overshoot
     with pytest.raises(ValueError, match="data_range"):
         psnr(clean / 255, noisy / 255, data_range=0)
+    with pytest.raises(ValueError, match=r"reference and image are empty \(shape \(0, 0\)\)"):
+        psnr(np.zeros((0, 0)), np.zeros((0, 0)))  # was NaN, with numpy's empty-slice warnings
 
 
 def test_ssim_refuses_a_channels_first_array_and_psnr_tensor_a_shape_mismatch():

@@ -1148,6 +1148,15 @@ def test_sample_image_and_mask_arguments_are_checked():
         text_mask((64, 64), lines=-1)
     with pytest.raises(ValueError, match="text must be a non-empty string"):
         text_mask((64, 64), text=" ")
+    for call in (lambda: random_mask(4, 0.5), lambda: text_mask(64)):  # said "positive int"
+        with pytest.raises(TypeError, match=r"^shape must be \(height, width\), got (4|64)$"):
+            call()
+    with pytest.raises(TypeError, match=r"got 64.5$"):  # what was passed, not (64.5, 64.5)
+        sample_image("camera", size=64.5)
+    with pytest.raises(ValueError, match="seed must be an integer >= 0, got -1"):
+        random_mask((8, 8), 0.5, seed=-1)
+    with pytest.raises(TypeError, match="seed must be an integer"):
+        random_mask((8, 8), 0.5, seed=None)  # a different mask at every call
 
 
 def test_user_forward_models_of_other_kinds():
