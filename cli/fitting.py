@@ -315,6 +315,8 @@ def choice_line(choice: list[dict[str, Any]], refits: int = 1, *,
     if refits:
         others = "a fit" if refits == 1 else f"{refits} fits"
         line += f"; its fit averaged with {others} to all the data"
+    if any(row.get("margin_z") is None and not row["chosen"] for row in choice):
+        line += "; one held-out value decided it: the choice is uncertain"
     for row in choice:
         if row.get("margin_z") is None or row["margin_z"] >= NEAR_TIE_Z:
             continue

@@ -643,7 +643,9 @@ def reconstruct(
         their average. ``config["regularizer_choice"]`` lists each weight's held-out loss, stop
         and, for the losers, ``margin_z``: how many standard errors its held-out loss lies
         above the winner's (the mean of the per-entry differences over their standard error;
-        under ~2 the choice is a near tie), ``config["members"]`` the members. Costs one fit
+        under ~2 the choice is a near tie; None from a single held-out entry; fewer than
+        :data:`MIN_CHOICE_HELDOUT` held out are warned of before the fits),
+        ``config["members"]`` the members. Costs one fit
         per weight plus ``ensemble``; :func:`planned_fits` counts a call's fits before any runs.
     on_start : callable, optional
         Called once, after every check and before the first fit, with the plan: a dict of
@@ -770,6 +772,9 @@ def reconstruct(
     regularizer = _resolve_regularizer(regularizer, regularizer_weight, stop=stop,
                                        ensemble=ensemble, defaults=defaults,
                                        sigma_known=given_sigma)
+    if sigma is None and problem == "denoise" and regularizer in ("tv", "auto", "mix") \
+            and regularizer_weight is None:  # TV's weight follows σ: estimated, and reported
+        sigma = estimate_noise_level(array)
     candidates = _penalties(regularizer, regularizer_weight, problem=problem, sigma=sigma,
                             array=array, op=op, y=y, device=torch_device)
     mix = isinstance(regularizer, str) and regularizer == "mix"
@@ -828,6 +833,12 @@ def reconstruct(
         own = next((p for p in members(policy) if isinstance(p, Holdout)), None)
         fit_op, fit_y, held_op, held_y = (op, y, own.operator, own.y) if own else \
             split_measurements(op, y, HOLDOUT_FRACTION, seed)
+        if held_y.numel() < MIN_CHOICE_HELDOUT:
+            warnings.warn(f"the {len(candidates)} regularizer weights are compared on "
+                          f"{held_y.numel()} held-out measurements, too few to tell them apart "
+                          f"(under {MIN_CHOICE_HELDOUT}): the choice is a guess; pass one weight "
+                          "(regularizer='none', or 'tv' with regularizer_weight=...)",
+                          stacklevel=2)
     # the first fit's network (member 0's seed, the image unturned), built before any fit
     first = [_network(net, net_input, op.image_shape, norm, seed, options)]
     if callable(getattr(callback, "check_net", None)):  # e.g. a monitor: layers to watch?
@@ -972,6 +983,7 @@ def reconstruct(
         "stop": stop if isinstance(stop, str) else type(stop).__name__,
         "stop_resolved": spec if isinstance(spec, str) else None,
         "sigma": sigma,
+        "sigma_estimated": sigma is not None and not given_sigma,
         "seed": seed,
         "operator": description,
         "num_restarts": result.num_restarts,
@@ -1283,6 +1295,9 @@ def _penalties(regularizer: Any, weight: Any, *, problem: str, sigma: float | No
         raise TypeError(f"regularizer must be 'tv', 'auto', 'mix', 'none', a function or None, "
                         f"got {regularizer!r}")
     adds_none = name in ("auto", "mix")
+    if adds_none and not _as_weights(weight):  # 0 alone: no choice, no TV fit
+        raise ValueError(f"regularizer='{name}' needs at least one TV weight, got "
+                         f"regularizer_weight={weight!r}")
     weights = [check_float("regularizer_weight", w, low=0.0)
                for w in ((0.0,) if adds_none else ()) + _as_weights(weight)]
     if not weights or len(set(weights)) < len(weights):
@@ -1320,10 +1335,18 @@ def _choice_row(weight: float, loss: float, result: Any, truth: torch.Tensor | N
     return row
 
 
-def _paired_z(differences: torch.Tensor) -> float:
-    """Mean over standard error of per-entry loss differences: how clearly one fit is worse."""
+#: :func:`reconstruct` warns when a choice among regularizer weights rests on fewer held-out
+#: measurements than this.
+MIN_CHOICE_HELDOUT = 10
+
+
+def _paired_z(differences: torch.Tensor) -> float | None:
+    """Mean over standard error of per-entry loss differences: how clearly one fit is worse
+    (None from one entry, which has no standard error)."""
     n = differences.numel()
-    spread = float(differences.std()) / math.sqrt(n) if n > 1 else 0.0
+    if n < 2:
+        return None
+    spread = float(differences.std()) / math.sqrt(n)
     mean = float(differences.mean())
     return mean / spread if spread > 0 else math.copysign(math.inf, mean) if mean else 0.0
 

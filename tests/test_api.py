@@ -1272,3 +1272,32 @@ def test_image_tensor_conversions_refuse_what_they_would_misread():
             tensor_to_image(torch.zeros(shape))
     image = np.random.default_rng(0).random((4, 6, 3)).astype(np.float32) * 3  # any values
     np.testing.assert_array_equal(tensor_to_image(image_to_tensor(image)), image)
+
+
+def test_the_sigma_behind_an_automatic_tv_weight_is_reported():
+    """regularizer='tv' without a weight takes λ from σ estimated when denoising: the report
+    said sigma None under a stop that needs no σ."""
+    noisy = add_gaussian_noise(sample_image("camera", size=32), 25 / 255, seed=0)
+    options = {"net_options": {"channels": 8}, "max_num_iter": 2, "stop": "fixed:2", **DD}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # 32x32: cropped from the net's 64x64
+        estimated = reconstruct(noisy, regularizer="tv", **options).config
+        given = reconstruct(noisy, regularizer="tv", sigma=0.1, **options).config
+        plain = reconstruct(noisy, **options).config
+    assert estimated["sigma"] == pytest.approx(deepprior.estimate_sigma(noisy))
+    assert estimated["sigma_estimated"] and not given["sigma_estimated"]
+    assert estimated["regularizer_weight"] == pytest.approx(
+        given["regularizer_weight"] * estimated["sigma"] / 0.1)
+    assert plain["sigma"] is None and not plain["sigma_estimated"]
+
+
+def test_a_choice_on_too_few_held_out_measurements_is_warned_of_and_an_empty_weight_list_refused():
+    clean = sample_image("camera", size=16)
+    op = GaussianSensing(8, (16, 16), seed=0)
+    y, _ = deepprior.simulate_measurements(op, clean, sigma=0.05, seed=0)
+    with pytest.warns(UserWarning, match=r"the 3 regularizer weights are compared on 1 held-out"):
+        result = reconstruct(y, op, max_num_iter=3, net_options={"channels": 4})
+    assert [row["margin_z"] for row in result.config["regularizer_choice"]] == [None] * 3
+    for name in ("auto", "mix"):  # 0 alone was one fit without a penalty
+        with pytest.raises(ValueError, match=f"regularizer='{name}' needs at least one TV"):
+            reconstruct(clean, regularizer=name, regularizer_weight=[], max_num_iter=1, **DD)

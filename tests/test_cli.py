@@ -238,6 +238,9 @@ def test_the_choice_line_flags_a_near_tie():
     assert "near tie" not in choice_line(rows)
     rows[1]["margin_z"] = 0.0  # identical held-out losses: the nearest tie of all
     assert "only 0.0 standard errors" in choice_line(rows)
+    rows[1]["margin_z"] = None  # a loser without a z: one held-out measurement
+    assert choice_line(rows, refits=0).endswith("one held-out value decided it: the choice is "
+                                                "uncertain")
 
 
 @pytest.mark.parametrize(("precision", "bf16_units", "minutes", "hint"), [
