@@ -26,7 +26,7 @@ from .api import (
 )
 from .batch import BatchResult, item_seed, reconstruct_many
 from .data import random_mask, sample_image, text_mask
-from .fit import PRECISIONS, FitState, fit, fit_many, resolve_device
+from .fit import PRECISIONS, FitResult, FitState, fit, fit_many, resolve_device
 from .io import (
     ImageError,
     image_bit_depth,
@@ -77,6 +77,7 @@ __all__ = [
     "Downsample",
     "FastSensing",
     "FirstOf",
+    "FitResult",
     "FitState",
     "FunctionOperator",
     "GaussianSensing",

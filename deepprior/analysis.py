@@ -1,6 +1,6 @@
 """Diagnostics of a fit, per layer and over iterations: what the papers say happens inside.
 
-Monitors are callbacks for :func:`deepprior.reconstruct` / :func:`deepprior.fit.fit`
+Monitors are callbacks for :func:`deepprior.reconstruct` / :func:`deepprior.fit`
 (``callback=...``). Each one records, for every convolution weight of the network (a *layer*,
 named by its module path, e.g. ``"body.0.0"``), one quantity every ``every`` iterations:
 
@@ -559,7 +559,8 @@ def curvature_eigenvalues(
     z : torch.Tensor
         Its input.
     loss_fn : callable
-        ``out ↦ scalar loss``, e.g. :func:`mse_loss`; twice differentiable.
+        ``out ↦ scalar loss``, e.g. :func:`torch.nn.functional.mse_loss` against the
+        observation; twice differentiable.
     layers : sequence of str or None
         Module paths of the ``nn.Conv2d`` layers to analyse (see :func:`conv_layers`); None
         analyses all.

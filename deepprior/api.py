@@ -2,7 +2,7 @@
 
 The only module that wires the pieces together: it adapts the operator, checks everything that
 can be checked before a fit, resolves the defaults of the problem kind and network from
-:data:`PROBLEMS`, builds the network and the stopping policy, runs :func:`deepprior.fit.fit`
+:data:`PROBLEMS`, builds the network and the stopping policy, runs :func:`deepprior.fit`
 and packages the result as a :class:`Reconstruction`.
 """
 
@@ -13,7 +13,7 @@ import itertools
 import json
 import math
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -161,7 +161,8 @@ _OBSERVE_JSON = "benchmarks/results/observe_every.json"
 #: The problem kinds and their defaults per network; ``"*"`` is the row for any other network
 #: (a registered one, or a user's ``nn.Module``). The kind comes from the operator
 #: (``operator.problem``: Identity → denoise, Mask → inpainting, Gaussian/fast sensing and wide
-#: matrices → compressive_sensing, anything else → generic) or from ``reconstruct(problem=...)``.
+#: matrices → compressive_sensing, Downsample → super_resolution, Blur → deblurring, anything
+#: else → generic) or from ``reconstruct(problem=...)``.
 PROBLEMS: dict[str, dict[str, Defaults]] = {
     "denoise": {
         "deep_decoder": Defaults(
@@ -421,6 +422,9 @@ def image_to_tensor(image: np.ndarray) -> torch.Tensor:
 
 def tensor_to_image(tensor: torch.Tensor) -> np.ndarray:
     """(1, C, H, W) tensor → (H, W) for C = 1, else (H, W, C), float32 numpy on the CPU."""
+    if not isinstance(tensor, torch.Tensor):
+        raise TypeError(f"expected a torch tensor (1, C, H, W), got {type(tensor).__name__}; "
+                        "an image array is already what this returns")
     if tensor.ndim != 4 or tensor.shape[0] != 1:
         raise ValueError(f"expected one image as a (1, C, H, W) tensor, got shape "
                          f"{tuple(tensor.shape)}")
@@ -459,7 +463,7 @@ def simulate_measurements(
     sigma : float
         The noise std used (0 when neither ``sigma`` nor ``snr_db`` is given).
     """
-    x = image_to_tensor(as_array("image", image))
+    x = image_to_tensor(check_image_array("image", as_array("image", image)))
     op = as_operator(operator, tuple(x.shape[1:]))
     if sigma is not None and snr_db is not None:
         raise ValueError("give sigma or snr_db, not both")
@@ -500,7 +504,7 @@ def reconstruct(
     ensemble: int | None = None,
     precision: str = "fp32",
     regularizer: str | Callable[[torch.Tensor], torch.Tensor] | None = None,
-    regularizer_weight: float | None = None,
+    regularizer_weight: float | Sequence[float] | None = None,
     on_start: Callable[[dict[str, Any]], None] | None = None,
 ) -> Reconstruction:
     """Reconstruct an image from one corrupted observation with an untrained network.
@@ -509,7 +513,8 @@ def reconstruct(
     ----------
     observation : np.ndarray or torch.Tensor
         Without ``operator``: the noisy image, (H, W) or (H, W, C) on the [0, 1] scale. With
-        ``operator``: the measurements (any shape with the operator's number of entries).
+        ``operator``: the measurements, in the operator's ``measurement_shape``, flat (1-D),
+        or as an (H, W, C) image.
     operator : optional
         The forward model ``y = A x``: a deepprior operator, a matrix (numpy, torch,
         ``scipy.sparse``), an object with ``A`` (and optionally ``A_adjoint``; deepinv's
@@ -548,8 +553,8 @@ def reconstruct(
         measurement units otherwise. Used by the discrepancy rule; estimated from a noisy image
         when needed and not given. 0 (noiseless, as :func:`simulate_measurements` returns
         without noise) leaves nothing for a σ rule to stop at: ``"auto"`` then resolves as
-        without σ. A σ whose noise alone, ``m·σ²``, would exceed 4·‖y‖² is refused (a
-        0-255 value for data on the [0, 1] scale).
+        without σ (measurements only: when denoising, 0 is refused). A σ whose noise alone,
+        ``m·σ²``, would exceed 4·‖y‖² is refused (a 0-255 value for data on the [0, 1] scale).
     ground_truth : np.ndarray, optional
         Clean image, to report PSNR/SSIM per iteration; never used to fit (except by
         ``stop="oracle"``).
@@ -565,7 +570,7 @@ def reconstruct(
     progress : bool
         Show a progress bar.
     callback : callable, optional
-        Called after each iteration of every fit with a :class:`deepprior.fit.FitState`; True
+        Called after each iteration of every fit with a :class:`deepprior.FitState`; True
         stops the call, as Ctrl-C does: the fit returns the iterate its rule selected, no
         further fit starts, and an ensemble member so stopped after the first is left out of
         the average. When denoising with an ensemble, member ``k``'s state is in its turned
@@ -598,7 +603,7 @@ def reconstruct(
     precision : {"fp32", "bf16"}
         ``"bf16"``: the network runs in bfloat16 mixed precision (``torch.autocast``; weights,
         loss and the image stay float32) — faster where the hardware has bfloat16 units, see
-        :func:`deepprior.fit.fit`.
+        :func:`deepprior.fit`.
     regularizer : "tv", "auto", "mix", "none", callable or None
         An explicit penalty on the network output added to the loss, ``λ · R(x)``: ``"tv"``,
         the isotropic total variation per pixel (:func:`deepprior.total_variation`; DIP-TV,

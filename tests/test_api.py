@@ -1301,3 +1301,12 @@ def test_a_choice_on_too_few_held_out_measurements_is_warned_of_and_an_empty_wei
     for name in ("auto", "mix"):  # 0 alone was one fit without a penalty
         with pytest.raises(ValueError, match=f"regularizer='{name}' needs at least one TV"):
             reconstruct(clean, regularizer=name, regularizer_weight=[], max_num_iter=1, **DD)
+
+
+def test_the_fit_result_type_is_exported_and_simulate_measurements_checks_the_image_scale():
+    assert deepprior.FitResult is deepprior.fit_many.__globals__["FitResult"]
+    assert "FitResult" in deepprior.__all__
+    with pytest.raises(ValueError, match=r"image values go up to 255, beyond the \[0, 1\]"):
+        deepprior.simulate_measurements(GaussianSensing(20, (8, 8)), np.full((8, 8), 255.0))
+    with pytest.raises(TypeError, match="expected a torch tensor"):
+        tensor_to_image(np.zeros((1, 1, 4, 4)))
