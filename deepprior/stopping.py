@@ -662,11 +662,11 @@ def doubts(rule: Any, max_num_iter: int) -> list[str]:
                         "reaches, and the fit runs its whole budget")
         else:
             ones = torch.ones((1, *rule.operator.image_shape), device=rule.operator.device)
-            with torch.no_grad():
-                flat = rule.operator.A(ones).double().reshape(-1)
-            y = rule.y.to(flat.device, flat.dtype).reshape(-1)
-            level = float((y @ flat) / (flat @ flat)) if float(flat @ flat) > 0 else 0.0
-            best = residual(rule.operator, rule.y, min(max(level, 0.0), 1.0) * ones)
+            with torch.no_grad():  # the grey level whose image fits y best, in [0, 1]
+                flat = rule.operator.A(ones).to(_acc(ones.device)).reshape(-1)
+                y = rule.y.to(flat.device, flat.dtype).reshape(-1)
+                grey = float((y @ flat) / (flat @ flat)) if float(flat @ flat) > 0 else 0.0
+                best = residual(rule.operator, rule.y, min(max(grey, 0.0), 1.0) * ones)
             if best <= rule.level:
                 said.append(f"the discrepancy rule's noise level {rule._level} is met by a "
                             f"constant image (its residual {best:.4g}): the fit stops at its "
