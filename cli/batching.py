@@ -363,12 +363,11 @@ def _prepare(item: _Item, build: Builder, names: list[str], options: FitOptions,
         clean = clean_image(task, clean_path, options)
         outputs = Outputs(item.image, overwrite=engine.force,
                           inputs=(*task.inputs, clean_path), option="--force")
+        item.bits, item.bits_note = output_bits(item.image, task.bits, task.image_shape)
     except KNOWN_ERRORS as exc:
         row.status, row.error = "failed", one_line(exc)
         return
     item.task, item.outputs, item.clean, item.clean_path = task, outputs, clean, clean_path
-    item.bits, item.bits_note = output_bits(item.image, task.bits,
-                                            colour=len(task.image_shape) == 3)
 
 
 def _clean_path(name: str, cleans: dict[str, list[Path]], options: FitOptions) -> Path | None:

@@ -128,7 +128,7 @@ def run_task(task: Task, options: FitOptions) -> None:
     outputs = Outputs(output, overwrite=options.overwrite,
                       inputs=(*task.inputs, options.clean),
                       extra={role: path for role, (path, _) in task.extra_outputs.items()})
-    bits, bits_note = output_bits(output, task.bits, colour=len(task.image_shape) == 3)
+    bits, bits_note = output_bits(output, task.bits, task.image_shape)
 
     def announce(plan: dict[str, Any]) -> None:
         """The headline and, for a long CPU fit, the note on its time: once the library has
@@ -467,14 +467,22 @@ def check_regularizer(task: Task, options: FitOptions) -> None:
                          "sensing only")
 
 
-def output_bits(path: Path, input_bits: int, *, colour: bool) -> tuple[int, str | None]:
-    """Bits per sample of the output image, and a note when the input had more.
+#: The largest side a JPEG holds (libjpeg's limit).
+JPEG_MAX_SIDE = 65500
+
+
+def output_bits(path: Path, input_bits: int, shape: tuple[int, ...]) -> tuple[int, str | None]:
+    """Bits per sample of the output image of ``shape`` (H, W[, C]), and a note when the input
+    had more; a JPEG output beyond :data:`JPEG_MAX_SIDE` is refused (before the fit).
 
     The rule: 8-bit input → 8-bit output. 16-bit or float input → 16 bits in a TIFF and in a
     grayscale PNG; a colour PNG or a JPEG stays 8-bit (Pillow writes no 16-bit colour PNG,
     JPEG has 8 bits) with a note suggesting ``.tif``; ``.npy`` is float32 anyway.
     """
-    suffix = path.suffix.lower()
+    suffix, colour = path.suffix.lower(), len(shape) == 3
+    if suffix in (".jpg", ".jpeg") and max(shape[:2]) > JPEG_MAX_SIDE:
+        raise ValueError(f"{path.name}: a JPEG holds at most {JPEG_MAX_SIDE:,} pixels a side, "
+                         f"and the result is {shape_text(shape)}; write a .png or .tif")
     if input_bits <= 8 or suffix == ".npy":
         return 8, None
     if suffix in (".tif", ".tiff") or (suffix == ".png" and not colour):

@@ -8,6 +8,7 @@ are reported.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Annotated
 
@@ -170,16 +171,41 @@ def read_mask(path: Path, options: FitOptions) -> tuple[np.ndarray, tuple[str, .
                              f"uint8 / uint16 image values, got {stored.dtype} values in "
                              f"[{stored.min():g}, {stored.max():g}]")
     else:
-        values = deepprior.load_image(path, max_pixels=options.max_pixels)
+        with warnings.catch_warnings():  # the alpha channel is read below
+            warnings.filterwarnings("ignore", message=".*the alpha channel was dropped")
+            values = deepprior.load_image(path, max_pixels=options.max_pixels)
         if values.ndim == 3:
             values = values.mean(axis=2)
+        alpha = _alpha(path)
+        if alpha is not None and alpha.shape == values.shape:  # holes erased in an editor
+            values = alpha
     keep = values >= 0.5
     grey = int(np.count_nonzero((values > 0) & (values < 1)))
-    notes = [f"--mask {path} has {grey} grey pixels; thresholded at 0.5 (white = known)"] \
+    known = "opaque = known (the alpha channel)" if values is alpha else "white = known"
+    notes = [f"--mask {path} has {grey} grey pixels; thresholded at 0.5 ({known})"] \
         if grey else []
+    if alpha is not None and values is alpha:
+        notes.append(f"--mask {path} has transparent pixels: they are the missing ones")
     if not keep.any():
         raise ValueError(f"--mask {path} marks no pixel as known (white = known, black = "
                          "missing); is it inverted?")
     if keep.all():
-        notes.append(f"--mask {path} marks every pixel as known: nothing to inpaint")
+        raise ValueError(f"--mask {path} marks every pixel as known (white, or opaque): there "
+                         "is nothing to inpaint; to remove noise alone use deepprior denoise")
     return keep, tuple(notes)
+
+
+def _alpha(path: Path) -> np.ndarray | None:
+    """A mask image's alpha channel in [0, 1], upright, where it is not constant (None
+    otherwise, or for a file Pillow does not read)."""
+    from PIL import Image, ImageOps
+
+    try:
+        with Image.open(path) as image:
+            if image.mode not in ("RGBA", "LA", "PA", "La", "RGBa") \
+                    and "transparency" not in image.info:
+                return None
+            alpha = np.asarray(ImageOps.exif_transpose(image).convert("RGBA").getchannel("A"))
+    except (OSError, ValueError):
+        return None
+    return alpha / 255.0 if alpha.min() != alpha.max() else None

@@ -65,6 +65,37 @@ def test_inpaint_with_an_8_bit_npy_mask_and_the_values_it_refuses(photo, tmp_pat
                           "booleans or uint8 / uint16 image values, got int16 values in [0, 255]")
 
 
+def test_a_mask_whose_holes_are_transparent_reads_its_alpha_channel(photo, tmp_path):
+    """An editor's eraser leaves the colour white and the alpha 0: it read as all known, and
+    the fit ran on nothing to inpaint (exit 0); a mask with every pixel known is refused."""
+    from PIL import Image
+
+    rgba = np.full((24, 20, 4), 255, np.uint8)
+    rgba[5:15, 4:12, 3] = 0
+    Image.fromarray(rgba).save(tmp_path / "erased.png")
+    out = tmp_path / "in.png"
+    result = runner.invoke(app, ["inpaint", str(photo), "--mask", str(tmp_path / "erased.png"),
+                                 "-o", str(out), *FAST[:-1]])
+    assert result.exit_code == 0, result.output
+    assert "erased.png has transparent pixels: they are the missing ones" in result.stderr
+    assert "alpha channel was dropped" not in result.stderr
+    assert report_of(out)["known_pixels"] == 24 * 20 - 80
+    rgba[..., 3] = 255  # opaque and white: every pixel known
+    Image.fromarray(rgba).save(tmp_path / "white.png")
+    assert_one_line_error(run("inpaint", photo, "--mask", tmp_path / "white.png", "-o",
+                              tmp_path / "w.png"), "marks every pixel as known (white, or opaque)")
+    assert not (tmp_path / "w.png").exists()
+
+
+def test_a_jpeg_output_beyond_its_largest_side_is_refused_before_the_fit(tmp_path):
+    wide = tmp_path / "wide.png"
+    save_image(wide, np.full((4, 16500), 0.5))
+    result = run("superres", wide, "--factor", "4", "--net", "deep_decoder", "-o",
+                 tmp_path / "big.jpg")
+    assert_one_line_error(result, "big.jpg: a JPEG holds at most 65,500 pixels a side, and the "
+                                  "result is 16x66000; write a .png or .tif")
+
+
 @pytest.mark.parametrize(
     ("args", "missing"),
     [(["--missing", "0.3"], 0.3), ([], 0.5), (["--text"], None)],
