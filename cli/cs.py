@@ -12,6 +12,7 @@ Three sources of data:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 from dataclasses import replace
@@ -216,10 +217,11 @@ def _make_operator(kind: str, m: int, clean: np.ndarray, seed: int):
     shape = chw(clean.shape)
     if kind not in ("auto", "gaussian", "fast"):
         raise ValueError(f"--operator must be gaussian, fast or auto, got {kind!r}")
-    n = shape[0] * shape[1] * shape[2]
+    n = shape[1] * shape[2]  # a colour image is measured channel by channel
     if not 1 <= m <= n:  # said with the option's name, not the library's (num_measurements)
-        raise ValueError(f"-m/--measurements must be in [1, {n}], the image's {n} values "
-                         f"({shape[1]}x{shape[2]}x{shape[0]}), got {m}")
+        per = ", measured per channel" if shape[0] > 1 else ""
+        raise ValueError(f"-m/--measurements must be in [1, {n}], the image's {n} pixels "
+                         f"({shape[1]}x{shape[2]}{per}), got {m}")
     if kind == "auto":
         kind = "gaussian" if 4 * m * shape[1] * shape[2] <= AUTO_DENSE_BYTES else "fast"
     if kind == "gaussian":
@@ -285,6 +287,7 @@ def _saved(path: Path, sigma: float | None, operators: dict[Any, Any]) -> Task:
         operator=operator,
         sigma=sigma,
         inputs=(path,),
+        bits=32,  # float measurements: no 8-bit image behind them
         headline=(f"reconstructing {h}x{w}x{c} from {operator.num_measurements} measurements "
                   f"in {path} ({description.get('kind')})"),
         report=_report(operator, snr_db=None, sigma=sigma),
@@ -321,7 +324,8 @@ def _given(matrix_path: Path, matrix, y_path: Path, shape: str | None, key: str 
     """Your own matrix and measurements, checked against each other and --shape."""
     y = deepprior.load_array(y_path, key=key, names=MEASUREMENT_NAMES, choose="--key NAME")
     if sigma is None and y_path.suffix.lower() == ".npz":  # a --save-measurements file's σ
-        sigma = _description(y_path)[1]
+        with contextlib.suppress(ValueError):  # your own file's "operator" entry: not ours
+            sigma = _description(y_path)[1]
     if not isinstance(y, np.ndarray):
         raise ValueError(f"--measurements-file {y_path}: y is a sparse matrix; save it as a "
                          "dense vector")
@@ -357,6 +361,7 @@ def _given(matrix_path: Path, matrix, y_path: Path, shape: str | None, key: str 
         operator=operator,
         sigma=sigma,
         inputs=(matrix_path, y_path),
+        bits=32,  # float measurements: no 8-bit image behind them
         headline=(f"reconstructing {height}x{width}x{channels} from {y.size} measurements "
                   f"({y_path}) with the {m}x{n} matrix {matrix_path}"),
         notes=tuple(notes),
