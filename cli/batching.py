@@ -39,6 +39,7 @@ from .common import (
     EXIT_INTERRUPTED,
     KNOWN_ERRORS,
     FitOptions,
+    cli_words,
     note,
     one_line,
 )
@@ -552,9 +553,9 @@ def _say_warnings(caught: list[warnings.WarningMessage], result, shown: set[str]
     from tqdm import tqdm
 
     named = set(result.warnings) if result is not None else set()
-    lines = [f"warning: {result.name}: {message}" for message in
+    lines = [f"warning: {result.name}: {cli_words(message)}" for message in
              (result.warnings if result is not None else ()) if message not in shown]
-    lines += [f"warning: {w.message}" for w in caught
+    lines += [f"warning: {cli_words(str(w.message))}" for w in caught
               if str(w.message) not in named and str(w.message) not in shown]
     shown.update(named, (str(w.message) for w in caught))
     caught.clear()

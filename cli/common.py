@@ -320,7 +320,7 @@ def error_funnel(debug: bool) -> Iterator[None]:
     def show_warning(message, category, filename, lineno, file=None, line=None) -> None:
         if str(message) not in shown:
             shown.add(str(message))
-            typer.echo(f"warning: {message}", err=True)
+            typer.echo(f"warning: {cli_words(str(message))}", err=True)
 
     try:
         with warnings.catch_warnings():
@@ -349,12 +349,28 @@ def error_funnel(debug: bool) -> Iterator[None]:
 
 
 def one_line(exc: BaseException) -> str:
-    """The first line of an error's message (its type's name when it has none)."""
+    """The first line of an error's message (its type's name when it has none), in the
+    command line's words (:func:`cli_words`)."""
     text = str(exc).strip()
     message = text.splitlines()[0] if text else type(exc).__name__
     if isinstance(exc, KeyError):
         message = f"missing entry {message}"
-    return message
+    return cli_words(message)
+
+
+#: reconstruct's arguments that the library's messages name, and the options that set them.
+_OPTIONS = {"max_num_iter": "--iters", "stop": "--stop", "regularizer": "--regularizer",
+            "regularizer_weight": "--regularizer-weight", "ensemble": "--ensemble",
+            "learning_rate": "--lr", "precision": "--precision"}
+_ARGUMENT = re.compile(r"(?<![\w.-])(" + "|".join(_OPTIONS) + r")=('[^']*'|[^\s,;:)]+)")
+
+
+def cli_words(text: str) -> str:
+    """A library message with its arguments named as the options that set them
+    (``max_num_iter=20`` → ``--iters 20``, ``stop='fixed:50'`` → ``--stop fixed:50``); a
+    request for ``sigma=...`` asks for the command's noise level option."""
+    text = _ARGUMENT.sub(lambda m: f"{_OPTIONS[m[1]]} {m[2].strip(chr(39))}", text)
+    return text.replace("pass sigma=...", "pass the noise level (--sigma, or --noise-sigma)")
 
 
 #: The largest --lr taken (a rate of 1e38 overflowed Adam's float32 arithmetic after the

@@ -156,6 +156,7 @@ def prepare(mask: Path | None, missing: float | None, text: bool, noise_sigma: f
 def read_mask(path: Path, options: FitOptions) -> tuple[np.ndarray, tuple[str, ...]]:
     """A mask file as a boolean (H, W) array, True = known: white, thresholded at 0.5; and
     the notes on it for the Task."""
+    alpha = None
     if path.suffix.lower() == ".npy":
         stored = np.asarray(deepprior.load_array(path))
         values = stored.astype(np.float64)
@@ -190,8 +191,7 @@ def read_mask(path: Path, options: FitOptions) -> tuple[np.ndarray, tuple[str, .
         raise ValueError(f"--mask {path} marks no pixel as known (white = known, black = "
                          "missing); is it inverted?")
     if keep.all():
-        raise ValueError(f"--mask {path} marks every pixel as known (white, or opaque): there "
-                         "is nothing to inpaint; to remove noise alone use deepprior denoise")
+        notes.append(f"--mask {path} marks every pixel as known: nothing to inpaint")
     return keep, tuple(notes)
 
 

@@ -832,3 +832,19 @@ def test_overwriting_an_output_whose_name_is_near_the_file_systems_limit(tmp_pat
     staging.add(target, lambda temporary: temporary.write_bytes(b"new"))
     assert staging.commit() == [target]
     assert target.read_bytes() == b"new" and sorted(tmp_path.iterdir()) == [target]
+
+
+def test_library_messages_name_the_options_that_set_their_arguments(clean_png, tmp_path):
+    """The library's warnings and errors named max_num_iter=, stop='...', regularizer=...;
+    the command line says --iters, --stop, --regularizer."""
+    from deepprior_cli.common import cli_words
+
+    result = runner.invoke(app, ["denoise", str(clean_png), "--net", "deep_decoder",
+                                 "--channels", "8", "--iters", "3", "--stop", "fixed:5", "-o",
+                                 str(tmp_path / "o.png")])
+    assert result.exit_code == 0, result.output
+    assert "warning: --stop fixed:5 runs 5 iterations and --iters 3 allows 3" in result.stderr
+    assert cli_words("pass ensemble=1 and regularizer='none', or sigma=2, got "
+                     "regularizer_weight=[]; pass sigma=...") == (
+        "pass --ensemble 1 and --regularizer none, or sigma=2, got --regularizer-weight []; "
+        "pass the noise level (--sigma, or --noise-sigma)")
