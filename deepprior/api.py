@@ -1079,10 +1079,11 @@ def _check_noise_level(sigma: float, op: Any, y: torch.Tensor, problem: str) -> 
         return
     noise, energy = sigma**2 * op.num_measurements, float(y.double().square().sum())
     if noise > 4 * energy:
+        hint = (f" (for data on the [0, 1] scale and σ in 0-255 units, sigma={sigma:g}/255)"
+                if sigma > 1 else "")  # below 1, no 0-255 value
         raise ValueError(f"sigma={sigma:g} puts the noise alone at m·σ² = {noise:.4g}, above 4 "
                          f"times the measurements' ‖y‖² = {energy:.4g}: sigma is the noise's "
-                         f"std in the measurements' units (for data on the [0, 1] scale and "
-                         f"σ in 0-255 units, sigma={sigma:g}/255)")
+                         f"std in the measurements' units{hint}")
 
 
 def _scale_ratio(op: Any, y: torch.Tensor) -> float:

@@ -1127,6 +1127,9 @@ def test_sigma_zero_means_noiseless_and_a_sigma_on_another_scale_is_refused():
     with pytest.raises(ValueError, match=r"sigma=25 puts the noise alone at m·σ² = .* above 4 "
                                          r"times the measurements' ‖y‖².*sigma=25/255"):
         reconstruct(noisy, mask, sigma=25, max_num_iter=1, **DD)  # stopped at iteration 1
+    with pytest.raises(ValueError, match=r"sigma=0.9 puts the noise alone .* measurements' "
+                                         r"units$"):  # no "/255" for a value below 1
+        reconstruct(noisy * 0.1, mask, sigma=0.9, max_num_iter=1, **DD)
 
 
 def test_a_mix_whose_second_member_holds_out_checks_its_split_before_the_first_fit():
