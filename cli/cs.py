@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import zipfile
 from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Any
@@ -302,7 +303,7 @@ def _description(path: Path) -> tuple[dict | None, float | None]:
                 return None, None
             description = json.loads(str(data["operator"]))
             sigma = float(data["sigma"]) if "sigma" in data.files else math.nan
-    except (OSError, ValueError, TypeError) as exc:
+    except (OSError, ValueError, TypeError, zipfile.BadZipFile) as exc:
         raise ValueError(f"{path}: the operator description could not be read ({exc})") from None
     if not isinstance(description, dict):
         raise ValueError(f"{path}: the operator description is not a JSON object")
@@ -311,6 +312,17 @@ def _description(path: Path) -> tuple[dict | None, float | None]:
 
 def _read_matrix(matrix_path: Path, matrix_key: str | None):
     """--matrix: a 2-D dense or sparse matrix."""
+    if matrix_key is None and matrix_path.suffix.lower() == ".npz":
+        description = None
+        with contextlib.suppress(ValueError):  # unreadable, or an "operator" of your own
+            description = _description(matrix_path)[0]
+        if description is not None:
+            with np.load(matrix_path, allow_pickle=False) as data:  # a Gaussian's is inside
+                matrix_inside = bool(set(MATRIX_NAMES) & set(data.files))
+        if description is not None and not matrix_inside:  # y and a fast operator's recipe
+            raise ValueError(f"--matrix {matrix_path} was written by --save-measurements: it "
+                             "describes its operator and holds no matrix; pass it alone, "
+                             f"--measurements-file {matrix_path}")
     matrix = deepprior.load_array(matrix_path, key=matrix_key, names=MATRIX_NAMES,
                                   choose="--matrix-key NAME")
     if matrix.ndim != 2:

@@ -309,3 +309,17 @@ def test_your_own_npz_with_an_operator_entry_and_a_colour_bound_said_per_channel
         runner.invoke(app, ["cs", str(tmp_path / "colour.png"), "-m", "500", *FAST]),
         "-m/--measurements must be in [1, 256], the image's 256 pixels (16x16, measured per "
         "channel), got 500")
+
+
+def test_a_saved_file_without_a_matrix_given_as_the_matrix_is_refused(tmp_path):
+    """A --save-measurements file of the fast operator holds y and the operator's recipe:
+    --matrix took y for the matrix ("has 1 rows but ... holds 150 measurements")."""
+    saved = tmp_path / "fast.npz"
+    result = runner.invoke(app, ["cs", "--operator", "fast", "-m", "150", "--save-measurements",
+                                 str(saved), "-o", str(tmp_path / "a.png"), *FAST])
+    assert result.exit_code == 0, result.output
+    assert_one_line_error(
+        runner.invoke(app, ["cs", "--matrix", str(saved), "--measurements-file", str(saved),
+                            "-o", str(tmp_path / "b.png"), *FAST]),
+        f"--matrix {saved} was written by --save-measurements: it describes its operator and "
+        f"holds no matrix; pass it alone, --measurements-file {saved}")
