@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import re
 import zipfile
 from dataclasses import replace
 from pathlib import Path
@@ -387,6 +388,10 @@ def _image_shape(shape: str | None, n: int, per_channel: bool) -> tuple[int, int
     channels = 3 if per_channel else 1
     if shape is not None:
         c, h, w = parse_shape(shape)
+        if per_channel and c != 3 and len(re.split(r"[xX,]", shape)) == 3:  # HxWx1
+            raise ValueError(f"y of shape (3, m) measures a colour image channel by channel, "
+                             f"and --shape {shape} says {c} channel(s): give --shape {h}x{w} "
+                             f"or {h}x{w}x3")
         return channels if per_channel else c, h, w
     side = math.isqrt(n)
     if side * side != n:

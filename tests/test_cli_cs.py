@@ -323,3 +323,16 @@ def test_a_saved_file_without_a_matrix_given_as_the_matrix_is_refused(tmp_path):
                             "-o", str(tmp_path / "b.png"), *FAST]),
         f"--matrix {saved} was written by --save-measurements: it describes its operator and "
         f"holds no matrix; pass it alone, --measurements-file {saved}")
+
+
+def test_a_one_channel_shape_against_measurements_of_three_channels_is_refused(tmp_path):
+    rng = np.random.default_rng(0)
+    matrix = rng.standard_normal((M, SIDE * SIDE)) / np.sqrt(M)
+    colour = sample_image("astronaut", size=SIDE)
+    np.save(tmp_path / "A.npy", matrix)
+    np.save(tmp_path / "y.npy", np.stack([matrix @ colour[..., c].reshape(-1) for c in range(3)]))
+    assert_one_line_error(
+        runner.invoke(app, ["cs", "--matrix", str(tmp_path / "A.npy"), "--measurements-file",
+                            str(tmp_path / "y.npy"), "--shape", f"{SIDE}x{SIDE}x1", *FAST]),
+        f"y of shape (3, m) measures a colour image channel by channel, and --shape "
+        f"{SIDE}x{SIDE}x1 says 1 channel(s)")
