@@ -179,14 +179,16 @@ def read_mask(path: Path, options: FitOptions) -> tuple[np.ndarray, tuple[str, .
             values = values.mean(axis=2)
         alpha = _alpha(path)
         if alpha is not None and alpha.shape == values.shape:  # holes erased in an editor
-            values = alpha
+            values = np.minimum(values, alpha)
+        else:
+            alpha = None
     keep = values >= 0.5
     grey = int(np.count_nonzero((values > 0) & (values < 1)))
-    known = "opaque = known (the alpha channel)" if values is alpha else "white = known"
+    known = "white and opaque = known" if alpha is not None else "white = known"
     notes = [f"--mask {path} has {grey} grey pixels; thresholded at 0.5 ({known})"] \
         if grey else []
-    if alpha is not None and values is alpha:
-        notes.append(f"--mask {path} has transparent pixels: they are the missing ones")
+    if alpha is not None:
+        notes.append(f"--mask {path} has transparent pixels: they count as missing")
     if not keep.any():
         raise ValueError(f"--mask {path} marks no pixel as known (white = known, black = "
                          "missing); is it inverted?")

@@ -77,10 +77,15 @@ def test_a_mask_whose_holes_are_transparent_reads_its_alpha_channel(photo, tmp_p
     result = runner.invoke(app, ["inpaint", str(photo), "--mask", str(tmp_path / "erased.png"),
                                  "-o", str(out), *FAST[:-1]])
     assert result.exit_code == 0, result.output
-    assert "erased.png has transparent pixels: they are the missing ones" in result.stderr
+    assert "erased.png has transparent pixels: they count as missing" in result.stderr
     assert "alpha channel was dropped" not in result.stderr
     assert report_of(out)["known_pixels"] == 24 * 20 - 80
-    rgba[..., 3] = 255  # opaque and white: every pixel known, said
+    rgba[0, :5, :3] = 0  # black and opaque: missing as well
+    Image.fromarray(rgba).save(tmp_path / "both.png")
+    result = runner.invoke(app, ["inpaint", str(photo), "--mask", str(tmp_path / "both.png"),
+                                 "-o", str(tmp_path / "both_out.png"), *FAST[:-1]])
+    assert report_of(tmp_path / "both_out.png")["known_pixels"] == 24 * 20 - 80 - 5
+    rgba[...] = 255  # opaque and white: every pixel known, said
     Image.fromarray(rgba).save(tmp_path / "white.png")
     result = runner.invoke(app, ["inpaint", str(photo), "--mask", str(tmp_path / "white.png"),
                                  "-o", str(tmp_path / "w.png"), *FAST[:-1]])
