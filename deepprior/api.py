@@ -463,7 +463,7 @@ def simulate_measurements(
     sigma : float
         The noise std used (0 when neither ``sigma`` nor ``snr_db`` is given).
     """
-    x = image_to_tensor(check_image_array("image", as_array("image", image)))
+    x = image_to_tensor(check_image_array("image", as_array("image", image, unit=True)))
     op = as_operator(operator, tuple(x.shape[1:]))
     if sigma is not None and snr_db is not None:
         raise ValueError("give sigma or snr_db, not both")
@@ -729,9 +729,10 @@ def reconstruct(
     check_choice("norm", norm, nets.NORMS)
     check_choice("precision", precision, PRECISIONS)
     torch_device = resolve_device(device)
-    array = as_array("observation", observation, finite=False)  # NaN may mark a mask's holes
+    array = as_array("observation", observation, finite=False,  # NaN may mark a mask's holes
+                     unit=operator is None)
     truth = None if ground_truth is None else image_to_tensor(check_image_array(
-        "ground_truth", as_array("ground_truth", ground_truth)))  # scored after the fit
+        "ground_truth", as_array("ground_truth", ground_truth, unit=True)))  # scored after
     op, y = _observation(array, operator, image_shape,
                          None if truth is None else tuple(truth.shape[1:]))
     check_operator(op, y, torch_device)

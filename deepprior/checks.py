@@ -90,9 +90,11 @@ def check_image_shape(shape: object, name: str = "image_shape") -> tuple[int, in
     return (1, *dims) if len(dims) == 2 else dims  # type: ignore[return-value]
 
 
-def as_array(name: str, value: object, *, finite: bool = True) -> np.ndarray:
+def as_array(name: str, value: object, *, finite: bool = True, unit: bool = False) -> np.ndarray:
     """A real, non-empty numpy/torch array as float32 numpy; finite unless ``finite=False``
-    (an observation whose unmeasured entries, a mask's holes, may hold NaN)."""
+    (an observation whose unmeasured entries, a mask's holes, may hold NaN). ``unit``: an
+    image on the [0, 1] scale, whose integers can only be 0 and 1 (a dark 8-bit frame, values
+    0-2, passed the scale check of :func:`check_image_array` once it was float)."""
     if isinstance(value, torch.Tensor):
         if value.dtype in (torch.bfloat16, torch.float16):  # numpy has no bfloat16
             value = value.float()
@@ -103,6 +105,10 @@ def as_array(name: str, value: object, *, finite: bool = True) -> np.ndarray:
         raise TypeError(f"{name} must hold real numbers, got dtype {value.dtype}")
     if value.size == 0:
         raise ValueError(f"{name} is empty (shape {value.shape})")
+    if unit and value.dtype.kind in "iu" and int(value.max()) > 1:
+        raise ValueError(f"{name} holds integers up to {int(value.max())}, and an image on the "
+                         "[0, 1] scale holds 0 and 1 at most: divide 8-bit data by 255 (16-bit "
+                         "by 65535)")
     array = value.astype(np.float32, copy=False)
     if finite and not np.all(np.isfinite(array)):
         raise ValueError(f"{name} contains NaN or infinite values; fill or remove them first")

@@ -64,7 +64,7 @@ def add_gaussian_noise(
             UserWarning,
             stacklevel=2,
         )
-    image = check_image_array("image", as_array("image", image), layout=False)
+    image = check_image_array("image", as_array("image", image, unit=True), layout=False)
     rng = np.random.default_rng(seed)
     noisy = image + np.float32(sigma) * rng.standard_normal(image.shape, dtype=np.float32)
     if clip:
@@ -130,7 +130,7 @@ def estimate_sigma(image: np.ndarray) -> float:
     >>> estimate_sigma(np.zeros((8, 8)))  # a constant image: the floor
     1e-06
     """
-    image = check_image_array("image", as_array("image", image)).astype(np.float64)
+    image = check_image_array("image", as_array("image", image, unit=True)).astype(np.float64)
     if min(image.shape[:2]) < 2:
         raise ValueError(f"the image is {image.shape[0]}x{image.shape[1]} pixels; estimating "
                          "its noise needs at least 2x2")

@@ -76,9 +76,12 @@ def test_images_on_the_wrong_scale_or_with_nan_are_refused(function):
     from deepprior.data import sample_image
 
     clean = sample_image("camera", size=16)
-    with pytest.raises(ValueError, match=r"values go up to \d+, beyond the \[0, 1\] scale: "
-                                         r"divide 8-bit data by 255"):
+    with pytest.raises(ValueError, match=r"holds integers up to \d+, .*: divide 8-bit data by "
+                                         r"255"):
         function((clean * 255).round().astype(np.uint8))
+    with pytest.raises(ValueError, match=r"values go up to [\d.]+, beyond the \[0, 1\] scale: "
+                                         r"divide 8-bit data by 255"):
+        function(clean * 255)  # as floats
     with pytest.raises(ValueError, match="NaN"):  # estimate_sigma gave its floor, 1e-06
         function(np.where(clean > 0.5, np.nan, clean))
 
@@ -108,3 +111,17 @@ def test_an_odd_sided_image_is_estimated_without_its_padding_bias():
     estimates = [estimate_sigma(add_gaussian_noise(sample_image("camera", size=17), 0.1,
                                                    seed=seed)) for seed in range(20)]
     assert np.median(estimates) == pytest.approx(0.1, rel=0.1)  # 0.082 uncropped
+
+
+def test_a_dark_8_bit_frame_is_refused_where_images_are_on_the_unit_scale():
+    """Values 0-2 in a uint8 array passed the [0, 2] scale check once made float: a 255x
+    error in σ. 0/1 integers (a binary image) stay accepted."""
+    from deepprior import reconstruct
+
+    dark = np.random.default_rng(0).integers(0, 3, (16, 16)).astype(np.uint8)
+    for call in (estimate_sigma, lambda a: add_gaussian_noise(a, 0.1),
+                 lambda a: reconstruct(a, max_num_iter=1)):
+        with pytest.raises(ValueError, match="holds integers up to 2, and an image on the "
+                                             r"\[0, 1\] scale holds 0 and 1 at most"):
+            call(dark)
+    assert estimate_sigma((dark > 1).astype(np.uint8)) > 0
