@@ -317,13 +317,12 @@ def _read_matrix(matrix_path: Path, matrix_key: str | None):
         description = None
         with contextlib.suppress(ValueError):  # unreadable, or an "operator" of your own
             description = _description(matrix_path)[0]
-        if description is not None:
-            with np.load(matrix_path, allow_pickle=False) as data:  # a Gaussian's is inside
-                matrix_inside = bool(set(MATRIX_NAMES) & set(data.files))
-        if description is not None and not matrix_inside:  # y and a fast operator's recipe
-            raise ValueError(f"--matrix {matrix_path} was written by --save-measurements: it "
-                             "describes its operator and holds no matrix; pass it alone, "
-                             f"--measurements-file {matrix_path}")
+        if description is not None:  # a Gaussian's saved file holds its matrix, a fast one's not
+            with np.load(matrix_path, allow_pickle=False) as data:
+                if not set(MATRIX_NAMES) & set(data.files):
+                    raise ValueError(f"--matrix {matrix_path} was written by --save-measurements:"
+                                     " it describes its operator and holds no matrix; pass it "
+                                     f"alone, --measurements-file {matrix_path}")
     matrix = deepprior.load_array(matrix_path, key=matrix_key, names=MATRIX_NAMES,
                                   choose="--matrix-key NAME")
     if matrix.ndim != 2:

@@ -46,9 +46,7 @@ from .operators import (
     check_operator,
 )
 from .stopping import (
-    EMV,
     HOLDOUT_FRACTION,
-    WMV,
     Fixed,
     Holdout,
     doubts,
@@ -782,7 +780,7 @@ def reconstruct(
             and regularizer_weight is None:  # TV's weight follows σ: estimated, and reported
         sigma = estimate_noise_level(array)
     candidates = _penalties(regularizer, regularizer_weight, problem=problem, sigma=sigma,
-                            array=array, op=op, y=y, device=torch_device)
+                            op=op, y=y, device=torch_device)
     mix = isinstance(regularizer, str) and regularizer == "mix"
     ensemble = _resolve_ensemble(ensemble, stop=stop, candidates=len(candidates), mix=mix,
                                  defaults=defaults, sigma_known=given_sigma,
@@ -816,12 +814,11 @@ def reconstruct(
         warnings.warn(f"stop={spec!r} runs {min(fixed)} iterations and max_num_iter="
                       f"{max_num_iter} allows {max_num_iter}: each fit stops at "
                       f"{max_num_iter}", stacklevel=2)
-    for text in dict.fromkeys(text for rule in rules for text in doubts(rule, max_num_iter)):
+    perturbed_average = f"{net_name} returns (EMA {defaults.ema:g})" \
+        if defaults.ema and defaults.reg_noise_std else None
+    for text in dict.fromkeys(text for rule in rules for text in
+                              doubts(rule, max_num_iter, perturbed_average=perturbed_average)):
         warnings.warn(text, stacklevel=2)
-    if defaults.ema and defaults.reg_noise_std and any(isinstance(r, WMV | EMV) for r in rules):
-        warnings.warn(f"WMV and EMV read the output average {net_name} returns (EMA "
-                      f"{defaults.ema:g}), whose variance only falls: they did not fire on it "
-                      "in any fit measured (benchmarks/results/stopping.md)", stacklevel=2)
 
     choosing = len(candidates) > 1 and not mix
     planned = _fit_count(len(candidates), ensemble, mix)
@@ -1128,12 +1125,11 @@ def _tv_scale(op: Any) -> float:
 
 
 def _default_tv_weights(name: str, problem: str, op: Any, y: torch.Tensor,
-                        sigma: float | None, array: np.ndarray) -> list[float]:
+                        sigma: float | None) -> list[float]:
     """``regularizer="tv"``'s weights when none is given: ``TV_WEIGHT_PER_SIGMA · σ ·``
-    :func:`_tv_scale`, with σ given or estimated when denoising; in compressive sensing without
-    σ one weight per noise level of :data:`TV_SNRS_DB` (a held-out choice)."""
-    if problem == "denoise" and sigma is None:
-        sigma = estimate_noise_level(array)
+    :func:`_tv_scale`, with σ given or (denoising, by :func:`reconstruct`) estimated; in
+    compressive sensing without σ one weight per noise level of :data:`TV_SNRS_DB` (a held-out
+    choice)."""
     if problem not in TV_WEIGHT_PROBLEMS:
         raise ValueError(f"regularizer='{name}' needs regularizer_weight=... for "
                          f"{problem}: its automatic weight is measured on denoising and "
@@ -1265,8 +1261,7 @@ def _fit_count(candidates: int, ensemble: int, mix: bool) -> int:
 
 
 def _penalties(regularizer: Any, weight: Any, *, problem: str, sigma: float | None,
-               array: np.ndarray, op: Any, y: torch.Tensor,
-               device: torch.device) -> list[tuple[Any, Any]]:
+               op: Any, y: torch.Tensor, device: torch.device) -> list[tuple[Any, Any]]:
     """The candidate ``(penalty(output) or None, λ)`` pairs: one, or several to choose from
     (or, with ``"mix"``, for the ensemble's members to take in turn). A function is probed
     once on ``device``, where the fit will call it.
@@ -1284,7 +1279,7 @@ def _penalties(regularizer: Any, weight: Any, *, problem: str, sigma: float | No
         name = check_choice("regularizer", regularizer, ("auto", "mix", "none", *REGULARIZERS))
         function = REGULARIZERS["tv" if name in ("auto", "mix") else name]
         if weight is None:
-            weight = _default_tv_weights(name, problem, op, y, sigma, array)
+            weight = _default_tv_weights(name, problem, op, y, sigma)
     elif callable(regularizer):
         name, function, weight = None, regularizer, 1.0 if weight is None else weight
         probe = torch.full((1, *op.image_shape), 0.5, device=device, requires_grad=True)

@@ -167,6 +167,11 @@ class Rule:
     def _final_choice(self) -> str:
         return f"best iterate by {self.criterion} at iteration {self.best_step}"
 
+    @property
+    def first_reading(self) -> int:
+        """The first iteration at which the rule has a value to stop on."""
+        return self.every
+
     def __repr__(self) -> str:
         names = [p for p in inspect.signature(type(self)).parameters if p not in CONTEXT]
         return f"{type(self).__name__}({', '.join(f'{n}={getattr(self, n)!r}' for n in names)})"
@@ -330,6 +335,10 @@ class WMV(_VarianceRule):
         self.window = check_int("window", window, minimum=2)
         self._count = 0
 
+    @property
+    def first_reading(self) -> int:
+        return self.window
+
     def check_memory(self, pixels: int) -> None:
         """Refuse a window whose outputs would not fit in this machine's memory, at 4 bytes
         per pixel (the fit's device may have less: then the first iteration says so)."""
@@ -390,6 +399,10 @@ class EMV(_VarianceRule):
         self.burn_in = math.ceil(10 / self.alpha) if burn_in is None else check_int(
             "burn_in", burn_in, minimum=1)  # the first iterate has no variance yet (0)
         self._count, self._emv = 0, 0.0
+
+    @property
+    def first_reading(self) -> int:
+        return self.burn_in + 1
 
     def _update(self, step: int, loss: float, output: Tensor) -> bool:
         x = output.reshape(-1).to(_acc(output.device))
@@ -640,17 +653,22 @@ def feed(policy: Any, step: int, loss: float, output: Tensor,
     return bool(policy.update(step, loss, unperturbed if wants else output))
 
 
-def doubts(rule: Any, max_num_iter: int) -> list[str]:
+def doubts(rule: Any, max_num_iter: int, *, perturbed_average: str | None = None) -> list[str]:
     """What keeps a built-in ``rule`` from stopping a fit of ``max_num_iter`` iterations, said
     before the fit: a warm-up or a reading interval beyond the budget, a discrepancy level of
-    0 (never reached) or one a constant image meets (reached at the first reading)."""
-    first = {WMV: lambda r: r.window, EMV: lambda r: r.burn_in + 1}.get(
-        type(rule), lambda r: getattr(r, "every", 1))(rule)
+    0 (never reached) or one a constant image meets (reached at the first reading), a variance
+    rule shown the output average of a network whose input is perturbed, whose variance only
+    falls (``perturbed_average`` names it, e.g. ``"dip returns (EMA 0.99)"``)."""
     said = []
-    if isinstance(rule, Rule) and not isinstance(rule, Fixed) and first > max_num_iter:
-        said.append(f"the {rule.label} rule reads its first value at iteration {first}, after "
-                    f"max_num_iter={max_num_iter}: it cannot stop the fit, which returns its "
-                    "last iterate")
+    if isinstance(rule, Rule) and not isinstance(rule, Fixed) \
+            and rule.first_reading > max_num_iter:
+        said.append(f"the {rule.label} rule reads its first value at iteration "
+                    f"{rule.first_reading}, after max_num_iter={max_num_iter}: it cannot stop "
+                    "the fit, which returns its last iterate")
+    if perturbed_average and isinstance(rule, _VarianceRule):
+        said.append(f"WMV and EMV read the output average {perturbed_average}, whose variance "
+                    "only falls: they did not fire on it in any fit measured "
+                    "(benchmarks/results/stopping.md)")
     if isinstance(rule, Discrepancy):
         if rule.sigma <= SIGMA_FLOOR:
             said.append(f"σ = {rule.sigma:.3g}: the data look noiseless, and the discrepancy "
