@@ -916,6 +916,7 @@ def reconstruct(
         choice[best]["chosen"] = True
         for row, e in zip(choice, errors, strict=True):
             row["margin_z"] = None if row["chosen"] else _paired_z(e - errors[best])
+            row["averaged"] = row["chosen"]
         penalty, regularizer_weight = candidates[best]
         fits.append((_DIHEDRAL[0], trials[best], trials[best].output))
     ks = range(1, ensemble + 1) if fits else range(ensemble)
@@ -960,6 +961,14 @@ def reconstruct(
     result = fits[0][1]
     # every fit run: fits[0] is a trial after a choice
     runs = [*trials, *(r for _, r, _ in fits[1 if trials else 0:]), *left_out]
+    for i, row in enumerate(choice):  # a weight the held-out data cannot tell from the chosen
+        trial = trials[i]  # one: its fit (already paid for) is averaged in as well
+        if not interrupted and not row["chosen"] and row["margin_z"] is not None \
+                and row["margin_z"] < NEAR_TIE_Z \
+                and not (trial.stop_reason.startswith("diverged") and trial.best_step == 0):
+            row["averaged"] = True
+            weights.append(row["weight"])
+            fits.append((_DIHEDRAL[0], trial, trial.output))
     image = tensor_to_image(torch.stack([out for _, _, out in fits]).mean(0).clamp(0, 1))
     history = {"loss": result.loss}
     if len(fits) > 1:  # every averaged member's, one row each (NaN after its last step)
@@ -1340,6 +1349,10 @@ def _choice_row(weight: float, loss: float, result: Any, truth: torch.Tensor | N
 #: :func:`reconstruct` warns when a choice among regularizer weights rests on fewer held-out
 #: measurements than this.
 MIN_CHOICE_HELDOUT = 10
+#: A weight whose held-out loss lies fewer paired standard errors than this above the chosen
+#: one's (``margin_z``) is a near tie: the held-out data cannot tell the two apart, and
+#: :func:`reconstruct` averages its held-out fit into the image instead of dropping it.
+NEAR_TIE_Z = 2.0
 
 
 def _paired_z(differences: torch.Tensor) -> float | None:
