@@ -24,6 +24,7 @@ import numpy as np
 import typer
 
 import deepprior
+from deepprior.api import NEAR_TIE_Z
 from deepprior.checks import check_lr_decay
 
 from .common import (
@@ -185,11 +186,13 @@ def run_task(task: Task, options: FitOptions) -> None:
         typer.echo((task.summary or default_summary)(result, report) + ensemble_note(result))
         config = result.config if isinstance(result.config, dict) else {}
         choice = config.get("regularizer_choice", [])
+        tied = averaged_trials(choice)  # members that are held-out fits, not refits
         if choice:
-            typer.echo(choice_line(choice, len(config.get("members") or [None]) - 1,
+            typer.echo(choice_line(choice, len(config.get("members") or [None]) - 1 - tied,
                                    cut_short=status == "interrupted"))
         typer.echo(f"stopped: {result.stop_reason}")
-        fits = len(config.get("members", [None])) + max(len(choice) - 1, 0)  # member 0: a trial
+        # member 0 and the near ties' fits are held-out fits, counted among the choice's
+        fits = len(config.get("members", [None])) - tied + max(len(choice) - 1, 0)
         steps = (f"{fits} fits, {result.num_steps} iterations in all" if fits > 1
                  else f"{result.num_steps} iterations")
         typer.echo(f"time: {result.elapsed:.1f} s for {steps} on {result.device}")
@@ -296,11 +299,6 @@ def default_summary(result, report: dict[str, Any]) -> str:
     return f"PSNR {result.psnr:.2f} dB, SSIM {result.ssim:.3f}, iteration {result.num_iter}"
 
 
-#: A losing candidate whose held-out loss lies fewer standard errors above the chosen one's
-#: (``margin_z`` of the report) is called a near tie.
-NEAR_TIE_Z = 2.0
-
-
 def choice_line(choice: list[dict[str, Any]], refits: int = 1, *,
                 cut_short: bool = False) -> str:
     """Which regularizer weight the held-out pixels/measurements chose, and the losses; its
@@ -317,12 +315,19 @@ def choice_line(choice: list[dict[str, Any]], refits: int = 1, *,
         line += f"; its fit averaged with {others} to all the data"
     if any(row.get("margin_z") is None and not row["chosen"] for row in choice):
         line += "; one held-out value decided it: the choice is uncertain"
-    for row in choice:
-        if row.get("margin_z") is None or row["margin_z"] >= NEAR_TIE_Z:
+    for row in choice:  # the library says which it averaged in (a near tie, when not cut short)
+        z = row.get("margin_z")
+        if row["chosen"] or z is None or not (row.get("averaged") or z < NEAR_TIE_Z):
             continue
-        line += (f"; a near tie: {name(row)} is only {row['margin_z']:.1f} standard errors "
-                 "behind, so the choice is uncertain")
+        line += (f"; a near tie: {name(row)} is only {z:.1f} standard errors behind, "
+                 + ("so its fit is averaged in" if row.get("averaged")
+                    else "so the choice is uncertain"))
     return line
+
+
+def averaged_trials(choice: list[dict[str, Any]]) -> int:
+    """How many members of the average are near-tied weights' held-out fits (not refits)."""
+    return sum(bool(row.get("averaged")) and not row["chosen"] for row in choice)
 
 
 def ensemble_note(result) -> str:

@@ -593,7 +593,8 @@ def reconstruct(
         regularizer weights to choose from, the chosen weight's held-out fit (already paid
         for) is averaged in as one more member, member 0. None (default): 1, so that after
         such a choice (the Deep Image Prior's compressive sensing default without σ,
-        ``"auto"``) the chosen held-out fit and one refit of all the data are averaged; 2 where
+        ``"auto"``) the chosen held-out fit and one refit of all the data are averaged (with
+        the held-out fits of near-tied weights, see ``regularizer_weight``); 2 where
         a single fit's automatic hold-out stop is followed by a refit (``Defaults.refit``: the
         Deep Image Prior in compressive sensing with ``regularizer="none"`` and no σ, or with
         σ below ``sigma_rule_min_measurements`` measurements); with ``"mix"`` one per weight
@@ -646,9 +647,11 @@ def reconstruct(
         their average. ``config["regularizer_choice"]`` lists each weight's held-out loss, stop
         and, for the losers, ``margin_z``: how many standard errors its held-out loss lies
         above the winner's (the mean of the per-entry differences over their standard error;
-        under ~2 the choice is a near tie; None from a single held-out entry; fewer than
-        :data:`MIN_CHOICE_HELDOUT` held out are warned of before the fits),
-        ``config["members"]`` the members. Costs one fit
+        None from a single held-out entry; fewer than :data:`MIN_CHOICE_HELDOUT` held out are
+        warned of before the fits). A loser under :data:`NEAR_TIE_Z` (2) is a near tie, which
+        the held-out data cannot tell from the winner: its held-out fit, already paid for, is
+        averaged in as one more member, after the others (its row says ``averaged``; not after a
+        stop the user made). ``config["members"]`` lists the members. Costs one fit
         per weight plus ``ensemble``; :func:`planned_fits` counts a call's fits before any runs.
     on_start : callable, optional
         Called once, after every check and before the first fit, with the plan: a dict of

@@ -526,10 +526,11 @@ def test_dip_without_sigma_chooses_tv_or_none_on_held_out_measurements_by_defaul
     x, op, y, _ = _cs_problem()
     tiny = {"net": "dip", "max_num_iter": 6, "net_options": {"channels": 4}}
 
-    def call(**options):
+    def call(**options):  # the members, less the near-tied weights' held-out fits
         config = reconstruct(y[0], op, **tiny, **options).config
-        return (config["regularizer"], len(config.get("regularizer_choice") or []),
-                len(config.get("members") or [None]))
+        choice = config.get("regularizer_choice") or []
+        tied = sum(row["averaged"] and not row["chosen"] for row in choice)
+        return (config["regularizer"], len(choice), len(config.get("members") or [None]) - tied)
 
     assert deepprior.problem_defaults("compressive_sensing", "dip").auto_regularizer(False) \
         == "auto"
@@ -1087,8 +1088,10 @@ def test_a_module_refit_after_a_choice_fits_the_image_as_it_is():
     z = torch.rand(1, 4, 16, 24, generator=torch.Generator().manual_seed(0))
     result = reconstruct(noisy, net=TinyNet(), net_input=z, sigma=0.1, regularizer="tv",
                          regularizer_weight=[0.01, 0.1], stop="fixed:3")
-    assert result.image.shape == (16, 24) and len(result.config["members"]) == 2
-    assert len(result.config["regularizer_choice"]) == 2
+    choice, members = result.config["regularizer_choice"], result.config["members"]
+    tied = sum(row["averaged"] and not row["chosen"] for row in choice)  # held-out fits
+    assert result.image.shape == (16, 24) and len(members) == 2 + tied and len(choice) == 2
+    assert members[1]["quarter_turns"] == 0 and not members[1]["mirrored"]  # the refit
 
 
 def test_a_later_member_cut_short_is_left_out_of_the_average():
@@ -1292,6 +1295,38 @@ def test_the_sigma_behind_an_automatic_tv_weight_is_reported():
     assert estimated["regularizer_weight"] == pytest.approx(
         given["regularizer_weight"] * estimated["sigma"] / 0.1)
     assert plain["sigma"] is None and not plain["sigma_estimated"]
+
+
+def test_a_near_tied_weight_has_its_held_out_fit_averaged_in_at_no_extra_fit(monkeypatch):
+    clean = sample_image("camera", size=32)
+    noisy = add_gaussian_noise(clean, 0.1, seed=0)
+    options = {"max_num_iter": 40, "stop": "fixed:40", "net_options": {"channels": 16},
+               "regularizer": "tv", "ground_truth": clean, **DD}
+    # two tiny weights fit alike (a near tie); λ = 1 flattens the image (clearly worse)
+    weights = [1e-7, 2e-7, 1.0]
+    result = reconstruct(noisy, regularizer_weight=weights, **options)
+    choice = result.config["regularizer_choice"]
+    chosen = next(i for i, row in enumerate(choice) if row["chosen"])
+    tied = 1 - chosen
+    assert chosen in (0, 1) and choice[tied]["margin_z"] < deepprior.api.NEAR_TIE_Z
+    assert choice[2]["margin_z"] > 5 and not choice[2]["averaged"]
+    assert choice[chosen]["averaged"] and choice[tied]["averaged"]
+    # the chosen one's held-out fit, its refit to all the pixels, then the tied one's fit
+    members = result.config["members"]
+    assert [m["regularizer_weight"] for m in members] == [weights[chosen]] * 2 + [weights[tied]]
+    assert members[2]["psnr"] == choice[tied]["psnr"] and members[2]["num_iter"] == 40
+    assert result.history["member_loss"].shape[0] == 3
+    assert result.num_steps == 4 * 40 and result.stop_reason.startswith("average of 3 fits")
+    # without averaging near ties: the same fits, two members, another image
+    monkeypatch.setattr(deepprior.api, "NEAR_TIE_Z", 0.0)
+    alone = reconstruct(noisy, regularizer_weight=weights, **options)
+    assert len(alone.config["members"]) == 2 and alone.num_steps == result.num_steps
+    assert [row["averaged"] for row in alone.config["regularizer_choice"]] == \
+        [i == chosen for i in range(3)]
+    def timeless(rows):
+        return [{k: v for k, v in row.items() if k != "elapsed"} for row in rows]
+    assert timeless(alone.config["members"]) == timeless(members[:2])
+    assert not np.array_equal(alone.image, result.image)
 
 
 def test_a_choice_on_too_few_held_out_measurements_is_warned_of_and_an_empty_weight_list_refused():

@@ -213,7 +213,7 @@ def test_regularizer_options_reach_the_fit_and_errors_are_one_line(clean_png, tm
     assert_one_line_error(result, "--regularizer auto needs --regularizer-weight W for deblurring")
 
 
-def test_auto_regularizer_reports_its_choice(clean_png, tmp_path):
+def test_auto_regularizer_reports_its_choice(clean_png, tmp_path, monkeypatch):
     out = tmp_path / "auto.png"
     result = runner.invoke(app, ["denoise", str(clean_png), "--add-noise", "25", "--regularizer",
                                  "auto", "-o", str(out), *FAST[:-1]])  # not --quiet
@@ -225,6 +225,14 @@ def test_auto_regularizer_reports_its_choice(clean_png, tmp_path):
     assert "regularizer: " in result.output and "the lowest held-out loss (none " in result.output
     assert "3 fits, 45 iterations in all" in result.output  # two candidates, one more
     assert len(config["members"]) == 2
+    # every loser a near tie: its held-out fit averaged in, and still three fits run
+    monkeypatch.setattr(deepprior.api, "NEAR_TIE_Z", float("inf"))
+    result = runner.invoke(app, ["denoise", str(clean_png), "--add-noise", "25", "--regularizer",
+                                 "auto", "-o", str(tmp_path / "tie.png"), *FAST[:-1]])
+    assert result.exit_code == 0, result.output
+    assert "so its fit is averaged in" in result.output and "average of 3 fits" in result.output
+    assert "its fit averaged with a fit to all the data" in result.output
+    assert "3 fits, 45 iterations in all" in result.output
 
 
 def test_the_choice_line_flags_a_near_tie():
@@ -234,7 +242,10 @@ def test_the_choice_line_flags_a_near_tie():
             {"weight": 0.03, "holdout_loss": 0.005091, "chosen": False, "margin_z": 0.4}]
     assert choice_line(rows).endswith("a near tie: λ = 0.03 is only 0.4 standard errors "
                                       "behind, so the choice is uncertain")
-    rows[1]["margin_z"] = 12.0
+    rows[1]["averaged"] = True  # the library averaged the near tie's fit into the image
+    assert choice_line(rows).endswith("a near tie: λ = 0.03 is only 0.4 standard errors "
+                                      "behind, so its fit is averaged in")
+    rows[1].update(margin_z=12.0, averaged=False)  # clearly behind: not averaged
     assert "near tie" not in choice_line(rows)
     rows[1]["margin_z"] = 0.0  # identical held-out losses: the nearest tie of all
     assert "only 0.0 standard errors" in choice_line(rows)
