@@ -96,10 +96,12 @@ Regularizer = Annotated[
                                   "(total variation; helps piecewise-smooth images, see the "
                                   "README), auto (tv or none, whichever predicts 10% held-out "
                                   "pixels/measurements better, averaged with a fit to all "
-                                  "the data: three fits; four in compressive sensing "
-                                  "without σ), mix (the average of a fit without and one with "
-                                  "tv; --ensemble K: K fits taking turns), none, or default: "
-                                  "mix for dip when denoising with the automatic stop; for "
+                                  "the data, and with the other's fit where the held-out "
+                                  "data cannot tell them apart: three fits; four in "
+                                  "compressive sensing without σ), mix (the average of a "
+                                  "fit without and one with tv; --ensemble K: K fits taking "
+                                  "turns), none, or default: mix for dip when denoising "
+                                  "with the automatic stop; for "
                                   "dip in cs tv when the noise level is given, auto when it "
                                   "is not (with the automatic stop); else none (measured, "
                                   "see the README).",
@@ -179,7 +181,8 @@ Ensemble = Annotated[
         "K fits. With a hold-out stop, fits 2..K use all the data, to the iteration the first "
         "chose. Default: 1, except for DIP: denoising 2 (--regularizer mix: one fit without "
         "and one with TV); compressive sensing without σ, the held-out fit --regularizer auto "
-        "chose and 1 refit of all the measurements, averaged.", rich_help_panel=FIT_PANEL)
+        "chose (with any near-tied weight's) and 1 refit of all the measurements, averaged.",
+        rich_help_panel=FIT_PANEL)
 ]
 Threads = Annotated[
     int | None, typer.Option("--threads", min=1, metavar="N", help="Torch CPU threads for the "
