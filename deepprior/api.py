@@ -965,9 +965,10 @@ def reconstruct(
     result = fits[0][1]
     # every fit run: fits[0] is a trial after a choice
     runs = [*trials, *(r for _, r, _ in fits[1 if trials else 0:]), *left_out]
+    cut_short = any(r.stop_reason.startswith(_CUT_SHORT) for r in runs)
     for i, row in enumerate(choice):  # a weight the held-out data cannot tell from the chosen
         trial = trials[i]  # one: its fit (already paid for) is averaged in as well
-        if not interrupted and not row["chosen"] and row["margin_z"] is not None \
+        if not cut_short and not row["chosen"] and row["margin_z"] is not None \
                 and row["margin_z"] < NEAR_TIE_Z \
                 and not (trial.stop_reason.startswith("diverged") and trial.best_step == 0):
             row["averaged"] = True

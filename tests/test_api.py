@@ -1327,6 +1327,20 @@ def test_a_near_tied_weight_has_its_held_out_fit_averaged_in_at_no_extra_fit(mon
         return [{k: v for k, v in row.items() if k != "elapsed"} for row in rows]
     assert timeless(alone.config["members"]) == timeless(members[:2])
     assert not np.array_equal(alone.image, result.image)
+    # a stop the user made (Ctrl-C in the refit): the chosen fit alone, no near tie averaged
+    monkeypatch.setattr(deepprior.api, "NEAR_TIE_Z", 2.0)
+    calls = []
+
+    def interrupt_in_the_refit(state):
+        calls.append(state.step)
+        if len(calls) == 3 * 40 + 5:
+            raise KeyboardInterrupt
+
+    cut = reconstruct(noisy, regularizer_weight=weights, callback=interrupt_in_the_refit,
+                      **options)
+    assert cut.stop_reason.startswith("interrupted") and "members" not in cut.config
+    assert [row["averaged"] for row in cut.config["regularizer_choice"]] == \
+        [i == chosen for i in range(3)]
 
 
 def test_a_choice_on_too_few_held_out_measurements_is_warned_of_and_an_empty_weight_list_refused():
