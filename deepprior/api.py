@@ -952,8 +952,7 @@ def reconstruct(
         if budget < max_num_iter and result.num_steps == budget:
             result = replace(result, stop_reason=f"{result.stop_reason} (the mix's budget: "
                              f"{MIX_BUDGET}× the {fits[0][1].num_steps} iterations of fit 1)")
-        if fits and (result.stop_reason.startswith(_CUT_SHORT) or (
-                result.stop_reason.startswith("diverged") and result.best_step == 0)):
+        if fits and (result.stop_reason.startswith(_CUT_SHORT) or _untrained(result)):
             left_out.append(result)  # cut short after the first: averaged in, it would pull
         else:  # the image towards an untrained network (its stop still says what happened)
             if result.best_step:
@@ -966,11 +965,10 @@ def reconstruct(
     # every fit run: fits[0] is a trial after a choice
     runs = [*trials, *(r for _, r, _ in fits[1 if trials else 0:]), *left_out]
     cut_short = any(r.stop_reason.startswith(_CUT_SHORT) for r in runs)
-    for i, row in enumerate(choice):  # a weight the held-out data cannot tell from the chosen
-        trial = trials[i]  # one: its fit (already paid for) is averaged in as well
+    # a weight the held-out data cannot tell from the chosen one: its fit (already paid for)
+    for row, trial in zip(choice, trials, strict=True):  # is averaged in as well
         if not cut_short and not row["chosen"] and row["margin_z"] is not None \
-                and row["margin_z"] < NEAR_TIE_Z \
-                and not (trial.stop_reason.startswith("diverged") and trial.best_step == 0):
+                and row["margin_z"] < NEAR_TIE_Z and not _untrained(trial):
             row["averaged"] = True
             weights.append(row["weight"])
             fits.append((_DIHEDRAL[0], trial, trial.output))
@@ -1037,6 +1035,12 @@ def reconstruct(
 #: Stops the user made (Ctrl-C, a callback's True): no further fit starts, and a member so cut
 #: short after the first is not averaged in.
 _CUT_SHORT = ("interrupted", "stopped by the callback")
+
+def _untrained(result: Any) -> bool:
+    """A fit that diverged before accepting any iterate: its output is the untrained network's,
+    and averaged in it would pull the image towards it."""
+    return result.stop_reason.startswith("diverged") and result.best_step == 0
+
 
 #: The named penalties of ``reconstruct(regularizer=...)``.
 REGULARIZERS = {"tv": total_variation}
