@@ -394,6 +394,10 @@ class Reconstruction:
         Device the fit ran on.
     config : dict
         Every resolved setting (problem, network, options, learning rate, stopping rule, σ, …).
+    members : np.ndarray or None
+        With several fits averaged (an ensemble, a regularizer choice's refit), each one's image,
+        ``(K, H, W)`` or ``(K, H, W, C)`` in the order of ``config["members"]``, not clipped:
+        their mean, clipped to [0, 1], is ``image``. None for a single fit.
     """
 
     image: np.ndarray
@@ -406,9 +410,16 @@ class Reconstruction:
     elapsed: float
     device: str
     config: dict[str, Any]
+    members: np.ndarray | None = None
 
     def __repr__(self) -> str:
         return short_repr(self)
+
+    @property
+    def spread(self) -> np.ndarray | None:
+        """Per pixel, the standard deviation of the averaged fits' images (``members``), shaped
+        like ``image``: where the fits disagree, the image is least certain. None for one fit."""
+        return None if self.members is None else self.members.std(axis=0)
 
 
 def image_to_tensor(image: np.ndarray) -> torch.Tensor:
@@ -972,7 +983,8 @@ def reconstruct(
             row["averaged"] = True
             weights.append(row["weight"])
             fits.append((_DIHEDRAL[0], trial, trial.output))
-    image = tensor_to_image(torch.stack([out for _, _, out in fits]).mean(0).clamp(0, 1))
+    outputs = torch.stack([out for _, _, out in fits])
+    image = tensor_to_image(outputs.mean(0).clamp(0, 1))
     history = {"loss": result.loss}
     if len(fits) > 1:  # every averaged member's, one row each (NaN after its last step)
         history["member_loss"] = _rows([r.loss for _, r, _ in fits])
@@ -1029,6 +1041,7 @@ def reconstruct(
         stop_reason=reason,
         history=history, elapsed=sum(r.elapsed for r in runs),
         device=str(torch_device), config=config, **scores,
+        members=np.stack([tensor_to_image(out) for out in outputs]) if len(fits) > 1 else None,
     )
 
 

@@ -1020,7 +1020,8 @@ def _result(task: _Task, outcome: _Outcome, shown: set[tuple[str, type]]) -> Bat
         result, error = None, f"a warning the warnings filter makes an error: {_one_line(exc)}"
     if result is not None and not result.image.flags.writeable:
         result = replace(result, image=result.image.copy(), history={
-            key: np.array(value) for key, value in result.history.items()})
+            key: np.array(value) for key, value in result.history.items()},
+            members=None if result.members is None else result.members.copy())
     return BatchResult(task.name, result, error, outcome.seconds, task.seed,
                        tuple(message for message, _ in outcome.warnings))
 
