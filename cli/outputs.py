@@ -272,13 +272,17 @@ def build_report(result, *, extra: dict[str, Any]) -> dict[str, Any]:
         if 0 < result.num_iter <= len(result.history["loss"]) else None,
         "psnr": result.psnr,
         "ssim": result.ssim,
+        # several fits averaged: how much they differ per pixel (std; intensities in [0, 1])
+        "spread": None if getattr(result, "spread", None) is None else {
+            "mean": float(result.spread.mean()), "max": float(result.spread.max())},
         "config": result.config,
     }
 
 
 def plot_fit(result, handle) -> None:
     """Loss (and PSNR when known) against iteration, the returned iterate marked; for an
-    average of several fits, each member's curves and returned iterate."""
+    average of several fits, each member's curves and returned iterate, and beside them the
+    fits' per-pixel spread (``result.spread``): where they disagree."""
     from matplotlib.figure import Figure
 
     history = result.history
@@ -289,8 +293,17 @@ def plot_fit(result, handle) -> None:
     losses = history.get("member_loss", [history["loss"]])
     psnrs = history.get("member_psnr", [history["psnr"]] if "psnr" in history else None)
     several = len(losses) > 1
-    figure = Figure(figsize=(6, 3.6), dpi=100, layout="constrained")
-    ax = figure.subplots()
+    spread = getattr(result, "spread", None)
+    figure = Figure(figsize=(6 if spread is None else 9.6, 3.6), dpi=100, layout="constrained")
+    ax, *side = figure.subplots(1, 1 if spread is None else 2, squeeze=False,
+                                width_ratios=None if spread is None else (3, 2))[0]
+    if spread is not None:  # one map: a colour image's channels as their mean
+        shown = side[0].imshow(spread if spread.ndim == 2 else spread.mean(axis=2),
+                               cmap="magma", vmin=0, interpolation="nearest")
+        figure.colorbar(shown, ax=side[0], shrink=0.85)
+        side[0].set_title(f"spread of the {len(result.members)} fits (std per pixel; "
+                          f"mean {float(spread.mean()):.3g})", fontsize=9)
+        side[0].set_axis_off()
     twin = ax.twinx() if psnrs is not None else None
     penalized = False
     for k, (member, loss) in enumerate(zip(members, losses, strict=True)):

@@ -443,6 +443,14 @@ def test_ensemble_averages_members_fitted_on_flips_and_seeds():
     back = [deepprior.tensor_to_image(torch.rot90(image_to_tensor(o), -k, dims=(-2, -1)))
             for k, o in zip((1, 2), others, strict=True)]
     np.testing.assert_allclose(result.image, np.mean([single.image, *back], axis=0), atol=1e-5)
+    # each member's image as it was averaged (turned back); their spread per pixel
+    assert result.members.shape == (3, 24, 32, 3) and single.members is None is single.spread
+    np.testing.assert_allclose(np.clip(result.members[0], 0, 1), single.image, atol=1e-6)
+    np.testing.assert_allclose(np.clip(result.members[1:], 0, 1), back, atol=1e-6)
+    np.testing.assert_allclose(np.clip(result.members.mean(0), 0, 1), result.image, atol=1e-6)
+    np.testing.assert_allclose(result.spread, np.std(result.members, axis=0), atol=1e-7)
+    assert [psnr(clean, np.clip(m, 0, 1)) for m in result.members] == pytest.approx(
+        [m["psnr"] for m in members], abs=1e-4)
     with pytest.raises(ValueError, match="ensemble needs a stopping spec"):
         reconstruct(noisy, ensemble=2, stop=FirstLoss(), **DD)
 
@@ -1327,6 +1335,9 @@ def test_a_near_tied_weight_has_its_held_out_fit_averaged_in_at_no_extra_fit(mon
         return [{k: v for k, v in row.items() if k != "elapsed"} for row in rows]
     assert timeless(alone.config["members"]) == timeless(members[:2])
     assert not np.array_equal(alone.image, result.image)
+    np.testing.assert_array_equal(alone.members, result.members[:2])  # the tie's image: third
+    assert psnr(clean, np.clip(result.members[2], 0, 1)) == pytest.approx(members[2]["psnr"],
+                                                                          abs=1e-4)
     # a stop the user made (Ctrl-C in the refit): the chosen fit alone, no near tie averaged
     monkeypatch.setattr(deepprior.api, "NEAR_TIE_Z", 2.0)
     calls = []
@@ -1339,6 +1350,7 @@ def test_a_near_tied_weight_has_its_held_out_fit_averaged_in_at_no_extra_fit(mon
     cut = reconstruct(noisy, regularizer_weight=weights, callback=interrupt_in_the_refit,
                       **options)
     assert cut.stop_reason.startswith("interrupted") and "members" not in cut.config
+    assert cut.members is None is cut.spread
     assert [row["averaged"] for row in cut.config["regularizer_choice"]] == \
         [i == chosen for i in range(3)]
 

@@ -484,7 +484,9 @@ def test_results_come_back_writable_and_warnings_once_and_as_errors_fail_the_ite
     batch; a warnings filter that makes one an error fails that item, not the batch."""
     image = np.zeros((8, 8), np.float32)
     image.flags.writeable = False
-    result = dataclasses.replace(reconstruct(BRIGHT, **FIT), image=image)
+    members = np.zeros((2, 8, 8), np.float32)
+    members.flags.writeable = False
+    result = dataclasses.replace(reconstruct(BRIGHT, **FIT), image=image, members=members)
     task = batch_module._Task("a", 0, BRIGHT, None, None, 0.0)
     outcome = batch_module._Outcome(result, warnings=(("odd size", UserWarning),))
     shown: set = set()
@@ -492,7 +494,7 @@ def test_results_come_back_writable_and_warnings_once_and_as_errors_fail_the_ite
         first = batch_module._result(task, outcome, shown)
         second = batch_module._result(task, outcome, shown)
     assert len(caught) == 1 and first.ok and second.warnings == ("odd size",)
-    first.result.image[0, 0] = 1  # a copy, writable
+    first.result.image[0, 0] = first.result.members[0, 0, 0] = 1  # copies, writable
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         failed = batch_module._result(task, outcome, set())

@@ -484,3 +484,24 @@ def test_engine_check_compares_two_runs_bit_for_bit(tmp_path, study):
     (tmp_path / "engine_check_b.json").write_text(json.dumps(payload))
     code, table = study("engine_check.py", "--compare", "a", "b", "--out-dir", str(tmp_path))
     assert code == 0 and table.count("bit-identical") == 6 and table.count("DIFFERENT") == 1
+
+
+def test_averaging_scores_other_averages_of_the_defaults_own_fits(tmp_path, study):
+    code, table = study("averaging.py", "--quick", "--case", "astronaut:34", "--out-dir",
+                        str(tmp_path))
+    assert code == 0
+    [row] = json.loads((tmp_path / "averaging.json").read_text())["rows"]
+    variants, choice, refits = row["variants"], row["choice"], row["refits"]
+    ties = [c for c in choice if c["averaged"] and not c["chosen"]]
+    assert len(row["members"]) == 2 + len(ties) and len(refits) == 1 + len(ties)
+    assert row["refit_check"] == 0  # the chosen weight refit alone is the default's refit
+    assert variants["refit"] == pytest.approx(refits[0]["psnr"], abs=1e-4)
+    # the near ties' fits are what the default adds to the chosen fit and its refit
+    assert (variants["default"] == pytest.approx(variants["chosen_refit"], abs=1e-6)) \
+        == (not ties)
+    assert [r["num_iter"] for r in refits] == [c["num_iter"] for c in choice if c["averaged"]]
+    assert -1 <= row["spread"]["correlation"] <= 1 and row["spread"]["mean"] > 0
+    assert "| astronaut 16² | 0.25 | noiseless |" in table and "mean − default (1)" in table
+    for wrong in ("camera:0", "moon:34", "camera:x"):  # not the σ-free default; no such case
+        with pytest.raises(SystemExit):
+            study("averaging.py", "--quick", "--case", wrong, "--out-dir", str(tmp_path))

@@ -150,6 +150,12 @@ def test_ensemble_averages_k_fits_and_the_report_lists_them(clean_png, tmp_path)
     assert [m["quarter_turns"] for m in members] == [0, 1, 2]  # denoising: rotated copies
     assert all(m["num_iter"] == 5 and m["psnr"] is not None for m in members)
     assert report["stop_reason"].startswith("average of 3 fits")
+    # how much the fits differ per pixel, beside the image they average to
+    assert 0 < report["spread"]["mean"] < report["spread"]["max"] < 1
+    runner.invoke(app, ["denoise", str(clean_png), "--add-noise", "25", "-o", str(out),
+                        "--overwrite", "--iters", "5", "--stop", "fixed:5", "--channels", "8",
+                        "--ensemble", "1", "--regularizer", "none"])
+    assert json.loads(out.with_suffix(".json").read_text())["spread"] is None  # one fit
 
 
 def test_a_warning_is_shown_once_however_many_fits_repeat_it(clean_png, tmp_path):
@@ -364,7 +370,9 @@ def test_the_curve_shows_every_averaged_fit(monkeypatch):
             seed=0)
     assert result.history["member_loss"].shape == (2, 6)
     plot_fit(result, io.BytesIO())
-    loss_ax, psnr_ax = figures[-1].axes
+    loss_ax, spread_ax, _, psnr_ax = figures[-1].axes  # the fits' spread beside their curves
+    assert spread_ax.get_title().startswith("spread of the 2 fits")
+    np.testing.assert_array_equal(spread_ax.get_images()[0].get_array(), result.spread)
     assert loss_ax.get_ylabel() == "training loss (MSE + penalty where λ > 0)"
     assert "average of 2 fits" in loss_ax.get_title()
     labels = loss_ax.get_legend_handles_labels()[1]
