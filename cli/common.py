@@ -517,7 +517,7 @@ def pixel_noise(noise_sigma: float | None, add_noise: float | None, *, simulatin
     if add_noise is not None:
         if not simulating:
             raise ValueError(f"--add-noise adds noise to a simulated observation ({simulate_how})"
-                             "; for the noise level of IMAGE itself pass --noise-sigma")
+                             "; for the noise level of the image itself pass --noise-sigma")
         if noise_sigma is not None:
             raise ValueError("--add-noise and --noise-sigma both set the simulated noise; give one")
         return sigma_from_cli(add_noise, "--add-noise")

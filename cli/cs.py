@@ -339,12 +339,12 @@ def _given(matrix_path: Path, matrix, y_path: Path, shape: str | None, key: str 
         with contextlib.suppress(ValueError):  # your own file's "operator" entry: not ours
             sigma = _description(y_path)[1]
     if not isinstance(y, np.ndarray):
-        raise ValueError(f"--measurements-file {y_path}: y is a sparse matrix; save it as a "
+        raise ValueError(f"the measurement file {y_path}: y is a sparse matrix; save it as a "
                          "dense vector")
     m, n = matrix.shape
     per_channel = y.size != m and y.ndim == 2 and y.shape[0] == 3 and y.shape[1] == m
     if y.size != m and not per_channel:
-        raise ValueError(f"--matrix {matrix_path} has {m} rows but --measurements-file {y_path} "
+        raise ValueError(f"--matrix {matrix_path} has {m} rows but the measurement file {y_path} "
                          f"holds {y.size} measurements (shape {y.shape}); they must be equal "
                          "(or y of shape (3, m) for a colour image measured channel by channel)")
     channels, height, width = _image_shape(shape, n, per_channel)

@@ -234,7 +234,7 @@ def _bad_files(folder, matrix, y):
     ("args", "message"),
     [
         (["--matrix", "A.npy", "--measurements-file", "y99.npy"],
-         "has 100 rows but --measurements-file"),
+         "has 100 rows but the measurement file y99.npy holds 99"),
         (["--matrix", "A.npy", "--measurements-file", "y.npy", "--shape", "16x15"],
          "has 256 columns but --shape 16x15 has 240 pixels"),
         (["--matrix", "A250.npy", "--measurements-file", "y.npy"], "not a square image"),
