@@ -126,6 +126,11 @@ def report(payload: dict[str, Any]) -> str:
                  for v in VARIANTS]
         lines.append(f"| mean − default ({len(rows)}) | | | | " +
                      " | ".join(f"{d:+.2f}" for d in means) + " | | |")
+        sides = [(sum(r["variants"][v] > r["variants"]["default"] + 0.005 for r in rows),
+                  sum(r["variants"][v] < r["variants"]["default"] - 0.005 for r in rows))
+                 for v in VARIANTS]
+        lines.append("| above / below the default | | | | " +
+                     " | ".join(f"{up} / {down}" for up, down in sides) + " | | |")
         checks = max(r["refit_check"] for r in rows)
         lines.append(f"\nlargest pixel difference between the default's refit and the "
                      f"same refit made alone: {checks:.2g}")

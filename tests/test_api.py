@@ -984,7 +984,7 @@ def test_results_print_as_one_short_line():
         "Reconstruction(image=float32(256, 256, 3), num_iter=700, num_steps=900, "
         "stop_reason='discrepancy fired', history={'loss': float64(900,), 'psnr': "
         "float64(900,)}, psnr=28.43, ssim=None, elapsed=61.25, device='cpu', "
-        "config={'problem': 'denoising', 'net': 'dip', …})")
+        "config={'problem': 'denoising', 'net': 'dip', …}, members=None)")
     fitted = FitResult(output=torch.zeros(1, 3, 64, 64), best_step=5, num_steps=9,
                        stop_reason="x", loss=np.zeros(9, np.float32), psnr=None, elapsed=0.5,
                        num_restarts=0, final_learning_rate=0.01)
