@@ -257,6 +257,7 @@ class Outputs:
 
 def build_report(result, *, extra: dict[str, Any]) -> dict[str, Any]:
     """The JSON report of a run: configuration, stop, time and metrics."""
+    spread = getattr(result, "spread", None)
     return {
         "deepprior_version": deepprior.__version__,
         **extra,
@@ -273,8 +274,8 @@ def build_report(result, *, extra: dict[str, Any]) -> dict[str, Any]:
         "psnr": result.psnr,
         "ssim": result.ssim,
         # several fits averaged: how much they differ per pixel (std; intensities in [0, 1])
-        "spread": None if getattr(result, "spread", None) is None else {
-            "mean": float(result.spread.mean()), "max": float(result.spread.max())},
+        "spread": None if spread is None else {"mean": float(spread.mean()),
+                                               "max": float(spread.max())},
         "config": result.config,
     }
 
