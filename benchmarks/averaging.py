@@ -20,9 +20,12 @@ is the default's own (``refit_check``: the largest pixel difference). ``spread``
 ``Reconstruction.spread`` (the fits' per-pixel standard deviation) as a map of the error:
 its mean beside the RMSE, and its correlation with the absolute error over the pixels.
 Cases are ``cs.py``'s ``RULE_CASES``, by index (``--shard K/200`` there), on camera or the
-astronaut's luminance.
+astronaut's luminance; a row's key names no seed, so each seed's rows go to their own
+``--out-dir`` (as ``cs.py``'s).
 
     OMP_NUM_THREADS=1 python benchmarks/averaging.py --case camera:71 --case astronaut:34
+    OMP_NUM_THREADS=1 python benchmarks/averaging.py --seed 1 --case camera:71 \
+        --out-dir benchmarks/results/averaging/seed1
     python benchmarks/averaging.py --quick --case camera:71 --out-dir /tmp/averaging
     python benchmarks/averaging.py --report
 """
@@ -92,7 +95,8 @@ def run_case(image: str, index: int, seed: int, quick: bool = False) -> dict[str
     error = np.abs(result.image - clean).ravel()
     spread = result.spread.ravel()
     return {
-        "image": image, "case": index, "size": size, "m": m, "ratio": m / size**2, "snr": snr,
+        "image": image, "case": index, "seed": seed, "size": size, "m": m,
+        "ratio": m / size**2, "snr": snr,
         "key": [image, index, size, m, snr, stop, *cs._options_text(options)],
         "variants": variants, "seconds": result.elapsed,
         "extra_refit_seconds": sum(r["seconds"] for r in refits[1:]),
