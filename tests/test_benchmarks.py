@@ -494,8 +494,8 @@ def test_averaging_scores_other_averages_of_the_defaults_own_fits(tmp_path, stud
     variants, choice, refits = row["variants"], row["choice"], row["refits"]
     ties = [c for c in choice if c["averaged"] and not c["chosen"]]
     assert len(row["members"]) == 2 + len(ties) and len(refits) == 1 + len(ties)
-    assert row["refit_check"] == 0 and row["seed"] == 0  # the chosen weight refit alone is
-    # the default's refit
+    # the chosen weight refit alone is the default's refit, pixel for pixel
+    assert row["refit_check"] == 0 and row["seed"] == 0
     assert variants["refit"] == pytest.approx(refits[0]["psnr"], abs=1e-4)
     # the near ties' fits are what the default adds to the chosen fit and its refit
     assert (variants["default"] == pytest.approx(variants["chosen_refit"], abs=1e-6)) \
