@@ -33,6 +33,7 @@ astronaut's luminance; a row's key names no seed, so each seed's rows go to thei
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -165,7 +166,10 @@ def main(argv: list[str] | None = None) -> int:
         for image, index in cases:
             store.add(run_case(image, index, args.seed, args.quick))
             print(f"{image}:{index} done", flush=True)
-    payload = harness.json.loads(path.read_text())
+    if not path.exists():
+        print(f"error: {path} does not exist; run some --case first", file=sys.stderr)
+        return 1
+    payload = json.loads(path.read_text())
     print(report(payload))
     return 0
 

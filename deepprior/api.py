@@ -395,9 +395,10 @@ class Reconstruction:
     config : dict
         Every resolved setting (problem, network, options, learning rate, stopping rule, σ, …).
     members : np.ndarray or None
-        With several fits averaged (an ensemble, a regularizer choice's refit), each one's image,
-        ``(K, H, W)`` or ``(K, H, W, C)`` in the order of ``config["members"]``, not clipped:
-        their mean, clipped to [0, 1], is ``image``. None for a single fit.
+        With several fits averaged (an ensemble; a regularizer choice's refit and near ties),
+        each one's image, ``(K, H, W)`` or ``(K, H, W, C)`` in the order of
+        ``config["members"]``, not clipped: their mean, clipped to [0, 1], is ``image``. None
+        for a single fit.
     """
 
     image: np.ndarray
@@ -1048,6 +1049,7 @@ def reconstruct(
 #: Stops the user made (Ctrl-C, a callback's True): no further fit starts, and a member so cut
 #: short after the first is not averaged in.
 _CUT_SHORT = ("interrupted", "stopped by the callback")
+
 
 def _untrained(result: Any) -> bool:
     """A fit that diverged before accepting any iterate: its output is the untrained network's,

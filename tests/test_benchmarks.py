@@ -504,6 +504,7 @@ def test_averaging_scores_other_averages_of_the_defaults_own_fits(tmp_path, stud
     assert -1 <= row["spread"]["correlation"] <= 1 and row["spread"]["mean"] > 0
     assert "| astronaut 16² | 0.25 | noiseless |" in table and "mean − default (1)" in table
     assert "| above / below the default | | | | 0 / 0 |" in table
+    assert study("averaging.py", "--report", "--out-dir", str(tmp_path / "none"))[0] == 1
     for wrong in ("camera:0", "moon:34", "camera:x"):  # not the σ-free default; no such case
         with pytest.raises(SystemExit):
             study("averaging.py", "--quick", "--case", wrong, "--out-dir", str(tmp_path))

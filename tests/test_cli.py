@@ -152,9 +152,10 @@ def test_ensemble_averages_k_fits_and_the_report_lists_them(clean_png, tmp_path)
     assert report["stop_reason"].startswith("average of 3 fits")
     # how much the fits differ per pixel, beside the image they average to
     assert 0 < report["spread"]["mean"] < report["spread"]["max"] < 1
-    runner.invoke(app, ["denoise", str(clean_png), "--add-noise", "25", "-o", str(out),
-                        "--overwrite", "--iters", "5", "--stop", "fixed:5", "--channels", "8",
-                        "--ensemble", "1", "--regularizer", "none"])
+    one = runner.invoke(app, ["denoise", str(clean_png), "--add-noise", "25", "-o", str(out),
+                              "--overwrite", "--iters", "5", "--stop", "fixed:5", "--channels",
+                              "8", "--ensemble", "1", "--regularizer", "none"])
+    assert one.exit_code == 0, one.output
     assert json.loads(out.with_suffix(".json").read_text())["spread"] is None  # one fit
 
 
