@@ -11,13 +11,15 @@ iterations of each member (what the time is made of: every member costs the same
 iteration) and its time. B runs at most ``MIX_BUDGET`` (2) times A's iterations;
 ``--budget X`` measures that lever (0: no cap): the call is made with ``MIX_BUDGET = X`` and
 its A, B and A + B are stored beside the case's row (which needs the default budget's row
-first), under ``budgets``. A case run again after the default's stopping rule changed keeps
-the row it replaces in the new one, under ``previous`` (rows name their rule, ``stop_rule``;
-the rows from before that have none).
+first), under ``budgets``. ``--channels N`` does the same for DIP's width (channels per scale,
+the library's 128), under ``widths``: fewer channels, less time per iteration. A case run
+again after the default's stopping rule changed keeps the row it replaces in the new one,
+under ``previous`` (rows name their rule, ``stop_rule``; the rows from before that have none).
 
     OMP_NUM_THREADS=1 python benchmarks/mix.py --case camera:25:0 --members ABC
     OMP_NUM_THREADS=1 python benchmarks/mix.py --case astronaut:50:0
     OMP_NUM_THREADS=1 python benchmarks/mix.py --case camera:50:0 --budget 1.5
+    OMP_NUM_THREADS=1 python benchmarks/mix.py --case camera:50:0 --channels 64
     python benchmarks/mix.py --report
 """
 
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 from pathlib import Path
 from typing import Any
@@ -99,20 +102,52 @@ def report(payload: dict[str, Any], bm3d: dict[tuple, float] | None = None) -> s
                      + ("—" if reference is None else f"{reference:.2f}") + " | "
                      + " | ".join(_cell(row.get(n)) for n in ("A", "B", "AB", "AC", "ABC"))
                      + f" | {ratio:.2f}× |")
-    budgets = [(row["key"], label, value, value["A"]["psnr"] != row["A"]["psnr"])
-               for row in payload["rows"] for label, value in row.get("budgets", {}).items()]
-    if budgets:
-        lines.append(f"\nB's budget, × A's iterations (default {deepprior.api.MIX_BUDGET}; "
-                     "0: none):")
-    for (image, size, sigma255, seed), label, value, other_a in sorted(budgets):
-        lines.append(f"- {image} {size}² σ = {sigma255}, seed {seed}, budget {label}: "
-                     + (f"A {_cell(value['A'])}, " if other_a else "")
-                     + f"B {_cell(value['B'])}, A + B {_cell(value['AB'])}")
+    for field, title in (("budgets", f"B's budget, × A's iterations (default "
+                                      f"{deepprior.api.MIX_BUDGET}; 0: none)"),
+                         ("widths", "DIP's channels per scale (default 128)")):
+        variants = [(row["key"], label, value, value["A"]["psnr"] != row["A"]["psnr"])
+                    for row in payload["rows"] for label, value in row.get(field, {}).items()]
+        if variants:
+            lines.append(f"\n{title}:")
+        for (image, size, sigma255, seed), label, value, other_a in sorted(variants):
+            lines.append(f"- {image} {size}² σ = {sigma255}, seed {seed}, {field[:-1]} {label}: "
+                         + (f"A {_cell(value['A'])}, " if other_a else "")
+                         + f"B {_cell(value['B'])}, A + B {_cell(value['AB'])}"
+                         + (f", {_seconds(value):.0f} s" if field == "widths" else ""))
+    lines.extend(_widths(payload["rows"], bm3d))
     if gaps:
         single, mixed = (sum(g) / len(gaps) for g in zip(*gaps, strict=True))
         lines.append(f"\nMean gap to BM3D over {len(gaps)} cases: single fit {single:.2f} dB, "
                      f"A + B {mixed:.2f} dB.")
     return "\n".join(lines)
+
+
+def _seconds(value: dict[str, Any]) -> float:
+    """The time of a call's two fits."""
+    return value["A"]["seconds"] + value["B"]["seconds"]
+
+
+def _widths(rows: list[dict[str, Any]], bm3d: dict[tuple, float]) -> list[str]:
+    """Per width run, over its cases: the default's A + B against that width's, the mean gap
+    of each to BM3D where known, and the time of the width's calls against the default's."""
+    lines = []
+    for width in sorted({w for r in rows for w in r.get("widths", {})}, key=int):
+        pairs = [(r, r["widths"][width]) for r in rows if width in r.get("widths", {})]
+        gain = statistics.fmean(v["AB"] - r["AB"] for r, v in pairs)
+        known = [(bm3d[tuple(r["key"])] - r["AB"], bm3d[tuple(r["key"])] - v["AB"])
+                 for r, v in pairs if tuple(r["key"]) in bm3d]
+        line = (f"\n{width} channels over {len(pairs)} case{'s' * (len(pairs) > 1)}: A + B "
+                f"{gain:+.2f} dB against the default's on average ("
+                f"{min(v['AB'] - r['AB'] for r, v in pairs):+.2f} to "
+                f"{max(v['AB'] - r['AB'] for r, v in pairs):+.2f}), "
+                f"{sum(_seconds(v) for _, v in pairs):.0f} s against "
+                f"{sum(_seconds(r) for r, _ in pairs):.0f} s for the default's stored calls")
+        if known:
+            default, narrow = (statistics.fmean(g) for g in zip(*known, strict=True))
+            line += (f"; mean gap to BM3D over {len(known)}: {narrow:.2f} dB against "
+                     f"{default:.2f}")
+        lines.append(line + ".")
+    return lines
 
 
 def _bm3d() -> dict[tuple, float]:
@@ -132,6 +167,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budget", type=float, metavar="X",
                         help="B's budget, × A's iterations (0: none); stored beside the "
                         "default's row")
+    parser.add_argument("--channels", type=int, metavar="N",
+                        help="DIP's channels per scale (the library's 128); stored beside the "
+                        "default's row")
     parser.add_argument("--report", action="store_true", help="print the stored table")
     parser.add_argument("--out-dir", type=Path, default=harness.RESULTS)
     args = parser.parse_args(argv)
@@ -145,21 +183,32 @@ def main(argv: list[str] | None = None) -> int:
                                        "budget": args.budget})
     stored = {tuple(r["key"]): r for r in store.payload["rows"]}
     keys = [_case_key(case, args.size) for case in args.case]
-    if args.budget is not None and (missing := [k for k in keys if k not in stored]):
-        parser.error(f"--budget needs the default budget's row first: {missing} not in {path}")
+    if args.budget is not None and args.channels is not None:
+        parser.error("give --budget or --channels, not both")
+    if args.channels is not None and args.channels < 1:
+        parser.error(f"--channels must be at least 1, got {args.channels}")
+    variant = args.budget is not None or args.channels is not None
+    if variant and (missing := [k for k in keys if k not in stored]):
+        parser.error(f"--budget and --channels need the default's row first: {missing} not "
+                     f"in {path}")
     for case, key in zip(args.case, keys, strict=True):
-        if args.budget is None:  # re-run after the stop rule changed: the old row is kept
+        if not variant:  # re-run after the stop rule changed: the old row is kept
             row = run_case(case, args.members, args.size)  # in the new one, as "previous"
             store.add(row, keep_replaced=stored.get(key, {}).get("stop_rule") != row["stop_rule"])
             continue
-        default = deepprior.api.MIX_BUDGET
-        deepprior.api.MIX_BUDGET = args.budget or 3000  # 0: no cap (the budget of the fit)
-        try:
-            row = run_case(case, "AB", args.size)
-        finally:
-            deepprior.api.MIX_BUDGET = default
-        store.add({**stored[key], "budgets": {**stored[key].get("budgets", {}), f"{args.budget:g}":
-                   {name: row[name] for name in ("A", "B", "AB")}}})
+        if args.channels is not None:
+            row = run_case(case, "AB", args.size, net_options={"channels": args.channels})
+            field, label = "widths", str(args.channels)
+        else:
+            default = deepprior.api.MIX_BUDGET
+            deepprior.api.MIX_BUDGET = args.budget or 3000  # 0: no cap (the budget of the fit)
+            try:
+                row = run_case(case, "AB", args.size)
+            finally:
+                deepprior.api.MIX_BUDGET = default
+            field, label = "budgets", f"{args.budget:g}"
+        store.add({**stored[key], field: {**stored[key].get(field, {}),
+                                          label: {name: row[name] for name in ("A", "B", "AB")}}})
     print(report(store.payload))
     return 0
 

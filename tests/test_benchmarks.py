@@ -472,6 +472,21 @@ def test_mix_members_add_up_to_the_default_call(harness, tmp_path):
     assert "- camera 32² σ = 25, seed 0, budget 0: B 27.00 (it. 9), A + B 28.00" in table
     with pytest.raises(SystemExit):  # another budget needs the default's row: checked first
         mix.main(["--case", "camera:25:0", "--budget", "1.5", "--out-dir", str(tmp_path)])
+    with pytest.raises(SystemExit):  # so does another width; and one variant at a time
+        mix.main(["--case", "camera:25:0", "--channels", "64", "--out-dir", str(tmp_path)])
+    with pytest.raises(SystemExit):
+        mix.main(["--case", "camera:25:0", "--channels", "64", "--budget", "1",
+                  "--out-dir", str(tmp_path)])
+    narrow = {"A": row["A"], "B": {**row["B"], "seconds": 1.0}, "AB": row["AB"] + 0.5}
+    seconds = row["A"]["seconds"] + 1.0
+    table = mix.report({"rows": [{**row, "widths": {"64": narrow}}]},
+                       bm3d={("camera", 32, 25, 0): 30.0})
+    assert (f"- camera 32² σ = 25, seed 0, width 64: B {row['B']['psnr']:.2f} (it. "
+            f"{row['B']['num_iter']}), A + B {row['AB'] + 0.5:.2f}, {seconds:.0f} s") in table
+    assert (f"64 channels over 1 case: A + B +0.50 dB against the default's on average (+0.50 "
+            f"to +0.50), {seconds:.0f} s against ") in table
+    assert f"mean gap to BM3D over 1: {29.5 - row['AB']:.2f} dB against {30 - row['AB']:.2f}" \
+        in table
     assert f"single fit {30 - row['A']['psnr']:.2f} dB, A + B {30 - row['AB']:.2f} dB" in table
 
 
