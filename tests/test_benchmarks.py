@@ -16,6 +16,7 @@ from deepprior import (
     PROBLEMS,
     GaussianSensing,
     add_gaussian_noise,
+    build_net,
     psnr,
     reconstruct,
     sample_image,
@@ -278,11 +279,13 @@ def test_defaults_report_of_the_photographs(harness):
 def test_defaults_quick(tmp_path, study):
     pytest.importorskip("bm3d")
     code, _ = study("defaults.py", "--quick", "--nets", "deep_decoder", "--variants",
-                    "--out-dir", str(tmp_path))
+                    "deep_decoder/8", "--out-dir", str(tmp_path))
     assert code == 0
     payload = _check_outputs(tmp_path, "defaults")  # the plot: each fit's gap to BM3D
     rows = {r["method"]: r for r in payload["rows"]}
-    assert set(rows) == {"bm3d", "deep_decoder"}
+    assert set(rows) == {"bm3d", "deep_decoder", "deep_decoder/8"}
+    narrow = build_net("deep_decoder", (1, 64, 64), channels=8)[0]  # "/8": 8 channels
+    assert rows["deep_decoder/8"]["num_parameters"] == sum(p.numel() for p in narrow.parameters())
     assert rows["deep_decoder"]["num_iter"] <= 40 and rows["deep_decoder"]["seconds"] > 0
     code, report = study("defaults.py", "--report", "--out-dir", str(tmp_path))
     assert code == 0 and f"{rows['deep_decoder']['psnr']:.2f}" in report
