@@ -15,6 +15,11 @@ upsampling is bilinear, not ConvDecoder):
   depthwise 4×4 convolution of stride 2 after replicate padding (a custom autograd function;
   same gradients to float rounding) instead of ATen's ``upsample_bilinear2d_backward``.
 
+The Deep Image Prior also:
+
+- ``64 channels``, ``32 channels``: its skip network at that width (channels per scale; the
+  library's 128), the same input.
+
 The Deep Decoder also:
 
 - ``channels_last``: the network and input in channels-last memory format;
@@ -59,6 +64,8 @@ Usage::
 
     OMP_NUM_THREADS=1 python benchmarks/speed_variants.py [--sizes 64 128] [--steps 40]
         [--nets deep_decoder dip conv_decoder]
+    OMP_NUM_THREADS=1 python benchmarks/speed_variants.py --nets dip --sizes 128 256 \
+        --name speed_variants_dip                    # DIP's widths at 128² and 256²
     python benchmarks/speed_variants.py --time-to-result [--threads 2]
     OMP_NUM_THREADS=1 python benchmarks/speed_variants.py --k-fits --nets deep_decoder dip \
         --sizes 64 128 --steps 16 --repeats 2
@@ -269,6 +276,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="instead: K fits in turn (fit) and at once (fit_many), K = 1, 2, "
                              "4, 8")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--name", default="speed_variants",
+                        help="the results file's name, results/NAME.json")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="inductor-")  # cold cache
@@ -297,6 +306,10 @@ def main(argv: list[str] | None = None) -> int:
                 _swapped(net, "Upsample", lambda m: UpsamplingAdjoint()), z, y)
         if net_name == "deep_decoder":
             variants |= _decoder_variants(net, z, y, size, compile_seconds)
+        if net_name == "dip":
+            for width in (64, 32):
+                narrow = build_net("dip", (1, size, size), seed=0, channels=width)[0]
+                variants[f"{width} channels"] = lambda net=narrow, z=z, y=y: _single(net, z, y)
         steps = args.steps if net_name == "deep_decoder" else max(5, args.steps // 4)
         times = _interleaved({name: make() for name, make in variants.items()},
                              args.repeats * steps)
@@ -310,7 +323,7 @@ def main(argv: list[str] | None = None) -> int:
                          "compile s": round(compile_seconds["compile"][0], 1)
                          if name == "torch.compile" else ""})
             print(rows[-1], flush=True)
-    path = harness.save_json("speed_variants", {"rows": rows, "steps": args.steps,
+    path = harness.save_json(args.name, {"rows": rows, "steps": args.steps,
                                                 "repeats": args.repeats})
     print(harness.markdown_table(rows, list(rows[0])))
     print(f"wrote {path}")

@@ -359,6 +359,17 @@ def test_k_fits_in_turn_and_at_once(tmp_path, harness, monkeypatch):
         ("dip", 64, k, 4) for k in (1, 2, 4, 8)]
 
 
+def test_speed_variants_time_dips_widths_side_by_side(tmp_path, harness, monkeypatch):
+    variants = _load("speed_variants")
+    monkeypatch.setattr(variants.harness, "RESULTS", tmp_path)
+    assert variants.main(["--nets", "dip", "--sizes", "64", "--steps", "1", "--repeats", "1",
+                          "--name", "widths"]) == 0
+    rows = {r["variant"]: r for r in json.loads((tmp_path / "widths.json").read_text())["rows"]}
+    assert list(rows) == ["baseline", "bf16 autocast", "upsampling adjoint", "64 channels",
+                          "32 channels"]
+    assert rows["baseline"]["vs baseline"] == 1 and rows["32 channels"]["s/step"] > 0
+
+
 def test_k_fits_times_both_ways_on_the_same_fits(harness):
     variants = _load("speed_variants")
     row = variants.k_fits("deep_decoder", 64, 2, 3, "cpu", 1)
