@@ -47,10 +47,10 @@ FULL_CASES = [
     ("astronaut", 128, 15, 0), ("astronaut", 128, 50, 1), ("astronaut", 128, 15, 1),
 ]
 QUICK_CASES = [("camera", 64, 25, 0)]
-#: ``--large``: 256², where a DIP fit takes about two hours on one core (camera σ = 25 in
+#: ``--large``: 256² (a DIP fit at 128 channels took two hours of one core, camera σ = 25 in
 #: bfloat16: 7,296 s, RESULTS.md §5; ``--variants`` with no names runs the networks alone).
 LARGE_CASES = [("camera", 256, 25, 0), ("astronaut", 256, 25, 0), ("camera", 256, 15, 0),
-               ("camera", 256, 50, 0)]
+               ("camera", 256, 50, 0), ("astronaut", 256, 50, 0), ("astronaut", 256, 15, 0)]
 NETS = ("deep_decoder", "dip")
 #: Variants ``NET[:K][/W][@PRECISION][+tv[=C]|+auto[=C]|+mix|+none]`` run on the σ = 25 cases
 #: (both images, both seeds): ensembles (``reconstruct(ensemble=K)``: K members on seeds and

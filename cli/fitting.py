@@ -146,7 +146,8 @@ def run_task(task: Task, options: FitOptions) -> None:
         if isinstance(plan["stop"], str):  # a fixed rule ends each fit by its count at latest
             iters = min([iters, *(params["num_iter"] for name, params in
                                   deepprior.parse_stop(plan["stop"]) if name == "fixed")])
-        minutes = fits * iters * DIP_CPU_SECONDS_PER_PIXEL * pixels / 60
+        width = plan["net_options"].get("channels", 128) / 128  # the time: ~ width^1.5
+        minutes = fits * iters * DIP_CPU_SECONDS_PER_PIXEL * width**1.5 * pixels / 60
         if options.precision == "bf16":
             minutes /= DIP_BF16_SPEEDUP
         if minutes >= 1:
@@ -398,8 +399,10 @@ def clean_image(task: Task, path: Path | None, options: FitOptions) -> np.ndarra
     return clean
 
 
-#: One Deep Image Prior iteration on one CPU core, per pixel: 0.52 s at 128², 2.26 s at 256²
-#: (benchmarks/RESULTS.md §3), 0.12-0.20 s at 64² (§2).
+#: One iteration of the Deep Image Prior at 128 channels per scale on one CPU core, per pixel:
+#: 0.52 s at 128², 2.26 s at 256² (benchmarks/RESULTS.md §3), 0.12-0.20 s at 64² (§2). At
+#: 64 / 32 channels an iteration takes 0.38 / 0.16 of that at 128², 0.29 / 0.11 at 256²
+#: (benchmarks/results/speed_variants_dip.json), about (channels / 128)^1.5.
 DIP_CPU_SECONDS_PER_PIXEL = 3.3e-5
 
 #: DIP's speed-up from bfloat16 on a CPU with AMX (RESULTS.md §3: 1.54x / 1.59x per step at

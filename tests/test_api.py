@@ -620,9 +620,10 @@ def test_on_start_comes_after_every_check_and_before_any_fit(monkeypatch):
 
     with pytest.raises(Started):
         reconstruct(y[0], op, net="dip", stop="auto", on_start=stop_here)
-    assert started == [{"problem": "compressive_sensing", "net": "dip", "fits": 4,
-                        "max_num_iter": 6000, "ensemble": 1, "stop": deepprior.problem_defaults(
-                            "compressive_sensing", "dip").auto_stop(False, 300),
+    assert started == [{"problem": "compressive_sensing", "net": "dip", "net_options": {},
+                        "fits": 4, "max_num_iter": 6000, "ensemble": 1,
+                        "stop": deepprior.problem_defaults("compressive_sensing",
+                                                           "dip").auto_stop(False, 300),
                         "regularizer_weights": started[0]["regularizer_weights"],
                         "device": "cpu"}]
     assert len(started[0]["regularizer_weights"]) == 3  # none and the two TV weights
@@ -635,6 +636,7 @@ def test_planned_fits_takes_the_problems_default_network_and_a_0d_weight(monkeyp
     monkeypatch.setattr(deepprior.api, "fit", lambda *a, **k: pytest.fail("a fit began"))
     noisy = add_gaussian_noise(sample_image("camera", size=16), 0.1, seed=0)
     assert deepprior.planned_fits("denoise") == deepprior.dry_run(noisy)["fits"] == 2
+    assert deepprior.dry_run(noisy)["net_options"] == {"channels": 64}  # the default's width
     _, op, y, _ = _cs_problem()
     assert deepprior.planned_fits("compressive_sensing", num_measurements=op.num_measurements) \
         == deepprior.dry_run(y[0], op)["fits"]
@@ -1202,6 +1204,7 @@ def test_dry_run_checks_the_call_and_returns_its_plan_without_fitting():
     assert calls == []  # nothing fitted
     deepprior.reconstruct(y, on_start=seen.append, **options)
     assert plan == seen[0] and plan["fits"] == 2 and plan["problem"] == "denoise"
+    assert plan["net_options"] == {"channels": 4, "num_scales": 2}  # the call's, as resolved
     with pytest.raises(ValueError, match="max_num_iter"):  # what reconstruct raises, before it
         deepprior.dry_run(y, max_num_iter=0)
     with pytest.raises(TypeError, match="no on_start"):
