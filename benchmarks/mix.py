@@ -11,10 +11,12 @@ iterations of each member (what the time is made of: every member costs the same
 iteration) and its time. B runs at most ``MIX_BUDGET`` (2) times A's iterations;
 ``--budget X`` measures that lever (0: no cap): the call is made with ``MIX_BUDGET = X`` and
 its A, B and A + B are stored beside the case's row (which needs the default budget's row
-first), under ``budgets``. ``--channels N`` does the same for DIP's width (channels per scale,
-the library's 128), under ``widths``: fewer channels, less time per iteration. A case run
-again after the default's stopping rule changed keeps the row it replaces in the new one,
-under ``previous`` (rows name their rule, ``stop_rule``; the rows from before that have none).
+first), under ``budgets``. ``--channels N`` does the same for DIP's width (channels per scale),
+under ``widths``: fewer channels, less time per iteration. The case rows stored ran at 128
+channels, the default then; the 64 beside them made it 64. A case run again after the
+default's stopping rule or width changed keeps the row it replaces in the new one, under
+``previous`` (rows name their rule, ``stop_rule``, and width, ``channels``; the rows from before
+that have none: the rule before, 128 channels).
 
     OMP_NUM_THREADS=1 python benchmarks/mix.py --case camera:25:0 --members ABC
     OMP_NUM_THREADS=1 python benchmarks/mix.py --case astronaut:50:0
@@ -54,6 +56,7 @@ def run_case(case: str, members: str, size: int, **options: Any) -> dict[str, An
     a, b = default.config["members"]
     row: dict[str, Any] = {"key": [image, size, sigma255, seed],
                            "stop_rule": default.config["stop_resolved"],
+                           "channels": default.config["net_options"].get("channels"),
                            "sigma_hat": default.config["sigma"], "A": _member(a),
                            "B": _member(b), "AB": default.psnr}
     if "C" in members:
@@ -104,7 +107,7 @@ def report(payload: dict[str, Any], bm3d: dict[tuple, float] | None = None) -> s
                      + f" | {ratio:.2f}× |")
     for field, title in (("budgets", f"B's budget, × A's iterations (default "
                                       f"{deepprior.api.MIX_BUDGET}; 0: none)"),
-                         ("widths", "DIP's channels per scale (default 128)")):
+                         ("widths", "DIP's channels per scale (the rows above: 128)")):
         variants = [(row["key"], label, value, value["A"]["psnr"] != row["A"]["psnr"])
                     for row in payload["rows"] for label, value in row.get(field, {}).items()]
         if variants:
@@ -128,8 +131,8 @@ def _seconds(value: dict[str, Any]) -> float:
 
 
 def _widths(rows: list[dict[str, Any]], bm3d: dict[tuple, float]) -> list[str]:
-    """Per width run, over its cases: the default's A + B against that width's, the mean gap
-    of each to BM3D where known, and the time of the width's calls against the default's."""
+    """Per width run, over its cases: its A + B against the case rows', the mean gap of each to
+    BM3D where known, and the time of the width's calls against the rows' calls."""
     lines = []
     for width in sorted({w for r in rows for w in r.get("widths", {})}, key=int):
         pairs = [(r, r["widths"][width]) for r in rows if width in r.get("widths", {})]
@@ -137,15 +140,15 @@ def _widths(rows: list[dict[str, Any]], bm3d: dict[tuple, float]) -> list[str]:
         known = [(bm3d[tuple(r["key"])] - r["AB"], bm3d[tuple(r["key"])] - v["AB"])
                  for r, v in pairs if tuple(r["key"]) in bm3d]
         line = (f"\n{width} channels over {len(pairs)} case{'s' * (len(pairs) > 1)}: A + B "
-                f"{gain:+.2f} dB against the default's on average ("
+                f"{gain:+.2f} dB against the case rows' on average ("
                 f"{min(v['AB'] - r['AB'] for r, v in pairs):+.2f} to "
                 f"{max(v['AB'] - r['AB'] for r, v in pairs):+.2f}), "
                 f"{sum(_seconds(v) for _, v in pairs):.0f} s against "
-                f"{sum(_seconds(r) for r, _ in pairs):.0f} s for the default's stored calls")
+                f"{sum(_seconds(r) for r, _ in pairs):.0f} s for theirs (other runs)")
         if known:
-            default, narrow = (statistics.fmean(g) for g in zip(*known, strict=True))
+            theirs, narrow = (statistics.fmean(g) for g in zip(*known, strict=True))
             line += (f"; mean gap to BM3D over {len(known)}: {narrow:.2f} dB against "
-                     f"{default:.2f}")
+                     f"{theirs:.2f}")
         lines.append(line + ".")
     return lines
 
@@ -168,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="B's budget, × A's iterations (0: none); stored beside the "
                         "default's row")
     parser.add_argument("--channels", type=int, metavar="N",
-                        help="DIP's channels per scale (the library's 128); stored beside the "
+                        help="DIP's channels per scale (the library's 64); stored beside the "
                         "default's row")
     parser.add_argument("--report", action="store_true", help="print the stored table")
     parser.add_argument("--out-dir", type=Path, default=harness.RESULTS)
@@ -194,7 +197,9 @@ def main(argv: list[str] | None = None) -> int:
     for case, key in zip(args.case, keys, strict=True):
         if not variant:  # re-run after the stop rule changed: the old row is kept
             row = run_case(case, args.members, args.size)  # in the new one, as "previous"
-            store.add(row, keep_replaced=stored.get(key, {}).get("stop_rule") != row["stop_rule"])
+            old = stored.get(key, {})
+            store.add(row, keep_replaced=(old.get("stop_rule"), old.get("channels", 128))
+                      != (row["stop_rule"], row["channels"]))
             continue
         if args.channels is not None:
             row = run_case(case, "AB", args.size, net_options={"channels": args.channels})

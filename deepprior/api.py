@@ -172,7 +172,7 @@ PROBLEMS: dict[str, dict[str, Defaults]] = {
             3000, 0.01, DIP_DENOISE_STOP, **_DIP, regularizer="mix", net_options={"channels": 64},
             source="Ulyanov et al. 2018 (lr 0.01, 3,000 it., input noise 1/30, EMA 0.99; their "
             "128 channels per scale, here 64: the default call on the twelve 128² cases below "
-            "+0.05 dB on average, -0.22 to +0.27, mean gap to BM3D 0.68 dB against 0.74, in "
+            "+0.06 dB on average, -0.22 to +0.27, mean gap to BM3D 0.68 dB against 0.74, in "
             "1.11x the iterations at 0.38x the time per iteration, 0.29x at 256², "
             "benchmarks/results/mix.json widths, speed_variants_dip.json); "
             f"discrepancy τ = 0.8: 0.21 dB mean gap, 4/4 within 1 dB ({_STOPPING_MD}); read "
