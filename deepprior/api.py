@@ -699,8 +699,8 @@ def reconstruct(
     problem              network       iters  lr     stop ("auto"; with σ given)          other
     ===================  ============  =====  =====  ===================================  ==========
     denoise              deep_decoder  3,000  0.01   discrepancy (σ estimated)            k=64, EMA
-    denoise              dip           3,000  0.01   discrepancy:tau=0.8,every=8 +        EMA, mix
-                                                     discrepancy:margin=0.01,every=8
+    denoise              dip           3,000  0.01   discrepancy:tau=0.8,every=8 +        k=64, EMA,
+                                                     discrepancy:margin=0.01,every=8      mix
     denoise              other         3,000  0.01   holdout:fraction=0.1,patience=200
     compressive_sensing  deep_decoder  3,000  0.005  patience                             k=128
     compressive_sensing  dip           6,000  0.01   holdout:fraction=0.1,patience=1000,  EMA,
@@ -719,12 +719,13 @@ def reconstruct(
     The problem kind comes from the operator: ``Identity`` → denoise, ``GaussianSensing``,
     ``FastSensing`` and matrices with fewer rows than columns → compressive_sensing, ``Mask``
     → inpainting, ``Downsample`` → super_resolution, ``Blur`` → deblurring, anything else →
-    generic. EMA: the returned output is the 0.99 average of the iterates (the Deep Image
-    Prior perturbs its input by 1/30 too). Refit: after the hold-out stop, a second fit of all
-    the data to the iteration it chose, averaged with it (with ``"auto"``'s choice the chosen
-    held-out fit is that first member, so ``ensemble`` stays 1; without a choice it defaults
-    to 2). σ: TV:
-    with σ given, ``regularizer=None`` adds TV at its σ-derived weight (``"none"``: without).
+    generic. k: channels per layer (the Deep Image Prior's per scale; its own default, the
+    paper's 128, where none is given). EMA: the returned output is the 0.99 average of the
+    iterates (the Deep Image Prior perturbs its input by 1/30 too). Refit: after the hold-out
+    stop, a second fit of all the data to the iteration it chose, averaged with it (with
+    ``"auto"``'s choice the chosen held-out fit is that first member, so ``ensemble`` stays 1;
+    without a choice it defaults to 2). σ: TV: with σ given, ``regularizer=None`` adds TV at
+    its σ-derived weight (``"none"``: without).
     Mix: with ``stop="auto"`` (and not ``ensemble=1``), ``regularizer=None`` is ``"mix"``:
     the average of a fit without a penalty and one with TV (``"none"``: the first alone).
 
