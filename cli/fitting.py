@@ -155,9 +155,12 @@ def run_task(task: Task, options: FitOptions) -> None:
                       if options.precision == "fp32" and cpu_has_bf16_units() else "")
             runs = f"{fits} fits of up to {iters:,} iterations" if fits > 1 else \
                 f"up to {iters:,} iterations"
+            low, high = (ratio * width**1.5 for ratio in DD_SPEEDUP)
+            dd = (f"is about {low:.0f}-{high:.0f}x faster per fit and returns less"
+                  if low >= 1 else "returns less")  # a narrow DIP is not slower than it
             note(f"the Deep Image Prior runs {runs}, about {minutes:.0f} min on one CPU core at "
-                 "this size (fewer when it stops early); --net deep_decoder is 9-24x faster "
-                 f"per fit and returns less (benchmarks/RESULTS.md §2, §5){faster}", options)
+                 f"this size (fewer when it stops early); --net deep_decoder {dd} "
+                 f"(benchmarks/RESULTS.md §2, §5){faster}", options)
 
     with torch_threads(options.threads):
         result = deepprior.reconstruct(
@@ -404,6 +407,10 @@ def clean_image(task: Task, path: Path | None, options: FitOptions) -> np.ndarra
 #: 64 / 32 channels an iteration takes 0.38 / 0.16 of that at 128², 0.29 / 0.11 at 256²
 #: (benchmarks/results/speed_variants_dip.json), about (channels / 128)^1.5.
 DIP_CPU_SECONDS_PER_PIXEL = 3.3e-5
+
+#: How much faster the Deep Decoder's fit is than DIP's at 128 channels per scale on a CPU
+#: (RESULTS.md §5); at another width, times (channels / 128)^1.5 as the time per iteration.
+DD_SPEEDUP = (9, 24)
 
 #: DIP's speed-up from bfloat16 on a CPU with AMX (RESULTS.md §3: 1.54x / 1.59x per step at
 #: 64² / 128²; §5: 1.53x / 1.57x the time of the whole denoising fit).

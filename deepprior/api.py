@@ -311,8 +311,9 @@ PROBLEMS: dict[str, dict[str, Defaults]] = {
 #: Image Prior denoises better than the Deep Decoder (128², σ = 15-50, camera and astronaut, 2
 #: seeds: +0.94 dB on average, -0.41 to +2.07) and recovers compressive measurements better
 #: (camera 64², m/n = 0.05-0.5: +2.0 to +3.0 dB at 1,500 iterations each; at its own default
-#: budget it beats oracle-tuned TV, RESULTS.md §2), at 9-24 times the time per fit on a CPU;
-#: for the other kinds the Deep Decoder, the one measured.
+#: budget it beats oracle-tuned TV, RESULTS.md §2), at 9-24 times the time per fit on a CPU
+#: (at 128 channels per scale; when denoising at its default 64, 0.29-0.38 times that per
+#: iteration: about 3-8 times); for the other kinds the Deep Decoder, the one measured.
 DEFAULT_NETS: dict[str, str] = {
     "denoise": "dip",
     "compressive_sensing": "dip",
