@@ -774,7 +774,7 @@ def reconstruct(
     noiseless = False
     if sigma is not None:
         sigma = check_sigma("sigma", sigma, denoising=problem == "denoise")
-        _check_noise_level(sigma, op, y, problem)
+        check_noise_level(sigma, op, y, problem)
         if sigma == 0 and problem == "denoise":
             raise ValueError("sigma=0 says the image holds no noise, so there is nothing to "
                              "denoise: pass the noise std, or leave sigma out to estimate it")
@@ -1110,19 +1110,24 @@ def check_sigma(label: str, value: Any, *, denoising: bool) -> float:
     return value
 
 
-def _check_noise_level(sigma: float, op: Any, y: torch.Tensor, problem: str) -> None:
+def check_noise_level(sigma: float, op: Any, y: Any, problem: str, *,
+                      option: str | None = None) -> None:
     """Refuse a σ whose noise alone, ``m·σ²``, exceeds 4·‖y‖² (``‖y‖² ≈ ‖A x‖² + m·σ²``): on
     another scale than ``y``; the discrepancy level would be met by a zero image at once, and a
-    σ-given TV weight flatten it. Denoising's σ is bounded by :func:`check_sigma` instead."""
+    σ-given TV weight flatten it. Denoising's σ is bounded by :func:`check_sigma` instead.
+    ``option`` names σ as a command line's option that gave it, in the measurements' units."""
     if problem == "denoise":
         return
-    noise, energy = sigma**2 * op.num_measurements, float(y.double().square().sum())
+    noise = sigma**2 * op.num_measurements
+    energy = float(torch.as_tensor(y).double().square().sum())
     if noise > 4 * energy:
-        hint = (f" (for data on the [0, 1] scale and σ in 0-255 units, sigma={sigma:g}/255)"
+        named, scaled = ((f"{option} {sigma:g}", f"{option} {sigma / 255:.4g}") if option
+                         else (f"sigma={sigma:g}", f"sigma={sigma:g}/255"))
+        hint = (f" (for data on the [0, 1] scale and σ in 0-255 units, {scaled})"
                 if sigma > 1 else "")  # below 1, no 0-255 value
-        raise ValueError(f"sigma={sigma:g} puts the noise alone at m·σ² = {noise:.4g}, above 4 "
-                         f"times the measurements' ‖y‖² = {energy:.4g}: sigma is the noise's "
-                         f"std in the measurements' units{hint}")
+        raise ValueError(f"{named} puts the noise alone at m·σ² = {noise:.4g}, above 4 times "
+                         f"the measurements' ‖y‖² = {energy:.4g}: {option or 'sigma'} is the "
+                         f"noise's std in the measurements' units{hint}")
 
 
 def _scale_ratio(op: Any, y: torch.Tensor) -> float:

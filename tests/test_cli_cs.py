@@ -136,6 +136,31 @@ def test_own_matrix_and_measurements(system, tmp_path, matrix_file, y_file, spar
     assert load_image(out).shape == (SIDE, SIDE)
 
 
+def test_a_noise_sigma_on_another_scale_than_the_measurements_is_named_as_the_option(
+        system, clean_png, tmp_path):
+    """The library's check (m·σ² above 4·‖y‖²) named σ as ``sigma=50``: the CLI says
+    ``--noise-sigma 50``, for a user's own files and for a --save-measurements file."""
+    matrix, y, _ = system
+    a_path, y_path = _write(tmp_path, "A.npy", matrix), _write(tmp_path, "y.npy", y)
+    result = invoke("--matrix", a_path, "--measurements-file", y_path, "--noise-sigma", 50,
+                    "-o", tmp_path / "own.png")
+    assert result.exit_code == 1 and not (tmp_path / "own.png").exists()
+    assert "error: --noise-sigma 50 puts the noise alone at m·σ² = 2.5e+05, above 4 times" \
+        in result.stderr
+    assert "--noise-sigma is the noise's std in the measurements' units (for data on the " \
+        "[0, 1] scale and σ in 0-255 units, --noise-sigma 0.1961)" in result.stderr
+    assert "sigma=" not in result.stderr
+    saved = tmp_path / "y.npz"
+    assert invoke(clean_png, "-m", 100, "--save-measurements", saved, "-o",
+                  tmp_path / "sim.png").exit_code == 0
+    with np.load(saved) as data:  # twice the largest σ taken: m·σ² = 8·‖y‖²
+        sigma = float(np.sqrt(8 * np.square(data["y"]).sum() / data["y"].size))
+    result = invoke("--measurements-file", saved, "--noise-sigma", sigma, "-o", tmp_path / "s.png")
+    assert result.exit_code == 1 and not (tmp_path / "s.png").exists()
+    assert f"error: --noise-sigma {sigma:g} puts the noise alone" in result.stderr
+    assert "sigma=" not in result.stderr
+
+
 def test_discrepancy_rule_on_own_measurements_uses_noise_sigma(system, tmp_path):
     matrix, y, _ = system
     noisy = y + 0.3 * np.random.default_rng(2).standard_normal(y.shape)
