@@ -338,7 +338,7 @@ def _given(matrix_path: Path, matrix, y_path: Path, shape: str | None, key: str 
            sigma: float | None, operators: dict[Any, Any], options: FitOptions) -> Task:
     """Your own matrix and measurements, checked against each other and --shape."""
     y = deepprior.load_array(y_path, key=key, names=MEASUREMENT_NAMES, choose="--key NAME")
-    option = sigma is not None  # --noise-sigma, checked against y below
+    from_option = sigma is not None  # --noise-sigma, checked against y below
     if sigma is None and y_path.suffix.lower() == ".npz":  # a --save-measurements file's σ
         with contextlib.suppress(ValueError):  # your own file's "operator" entry: not ours
             sigma = _description(y_path)[1]
@@ -367,7 +367,7 @@ def _given(matrix_path: Path, matrix, y_path: Path, shape: str | None, key: str 
         operators[channels, height, width, per_channel] = deepprior.as_operator(
             matrix, (channels, height, width))  # n = H*W: applied to each channel
     operator = operators[channels, height, width, per_channel]
-    if option:  # the library's check, with the option's name
+    if from_option:  # the library's check, with the option's name
         check_noise_level(sigma, operator, y, "compressive_sensing", option="--noise-sigma")
     image_shape = (height, width) if channels == 1 else (height, width, channels)
     return Task(

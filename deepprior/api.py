@@ -674,7 +674,7 @@ def reconstruct(
     on_start : callable, optional
         Called once, after every check and before the first fit, with the plan: a dict of
         ``problem``, ``net`` (its name), ``net_options`` (the named network's, defaults
-        included; empty for a module), ``fits``  (how many, as :func:`planned_fits`),
+        included; empty for a module), ``fits`` (how many, as :func:`planned_fits`),
         ``max_num_iter`` (each fit's budget), ``stop`` (the spec ``"auto"`` resolved to),
         ``ensemble``, ``regularizer_weights`` (0 for no penalty; several: chosen between) and
         ``device``. A command line prints its headline here, so that an invalid call says only
