@@ -217,11 +217,12 @@ def test_a_jump_in_the_first_iterations_is_not_divergence(at, restarts):
 
 
 def test_dip_fitting_a_flat_image_does_not_diverge():
-    """Adam's start-up transient on a near-fit start (seen: 0.0076 → 0.063 at iteration 4)."""
+    """Adam's start-up transient on a near-fit start (seen: 0.0076 → 0.063 at iteration 4, at
+    the paper's 128 channels per scale)."""
     from deepprior import reconstruct
 
     result = reconstruct(np.full((64, 64), 0.5, np.float32), net="dip", max_num_iter=25,
-                         stop="patience", seed=0)
+                         stop="patience", seed=0, net_options={"channels": 128})
     assert max(result.history["loss"][:8]) > 5 * result.history["loss"][0]
     assert result.config["num_restarts"] == 0
     assert not result.stop_reason.startswith("diverged")
