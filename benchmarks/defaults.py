@@ -16,6 +16,8 @@ Usage::
         --variants dip@bf16+auto --variant-sigmas 15 50 --shard 3/4    # auto at σ = 15, 50
     OMP_NUM_THREADS=1 python benchmarks/defaults.py --resume --large --nets deep_decoder \
         --variants dip@bf16 --shard 0/4                                # camera 256², σ = 25
+    OMP_NUM_THREADS=1 python benchmarks/defaults.py --resume --large --nets dip~6000 \
+        --variants --sigmas 15 --shard 0/2           # 256², a 6,000-iteration budget
     OMP_NUM_THREADS=1 python benchmarks/defaults.py --resume --photos --variants \
         --shard 0/2                                  # eight other photographs (and 1/2)
     OMP_NUM_THREADS=1 python benchmarks/defaults.py --resume --recompute --photos \
@@ -52,16 +54,17 @@ QUICK_CASES = [("camera", 64, 25, 0)]
 LARGE_CASES = [("camera", 256, 25, 0), ("astronaut", 256, 25, 0), ("camera", 256, 15, 0),
                ("camera", 256, 50, 0), ("astronaut", 256, 50, 0), ("astronaut", 256, 15, 0)]
 NETS = ("deep_decoder", "dip")
-#: Variants ``NET[:K][/W][@PRECISION][+tv[=C]|+auto[=C]|+mix|+none]`` run on the σ = 25 cases
+#: Variants ``NET[:K][/W][~N][@PRECISION][+tv[=C]|+auto[=C]|+mix|+none]`` run on the σ = 25 cases
 #: (both images, both seeds): ensembles (``reconstruct(ensemble=K)``: K members on seeds and
 #: flips, averaged; member 0 is the single fit, and each row lists its members), the
 #: quality-per-second of averaging; ``/W``: W channels (``net_options={"channels": W}``), the
-#: network's width; bfloat16 mixed precision (``reconstruct(precision="bf16")``), its PSNR cost;
-#: and a TV penalty (``regularizer="tv"``; ``=C``: weight C·σ̂ instead of the library's
-#: factor); ``+auto``: TV or none chosen on held-out pixels, the winner's held-out fit averaged
-#: with a fit of all the pixels (``regularizer="auto"``); ``+mix`` / ``+none`` the penalty
-#: named. The rows of ``dip`` and ``dip:2`` stored before DIP's default became ``"mix"`` are
-#: fits without a penalty (``dip+none``, ``dip:2+none`` now).
+#: network's width; ``~N``: a budget of N iterations per fit (``max_num_iter=N``); bfloat16
+#: mixed precision (``reconstruct(precision="bf16")``), its PSNR cost; and a TV penalty
+#: (``regularizer="tv"``; ``=C``: weight C·σ̂ instead of the library's factor); ``+auto``: TV
+#: or none chosen on held-out pixels, the winner's held-out fit averaged with a fit of all the
+#: pixels (``regularizer="auto"``); ``+mix`` / ``+none`` the penalty named. The rows of ``dip``
+#: and ``dip:2`` stored before DIP's default became ``"mix"`` are fits without a penalty
+#: (``dip+none``, ``dip:2+none`` now).
 VARIANTS = ("deep_decoder:4", "dip:2", "dip@bf16", "dip@bf16+auto")
 #: The σ of the cases the variants run on (``--variant-sigmas``).
 VARIANT_SIGMAS = (25,)
@@ -106,10 +109,13 @@ def run_study(args: argparse.Namespace, store: harness.Store) -> None:
                 name, _, regularizer = method.partition("+")
                 regularizer, _, factor = regularizer.partition("=")
                 name, _, precision = name.partition("@")
+                name, _, budget = name.partition("~")
                 name, _, width = name.partition("/")
                 net, _, members = name.partition(":")
                 if width:
                     options["net_options"] = {"channels": int(width)}
+                if budget:
+                    options["max_num_iter"] = int(budget)
                 if factor:  # "+tv=C": weight C·σ̂, what the library's factor C would give
                     options["regularizer_weight"] = float(factor) * estimate_sigma(noisy)
                 start = time.perf_counter()
@@ -238,7 +244,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="smoke run")
     parser.add_argument("--nets", nargs="+", default=list(NETS), help="networks (DD and DIP)")
     parser.add_argument("--variants", nargs="*", default=list(VARIANTS),
-                        help="NET[:K][/W][@PRECISION][+tv[=C]|+auto[=C]] variants on the cases "
+                        help="NET[:K][/W][~N][@PRECISION][+tv[=C]|+auto[=C]] variants on the cases "
                         "of --variant-sigmas")
     parser.add_argument("--variant-sigmas", nargs="+", type=int, default=list(VARIANT_SIGMAS),
                         metavar="SIGMA", help="the σ (0-255) of the full cases the variants "
