@@ -147,10 +147,12 @@ def run_task(task: Task, options: FitOptions) -> None:
             iters = min([iters, *(params["num_iter"] for name, params in
                                   deepprior.parse_stop(plan["stop"]) if name == "fixed")])
         width = plan["net_options"].get("channels", 128) / 128  # the time: ~ width^1.5
-        minutes = fits * iters * DIP_CPU_SECONDS_PER_PIXEL * width**1.5 * pixels / 60
-        if options.precision == "bf16":
-            minutes /= DIP_BF16_SPEEDUP
-        if minutes >= 1:
+        fast, slow = (fits * iters * seconds * width**1.5 * pixels / 60
+                      / (DIP_BF16_SPEEDUP if options.precision == "bf16" else 1)
+                      for seconds in DIP_CPU_SECONDS_PER_PIXEL)
+        if slow >= 1:
+            span = f"{max(fast, 1):.0f}-{slow:.0f}" if round(fast) < round(slow) \
+                else f"{slow:.0f}"
             faster = ("; --precision bf16 is about 1.5x faster on this CPU"
                       if options.precision == "fp32" and cpu_has_bf16_units() else "")
             runs = f"{fits} fits of up to {iters:,} iterations" if fits > 1 else \
@@ -158,8 +160,8 @@ def run_task(task: Task, options: FitOptions) -> None:
             low, high = (ratio * width**1.5 for ratio in DD_SPEEDUP)
             dd = (f"is about {low:.0f}-{high:.0f}x faster per fit and returns less"
                   if low >= 1 else "returns less")  # a narrow DIP is not slower than it
-            note(f"the Deep Image Prior runs {runs}, about {minutes:.0f} min on one CPU core at "
-                 f"this size (fewer when it stops early); --net deep_decoder {dd} "
+            note(f"the Deep Image Prior runs {runs}, about {span} min on one CPU core at "
+                 f"this size (by the CPU; fewer when it stops early); --net deep_decoder {dd} "
                  f"(benchmarks/RESULTS.md §2, §5){faster}", options)
 
     with torch_threads(options.threads):
@@ -402,11 +404,13 @@ def clean_image(task: Task, path: Path | None, options: FitOptions) -> np.ndarra
     return clean
 
 
-#: One iteration of the Deep Image Prior at 128 channels per scale on one CPU core, per pixel:
-#: 0.52 s at 128², 2.26 s at 256² (benchmarks/RESULTS.md §3), 0.12-0.20 s at 64² (§2). At
-#: 64 / 32 channels an iteration takes 0.38 / 0.16 of that at 128², 0.29 / 0.11 at 256²
-#: (benchmarks/results/speed_variants_dip.json), about (channels / 128)^1.5.
-DIP_CPU_SECONDS_PER_PIXEL = 3.3e-5
+#: One iteration of the Deep Image Prior at 128 channels per scale on one CPU core, per pixel,
+#: on the two CPUs measured (fast, slow): an AMD EPYC 0.21 s at 128², 1.11 s at 256²
+#: (benchmarks/results/speed_variants_dip.json); an Intel Xeon 0.52 s at 128², 2.26 s at 256²
+#: (benchmarks/RESULTS.md §3), 0.12-0.20 s at 64² (§2). At 64 / 32 channels an iteration takes
+#: 0.38 / 0.16 of that at 128², 0.29 / 0.11 at 256² (speed_variants_dip.json), about
+#: (channels / 128)^1.5.
+DIP_CPU_SECONDS_PER_PIXEL = (1.3e-5, 3.4e-5)
 
 #: How much faster the Deep Decoder's fit is than DIP's at 128 channels per scale on a CPU
 #: (RESULTS.md §5); at another width, times (channels / 128)^1.5 as the time per iteration.

@@ -204,7 +204,7 @@ def test_dip_without_sigma_chooses_tv_or_none_and_the_cost_note_counts_every_fit
     import deepprior_cli.fitting as fitting
 
     # so that the note shows at --channels 4 (an iteration's time ~ (channels / 128)^1.5)
-    monkeypatch.setattr(fitting, "DIP_CPU_SECONDS_PER_PIXEL", 1.0 / (4 / 128) ** 1.5)
+    monkeypatch.setattr(fitting, "DIP_CPU_SECONDS_PER_PIXEL", (1.0 / (4 / 128) ** 1.5,) * 2)
     matrix, y, _ = system
     a_path, y_path = _write(tmp_path, "A.npy", matrix), _write(tmp_path, "y.npy", y)
     result = runner.invoke(app, ["cs", "--matrix", a_path, "--measurements-file", y_path,
