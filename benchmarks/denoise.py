@@ -265,7 +265,7 @@ def run_prior(
         "net_options": result.config["net_options"],
         "learning_rate": result.config["learning_rate"],
         "max_num_iter": max_num_iter,
-        "default_max_num_iter": problem_defaults(problem, net).max_num_iter,
+        "default_max_num_iter": problem_defaults(problem, net).budget(fit_operator.image_shape),
         "num_steps": result.num_steps,
         "seconds_per_iter": per_iter,
         "seconds_total": result.elapsed,

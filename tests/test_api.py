@@ -1,5 +1,6 @@
 """reconstruct(): end to end on tiny images, and every validation message."""
 
+import math
 import time
 import warnings
 
@@ -647,6 +648,20 @@ def test_planned_fits_takes_the_problems_default_network_and_a_0d_weight(monkeyp
                                   regularizer_weight=weight) == 1
     assert deepprior.dry_run(noisy, net="deep_decoder", regularizer="tv",
                              regularizer_weight=weight)["regularizer_weights"] == [0.05]
+
+
+def test_dips_denoising_budget_grows_with_the_images_side(monkeypatch):
+    """At 256² the 3,000-iteration budget ended most fits before their rule fired: DIP's
+    denoising budget grows in proportion to the side beyond 128² (a user's budget still wins)."""
+    monkeypatch.setattr(deepprior.api, "fit", lambda *a, **k: pytest.fail("a fit began"))
+    defaults = deepprior.problem_defaults("denoise", "dip")
+    assert defaults.budget((3, 128, 128)) == defaults.budget((64, 64)) == 3000
+    assert defaults.budget((256, 256)) == 6000 and defaults.budget((3, 128, 512)) == 6000
+    assert deepprior.problem_defaults("denoise", "deep_decoder").budget((256, 256)) == 3000
+    noisy = np.random.default_rng(0).random((256, 192))
+    assert deepprior.dry_run(noisy)["max_num_iter"] == round(3000 * math.sqrt(256 * 192) / 128)
+    assert deepprior.dry_run(noisy, max_num_iter=100)["max_num_iter"] == 100
+    assert deepprior.dry_run(noisy, net="deep_decoder")["max_num_iter"] == 3000
 
 
 def test_refusals_name_what_the_call_asked_for(monkeypatch):
