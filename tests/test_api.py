@@ -664,6 +664,16 @@ def test_dips_denoising_budget_grows_with_the_images_side(monkeypatch):
     assert deepprior.dry_run(noisy, net="deep_decoder")["max_num_iter"] == 3000
 
 
+def test_a_budget_beyond_where_the_fits_stop_changes_nothing():
+    """What lets a 256² call that stopped before 3,000 iterations stand for the 6,000 budget:
+    the mix's two fits, each stopped by its count, are the same to the bit."""
+    noisy = add_gaussian_noise(sample_image("camera", size=16), 0.1, seed=0)
+    short, long = (reconstruct(noisy, net="dip", stop="fixed:5", max_num_iter=budget,
+                               net_options={"channels": 4}, regularizer="mix", seed=2)
+                   for budget in (12, 24))
+    assert np.array_equal(short.image, long.image) and short.num_steps == long.num_steps
+
+
 def test_refusals_name_what_the_call_asked_for(monkeypatch):
     """The one-fit callback's refusal advised "a stop other than 'auto'" whatever made the
     fits several; a mix with a module spoke of an ensemble; a fixed stop beyond the budget was
