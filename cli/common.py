@@ -122,7 +122,8 @@ Precision = Annotated[
                                 "for dip; see the README).", rich_help_panel=FIT_PANEL)
 ]
 Iters = Annotated[
-    int | None, typer.Option("--iters", min=1, help="Maximum iterations (default: per network).",
+    int | None, typer.Option("--iters", min=1, help="Maximum iterations (default: per network; "
+                             "DIP's denoising budget grows with the image beyond 128²).",
                              rich_help_panel=FIT_PANEL)
 ]
 Lr = Annotated[

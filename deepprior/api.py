@@ -572,7 +572,9 @@ def reconstruct(
     norm : {"channel", "batch", "none"}
         Normalization after each hidden layer of a named network.
     max_num_iter, learning_rate : optional
-        Iteration budget and Adam step size; None takes the defaults.
+        Iteration budget and Adam step size; None takes the defaults (the budget:
+        ``Defaults.budget`` of the image's shape, which for DIP's denoising grows with the side
+        beyond 128²).
     lr_decay : (factor, every), "none" or None
         Multiply the learning rate by ``factor`` (``0 < factor <= 1``) every ``every``
         iterations, e.g. ``(0.5, 1500)``; a decaying rate settles the fit where Adam at a
