@@ -77,6 +77,7 @@ from deepprior import (
     reconstruct,
     simulate_measurements,
 )
+from deepprior.stopping import residual
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from harness import (  # noqa: E402
@@ -239,6 +240,20 @@ def photos_plan() -> list[Run]:
     return plan
 
 
+def large_plan() -> list[Run]:
+    """The Deep Image Prior's stop at 256² (``--large``), where its default call ran on to
+    6,000 iterations: the level chosen at 128² fired after the best iterate on the colour image.
+
+    One long fit per case, seed 0, the library's defaults for the network (the fit without a
+    penalty, the first of the default call's two): astronaut σ = 25 (5,000 iterations; its
+    rule fired at 4,728) and σ = 50 (2,500), camera σ = 50 (1,500) and σ = 25 (3,000). The
+    residual of net(z) is recorded, so any level can be read off afterwards.
+    """
+    return [_denoise("dip", image, sigma, 0, num_iter, 256, ())
+            for image, sigma, num_iter in (("astronaut", 25, 5000), ("astronaut", 50, 2500),
+                                           ("camera", 50, 1500), ("camera", 25, 3000))]
+
+
 def quick_plan() -> list[Run]:
     """Smoke run: a few very short fits (the networks generate at least 64², so 64² it is)."""
     return [
@@ -339,17 +354,22 @@ class RuleBank:
         Whether the fit perturbs the network input (then ``net(z)`` is computed once a step).
     ema_rules : dict
         Label → policy fed the average of the candidates (decay :data:`EMA`).
+    data : (operator, y) or None
+        To record the residual ‖y − A net(z)‖² of the output from the unperturbed input at
+        every step (``perturbed`` fits), against which any discrepancy level can be read.
     """
 
     def __init__(self, rules: dict[str, Any], ground_truth: torch.Tensor, *, perturbed: bool,
-                 ema_rules: dict[str, Any] | None = None) -> None:
+                 ema_rules: dict[str, Any] | None = None,
+                 data: tuple[Any, torch.Tensor] | None = None) -> None:
         self.rules = rules
         self.ema_rules = ema_rules or {}
         self.ground_truth = ground_truth
         self.perturbed = perturbed
         self.fired: dict[str, tuple[int, int]] = {}
         self.average: torch.Tensor | None = None
-        self.side: dict[str, list[float]] = {"ema": [], "unperturbed": []}
+        self.data = data
+        self.side: dict[str, list[float]] = {"ema": [], "unperturbed": [], "residual": []}
         self.last_step = 0
 
     def __call__(self, state: FitState) -> bool:
@@ -368,6 +388,8 @@ class RuleBank:
         self.side["ema"].append(values[0])
         if clean is not None:
             self.side["unperturbed"].append(values[1])
+            if self.data is not None:
+                self.side["residual"].append(residual(*self.data, clean))
         for prefix, rules, seen in (("", self.rules, output), ("ema|", self.ema_rules,
                                                                  self.average)):
             for label, rule in rules.items():
@@ -486,7 +508,8 @@ def full_fit(run: Run) -> dict[str, Any]:
                      or label.startswith("discrepancy")}
         ema_rules = {label: rule for label, rule in ema_rules.items() if rule is not None}
     truth = image_to_tensor(data["clean"])
-    bank = RuleBank(rules, truth, perturbed=perturbed, ema_rules=ema_rules)
+    bank = RuleBank(rules, truth, perturbed=perturbed, ema_rules=ema_rules,
+                    data=(data["rule_operator"], data["rule_y"]) if perturbed else None)
     n = run["num_iter"]
     start = time.perf_counter()
     result = reconstruct(data["y"], data["operator"], net=run["net"], stop=f"fixed:{n}",
@@ -513,6 +536,11 @@ def full_fit(run: Run) -> dict[str, Any]:
         raw = np.asarray(bank.side["unperturbed"], dtype=np.float64)
         record["unperturbed_oracle"] = {"psnr": float(raw.max()), "step": int(raw.argmax()) + 1}
         record["curve"]["unperturbed"] = _curve(raw)
+    if bank.side["residual"]:  # per measurement, in units of σ̂² (or σ²): the level τ
+        level = data["sigma_hat"] or data["sigma"]
+        ratio = np.asarray(bank.side["residual"]) / (data["rule_y"].numel() * level**2)
+        record["curve"]["residual_ratio"] = [round(float(v), 4)
+                                             for v in ratio[CURVE_EVERY - 1::CURVE_EVERY]]
     for key, outcome in bank.outcome().items():
         series = ema if key.startswith("ema|") else psnr
         chosen = outcome["chosen"]
@@ -919,7 +947,7 @@ def write_report(payload: dict[str, Any], md_path: Path, png_path: Path) -> None
         "# Early stopping without the clean image — measured",
         "",
         f"Command: `OMP_NUM_THREADS=1 python benchmarks/stopping.py"
-        f"{' --photos' if md_path.stem.endswith('_photos') else ''}` "
+        f"{' --' + md_path.stem.split('_')[1] if '_' in md_path.stem else ''}` "
         f"({'complete' if payload.get('complete') else 'PARTIAL'} run; last invocation "
         f"`{machine['command']}`).  ",
         f"Machine: {machine['processor']}, {machine['cpu_count']} cores, "
@@ -1037,7 +1065,8 @@ def _setup_text(payload: dict[str, Any]) -> str:
 
 def plot(payload: dict[str, Any], rows, summary, path: Path) -> None:
     """PSNR against iteration with the stops marked, and mean gaps: camera 64², σ = 25, one fit
-    per network; a run without those (``--photos``) shows its σ = 50 fits."""
+    per network; a run without those shows its fits (``--large``) or its σ = 50 ones
+    (``--photos``)."""
     from matplotlib.figure import Figure
 
     autos = auto_rules()
@@ -1048,9 +1077,10 @@ def plot(payload: dict[str, Any], rows, summary, path: Path) -> None:
             if (r["net"], r["problem"], r["image"], r["seed"], r["size"], r["sigma255"]) == (
                     net, "denoise", "camera", 0, 64, 25) and not r.get("tag"):
                 picks.append((key, full))
-    picks = picks or [(key, full) for key, full in payload["runs"].items()
-                      if full["run"]["problem"] == "denoise" and full["run"]["sigma255"] == 50
-                      and not full["run"].get("tag")]
+    fits = [(key, full) for key, full in payload["runs"].items()
+            if full["run"]["problem"] == "denoise" and not full["run"].get("tag")]
+    picks = picks or (fits if len(fits) <= 4 else
+                      [(key, full) for key, full in fits if full["run"]["sigma255"] == 50])
     if not picks:
         return
     fig = Figure(figsize=(12, 3.6 * ((len(picks) + 2) // 2)))
@@ -1126,6 +1156,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--photos", action="store_true",
                         help="the Deep Image Prior at 128² on photographs (photos_plan), "
                              "stopping_photos.* files")
+    parser.add_argument("--large", action="store_true",
+                        help="the Deep Image Prior at 256² (large_plan), stopping_large.* files")
     parser.add_argument("--resume", action="store_true", help="keep the fits already in the JSON")
     parser.add_argument("--shard", type=parse_shard, default=(0, 1), metavar="K/N",
                         help="run only the fits K, K+N, ... of the plan (0/1); N processes "
@@ -1145,12 +1177,14 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     args.out_dir.mkdir(parents=True, exist_ok=True)
-    stem = "stopping_quick" if args.quick else "stopping_photos" if args.photos else "stopping"
+    stem = "stopping_quick" if args.quick else "stopping_photos" if args.photos \
+        else "stopping_large" if args.large else "stopping"
     json_path = args.out_dir / f"{stem}.json"
     if args.report:
         payload = json.loads(json_path.read_text())
     else:
-        plan = quick_plan() if args.quick else photos_plan() if args.photos else full_plan()
+        plan = quick_plan() if args.quick else photos_plan() if args.photos \
+            else large_plan() if args.large else full_plan()
         payload = execute(plan, json_path, resume=args.resume, shard=args.shard,
                           log=lambda line: print(line, flush=True))
     write_report(payload, args.out_dir / f"{stem}.md", args.out_dir / f"{stem}.png")
