@@ -988,6 +988,15 @@ def write_report(payload: dict[str, Any], md_path: Path, png_path: Path) -> None
                   "</details>", ""]
     parts += ["### The auto rule's mean gap per noise level (dB)", "", by_sigma(rows, payload),
               ""]
+    levels = level_table(payload)
+    if levels:
+        parts += ["### The discrepancy level, read off the residual of net(z)", "",
+                  "`ratio at best`: the residual ‖y − A net(z)‖² / (m·σ̂²) at the best iterate "
+                  "(σ̂ estimated, as the default; `σ̂/σ` shows its error). `gap at τ`: best PSNR "
+                  "− PSNR of the iterate where the residual, read every "
+                  f"{CURVE_EVERY} iterations and smoothed as the rule smooths it, first falls to "
+                  "τ·m·σ̂² (`—`: it did not by the end of the fit; the gap of the last iterate).",
+                  "", levels, ""]
     for problem, (title, text) in OTHER_PROBLEMS.items():
         other = [n for n in NET_NAMES if any(k[:2] == (problem, n) for k in summary)]
         if other:
@@ -1000,6 +1009,39 @@ def write_report(payload: dict[str, Any], md_path: Path, png_path: Path) -> None
               f"![PSNR against iteration with each rule's stop]({png_path.name})", ""]
     md_path.write_text("\n".join(parts))
     plot(payload, rows, summary, png_path)
+
+
+#: Levels τ of the residual (in units of m·σ̂²) read off the recorded residual curves.
+LEVELS = (0.8, 0.85, 0.88, 0.9, 0.92, 0.95)
+
+
+def level_table(payload: dict[str, Any]) -> str:
+    """Per fit with a recorded residual: where the best iterate lies, and each level's gap."""
+    rows = []
+    for full in payload["runs"].values():
+        ratios = full.get("curve", {}).get("residual_ratio")
+        if full.get("kind") != "full" or not ratios:
+            continue
+        run, psnr = full["run"], np.asarray(full["psnr"])
+        best = int(psnr.argmax())
+        every = full["curve"]["every"]
+        steps = np.arange(1, len(ratios) + 1) * every
+        smoothed, value = [], None
+        for ratio in ratios:  # the rule's average: 0.9 on the past per iteration
+            value = ratio if value is None else 0.9**every * value + (1 - 0.9**every) * ratio
+            smoothed.append(value)
+        at_best = ratios[min(max(round((best + 1) / every) - 1, 0), len(ratios) - 1)]
+        row = {"fit": f"{run['image']} {run['size']}², σ = {run['sigma255']}",
+               "σ̂/σ": f"{full['sigma_hat'] / full['sigma']:.3f}",
+               "best it": best + 1, "best PSNR": f"{psnr[best]:.2f}",
+               "ratio at best": f"{at_best:.3f}"}
+        for tau in LEVELS:
+            hit = next((int(step) for step, v in zip(steps, smoothed, strict=True) if v <= tau),
+                       None)
+            gap = psnr[best] - psnr[(hit or len(psnr)) - 1]
+            row[f"gap at τ = {tau:g}"] = f"{gap:.2f} ({hit})" if hit else f"— {gap:.2f}"
+        rows.append(row)
+    return markdown_table(rows, list(rows[0])) if rows else ""
 
 
 def _setup_text(payload: dict[str, Any]) -> str:
