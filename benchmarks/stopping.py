@@ -246,12 +246,14 @@ def large_plan() -> list[Run]:
 
     One long fit per case, seed 0, the library's defaults for the network (the fit without a
     penalty, the first of the default call's two): astronaut σ = 25 (5,000 iterations; its
-    rule fired at 4,728) and σ = 50 (2,500), camera σ = 50 (1,500) and σ = 25 (3,000). The
-    residual of net(z) is recorded, so any level can be read off afterwards.
+    rule fired at 4,728) and σ = 50 (2,500), camera σ = 50 (1,500) and σ = 25 (3,000), then
+    astronaut σ = 15 (6,000, the budget; its rule did not fire). The residual of net(z) is
+    recorded, so any level can be read off afterwards.
     """
     return [_denoise("dip", image, sigma, 0, num_iter, 256, ())
             for image, sigma, num_iter in (("astronaut", 25, 5000), ("astronaut", 50, 2500),
-                                           ("camera", 50, 1500), ("camera", 25, 3000))]
+                                           ("camera", 50, 1500), ("camera", 25, 3000),
+                                           ("astronaut", 15, 6000))]
 
 
 def quick_plan() -> list[Run]:
