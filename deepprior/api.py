@@ -81,9 +81,11 @@ class Defaults:
     ----------
     max_num_iter, learning_rate
         Iteration budget and Adam step size.
-    budget_side : int or None
-        The image side (√(H·W), in pixels) up to which ``max_num_iter`` holds; beyond it the
-        budget grows in proportion to the side (None: ``max_num_iter`` at every size).
+    base_side : int or None
+        The image side (√(H·W), in pixels) up to which ``max_num_iter`` and the discrepancy
+        margins of the stops hold; beyond it the budget grows in proportion to the side and
+        each ``margin`` shrinks in inverse proportion, which raises the level the residual
+        must reach toward m·σ² (None: the same at every size).
     stop : str
         The rule behind ``stop="auto"`` when σ is not given.
     stop_with_sigma : str or None
@@ -127,21 +129,32 @@ class Defaults:
     regularizer_with_sigma: str | None = None
     sigma_rule_min_measurements: int = 0
     lr_decay: tuple[float, int] | None = None
-    budget_side: int | None = None
+    base_side: int | None = None
     source: str = ""
+
+    def _growth(self, image_shape: tuple[int, ...] | None) -> float:
+        """How many times ``base_side`` the image's side is, at least 1."""
+        if self.base_side is None or image_shape is None:
+            return 1.0
+        return max(1.0, math.sqrt(image_shape[-2] * image_shape[-1]) / self.base_side)
 
     def budget(self, image_shape: tuple[int, ...]) -> int:
         """The iteration budget for an image of ``image_shape`` (..., H, W)."""
-        side = math.sqrt(image_shape[-2] * image_shape[-1])
-        if self.budget_side is None or side <= self.budget_side:
-            return self.max_num_iter
-        return round(self.max_num_iter * side / self.budget_side)
+        return round(self.max_num_iter * self._growth(image_shape))
 
-    def auto_stop(self, sigma_known: bool, num_measurements: int | None = None) -> str:
-        """The rule ``stop="auto"`` resolves to (``num_measurements``: None, as many as any)."""
+    def auto_stop(self, sigma_known: bool, num_measurements: int | None = None,
+                  image_shape: tuple[int, ...] | None = None) -> str:
+        """The rule ``stop="auto"`` resolves to (``num_measurements``: None, as many as any;
+        ``image_shape`` (..., H, W): None, the margins as written)."""
         few = num_measurements is not None and num_measurements < self.sigma_rule_min_measurements
-        return self.stop_with_sigma if sigma_known and self.stop_with_sigma and not few \
+        spec = self.stop_with_sigma if sigma_known and self.stop_with_sigma and not few \
             else self.stop
+        growth = self._growth(image_shape)
+        if growth == 1.0 or "margin" not in spec:
+            return spec
+        return "+".join(name + "".join(
+            f"{',' if i else ':'}{key}={f'{value / growth:.4g}' if key == 'margin' else value}"
+            for i, (key, value) in enumerate(params.items())) for name, params in parse_stop(spec))
 
     def auto_regularizer(self, sigma_known: bool) -> str | None:
         """The penalty ``regularizer=None`` resolves to."""
@@ -181,7 +194,7 @@ PROBLEMS: dict[str, dict[str, Defaults]] = {
             f"1 dB with the 0.99 output average ({_STOPPING_MD})"),
         "dip": Defaults(
             3000, 0.01, DIP_DENOISE_STOP, **_DIP, regularizer="mix", net_options={"channels": 64},
-            budget_side=128,
+            base_side=128,
             source="Ulyanov et al. 2018 (lr 0.01, 3,000 it., input noise 1/30, EMA 0.99; their "
             "128 channels per scale, here 64: the default call on the twelve 128² cases below "
             "+0.06 dB on average, -0.22 to +0.27, mean gap to BM3D 0.68 dB against 0.74, in "
@@ -808,7 +821,8 @@ def reconstruct(
     lr_decay = defaults.lr_decay if lr_decay is None else check_lr_decay(lr_decay)
 
     given_sigma = sigma is not None
-    spec = defaults.auto_stop(given_sigma, op.num_measurements) if stop == "auto" else stop
+    spec = defaults.auto_stop(given_sigma, op.num_measurements, op.image_shape) \
+        if stop == "auto" else stop
     if isinstance(spec, str) and sigma is None and any(
             name == "discrepancy" for name, _ in parse_stop(spec)):
         if noiseless:

@@ -3,6 +3,7 @@
 import math
 import time
 import warnings
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -662,6 +663,32 @@ def test_dips_denoising_budget_grows_with_the_images_side(monkeypatch):
     assert deepprior.dry_run(noisy)["max_num_iter"] == round(3000 * math.sqrt(256 * 192) / 128)
     assert deepprior.dry_run(noisy, max_num_iter=100)["max_num_iter"] == 100
     assert deepprior.dry_run(noisy, net="deep_decoder")["max_num_iter"] == 3000
+
+
+def test_dips_denoising_margin_shrinks_as_the_images_side_grows():
+    """At 256² the best iterate came at a residual nearer m·σ² than at 128² (0.87-0.97 of
+    m·σ̂²): beyond 128² the stop's margin shrinks in inverse proportion to the side, the rest
+    of the spec as written; up to 128², and for rules without a margin, nothing changes."""
+    defaults = deepprior.problem_defaults("denoise", "dip")
+    written = defaults.auto_stop(False)
+    assert defaults.auto_stop(False, None, (3, 128, 128)) == written
+    assert defaults.auto_stop(False, None, (64, 64)) == written
+    assert defaults.auto_stop(False, None, (256, 256)) == written.replace(
+        "margin=0.01,", "margin=0.005,")
+    assert defaults.auto_stop(False, None, (3, 128, 512)) == defaults.auto_stop(
+        False, None, (256, 256))
+    before = {k: v for k, v in deepprior.parse_stop(written)[1][1].items() if k != "margin"}
+    after = deepprior.parse_stop(defaults.auto_stop(False, None, (256, 192)))
+    assert after[0] == deepprior.parse_stop(written)[0]
+    assert after[1][1] == {**before, "margin": pytest.approx(0.01 * 128 / math.sqrt(256 * 192),
+                                                             rel=1e-3)}
+    noisy = add_gaussian_noise(np.full((256, 256), 0.5), 0.1, seed=0)
+    assert "margin=0.005," in deepprior.dry_run(noisy)["stop"]
+    cs = deepprior.problem_defaults("compressive_sensing", "dip")
+    assert cs.auto_stop(True, 5000, (512, 512)) == cs.auto_stop(True, 5000)
+    with_patience = replace(defaults, stop="patience+discrepancy:margin=0.01+wmv:window=12345")
+    assert with_patience.auto_stop(False, None, (512, 512)) == \
+        "patience+discrepancy:margin=0.0025+wmv:window=12345"
 
 
 def test_a_budget_beyond_where_the_fits_stop_changes_nothing():
