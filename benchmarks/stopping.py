@@ -77,7 +77,7 @@ from deepprior import (
     reconstruct,
     simulate_measurements,
 )
-from deepprior.stopping import residual
+from deepprior.stopping import members, residual
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from harness import (  # noqa: E402
@@ -997,7 +997,8 @@ def write_report(payload: dict[str, Any], md_path: Path, png_path: Path) -> None
                   "(σ̂ estimated, as the default; `σ̂/σ` shows its error). `gap at τ`: best PSNR "
                   "− PSNR of the iterate where the residual, read every "
                   f"{CURVE_EVERY} iterations and smoothed as the rule smooths it, first falls to "
-                  "τ·m·σ̂² (`—`: it did not by the end of the fit; the gap of the last iterate).",
+                  "τ·m·σ̂² (`—`: it did not by the end of the fit; the gap of the last iterate). "
+                  "`default τ`: the level of the library's stop now, at the fit's size.",
                   "", levels, ""]
     for problem, (title, text) in OTHER_PROBLEMS.items():
         other = [n for n in NET_NAMES if any(k[:2] == (problem, n) for k in summary)]
@@ -1015,6 +1016,16 @@ def write_report(payload: dict[str, Any], md_path: Path, png_path: Path) -> None
 
 #: Levels τ of the residual (in units of m·σ̂²) read off the recorded residual curves.
 LEVELS = (0.8, 0.85, 0.88, 0.9, 0.92, 0.95)
+
+
+def default_level(run: Run, sigma_hat: float) -> float:
+    """The level of the library's stop now, for the fit's image, as a fraction of m·σ̂²: the
+    highest of its discrepancy rules' levels (the first to be reached)."""
+    data = observation(run)
+    spec = PROBLEMS["denoise"][run["net"]].auto_stop(False, None, data["rule_y"].shape)
+    rules = members(make_policy(spec, operator=data["rule_operator"], y=data["rule_y"],
+                                sigma=sigma_hat)[0])
+    return max(rule.level for rule in rules) / (data["rule_y"].numel() * sigma_hat**2)
 
 
 def level_table(payload: dict[str, Any]) -> str:
@@ -1037,11 +1048,14 @@ def level_table(payload: dict[str, Any]) -> str:
                "σ̂/σ": f"{full['sigma_hat'] / full['sigma']:.3f}",
                "best it": best + 1, "best PSNR": f"{psnr[best]:.2f}",
                "ratio at best": f"{at_best:.3f}"}
-        for tau in LEVELS:
+        default = default_level(run, full["sigma_hat"])
+        row["default τ"] = f"{default:.3f}"
+        for tau in (default, *LEVELS):
             hit = next((int(step) for step, v in zip(steps, smoothed, strict=True) if v <= tau),
                        None)
             gap = psnr[best] - psnr[(hit or len(psnr)) - 1]
-            row[f"gap at τ = {tau:g}"] = f"{gap:.2f} ({hit})" if hit else f"— {gap:.2f}"
+            column = "gap at default" if tau is default else f"gap at τ = {tau:g}"
+            row[column] = f"{gap:.2f} ({hit})" if hit else f"— {gap:.2f}"
         rows.append(row)
     return markdown_table(rows, list(rows[0])) if rows else ""
 
