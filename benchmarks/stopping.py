@@ -1137,7 +1137,7 @@ def plot(payload: dict[str, Any], rows, summary, path: Path) -> None:
                 picks.append((key, full))
     fits = [(key, full) for key, full in payload["runs"].items()
             if full["run"]["problem"] == "denoise" and not full["run"].get("tag")]
-    picks = picks or (fits if len(fits) <= 4 else
+    picks = picks or (fits if len(fits) <= 5 else
                       [(key, full) for key, full in fits if full["run"]["sigma255"] == 50])
     if not picks:
         return
