@@ -18,6 +18,8 @@ Usage::
         --variants dip@bf16 --shard 0/4                                # camera 256², σ = 25
     OMP_NUM_THREADS=1 python benchmarks/defaults.py --resume --large --nets dip~6000 \
         --variants --sigmas 15 --shard 0/2           # 256², a 6,000-iteration budget
+    OMP_NUM_THREADS=1 python benchmarks/defaults.py --resume --recompute --large --nets dip \
+        --variants --sigmas 25 --shard 1/2           # 256², the stop's margin at this size
     OMP_NUM_THREADS=1 python benchmarks/defaults.py --resume --photos --variants \
         --shard 0/2                                  # eight other photographs (and 1/2)
     OMP_NUM_THREADS=1 python benchmarks/defaults.py --resume --recompute --photos \

@@ -175,7 +175,9 @@ _DIP = {"reg_noise_std": 1 / 30, "ema": 0.99}
 #: The Deep Image Prior's denoising stop: the residual of net(z) falls to 0.8·m·σ² or to
 #: m·(σ − 0.01)², whichever comes first — τ = 0.8 up to σ ≈ 24/255 (chosen at 64²), 0.81 at
 #: σ = 25/255, 0.90 at 50/255, where τ = 0.8 came 1.16 dB under the best iterate at 128²
-#: (benchmarks/results/stopping_photos.md).
+#: (benchmarks/results/stopping_photos.md). Beyond 128² the margin shrinks in inverse
+#: proportion to the side (``Defaults.base_side``): 0.005 at 256², levels 0.84 / 0.90 / 0.95 at
+#: σ = 15 / 25 / 50 (benchmarks/results/stopping_large.md).
 DIP_DENOISE_STOP = "discrepancy:tau=0.8,every=8+discrepancy:margin=0.01,every=8"
 _STOPPING_MD = "benchmarks/results/stopping.md"
 _OBSERVE_JSON = "benchmarks/results/observe_every.json"
@@ -208,7 +210,11 @@ PROBLEMS: dict[str, dict[str, Defaults]] = {
             "σ = 25 / 50 29.78 / 26.23 against 30.52 / 26.42 (their rule fires later than the "
             "best iterate), camera σ = 50 the same call, camera σ = 25 not re-run: +0.15 dB on "
             "average over five, mean gap 0.90 dB (defaults.json; rows dip~3000: the 3,000 "
-            "budget); "
+            "budget); beyond 128² the stop's margin shrinks in inverse proportion to the "
+            "side (0.005 at 256²): at 256² the best iterate came at 0.87-0.97 of m·σ̂², the "
+            "stop 0.18 dB from it over five traced fits (camera σ = 25 / 50, astronaut σ = 15 "
+            "/ 25 / 50; 0.55 with the margin of 128², which fired late on the colour image; "
+            "benchmarks/results/stopping_large.md); "
             f"discrepancy τ = 0.8: 0.21 dB mean gap, 4/4 within 1 dB ({_STOPPING_MD}); read "
             "every 8th iteration, which saves the unperturbed forward pass on the other 7: the "
             "same fits, camera σ = 25 / 50 and astronaut σ = 15 at 128², +0.00 / +0.02 / +0.01 "
