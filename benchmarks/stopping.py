@@ -44,6 +44,7 @@ run is kept), ``stopping.md`` (tables, command, findings) and ``stopping.png`` i
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import os
 import statistics
@@ -77,7 +78,7 @@ from deepprior import (
     reconstruct,
     simulate_measurements,
 )
-from deepprior.stopping import members, residual
+from deepprior.stopping import Discrepancy, members, residual
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from harness import (  # noqa: E402
@@ -1016,6 +1017,8 @@ def write_report(payload: dict[str, Any], md_path: Path, png_path: Path) -> None
 
 #: Levels τ of the residual (in units of m·σ̂²) read off the recorded residual curves.
 LEVELS = (0.8, 0.85, 0.88, 0.9, 0.92, 0.95)
+#: The discrepancy rule's average of the residual: its weight on the past per iteration.
+SMOOTHING = inspect.signature(Discrepancy).parameters["smoothing"].default
 
 
 def default_level(run: Run, sigma_hat: float) -> float:
@@ -1036,24 +1039,25 @@ def level_table(payload: dict[str, Any]) -> str:
         if full.get("kind") != "full" or not ratios:
             continue
         run, psnr = full["run"], np.asarray(full["psnr"])
-        best = int(psnr.argmax())
+        best, best_psnr = full["oracle"]["step"], full["oracle"]["psnr"]
         every = full["curve"]["every"]
         steps = np.arange(1, len(ratios) + 1) * every
+        weight = SMOOTHING**every  # the rule's average of the residual, per reading
         smoothed, value = [], None
-        for ratio in ratios:  # the rule's average: 0.9 on the past per iteration
-            value = ratio if value is None else 0.9**every * value + (1 - 0.9**every) * ratio
+        for ratio in ratios:
+            value = ratio if value is None else weight * value + (1 - weight) * ratio
             smoothed.append(value)
-        at_best = ratios[min(max(round((best + 1) / every) - 1, 0), len(ratios) - 1)]
+        at_best = ratios[min(max(round(best / every) - 1, 0), len(ratios) - 1)]
         row = {"fit": f"{run['image']} {run['size']}², σ = {run['sigma255']}",
                "σ̂/σ": f"{full['sigma_hat'] / full['sigma']:.3f}",
-               "best it": best + 1, "best PSNR": f"{psnr[best]:.2f}",
+               "best it": best, "best PSNR": f"{best_psnr:.2f}",
                "ratio at best": f"{at_best:.3f}"}
         default = default_level(run, full["sigma_hat"])
         row["default τ"] = f"{default:.3f}"
         for tau in (default, *LEVELS):
             hit = next((int(step) for step, v in zip(steps, smoothed, strict=True) if v <= tau),
                        None)
-            gap = psnr[best] - psnr[(hit or len(psnr)) - 1]
+            gap = best_psnr - psnr[(hit or len(psnr)) - 1]
             column = "gap at default" if tau is default else f"gap at τ = {tau:g}"
             row[column] = f"{gap:.2f} ({hit})" if hit else f"— {gap:.2f}"
         rows.append(row)

@@ -604,7 +604,8 @@ def reconstruct(
         DIP's compressive-sensing default 0.41 dB on average over three camera 64² cases,
         benchmarks/RESULTS.md §2).
     stop : str or policy
-        ``"auto"`` (the rule measured best for the problem kind and network, see the table),
+        ``"auto"`` (the rule measured best for the problem kind and network, see the table;
+        DIP's denoising stop comes nearer the noise level beyond 128², ``Defaults.base_side``),
         a spec such as ``"holdout:fraction=0.1,patience=200"`` or ``"discrepancy+fixed:2000"``
         (see :mod:`deepprior.stopping`), or a policy object with ``update(step, loss, output)``,
         ``best_step`` and ``reason``.
